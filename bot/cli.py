@@ -1,0 +1,256 @@
+"""The `concertbot` command: one entry point, a subcommand per job."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from config import ConcertbotError, Settings, load_settings
+
+app = typer.Typer(
+    help="An interactive concert bot: a Transformer composes, FluidSynth plays.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Build the training data set.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConcertbotError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def fail(exc: ConcertbotError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(2)
+
+
+@data_app.command("build")
+def data_build(
+    midi: Annotated[
+        list[Path] | None, typer.Option(help="A folder of <style>/*.mid files; repeatable.")
+    ] = None,
+    styles: Annotated[str | None, typer.Option(help="Only these corpus styles, comma-separated.")] = None,
+    no_corpus: Annotated[bool, typer.Option("--no-corpus", help="Leave out the music21 corpus.")] = False,
+    max_per_style: Annotated[int | None, typer.Option(help="Most pieces per style (0 = all).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the data set.")] = None,
+) -> None:
+    """Extract and tokenize the music21 corpus and your MIDI folders (cached, resumable)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from generator import data
+    from generator.styles import CORPUS_BY_NAME
+
+    settings = _settings()
+    try:
+        sources: list[data.Source] = []
+        if not no_corpus:
+            wanted = [s.strip() for s in styles.split(",")] if styles else None
+            for name in wanted or []:
+                if name not in CORPUS_BY_NAME:
+                    from config.errors import UnknownNameError
+
+                    raise UnknownNameError("corpus style", name, CORPUS_BY_NAME)
+            sources += data.corpus_sources(wanted)
+        for folder in midi or []:
+            sources += data.midi_sources(folder)
+        if not sources:
+            raise ConcertbotError("nothing to build: no corpus styles and no --midi folder")
+        n_workers = workers or settings.data.workers or os.cpu_count() or 1
+        cap = settings.data.max_pieces_per_style if max_per_style is None else max_per_style
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+        ) as bar:
+            task = bar.add_task("extracting", total=len(sources))
+            report = data.extract_all(
+                sources,
+                settings.paths.data_dir / "cache",
+                n_workers,
+                cap,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        out_dir = out or settings.paths.data_dir / "dataset"
+        data.write_dataset(report, out_dir, settings.data.valid_percent)
+    except ConcertbotError as exc:
+        raise fail(exc) from None
+    rows = data.summarize(data.read_index(out_dir))
+    table = Table(title=f"data set in {out_dir} ({report.from_cache} of {len(sources)} sources from cache)")
+    for col in ("style", "pieces", "valid", "notes", "tokens", "hours"):
+        table.add_column(col, justify="left" if col == "style" else "right")
+    for r in rows:
+        table.add_row(
+            r["style"],
+            str(r["pieces"]),
+            str(r["valid"]),
+            f"{r['notes']:,}",
+            f"{r['tokens']:,}",
+            f"{r['hours']:.2f}",
+        )
+    console.print(table)
+    if report.skipped:
+        reasons: dict[str, int] = {}
+        for _, _, why in report.skipped:
+            key = why.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        console.print(
+            f"skipped {len(report.skipped)} pieces ({summary}); details in {out_dir / 'skipped.jsonl'}"
+        )
+
+
+@app.command("train")
+def train_cmd(
+    dataset: Annotated[Path | None, typer.Option(help="A data set made by `data build`.")] = None,
+    run_dir: Annotated[Path, typer.Option(help="Where checkpoints, metrics.csv and curves.png go.")] = Path(
+        "runs/default"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --run-dir.")] = False,
+    max_steps: Annotated[int | None, typer.Option(help="Training steps (default from config).")] = None,
+    export: Annotated[Path | None, typer.Option(help="Copy the best model here at the end.")] = None,
+) -> None:
+    """Train the composer; run through `accelerate launch` for several GPUs."""
+    import shutil
+
+    from generator.train import train
+
+    settings = _settings()
+    cfg = settings.train if max_steps is None else settings.train.model_copy(update={"max_steps": max_steps})
+    try:
+        result = train(
+            dataset or settings.paths.data_dir / "dataset", run_dir, cfg, resume=resume, log=console.print
+        )
+    except ConcertbotError as exc:
+        raise fail(exc) from None
+    console.print(
+        f"done: {result.steps} steps in {result.seconds / 60:.1f} min, best held-out loss "
+        f"{result.best_valid_loss:.3f}; best model in {run_dir / 'best'}"
+    )
+    if export:
+        if export.exists():
+            shutil.rmtree(export)
+        shutil.copytree(run_dir / "best", export)
+        console.print(f"exported to {export}")
+
+
+def _load_model(settings: Settings, model: Path | None):
+    from generator.model import load_model
+
+    return load_model(model or settings.paths.model_dir)
+
+
+@app.command("styles")
+def styles_cmd(model: Annotated[Path | None, typer.Option(help="Model directory.")] = None) -> None:
+    """List the styles the model can play."""
+    from generator.recipes import style_defaults
+    from generator.styles import CORPUS_BY_NAME
+
+    settings = _settings()
+    try:
+        loaded = _load_model(settings, model)
+    except ConcertbotError as exc:
+        raise fail(exc) from None
+    table = Table(title=f"styles of {loaded.version}")
+    for col in ("style", "instruments", "tempo", "music"):
+        table.add_column(col)
+    for style in loaded.vocab.styles:
+        instruments, tempo = style_defaults(loaded, style)
+        about = CORPUS_BY_NAME[style].description if style in CORPUS_BY_NAME else "from your MIDI folder"
+        table.add_row(style, " ".join(instruments), f"{tempo:g}", about)
+    console.print(table)
+
+
+@app.command("instruments")
+def instruments_cmd() -> None:
+    """List the instruments a piece can ask for."""
+    from generator.instruments import INSTRUMENTS
+
+    table = Table(title="instruments")
+    for col in ("instrument", "GM program", "range", "also"):
+        table.add_column(col)
+    for inst in INSTRUMENTS:
+        program = "drum kit" if inst.program < 0 else str(inst.program)
+        table.add_row(inst.name, program, f"{inst.low}-{inst.high}", ", ".join(inst.aliases))
+    console.print(table)
+
+
+@app.command("compose")
+def compose_cmd(
+    style: Annotated[str, typer.Argument(help="A style from `concertbot styles`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file: .mid or .wav.")],
+    instrument: Annotated[list[str] | None, typer.Option("--instrument", "-i", help="Repeatable.")] = None,
+    tempo: Annotated[float | None, typer.Option(help="Quarter notes per minute.")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Length of the piece.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same piece. Random if left out.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Higher is wilder.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped model).")] = None,
+) -> None:
+    """Compose one piece and write it as MIDI, or as WAV rendered through FluidSynth."""
+    import time
+
+    from generator.decode import midi_bytes, timed_messages, to_midi
+    from generator.recipes import make_request
+    from generator.sampling import Composer
+
+    settings = _settings()
+    suffix = out.suffix.lower()
+    if suffix not in (".mid", ".midi", ".wav"):
+        raise fail(ConcertbotError(f"--out {str(out)!r}: the file name must end in .mid or .wav"))
+    s = settings.sampling
+    try:
+        loaded = _load_model(settings, model)
+        request = make_request(
+            loaded,
+            style,
+            instrument,
+            tempo if tempo is not None else s.tempo,
+            seconds if seconds is not None else s.seconds,
+            seed,
+            temperature if temperature is not None else s.temperature,
+            top_p if top_p is not None else s.top_p,
+        )
+    except ConcertbotError as exc:
+        raise fail(exc) from None
+    if seed is None:
+        err.print(f"seed {request.seed} (use --seed {request.seed} to make this piece again)")
+    started = time.perf_counter()
+    piece = Composer(loaded).compose(request)
+    took = time.perf_counter() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".wav":
+        from synth.render import FluidSynthRenderer, write_wav
+
+        with FluidSynthRenderer.from_settings(settings.synth) as renderer:
+            err.print(f"soundfont: {renderer.soundfont.path} ({renderer.soundfont.origin})")
+            audio = renderer.render(timed_messages(piece.notes, request.tempo))
+        write_wav(out, audio, settings.synth.sample_rate)
+    else:
+        out.write_bytes(midi_bytes(to_midi(piece.notes, request.tempo)))
+    err.print(
+        f"{request.style} for {', '.join(request.instruments)} at {request.tempo:g} BPM, seed {request.seed}: "
+        f"{len(piece.notes)} notes, {len(piece.tokens)} tokens in {took:.1f} s "
+        f"({request.seconds / took:.1f}x real time) -> {out}"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

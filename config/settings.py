@@ -1,0 +1,109 @@
+"""Settings, typed and validated once at start-up from TOML files plus environment variables.
+
+Precedence, highest first: environment (`CONCERTBOT_*`, nested with `__`, e.g.
+`CONCERTBOT_SAMPLING__TEMPERATURE=0.9`), the file named by `CONCERTBOT_CONFIG`, `./concertbot.toml`,
+then the defaults shipped in `config/concertbot.toml`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from config.errors import ConfigError
+
+DEFAULTS_FILE = Path(__file__).with_name("concertbot.toml")
+
+
+class Paths(BaseModel):
+    data_dir: Path = Path("data")
+    # Empty means the small model that ships inside the `generator` package.
+    model_dir: Path | None = None
+
+
+class Sampling(BaseModel):
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    seconds: float = Field(60.0, gt=0.0, le=3600.0)
+    tempo: int | None = Field(None, ge=20, le=300)
+
+
+class Synth(BaseModel):
+    soundfont: Path | None = None
+    sample_rate: int = Field(44100, ge=8000, le=192000)
+    gain: float = Field(0.5, gt=0.0, le=5.0)
+    reverb: bool = True
+    reverb_room: float = Field(0.5, ge=0.0, le=1.0)
+    reverb_level: float = Field(0.6, ge=0.0, le=1.0)
+
+
+class Data(BaseModel):
+    # Most pieces taken from each style of the music21 corpus (0 = all of them).
+    max_pieces_per_style: int = Field(0, ge=0)
+    valid_percent: float = Field(5.0, ge=0.0, le=50.0)
+    workers: int = Field(0, ge=0)  # 0 = one per core
+
+
+class Train(BaseModel):
+    n_layer: int = Field(4, ge=1)
+    n_embd: int = Field(256, ge=16)
+    n_head: int = Field(4, ge=1)
+    context: int = Field(512, ge=32)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    warmup_steps: int = Field(200, ge=0)
+    max_steps: int = Field(5000, ge=1)
+    eval_every: int = Field(250, ge=1)
+    save_every: int = Field(250, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 1234
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONCERTBOT_", env_nested_delimiter="__", extra="forbid")
+
+    paths: Paths = Paths()
+    sampling: Sampling = Sampling()
+    synth: Synth = Synth()
+    data: Data = Data()
+    train: Train = Train()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = [DEFAULTS_FILE, Path("concertbot.toml")]
+        if extra := os.environ.get("CONCERTBOT_CONFIG"):
+            if not Path(extra).is_file():
+                raise ConfigError(f"CONCERTBOT_CONFIG names {extra!r}, which is not a file")
+            files.append(Path(extra))
+        # Later files win in pydantic-settings' TOML source, so the list runs from defaults up.
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=[f for f in files if f.is_file()])
+        return (init_settings, env_settings, toml)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate every setting once; a bad value becomes a ConfigError quoting it."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{where} = {err.get('input')!r}: {err['msg']}")
+        raise ConfigError("bad settings: " + "; ".join(problems)) from None

@@ -1,0 +1,198 @@
+"""Turn source files into pieces: music21 corpus scores and users' MIDI files, one source file per call.
+
+Each call runs in a worker process and returns plain data: the pieces found (notes and tokens) and the ones
+skipped with the reason. Nothing here raises for a bad file: a broken score is a skipped piece, not a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import symusic
+
+from generator.instruments import DRUMS, canonical_program, find_instrument
+from generator.vocab import TPQ, nearest_tempo_bin, tokenizer_config
+
+MIN_NOTES = 8
+MAX_NOTES = 20000  # longer than any corpus piece; bounds a worker's memory on a hostile MIDI file
+_NAME_HINTS = (
+    "violoncello",
+    "cello",
+    "viola",
+    "violin",
+    "contrabass",
+    "flute",
+    "oboe",
+    "clarinet",
+    "bassoon",
+    "horn",
+    "trumpet",
+    "trombone",
+    "tuba",
+    "harpsichord",
+    "organ",
+    "piano",
+    "harp",
+    "guitar",
+    "recorder",
+)
+
+
+@dataclass
+class Piece:
+    """One piece of music: notes as rows of (start tick, duration ticks, MIDI pitch, program) at TPQ."""
+
+    id: str
+    style: str
+    tempo: float
+    notes: np.ndarray  # int32 [N, 4]
+    tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint16))  # MidiTok ids, no prefix
+
+    @property
+    def seconds(self) -> float:
+        if len(self.notes) == 0:
+            return 0.0
+        end = int((self.notes[:, 0] + self.notes[:, 1]).max())
+        return end / TPQ * 60.0 / self.tempo
+
+    @property
+    def programs(self) -> list[int]:
+        return sorted({int(p) for p in self.notes[:, 3]})
+
+
+@dataclass
+class SourceResult:
+    source: str
+    pieces: list[Piece]
+    skipped: list[tuple[str, str]]  # (piece id, reason)
+
+
+def piece_id(source: str, index: int | None = None) -> str:
+    key = source if index is None else f"{source}#{index}"
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def to_score(piece: Piece) -> Any:  # a symusic.Score; symusic's factories defeat type checkers
+    score: Any = symusic.Score(TPQ)
+    for program in piece.programs:
+        rows = piece.notes[piece.notes[:, 3] == program]
+        track: Any = symusic.Track(program=max(program, 0), is_drum=program == DRUMS)
+        for start, dur, pitch, _ in rows.tolist():
+            track.notes.append(symusic.Note(int(start), int(max(dur, 1)), int(pitch), 80))
+        score.tracks.append(track)
+    return score
+
+
+def tokenize(pieces: list[Piece]) -> None:
+    """Fill in each piece's MidiTok token ids (in place)."""
+    from miditok import TSD
+
+    tokenizer = TSD(tokenizer_config())
+    for piece in pieces:
+        seq = tokenizer.encode(to_score(piece))
+        ids = seq.ids if not isinstance(seq, list) else [i for s in seq for i in s.ids]
+        piece.tokens = np.asarray(ids, dtype=np.uint16)
+
+
+def extract_music21(path: str, rel: str, style: str, ensemble: tuple[str, ...], tempo: int) -> SourceResult:
+    """Every score in one music21 corpus file (an ABC or Essen file may hold hundreds of tunes)."""
+    from music21 import converter, stream
+
+    warnings.filterwarnings("ignore")
+    try:
+        parsed = converter.parse(path)
+    except Exception as exc:  # music21 raises many kinds; any of them means this file is unusable
+        return SourceResult(rel, [], [(piece_id(rel), _reason(exc))])
+    scores = list(parsed.scores) if isinstance(parsed, stream.Opus) else [parsed]
+    pieces, skipped = [], []
+    for index, score in enumerate(scores):
+        pid = piece_id(rel, index if len(scores) > 1 else None)
+        try:
+            piece = _music21_piece(score, pid, style, ensemble, tempo)
+        except Exception as exc:
+            skipped.append((pid, _reason(exc)))
+            continue
+        if len(piece.notes) < MIN_NOTES:
+            skipped.append((pid, f"only {len(piece.notes)} notes"))
+            continue
+        pieces.append(piece)
+    tokenize(pieces)
+    return SourceResult(rel, pieces, skipped)
+
+
+def _music21_piece(score, pid: str, style: str, ensemble: tuple[str, ...], default_tempo: int) -> Piece:
+    from music21 import tempo as m21tempo
+
+    score = score.stripTies()
+    parts = list(score.parts) or [score]
+    marks = [m for m in score.recurse().getElementsByClass(m21tempo.MetronomeMark) if m.number]
+    bpm = float(marks[0].getQuarterBPM()) if marks else float(default_tempo)
+    rows: list[tuple[int, int, int, int]] = []
+    for i, part in enumerate(parts):
+        program = _part_program(part.partName or "", i, len(parts), ensemble)
+        for n in part.flatten().notes:
+            start = round(float(n.offset) * TPQ)
+            dur = round(float(n.quarterLength) * TPQ)
+            if dur <= 0:  # grace notes
+                continue
+            for p in n.pitches:
+                if 21 <= p.midi <= 108:
+                    rows.append((start, dur, p.midi, program))
+    notes = np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
+    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes)
+
+
+def _part_program(name: str, index: int, count: int, ensemble: tuple[str, ...]) -> int:
+    lowered = name.lower()
+    for hint in _NAME_HINTS:
+        if hint in lowered:
+            return find_instrument(hint).program
+    # Spread the ensemble over the parts, top voice first, so the bass always gets the lowest instrument.
+    slot = 0 if count == 1 else round(index * (len(ensemble) - 1) / (count - 1))
+    return find_instrument(ensemble[slot]).program
+
+
+def extract_midi(path: str, rel: str, style: str) -> SourceResult:
+    """One MIDI file from a user's folder; programs fold onto our instruments, drums are kept."""
+    pid = piece_id(rel)
+    try:
+        score = symusic.Score(path)
+    except Exception as exc:
+        return SourceResult(rel, [], [(pid, _reason(exc))])
+    try:
+        piece = _midi_piece(score, pid, style)
+    except Exception as exc:
+        return SourceResult(rel, [], [(pid, _reason(exc))])
+    if len(piece.notes) < MIN_NOTES:
+        return SourceResult(rel, [], [(pid, f"only {len(piece.notes)} notes")])
+    tokenize([piece])
+    return SourceResult(rel, [piece], [])
+
+
+def _midi_piece(score: Any, pid: str, style: str) -> Piece:
+    bpm = float(score.tempos[0].qpm) if len(score.tempos) else 120.0
+    scale = TPQ / score.ticks_per_quarter
+    rows = []
+    for track in score.tracks:
+        program = canonical_program(track.program, track.is_drum)
+        for n in track.notes:
+            if n.duration > 0 and 21 <= n.pitch <= 108:
+                rows.append((round(n.time * scale), max(1, round(n.duration * scale)), n.pitch, program))
+        if len(rows) > MAX_NOTES:
+            raise ValueError(f"more than {MAX_NOTES} notes")
+    notes = np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
+    if len(notes):
+        notes[:, 0] -= notes[:, 0].min()  # leading silence is not music
+    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:160]
+
+
+__all__ = ["Piece", "SourceResult", "extract_midi", "extract_music21", "nearest_tempo_bin", "to_score"]

@@ -1,0 +1,238 @@
+"""`concertbot data build`: sources -> pieces -> token arrays, in parallel, cached and resumable.
+
+Layout of a built data set (`<data_dir>/dataset`):
+  tokens.npy     every piece's MidiTok ids, concatenated (uint16)
+  pieces.jsonl   one line per piece: id, style, source, split, offset/length into tokens.npy, tempo, ...
+  skipped.jsonl  one line per source or piece left out, with the reason
+  vocab.json, tokenizer.json   the vocabulary a model trained on it uses
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from config.errors import ConfigError
+from generator.corpus import Piece, SourceResult, extract_midi, extract_music21
+from generator.styles import CORPUS_STYLES
+from generator.vocab import Vocab
+
+CACHE_VERSION = 1
+CORPUS_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
+MIDI_SUFFIXES = (".mid", ".midi")
+
+
+@dataclass(frozen=True)
+class Source:
+    style: str
+    path: str  # absolute
+    rel: str  # stable name: relative to the corpus or the user's folder
+    kind: str  # "music21" or "midi"
+
+
+def corpus_sources(styles: Iterable[str] | None = None) -> list[Source]:
+    """The music21 corpus files of each corpus style, in a stable order."""
+    import music21
+
+    root = Path(music21.__file__).parent / "corpus"
+    wanted = set(styles) if styles is not None else None
+    out = []
+    for style in CORPUS_STYLES:
+        if wanted is not None and style.name not in wanted:
+            continue
+        for folder in style.folders:
+            for path in sorted((root / folder).rglob("*")):
+                if path.suffix.lower() in CORPUS_SUFFIXES and path.is_file():
+                    out.append(Source(style.name, str(path), str(path.relative_to(root)), "music21"))
+    return out
+
+
+def midi_sources(folder: Path) -> list[Source]:
+    """A user's folder laid out one sub-folder per style: `folder/<style>/*.mid`."""
+    if not folder.is_dir():
+        raise ConfigError(f"MIDI folder {str(folder)!r} does not exist")
+    out = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        style = re.sub(r"[^a-z0-9]+", "_", sub.name.lower()).strip("_")
+        if not style:
+            raise ConfigError(f"cannot make a style name of folder {sub.name!r}")
+        for path in sorted(sub.rglob("*")):
+            if path.suffix.lower() in MIDI_SUFFIXES and path.is_file():
+                rel = f"{folder.name}/{path.relative_to(folder)}"
+                out.append(Source(style, str(path), rel, "midi"))
+    if not out:
+        raise ConfigError(f"MIDI folder {str(folder)!r} has no <style>/*.mid files")
+    return out
+
+
+def _extract(source: Source) -> SourceResult:
+    if source.kind == "midi":
+        return extract_midi(source.path, source.rel, source.style)
+    style = next(s for s in CORPUS_STYLES if s.name == source.style)
+    return extract_music21(source.path, source.rel, source.style, style.ensemble, style.tempo)
+
+
+def _cache_path(cache_dir: Path, source: Source) -> Path:
+    stat = os.stat(source.path)
+    key = f"{CACHE_VERSION}|{source.kind}|{source.style}|{source.rel}|{stat.st_size}|{stat.st_mtime_ns}"
+    return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.pkl"
+
+
+def is_valid(piece_id: str, valid_percent: float) -> bool:
+    """Held-out split by piece, stable across runs and machines."""
+    return int(piece_id[:8], 16) % 10000 < valid_percent * 100
+
+
+@dataclass
+class BuildReport:
+    pieces: list[Piece]
+    skipped: list[tuple[str, str, str]]  # (source, piece id, reason)
+    from_cache: int
+
+
+def extract_all(
+    sources: list[Source],
+    cache_dir: Path,
+    workers: int,
+    max_per_style: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> BuildReport:
+    """Extract every source, reusing cached results; stops feeding a style once it has enough pieces."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[Source, SourceResult] = {}
+    from_cache = 0
+    todo: list[Source] = []
+    for source in sources:
+        path = _cache_path(cache_dir, source)
+        if path.is_file():
+            results[source] = pickle.loads(path.read_bytes())
+            from_cache += 1
+        else:
+            todo.append(source)
+
+    def enough(style: str) -> bool:
+        have = sum(len(r.pieces) for s, r in results.items() if s.style == style)
+        return max_per_style > 0 and have >= max_per_style
+
+    done = len(results)
+    if progress:
+        progress(done, len(sources))
+    pending: dict[Future[SourceResult], Source] = {}
+    queue = list(todo)
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        while queue or pending:
+            while queue and len(pending) < 2 * max(1, workers):
+                source = queue.pop(0)
+                if enough(source.style):
+                    done += 1
+                    continue
+                pending[pool.submit(_extract, source)] = source
+            if not pending:
+                break
+            finished = _first_done(pending)
+            source = pending.pop(finished)
+            result = finished.result()
+            tmp = _cache_path(cache_dir, source).with_suffix(".tmp")
+            tmp.write_bytes(pickle.dumps(result))
+            tmp.replace(tmp.with_suffix(".pkl"))  # atomic: an interrupted build never leaves half a file
+            results[source] = result
+            done += 1
+            if progress:
+                progress(done, len(sources))
+
+    pieces: list[Piece] = []
+    skipped: list[tuple[str, str, str]] = []
+    per_style: dict[str, int] = {}
+    for source in sources:  # the sources' order, not completion order, so the selection is stable
+        if source not in results:
+            continue
+        result = results[source]
+        skipped += [(result.source, pid, why) for pid, why in result.skipped]
+        for piece in result.pieces:
+            if max_per_style and per_style.get(piece.style, 0) >= max_per_style:
+                continue
+            per_style[piece.style] = per_style.get(piece.style, 0) + 1
+            pieces.append(piece)
+    return BuildReport(pieces, skipped, from_cache)
+
+
+def _first_done(pending: dict[Future[SourceResult], Source]) -> Future[SourceResult]:
+    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+    return next(iter(done))
+
+
+def write_dataset(report: BuildReport, out_dir: Path, valid_percent: float) -> Vocab:
+    """Write the token array, the piece index and the vocabulary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    styles = sorted({p.style for p in report.pieces})
+    if not styles:
+        raise ConfigError("no usable pieces were found; nothing to write")
+    vocab = Vocab.build(styles)
+    offset = 0
+    arrays = []
+    with open(out_dir / "pieces.jsonl.tmp", "w") as index:
+        for piece in report.pieces:
+            ranges = {
+                str(prog): [
+                    int(piece.notes[piece.notes[:, 3] == prog, 2].min()),
+                    int(piece.notes[piece.notes[:, 3] == prog, 2].max()),
+                ]
+                for prog in piece.programs
+            }
+            row = {
+                "id": piece.id,
+                "style": piece.style,
+                "split": "valid" if is_valid(piece.id, valid_percent) else "train",
+                "offset": offset,
+                "length": len(piece.tokens),
+                "tempo": round(piece.tempo, 2),
+                "notes": len(piece.notes),
+                "seconds": round(piece.seconds, 2),
+                "ranges": ranges,
+            }
+            index.write(json.dumps(row) + "\n")
+            arrays.append(piece.tokens)
+            offset += len(piece.tokens)
+    np.save(out_dir / "tokens.npy", np.concatenate(arrays).astype(np.uint16))
+    (out_dir / "pieces.jsonl.tmp").replace(out_dir / "pieces.jsonl")
+    with open(out_dir / "skipped.jsonl", "w") as f:
+        for source, pid, why in report.skipped:
+            f.write(json.dumps({"source": source, "id": pid, "reason": why}) + "\n")
+    vocab.save(out_dir)
+    return vocab
+
+
+def read_index(dataset_dir: Path) -> list[dict]:
+    path = dataset_dir / "pieces.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"no data set at {str(dataset_dir)!r}; run `concertbot data build` first")
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Pieces, notes, tokens and hours of music per style (and a total row)."""
+    table: dict[str, dict] = {}
+    for r in rows:
+        s = table.setdefault(
+            r["style"], {"style": r["style"], "pieces": 0, "valid": 0, "notes": 0, "tokens": 0, "hours": 0.0}
+        )
+        s["pieces"] += 1
+        s["valid"] += r["split"] == "valid"
+        s["notes"] += r["notes"]
+        s["tokens"] += r["length"]
+        s["hours"] += r["seconds"] / 3600
+    out = [table[k] for k in sorted(table)]
+    total = {
+        "style": "total",
+        **{k: sum(s[k] for s in out) for k in ("pieces", "valid", "notes", "tokens", "hours")},
+    }
+    return [*out, total]

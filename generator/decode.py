@@ -1,0 +1,124 @@
+"""Tokens -> notes -> MIDI, incrementally, so a piece can be played while it is still being sampled.
+
+Time inside the generator is counted in ticks of 1/8 beat (MidiTok's finest TSD grid here); seconds only
+appear when a tempo is applied in `timed_messages` and `to_midi`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import mido
+import numpy as np
+
+from generator.instruments import DRUMS
+from generator.vocab import KIND_DURATION, KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT, Vocab
+
+STEPS_PER_BEAT = 8
+MIDI_TPQ = 480
+VELOCITY = 80  # the corpus carries no dynamics; the synth's loudness control evens pieces out
+
+
+@dataclass(frozen=True, order=True)
+class Note:
+    """One note; times in 1/8 beats from the start of the piece."""
+
+    start: int
+    pitch: int
+    duration: int
+    program: int  # General MIDI program, or DRUMS (-1)
+
+    def end(self) -> int:
+        return self.start + self.duration
+
+
+class NoteDecoder:
+    """Feeds on token ids one at a time; yields each note as soon as its last token arrives."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.kind = vocab.kind
+        self.value = vocab.value
+        self.time = 0
+        self.program: int | None = None
+        self.pitch: int | None = None
+
+    def feed(self, token: int) -> Note | None:
+        kind = self.kind[token]
+        if kind == KIND_TIMESHIFT:
+            self.time += int(self.value[token])
+        elif kind == KIND_PROGRAM:
+            self.program = int(self.value[token])
+            self.pitch = None
+        elif kind == KIND_PITCH:
+            self.pitch = int(self.value[token])
+        elif kind == KIND_DURATION and self.program is not None and self.pitch is not None:
+            note = Note(self.time, self.pitch, max(1, int(self.value[token])), self.program)
+            self.pitch = None
+            return note
+        return None
+
+
+def decode(vocab: Vocab, tokens: Iterable[int]) -> list[Note]:
+    """Every complete note in a token sequence (the conditioning prefix is ignored)."""
+    decoder = NoteDecoder(vocab)
+    return [n for t in tokens if (n := decoder.feed(int(t))) is not None]
+
+
+def channels(programs: Iterable[int]) -> dict[int, int]:
+    """A MIDI channel per program, drums on channel 9 as General MIDI wants."""
+    out: dict[int, int] = {}
+    free = [c for c in range(16) if c != 9]
+    for program in sorted(set(programs)):
+        out[program] = 9 if program == DRUMS else free[len([p for p in out if p != DRUMS]) % len(free)]
+    return out
+
+
+def timed_messages(notes: Iterable[Note], tempo: float) -> Iterator[tuple[float, mido.Message]]:
+    """(seconds, message) pairs in time order: program changes first, note-offs before note-ons at a tick."""
+    notes = sorted(notes)
+    chans = channels(n.program for n in notes)
+    seconds_per_step = 60.0 / tempo / STEPS_PER_BEAT
+    for program, chan in sorted(chans.items(), key=lambda kv: kv[1]):
+        if program != DRUMS:
+            yield 0.0, mido.Message("program_change", channel=chan, program=program)
+    events = []
+    for n in notes:
+        chan = chans[n.program]
+        events.append((n.start, 1, chan, n.pitch))
+        events.append((n.end(), 0, chan, n.pitch))
+    for step, on, chan, pitch in sorted(events):
+        kind = "note_on" if on else "note_off"
+        yield (
+            step * seconds_per_step,
+            mido.Message(kind, channel=chan, note=pitch, velocity=VELOCITY if on else 0),
+        )
+
+
+def to_midi(notes: Iterable[Note], tempo: float) -> mido.MidiFile:
+    """A type-0 MIDI file of the notes at `tempo`; the same notes always give the same bytes."""
+    midi = mido.MidiFile(type=0, ticks_per_beat=MIDI_TPQ)
+    track = mido.MidiTrack()
+    midi.tracks.append(track)
+    track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo), time=0))
+    ticks_per_step = MIDI_TPQ // STEPS_PER_BEAT
+    seconds_per_tick = 60.0 / tempo / MIDI_TPQ
+    last = 0
+    for seconds, msg in timed_messages(notes, tempo):
+        tick = round(seconds / seconds_per_tick / ticks_per_step) * ticks_per_step
+        track.append(msg.copy(time=tick - last))
+        last = tick
+    track.append(mido.MetaMessage("end_of_track", time=0))
+    return midi
+
+
+def midi_bytes(midi: mido.MidiFile) -> bytes:
+    buf = io.BytesIO()
+    midi.save(file=buf)
+    return buf.getvalue()
+
+
+def notes_array(notes: Iterable[Note]) -> np.ndarray:
+    """Notes as an int array [N, 4] of (start, pitch, duration, program), for metrics."""
+    return np.array([(n.start, n.pitch, n.duration, n.program) for n in notes], dtype=np.int32).reshape(-1, 4)

@@ -1,0 +1,292 @@
+"""Music metrics for `concertbot eval`: histograms, distances, loop detection and a small style classifier.
+
+Every function takes a note array as made by `generator.decode.notes_array`: int [N, 4] of
+(start, pitch, duration, program), times in ticks of 1/8 beat, program DRUMS (-1) for percussion.
+Drum "pitches" name kit pieces rather than notes, so pitch-based measures leave drums out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from generator.instruments import DRUMS
+
+START, PITCH, DURATION, PROGRAM = range(4)
+# The same grid as generator.decode; importing it from there would drag miditok and torch into eval.
+STEPS_PER_BEAT = 8
+
+DEGENERATE_BAR_REPEAT = 8  # eight identical bars in a row is a stuck loop, not a repeated phrase
+DEGENERATE_PITCH_RUN = 16  # a melody rarely strikes one pitch this often without moving
+
+MAX_INTERVAL = 12
+# Lower edges of register bands in MIDI pitch: bass, tenor, alto, soprano, high and very high.
+REGISTER_BANDS = (0, 48, 60, 72, 84, 96)
+FEATURES = 12 + (2 * MAX_INTERVAL + 1) + 1 + 2 + 1 + 1 + len(REGISTER_BANDS)
+"""Length of `features`: pitch classes, intervals, notes/s, pitch mean and std, duration, polyphony, bands."""
+
+
+def _checked(notes: np.ndarray) -> np.ndarray:
+    notes = np.asarray(notes)
+    if notes.ndim != 2 or notes.shape[1] != 4:
+        raise ValueError(f"expected a note array of shape [N, 4], got shape {notes.shape}")
+    return notes.astype(np.int64, copy=False)
+
+
+def _pitched(notes: np.ndarray) -> np.ndarray:
+    return notes[notes[:, PROGRAM] != DRUMS]
+
+
+def _normalised(counts: np.ndarray) -> np.ndarray:
+    total = counts.sum()
+    return counts / total if total > 0 else np.zeros(len(counts))
+
+
+def _longest_run(values: Sequence[object]) -> int:
+    best = run = 0
+    previous: object = None
+    for value in values:
+        run = run + 1 if run and value == previous else 1
+        best = max(best, run)
+        previous = value
+    return best
+
+
+def pitch_class_histogram(notes: np.ndarray) -> np.ndarray:
+    """Share of pitched notes in each pitch class C..B (float [12]); all zeros when there are none."""
+    pitches = _pitched(_checked(notes))[:, PITCH]
+    return _normalised(np.bincount(pitches % 12, minlength=12).astype(np.float64))
+
+
+def _melody(voice: np.ndarray) -> np.ndarray:
+    """Pitches of the highest note at each onset of one voice, in time order."""
+    order = np.lexsort((-voice[:, PITCH], voice[:, START]))
+    starts, pitches = voice[order, START], voice[order, PITCH]
+    first_at_onset = np.ones(len(starts), dtype=bool)
+    first_at_onset[1:] = starts[1:] != starts[:-1]
+    return pitches[first_at_onset]
+
+
+def interval_histogram(notes: np.ndarray, max_interval: int = MAX_INTERVAL) -> np.ndarray:
+    """Share of melodic intervals in semitones, from -max_interval to +max_interval.
+
+    Args:
+        notes: note array [N, 4].
+        max_interval: larger leaps are counted in the outermost bins.
+
+    Returns:
+        float [2 * max_interval + 1], index `max_interval` being the repeated note; all zeros when no pitched
+        voice has two onsets. Each program is one voice whose melody is its highest note at each onset, so
+        chords and other instruments never produce intervals.
+    """
+    notes = _pitched(_checked(notes))
+    counts = np.zeros(2 * max_interval + 1)
+    for program in np.unique(notes[:, PROGRAM]):
+        steps = np.diff(_melody(notes[notes[:, PROGRAM] == program]))
+        counts += np.bincount(np.clip(steps, -max_interval, max_interval) + max_interval, minlength=len(counts))
+    return _normalised(counts)
+
+
+def js_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon distance between two histograms, in [0, 1] (base-2 logarithms).
+
+    Args:
+        p: non-negative weights; normalised here, so raw counts are fine.
+        q: the same length as `p`.
+
+    Returns:
+        0.0 for identical distributions, 1.0 for disjoint ones. An all-zero histogram (a piece with no notes
+        of that kind) is 0.0 from another all-zero one and 1.0 from anything else, so an empty piece scores
+        as far as possible from a real one.
+    """
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    if p.shape != q.shape or p.ndim != 1:
+        raise ValueError(f"histograms must be 1-D and of one length, got shapes {p.shape} and {q.shape}")
+    if (p < 0).any() or (q < 0).any():
+        raise ValueError("histograms must not have negative entries")
+    p_total, q_total = p.sum(), q.sum()
+    if p_total == 0 or q_total == 0:
+        return 0.0 if p_total == q_total else 1.0
+    p, q = p / p_total, q / q_total
+    m = (p + q) / 2
+
+    def kl_to_m(a: np.ndarray) -> float:
+        # 0 * log 0 is 0; where a > 0, m > 0 too, so no division by zero.
+        mask = a > 0
+        return float(np.sum(a[mask] * np.log2(a[mask] / m[mask])))
+
+    divergence = (kl_to_m(p) + kl_to_m(q)) / 2
+    # Rounding can push the divergence a hair outside [0, 1].
+    return float(np.sqrt(min(1.0, max(0.0, divergence))))
+
+
+def notes_per_second(notes: np.ndarray, tempo_bpm: float) -> float:
+    """Notes (drums included) per second from first onset to last release, at `tempo_bpm` quarters a minute."""
+    notes = _checked(notes)
+    if len(notes) == 0:
+        return 0.0
+    span = int((notes[:, START] + notes[:, DURATION]).max() - notes[:, START].min())
+    seconds = span / STEPS_PER_BEAT * 60.0 / tempo_bpm
+    return len(notes) / seconds if seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class LoopReport:
+    """How stuck a piece sounds: the longest exact bar repeat and the longest single-pitch run."""
+
+    longest_bar_repeat: int  # consecutive identical non-empty bars
+    longest_pitch_run: int  # consecutive notes of one pitch within one pitched program
+    degenerate: bool  # either run reached its DEGENERATE_* threshold
+
+
+def loop_report(notes: np.ndarray, bar_steps: int = 4 * STEPS_PER_BEAT) -> LoopReport:
+    """Find the loops a sampler falls into: one bar copied over and over, or one note struck over and over.
+
+    Args:
+        notes: note array [N, 4].
+        bar_steps: ticks per bar; the default is a 4/4 bar.
+
+    Returns:
+        A LoopReport. Bars are compared by the notes that start in them (onset within the bar, pitch,
+        duration, program), so a bar of only held notes is empty and breaks a run. Drums repeat by nature
+        and are left out of the pitch run, but do count in bar signatures.
+    """
+    notes = _checked(notes)
+    bars: dict[int, list[tuple[int, ...]]] = {}
+    for start, pitch, duration, program in notes.tolist():
+        bars.setdefault(start // bar_steps, []).append((start % bar_steps, pitch, duration, program))
+    bar_repeat = run = 0
+    previous: list[tuple[int, ...]] = []
+    for bar in range(min(bars, default=0), max(bars, default=-1) + 1):
+        signature = sorted(bars.get(bar, []))
+        run = (run + 1 if signature == previous else 1) if signature else 0
+        bar_repeat = max(bar_repeat, run)
+        previous = signature
+
+    pitched = _pitched(notes)
+    pitch_run = 0
+    for program in np.unique(pitched[:, PROGRAM]):
+        voice = pitched[pitched[:, PROGRAM] == program]
+        order = np.lexsort((voice[:, PITCH], voice[:, START]))
+        pitch_run = max(pitch_run, _longest_run(voice[order, PITCH].tolist()))
+
+    degenerate = bar_repeat >= DEGENERATE_BAR_REPEAT or pitch_run >= DEGENERATE_PITCH_RUN
+    return LoopReport(bar_repeat, pitch_run, degenerate)
+
+
+def _mean_polyphony(notes: np.ndarray) -> float:
+    """Mean number of notes sounding at each distinct onset (a note sounds over [start, end))."""
+    starts = np.sort(notes[:, START])
+    ends = np.sort(notes[:, START] + notes[:, DURATION])
+    onsets = np.unique(starts)
+    sounding = np.searchsorted(starts, onsets, side="right") - np.searchsorted(ends, onsets, side="right")
+    return float(sounding.mean())
+
+
+def features(notes: np.ndarray, tempo_bpm: float) -> np.ndarray:
+    """A style fingerprint of a piece: float [FEATURES], all zeros for a piece with no notes.
+
+    Args:
+        notes: note array [N, 4].
+        tempo_bpm: quarter notes per minute the piece is played at.
+
+    Returns:
+        Concatenation of the absolute pitch-class histogram (12; key is part of a style here), the interval
+        histogram (25), notes per second (1), mean and standard deviation of pitch / 128 (2), log1p of the
+        mean duration in beats (1), mean polyphony (1) and the share of notes in each REGISTER_BANDS band (6).
+        Everything but notes per second counts pitched notes only.
+    """
+    notes = _checked(notes)
+    pitched = _pitched(notes)
+    if len(pitched) == 0:
+        out = np.zeros(FEATURES)
+        out[12 + 2 * MAX_INTERVAL + 1] = notes_per_second(notes, tempo_bpm)
+        return out
+    pitches = pitched[:, PITCH].astype(np.float64)
+    band = np.searchsorted(REGISTER_BANDS, pitched[:, PITCH], side="right") - 1
+    out = np.concatenate(
+        [
+            pitch_class_histogram(pitched),
+            interval_histogram(pitched, MAX_INTERVAL),
+            [notes_per_second(notes, tempo_bpm)],
+            [pitches.mean() / 128, pitches.std() / 128],
+            [np.log1p(pitched[:, DURATION].mean() / STEPS_PER_BEAT)],
+            [_mean_polyphony(pitched)],
+            _normalised(np.bincount(band, minlength=len(REGISTER_BANDS)).astype(np.float64)),
+        ]
+    )
+    assert out.shape == (FEATURES,)
+    return out
+
+
+class StyleClassifier:
+    """Multinomial logistic regression on standardised feature vectors, fitted by full-batch gradient descent.
+
+    Starts from zero weights and takes fixed steps, so the same data always gives the same model.
+
+    Args:
+        l2: weight of the squared-norm penalty on the weights (the biases are not penalised).
+        iterations: gradient steps taken by `fit`.
+    """
+
+    def __init__(self, l2: float = 1e-2, iterations: int = 500) -> None:
+        self.l2 = l2
+        self.iterations = iterations
+        self.classes: list[str] = []
+        self.mean = np.zeros(0)
+        self.scale = np.ones(0)
+        self.weights = np.zeros((0, 0))  # [features + 1 (bias), classes]
+
+    def _design(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self.mean):
+            raise ValueError(f"expected features of shape [N, {len(self.mean)}], got shape {X.shape}")
+        Z = (X - self.mean) / self.scale
+        return np.hstack([Z, np.ones((len(Z), 1))])
+
+    def fit(self, X: np.ndarray, y: Sequence[str]) -> StyleClassifier:
+        """Learn the styles in `y` from feature rows `X` [N, F]; returns self."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
+            raise ValueError(f"need a non-empty [N, F] feature array and N labels, got {X.shape} and {len(y)}")
+        self.classes = sorted(set(y))
+        index = {c: i for i, c in enumerate(self.classes)}
+        targets = np.zeros((len(y), len(self.classes)))
+        targets[np.arange(len(y)), [index[c] for c in y]] = 1.0
+        self.mean = X.mean(axis=0)
+        std = X.std(axis=0)
+        # A feature constant over the training set (an interval never used) must not divide by zero.
+        self.scale = np.where(std > 1e-12, std, 1.0)
+        A = self._design(X)  # [N, F + 1]
+        n = len(A)
+        # The softmax Hessian's eigenvalues are at most 1/2, so the loss gradient is Lipschitz with constant
+        # below L = |A|^2 / 2n + l2, and a step of 1/L descends every time without any tuning.
+        step = 1.0 / (0.5 * np.linalg.norm(A, 2) ** 2 / n + self.l2)
+        W = np.zeros((A.shape[1], len(self.classes)))
+        penalised = np.ones((A.shape[1], 1))
+        penalised[-1] = 0.0
+        for _ in range(self.iterations):
+            grad = A.T @ (_softmax(A @ W) - targets) / n + self.l2 * penalised * W
+            W -= step * grad
+        self.weights = W
+        return self
+
+    def predict(self, X: np.ndarray) -> list[str]:
+        """The most likely style of each feature row."""
+        if not self.classes:
+            raise RuntimeError("StyleClassifier.predict called before fit")
+        logits = self._design(X) @ self.weights
+        return [self.classes[i] for i in np.argmax(logits, axis=1)]
+
+    def accuracy(self, X: np.ndarray, y: Sequence[str]) -> float:
+        """Share of rows whose predicted style is the one in `y`."""
+        if len(y) == 0:
+            return 0.0
+        return float(np.mean([p == t for p, t in zip(self.predict(X), y, strict=True)]))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)

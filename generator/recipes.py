@@ -1,0 +1,80 @@
+"""From what a person typed (style, instrument names, tempo) to a complete PieceRequest."""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter
+
+from config.errors import ConcertbotError
+from generator.instruments import BY_PROGRAM, find_instrument
+from generator.model import LoadedModel
+from generator.sampling import PieceRequest
+from generator.styles import CORPUS_BY_NAME, resolve_style
+
+MAX_INSTRUMENTS = 6
+MIN_TEMPO, MAX_TEMPO = 30, 240
+
+
+class RequestError(ConcertbotError):
+    """A request that cannot be played as asked; the message says why in a few words."""
+
+
+def style_defaults(loaded: LoadedModel, style: str) -> tuple[tuple[str, ...], float]:
+    """The instruments and tempo a style sounds like when nobody says otherwise."""
+    saved = loaded.card.get("style_defaults", {}).get(style)
+    if saved:
+        return tuple(saved["instruments"]), float(saved["tempo"])
+    if style in CORPUS_BY_NAME:
+        corpus = CORPUS_BY_NAME[style]
+        return tuple(dict.fromkeys(corpus.ensemble)), float(corpus.tempo)
+    return ("piano",), 120.0
+
+
+def make_request(
+    loaded: LoadedModel,
+    style: str,
+    instruments: list[str] | None = None,
+    tempo: float | None = None,
+    seconds: float = 60.0,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+) -> PieceRequest:
+    """Resolve names (UnknownNameError lists the closest ones) and fill in the style's defaults."""
+    style = resolve_style(style, loaded.vocab.styles)
+    default_instruments, default_tempo = style_defaults(loaded, style)
+    names = (
+        tuple(dict.fromkeys(find_instrument(n).name for n in instruments))
+        if instruments
+        else default_instruments
+    )
+    if len(names) > MAX_INSTRUMENTS:
+        raise RequestError(f"at most {MAX_INSTRUMENTS} instruments at once, not {len(names)}")
+    bpm = default_tempo if tempo is None else tempo
+    if not MIN_TEMPO <= bpm <= MAX_TEMPO:
+        raise RequestError(f"tempo {bpm:g} is out of range; use {MIN_TEMPO}-{MAX_TEMPO} BPM")
+    if not 0 < seconds <= 3600:
+        raise RequestError(f"length {seconds:g} s is out of range; use up to 3600 s")
+    if seed is None:
+        seed = new_seed()
+    if not 0 <= seed < 2**63:
+        raise RequestError(f"seed {seed} is out of range; seeds are 0 to 2^63-1")
+    return PieceRequest(style, names, float(bpm), float(seconds), int(seed), float(temperature), float(top_p))
+
+
+def new_seed() -> int:
+    """A fresh seed short enough for a viewer to type back: 9 decimal digits at most."""
+    return secrets.randbelow(10**9)
+
+
+def summarize_styles(rows: list[dict]) -> dict[str, dict]:
+    """Per style, the median tempo and the most common instrument set of the training pieces."""
+    out: dict[str, dict] = {}
+    for style in sorted({r["style"] for r in rows}):
+        mine = [r for r in rows if r["style"] == style]
+        tempos = sorted(r["tempo"] for r in mine)
+        sets = Counter(tuple(sorted(int(p) for p in r["ranges"])) for r in mine)
+        programs = sets.most_common(1)[0][0]
+        names = [BY_PROGRAM[p].name for p in programs if p in BY_PROGRAM]
+        out[style] = {"tempo": round(tempos[len(tempos) // 2]), "instruments": names or ["piano"]}
+    return out

@@ -1,0 +1,200 @@
+"""Seeded, grammar-constrained sampling of a piece, token by token, with a sliding window.
+
+The same model, request and seed give the same tokens on the same kind of device: the only randomness is
+one `torch.Generator` seeded from the request, and every other choice is a pure function of the tokens so far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from generator.decode import STEPS_PER_BEAT, Note, NoteDecoder, decode
+from generator.fastgpt import FastGPT2
+from generator.grammar import AFTER_PROGRAM, AT_BOUNDARY, Grammar, GrammarState
+from generator.instruments import DRUMS, find_instrument
+from generator.model import LoadedModel
+from generator.vocab import KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT
+
+BAR_STEPS = 4 * STEPS_PER_BEAT
+BAR_REPEAT_LIMIT = 3  # identical bars in a row before the guard steers away (metrics calls 8 degenerate)
+PITCH_RUN_LIMIT = 6  # same pitch in one voice before that pitch is banned for a note (16 is degenerate)
+MAX_NOTES_PER_ONSET = 12  # more than this at one instant is a runaway chord: force time to move on
+LOOP_PENALTY = 4.0  # logits taken off the pitches of a repeating bar
+MAX_REST = 8 * STEPS_PER_BEAT  # longest silence before a note is forced: a concert never goes quiet
+
+
+@dataclass(frozen=True)
+class PieceRequest:
+    """Everything that decides a piece's notes, so that it can be made again exactly."""
+
+    style: str
+    instruments: tuple[str, ...]
+    tempo: float
+    seconds: float
+    seed: int
+    temperature: float = 1.0
+    top_p: float = 0.95
+
+    def programs(self) -> list[int]:
+        return sorted({find_instrument(name).program for name in self.instruments})
+
+
+@dataclass
+class Composition:
+    request: PieceRequest
+    prefix: list[int]
+    tokens: list[int]  # music tokens, ending with EOS
+    notes: list[Note] = field(default_factory=list)
+    steered: int = 0  # how many times the loop guard stepped in
+
+
+class LoopGuard:
+    """Watches decoded notes for the classic small-model failures and says what to discourage next."""
+
+    def __init__(self) -> None:
+        self.bar_index = 0
+        self.bar_notes: list[tuple[int, int, int, int]] = []
+        self.last_signature: tuple | None = None
+        self.repeats = 0
+        self.penalized: frozenset[int] = frozenset()
+        self.runs: dict[int, tuple[int, int]] = {}  # program -> (pitch, run length)
+        self.onset_time = 0
+        self.onset_notes = 0
+        self.steered = 0
+
+    def on_time(self, time: int) -> None:
+        """Close every bar that `time` has moved past."""
+        while time >= (self.bar_index + 1) * BAR_STEPS:
+            signature = tuple(sorted(self.bar_notes))
+            if signature and signature == self.last_signature:
+                self.repeats += 1
+            else:
+                self.repeats = 1 if signature else 0
+            self.last_signature = signature
+            if self.repeats >= BAR_REPEAT_LIMIT:
+                self.penalized = frozenset(n[1] for n in signature)
+                self.steered += 1
+            else:
+                self.penalized = frozenset()
+            self.bar_notes = []
+            self.bar_index += 1
+
+    def on_note(self, note: Note) -> None:
+        self.on_time(note.start)
+        self.bar_notes.append((note.start % BAR_STEPS, note.pitch, note.duration, note.program))
+        pitch, run = self.runs.get(note.program, (-1, 0))
+        self.runs[note.program] = (note.pitch, run + 1 if pitch == note.pitch else 1)
+        if note.start != self.onset_time:
+            self.onset_time, self.onset_notes = note.start, 0
+        self.onset_notes += 1
+
+    def banned_pitch(self, program: int) -> int | None:
+        pitch, run = self.runs.get(program, (-1, 0))
+        if program != DRUMS and run >= PITCH_RUN_LIMIT:
+            self.steered += 1
+            return pitch
+        return None
+
+
+class Composer:
+    """Samples pieces from a loaded model on the CPU or one GPU."""
+
+    def __init__(self, loaded: LoadedModel, device: str = "cpu") -> None:
+        self.loaded = loaded
+        model: Any = loaded.model
+        self.model = model.to(device).eval()
+        self.vocab = loaded.vocab
+        self.device = device
+        self.fast = FastGPT2(self.model)
+        self.pitch_of = torch.from_numpy(np.where(self.vocab.kind == KIND_PITCH, self.vocab.value, -1))
+        self.is_timeshift = torch.from_numpy(self.vocab.kind == KIND_TIMESHIFT)
+        self.shift_of = torch.from_numpy(np.where(self.vocab.kind == KIND_TIMESHIFT, self.vocab.value, 0))
+
+    def compose(self, request: PieceRequest) -> Composition:
+        prefix = self.vocab.prefix(request.style, list(request.instruments), request.tempo)
+        comp = Composition(request, prefix, [])
+        comp.tokens = list(self.stream(request, comp))
+        comp.notes = decode(self.vocab, comp.tokens)
+        return comp
+
+    @torch.inference_mode()
+    def stream(self, request: PieceRequest, report: Composition | None = None) -> Iterator[int]:
+        """Yield music tokens one by one as they are sampled; the last one is EOS."""
+        vocab = self.vocab
+        prefix = vocab.prefix(request.style, list(request.instruments), request.tempo)
+        grammar = Grammar(vocab, request.programs())
+        state = GrammarState()
+        decoder = NoteDecoder(vocab)
+        guard = LoopGuard()
+        generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        target = request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT
+        context = self.loaded.context
+        window = list(prefix)
+        logits, cache = self._forward(window, None)
+        while True:
+            at_end = decoder.time >= target
+            if at_end and state.phase == AT_BOUNDARY:
+                yield vocab.eos
+                break
+            mask = torch.from_numpy(grammar.allowed(state, may_end=False))
+            if state.phase == AT_BOUNDARY and (at_end or guard.onset_notes >= MAX_NOTES_PER_ONSET):
+                if guard.onset_time == decoder.time:
+                    mask = mask & self.is_timeshift  # finish the chord by moving time on
+            elif state.phase == AT_BOUNDARY:
+                # No rest longer than MAX_REST: time shifts that would overshoot it are off the table.
+                room = MAX_REST - (decoder.time - guard.onset_time)
+                mask = mask & ~(self.is_timeshift & (self.shift_of > room))
+            if state.phase == AFTER_PROGRAM and state.program is not None:
+                banned = guard.banned_pitch(state.program)
+                if banned is not None:
+                    mask = mask & (self.pitch_of != banned)
+            scores = logits.float().masked_fill(~mask, float("-inf"))
+            if guard.penalized and state.phase == AFTER_PROGRAM:
+                scores = scores - LOOP_PENALTY * torch.isin(
+                    self.pitch_of, torch.tensor(sorted(guard.penalized))
+                )
+            token = _sample(scores, request.temperature, request.top_p, generator)
+            state = grammar.advance(state, token)
+            note = decoder.feed(token)
+            guard.on_time(decoder.time)
+            if note is not None:
+                guard.on_note(note)
+            yield token
+            window.append(token)
+            if len(window) >= context:
+                window = prefix + _tail(vocab.kind, window[len(prefix) :], (context - len(prefix)) // 2)
+                logits, cache = self._forward(window, None)
+            else:
+                logits, cache = self._forward([token], cache)
+        if report is not None:
+            report.steered = guard.steered
+
+    def _forward(self, ids: list[int], cache: FastGPT2 | None) -> tuple[torch.Tensor, FastGPT2]:
+        """Logits after `ids`, continuing `cache` or, when it is None, starting a fresh sequence."""
+        if cache is None:
+            cache = self.fast
+            cache.reset()
+        return cache.forward(ids).to("cpu"), cache
+
+
+def _tail(kinds: np.ndarray, music: list[int], keep: int) -> list[int]:
+    """The last `keep` music tokens or fewer, cut so that they start on a note boundary."""
+    start = len(music) - keep
+    while start < len(music) and kinds[music[start]] not in (KIND_PROGRAM, KIND_TIMESHIFT):
+        start += 1
+    return music[start:]
+
+
+def _sample(scores: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    probs = torch.softmax(scores / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True, stable=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+        keep[0] = True
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator).item())

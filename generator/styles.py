@@ -1,0 +1,76 @@
+"""Styles a viewer can type, and where the music for each comes from in the music21 corpus."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from config.errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class CorpusStyle:
+    name: str
+    folders: tuple[str, ...]  # top folders of music21's corpus
+    ensemble: tuple[str, ...]  # instruments given to its parts, top voice first
+    tempo: int  # quarter-note BPM when the score names none
+    description: str
+    aliases: tuple[str, ...] = ()
+
+
+CORPUS_STYLES: tuple[CorpusStyle, ...] = (
+    CorpusStyle(
+        "bach",
+        ("bach",),
+        ("violin", "viola", "cello", "contrabass"),
+        80,
+        "J. S. Bach's four-part chorales",
+        ("chorale", "chorales", "js bach"),
+    ),
+    CorpusStyle("palestrina", ("palestrina",), ("choir",), 84, "Palestrina's masses", ("renaissance",)),
+    CorpusStyle("monteverdi", ("monteverdi",), ("choir",), 84, "Monteverdi's madrigals", ("madrigal",)),
+    CorpusStyle("josquin", ("josquin",), ("choir",), 84, "Josquin des Prez's chansons and motets"),
+    CorpusStyle(
+        "medieval",
+        ("trecento", "ciconia", "luca"),
+        ("recorder", "viola", "harp"),
+        100,
+        "Italian trecento songs",
+        ("trecento", "ars nova"),
+    ),
+    CorpusStyle(
+        "classical",
+        ("beethoven", "mozart", "haydn"),
+        ("violin", "violin", "viola", "cello"),
+        112,
+        "Beethoven, Mozart and Haydn string quartets",
+        ("quartet", "mozart", "beethoven", "haydn"),
+    ),
+    CorpusStyle(
+        "irish",
+        ("oneills1850", "ryansMammoth"),
+        ("violin",),
+        112,
+        "O'Neill's and Ryan's Irish dance tunes",
+        ("celtic", "jig", "reel"),
+    ),
+    CorpusStyle("scottish", ("airdsAirs",), ("flute",), 96, "Aird's Scottish airs", ("scots", "airs")),
+    CorpusStyle(
+        "folk", ("essenFolksong", "miscFolk"), ("flute",), 100, "Essen folk songs", ("essen", "folksong")
+    ),
+)
+
+CORPUS_BY_NAME = {s.name: s for s in CORPUS_STYLES}
+
+
+def resolve_style(name: str, known: list[str], aliases: dict[str, str] | None = None) -> str:
+    """The style a viewer meant by `name` among `known` ones, or UnknownNameError with close matches."""
+    key = name.strip().lower()
+    if key in known:
+        return key
+    table = dict(aliases or {})
+    for style in CORPUS_STYLES:
+        for alias in style.aliases:
+            table.setdefault(alias, style.name)
+    if key in table and table[key] in known:
+        return table[key]
+    raise UnknownNameError("style", name, known)

@@ -1,0 +1,151 @@
+"""The model's vocabulary: MidiTok's TSD event tokens followed by our conditioning tokens.
+
+A sequence is `BOS Style_<s> Inst_<a> Inst_<b> ... Tempo_<t> SEP` and then TSD tokens (`TimeShift`,
+`Program`, `Pitch`, `Duration`), ending with `EOS`. The MidiTok part is fixed by `tokenizer_config()`; the
+conditioning part depends on the styles a data set holds, so the whole vocabulary is saved next to the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from miditok import TSD, TokenizerConfig
+
+from config.errors import ConfigError
+from generator.instruments import BY_NAME, BY_PROGRAM, DRUMS, INSTRUMENTS, PROGRAMS
+
+FORMAT = 1
+TPQ = 96  # ticks per quarter note of the pieces we build; MidiTok resamples to its own resolution
+TEMPO_BINS: tuple[int, ...] = (48, 60, 72, 84, 96, 108, 120, 132, 144, 160, 176, 192)
+
+# Token kinds, as small ints so the grammar can work on numpy arrays.
+KIND_OTHER, KIND_TIMESHIFT, KIND_PROGRAM, KIND_PITCH, KIND_DURATION, KIND_EOS = range(6)
+
+
+def tokenizer_config() -> TokenizerConfig:
+    """The one MidiTok configuration every model of ours uses."""
+    return TokenizerConfig(
+        pitch_range=(21, 109),
+        beat_res={(0, 4): 8, (4, 12): 4},
+        use_velocities=False,  # the score corpus has none worth learning; dynamics are set at render
+        use_programs=True,
+        one_token_stream_for_programs=True,
+        programs=list(PROGRAMS),
+        use_tempos=False,  # tempo is a conditioning token, applied at playback
+        use_time_signatures=False,
+        use_pitchdrum_tokens=False,
+        remove_duplicated_notes=True,
+        special_tokens=["PAD", "BOS", "EOS"],
+    )
+
+
+def nearest_tempo_bin(bpm: float) -> int:
+    return min(TEMPO_BINS, key=lambda b: abs(b - bpm))
+
+
+@dataclass
+class Vocab:
+    tokenizer: TSD
+    styles: list[str]
+    tokens: list[str] = field(init=False)
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        base = sorted(self.tokenizer.vocab.items(), key=lambda kv: kv[1])
+        if [i for _, i in base] != list(range(len(base))):
+            raise ConfigError("MidiTok vocabulary is not contiguous")
+        extra = ["SEP_None"]
+        extra += [f"Style_{s}" for s in self.styles]
+        extra += [f"Inst_{i.name}" for i in INSTRUMENTS]
+        extra += [f"Tempo_{b}" for b in TEMPO_BINS]
+        self.tokens = [t for t, _ in base] + extra
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        self.kind = np.array([_kind(t) for t in self.tokens], dtype=np.int8)
+        # Value of each token for its kind: beats*8 for TimeShift/Duration, MIDI pitch, GM program.
+        self.value = np.array([_value(t) for t in self.tokens], dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def pad(self) -> int:
+        return self.index["PAD_None"]
+
+    @property
+    def bos(self) -> int:
+        return self.index["BOS_None"]
+
+    @property
+    def eos(self) -> int:
+        return self.index["EOS_None"]
+
+    @property
+    def sep(self) -> int:
+        return self.index["SEP_None"]
+
+    def program_token(self, program: int) -> int:
+        return self.index[f"Program_{program}"]
+
+    def prefix(self, style: str, instruments: list[str], tempo: float) -> list[int]:
+        """The conditioning prefix; instruments are deduplicated and put in a canonical order."""
+        if style not in self.styles:
+            raise ConfigError(f"style {style!r} is not in this model's vocabulary {self.styles}")
+        names = [i.name for i in INSTRUMENTS if i.name in set(instruments)]
+        ids = [self.bos, self.index[f"Style_{style}"]]
+        ids += [self.index[f"Inst_{n}"] for n in names]
+        ids += [self.index[f"Tempo_{nearest_tempo_bin(tempo)}"], self.sep]
+        return ids
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(directory, filename="tokenizer.json")
+        meta = {"format": FORMAT, "styles": self.styles, "tokens": self.tokens}
+        (directory / "vocab.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> Vocab:
+        meta_path = directory / "vocab.json"
+        if not meta_path.is_file():
+            raise ConfigError(f"{str(directory)!r} holds no vocab.json; is it a concertbot model or data set?")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ConfigError(f"{str(meta_path)!r} has format {meta.get('format')!r}, expected {FORMAT}")
+        vocab = cls(TSD(params=directory / "tokenizer.json"), list(meta["styles"]))
+        if vocab.tokens != meta["tokens"]:
+            raise ConfigError(f"{str(meta_path)!r} does not match the tokenizer saved beside it")
+        return vocab
+
+    @classmethod
+    def build(cls, styles: list[str]) -> Vocab:
+        return cls(TSD(tokenizer_config()), sorted(styles))
+
+
+def _kind(token: str) -> int:
+    head = token.split("_", 1)[0]
+    return {
+        "TimeShift": KIND_TIMESHIFT,
+        "Program": KIND_PROGRAM,
+        "Pitch": KIND_PITCH,
+        "Duration": KIND_DURATION,
+        "EOS": KIND_EOS,
+    }.get(head, KIND_OTHER)
+
+
+def _value(token: str) -> int:
+    head, _, rest = token.partition("_")
+    if head in ("TimeShift", "Duration"):
+        beats, frac, res = (int(x) for x in rest.split("."))
+        return beats * 8 + frac * 8 // res  # in 1/8 beats; MidiTok's grid here divides 8
+    if head in ("Pitch", "Program"):
+        return int(rest)
+    return 0
+
+
+def instrument_of_program(program: int) -> str:
+    return BY_PROGRAM[program].name if program in BY_PROGRAM else BY_NAME["piano"].name
+
+
+__all__ = ["DRUMS", "TEMPO_BINS", "TPQ", "Vocab", "nearest_tempo_bin", "tokenizer_config"]

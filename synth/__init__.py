@@ -1,0 +1,1 @@
+"""Sound: SoundFont discovery and FluidSynth rendering of timed MIDI messages."""

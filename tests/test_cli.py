@@ -1,0 +1,115 @@
+"""The `concertbot` command as a user runs it."""
+
+from __future__ import annotations
+
+import wave
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bot.cli import app
+from generator.model import DEFAULT_MODEL_DIR, load_model
+from synth.render import rms_dbfs
+
+runner = CliRunner()
+
+
+def _wav(path):
+    with wave.open(str(path)) as f:
+        rate = f.getframerate()
+        audio = np.frombuffer(f.readframes(f.getnframes()), dtype=np.int16).reshape(-1, f.getnchannels())
+    return rate, audio
+
+
+def test_compose_to_wav_is_audible_and_the_right_length(tiny_model, tmp_path):
+    out = tmp_path / "piece.wav"
+    result = runner.invoke(
+        app,
+        [
+            "compose",
+            "bach",
+            "-i",
+            "violin",
+            "-i",
+            "cello",
+            "--seconds",
+            "8",
+            "--seed",
+            "11",
+            "--tempo",
+            "100",
+            "--model",
+            str(tiny_model / "best"),
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rate, audio = _wav(out)
+    seconds = len(audio) / rate
+    assert 8.0 <= seconds <= 8.0 + 1.5 + 6.0  # the last note may ring past the end, then the reverb tail
+    assert rms_dbfs(audio) > -45
+
+
+def test_compose_midi_with_the_same_seed_is_byte_identical(tiny_model, tmp_path):
+    args = ["compose", "irish", "--seconds", "6", "--seed", "5", "--model", str(tiny_model / "best")]
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "a.mid")]).exit_code == 0
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "b.mid")]).exit_code == 0
+    assert (tmp_path / "a.mid").read_bytes() == (tmp_path / "b.mid").read_bytes()
+
+
+def test_no_seed_prints_the_one_chosen(tiny_model, tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "compose",
+            "bach",
+            "--seconds",
+            "3",
+            "--model",
+            str(tiny_model / "best"),
+            "--out",
+            str(tmp_path / "x.mid"),
+        ],
+    )
+    assert result.exit_code == 0
+    assert "use --seed" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["compose", "bahc"], "Did you mean bach"),
+        (["compose", "bach", "-i", "vilin"], "Did you mean violin"),
+        (["compose", "bach", "--tempo", "900"], "tempo 900 is out of range"),
+        (["compose", "bach", "--out", "x.mp3"], "must end in .mid or .wav"),
+    ],
+)
+def test_bad_requests_exit_non_zero_with_a_clear_message(tiny_model, tmp_path, args, message):
+    full = [*args, "--model", str(tiny_model / "best")]
+    if "--out" not in full:
+        full += ["--out", str(tmp_path / "x.mid")]
+    result = runner.invoke(app, full)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+
+
+def test_styles_and_instruments_are_listed(tiny_model):
+    styles = runner.invoke(app, ["styles", "--model", str(tiny_model / "best")])
+    assert styles.exit_code == 0 and "anthems" in styles.output and "bach" in styles.output
+    instruments = runner.invoke(app, ["instruments"])
+    assert instruments.exit_code == 0
+    for name in ("violin", "cello", "harpsichord", "choir", "trumpet"):
+        assert name in instruments.output
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model.safetensors").is_file(), reason="no shipped model yet")
+def test_shipped_model_composes_every_style(tmp_path):
+    loaded = load_model()
+    assert loaded.vocab.styles
+    for style in loaded.vocab.styles:
+        out = tmp_path / f"{style}.mid"
+        result = runner.invoke(app, ["compose", style, "--seconds", "10", "--seed", "1", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_size > 100

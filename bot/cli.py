@@ -237,7 +237,10 @@ def compose_cmd(
 
         with FluidSynthRenderer.from_settings(settings.synth) as renderer:
             err.print(f"soundfont: {renderer.soundfont.path} ({renderer.soundfont.origin})")
-            audio = renderer.render(timed_messages(piece.notes, request.tempo))
+            messages = list(timed_messages(piece.notes, request.tempo))
+            # A piece may end on a rest: the file lasts the whole requested length, then the reverb's tail.
+            last = messages[-1][0] if messages else 0.0
+            audio = renderer.render(messages, tail_seconds=max(request.seconds, last) - last + 1.5)
         write_wav(out, audio, settings.synth.sample_rate)
     else:
         out.write_bytes(midi_bytes(to_midi(piece.notes, request.tempo)))
@@ -246,6 +249,84 @@ def compose_cmd(
         f"{len(piece.notes)} notes, {len(piece.tokens)} tokens in {took:.1f} s "
         f"({request.seconds / took:.1f}x real time) -> {out}"
     )
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[Path | None, typer.Option(help="The data set the model was trained on.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped model).")] = None,
+    pieces: Annotated[int, typer.Option(help="Pieces generated per style.")] = 10,
+    seconds: Annotated[float, typer.Option(help="Length of each generated piece.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="First seed; piece i uses seed + i.")] = 0,
+    markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
+) -> None:
+    """Measure the model per style against real held-out pieces."""
+    from dataclasses import asdict
+
+    from generator.evaluate import evaluate
+
+    settings = _settings()
+    try:
+        loaded = _load_model(settings, model)
+        reports = evaluate(
+            loaded,
+            dataset or settings.paths.data_dir / "dataset",
+            pieces,
+            seconds,
+            seed,
+            progress=lambda style: err.print(f"evaluated {style}"),
+        )
+    except ConcertbotError as exc:
+        raise fail(exc) from None
+    header = [
+        "style",
+        "held-out loss",
+        "pitch-class JS (real)",
+        "interval JS (real)",
+        "notes/s (real)",
+        "degenerate",
+        "on instruments",
+        "recognised (real)",
+    ]
+    rows = []
+    for r in reports:
+        loss = "-" if r.valid_loss is None else f"{r.valid_loss:.3f}"
+        rows.append(
+            [
+                r.style,
+                loss,
+                f"{r.pitch_class_js:.3f} ({r.pitch_class_js_real:.3f})",
+                f"{r.interval_js:.3f} ({r.interval_js_real:.3f})",
+                f"{r.notes_per_second:.1f} ({r.notes_per_second_real:.1f})",
+                f"{r.degenerate_share:.0%}",
+                f"{r.on_instruments_share:.0%}",
+                f"{r.recognised:.0%} ({r.recognised_real:.0%})",
+            ]
+        )
+    n = len(reports)
+    mean = lambda key: sum(asdict(r)[key] for r in reports) / max(1, n)  # noqa: E731
+    rows.append(
+        [
+            "all",
+            f"{loaded.card.get('valid_loss', float('nan')):.3f}",
+            f"{mean('pitch_class_js'):.3f} ({mean('pitch_class_js_real'):.3f})",
+            f"{mean('interval_js'):.3f} ({mean('interval_js_real'):.3f})",
+            f"{mean('notes_per_second'):.1f} ({mean('notes_per_second_real'):.1f})",
+            f"{mean('degenerate_share'):.0%}",
+            f"{mean('on_instruments_share'):.0%}",
+            f"{mean('recognised'):.0%} ({mean('recognised_real'):.0%})",
+        ]
+    )
+    table = Table(title=f"{loaded.version}: {pieces} pieces of {seconds:g} s per style")
+    for col in header:
+        table.add_column(col, justify="left" if col == "style" else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        markdown.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:

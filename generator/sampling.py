@@ -16,7 +16,7 @@ import torch
 from generator.decode import STEPS_PER_BEAT, Note, NoteDecoder, decode
 from generator.fastgpt import FastGPT2
 from generator.grammar import AFTER_PROGRAM, AT_BOUNDARY, Grammar, GrammarState
-from generator.instruments import DRUMS, find_instrument
+from generator.instruments import DRUMS, PROGRAMS, find_instrument
 from generator.model import LoadedModel
 from generator.vocab import KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT
 
@@ -39,6 +39,8 @@ class PieceRequest:
     seed: int
     temperature: float = 1.0
     top_p: float = 0.95
+    # False lets the model play any instrument; the prefix then only asks. Used to measure how well it listens.
+    strict_instruments: bool = True
 
     def programs(self) -> list[int]:
         return sorted({find_instrument(name).program for name in self.instruments})
@@ -127,7 +129,7 @@ class Composer:
         """Yield music tokens one by one as they are sampled; the last one is EOS."""
         vocab = self.vocab
         prefix = vocab.prefix(request.style, list(request.instruments), request.tempo)
-        grammar = Grammar(vocab, request.programs())
+        grammar = Grammar(vocab, request.programs() if request.strict_instruments else PROGRAMS)
         state = GrammarState()
         decoder = NoteDecoder(vocab)
         guard = LoopGuard()
@@ -137,7 +139,7 @@ class Composer:
         window = list(prefix)
         logits, cache = self._forward(window, None)
         while True:
-            at_end = decoder.time >= target
+            at_end = decoder.time >= target and state.notes > 0
             if at_end and state.phase == AT_BOUNDARY:
                 yield vocab.eos
                 break
@@ -147,7 +149,8 @@ class Composer:
                     mask = mask & self.is_timeshift  # finish the chord by moving time on
             elif state.phase == AT_BOUNDARY:
                 # No rest longer than MAX_REST: time shifts that would overshoot it are off the table.
-                room = MAX_REST - (decoder.time - guard.onset_time)
+                # Before the first note, at most a beat: a piece starts at once, and never ends empty.
+                room = (MAX_REST if state.notes else STEPS_PER_BEAT) - (decoder.time - guard.onset_time)
                 mask = mask & ~(self.is_timeshift & (self.shift_of > room))
             if state.phase == AFTER_PROGRAM and state.program is not None:
                 banned = guard.banned_pitch(state.program)

@@ -11,6 +11,7 @@ import json
 import math
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,7 +106,14 @@ def train(
     tokens_seen = history[-1]["tokens"] if history else 0
     running: list[tuple[float, float]] = []
     per_style: dict[str, dict[str, float]] = {}
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process)
+    # Redirected to a file, a bar redrawn ten times a second is mostly noise: redraw every 30 s there.
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        desc="training",
+        disable=not accelerator.is_main_process,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
     while step < cfg.max_steps:
         model.train()
         rng = np.random.default_rng([cfg.seed, step, accelerator.process_index])
@@ -122,9 +130,9 @@ def train(
         optimizer.step()
         step += 1
         tokens_seen += int((labels != IGNORE).sum()) * accelerator.num_processes
-        running.append((float(loss), float(acc.mean())))
+        running.append((loss.item(), acc.mean().item()))
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             valid_loss, valid_acc, per_style = _evaluate(model, eval_batches, accelerator, vocab.pad)
             row = {

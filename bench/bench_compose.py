@@ -1,0 +1,78 @@
+"""Speed of composing: tokens per second and real-time factor of a model, on this machine.
+
+    python bench/bench_compose.py [--model DIR] [--seconds 60] [--pieces 3] [--device cpu|cuda]
+
+Runs each 4-part request through our sampler twice, once on the lean forward pass (generator/fastgpt.py,
+what `Composer` uses) and once on transformers' own GPT-2 with its KV cache, so the two are compared in one
+run on one machine. Real-time factor = seconds of music made per second of wall time (5x means a one-minute
+piece takes 12 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from generator.model import load_model
+from generator.recipes import style_defaults
+from generator.sampling import Composer, PieceRequest
+
+REQUESTS = [
+    ("bach", ("violin", "viola", "cello", "contrabass")),
+    ("classical", ("violin", "viola", "cello")),
+    ("palestrina", ("choir", "organ")),
+]
+
+
+class TransformersComposer(Composer):
+    """The same sampler on transformers' forward pass, for comparison only."""
+
+    def _forward(self, ids, cache):  # type: ignore[override]
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        return out.logits[0, -1].to("cpu"), out.past_key_values
+
+
+def run(composer: Composer, style: str, instruments: tuple[str, ...], seconds: float, pieces: int) -> dict:
+    tempo = style_defaults(composer.loaded, style)[1]
+    tokens = music = wall = 0.0
+    for seed in range(pieces):
+        start = time.perf_counter()
+        piece = composer.compose(PieceRequest(style, instruments, tempo, seconds, seed))
+        wall += time.perf_counter() - start
+        tokens += len(piece.tokens)
+        music += max(n.end() for n in piece.notes) / 8 * 60 / tempo
+    return {"tokens_per_s": tokens / wall, "rtf": music / wall, "music_tokens_per_s": tokens / music}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--pieces", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    loaded = load_model(args.model, device=args.device)
+    device = (
+        torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    )
+    table = Table(title=f"{loaded.version} on {device}: {args.pieces} pieces x {args.seconds:g} s each")
+    for col in ("request", "forward pass", "tokens/s", "tokens per s of music", "real-time factor"):
+        table.add_column(col, justify="left" if col in ("request", "forward pass") else "right")
+    for style, instruments in REQUESTS:
+        if style not in loaded.vocab.styles:
+            continue
+        for name, cls in (("lean (used)", Composer), ("transformers", TransformersComposer)):
+            r = run(cls(loaded, args.device), style, instruments, args.seconds, args.pieces)
+            table.add_row(f"{style}: {' '.join(instruments)}", name, f"{r['tokens_per_s']:.0f}",
+                          f"{r['music_tokens_per_s']:.1f}", f"{r['rtf']:.1f}x")  # fmt: skip
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -278,45 +278,28 @@ def eval_cmd(
         )
     except ConcertbotError as exc:
         raise fail(exc) from None
-    header = [
-        "style",
-        "held-out loss",
-        "pitch-class JS (real)",
-        "interval JS (real)",
-        "notes/s (real)",
-        "degenerate",
-        "on instruments",
-        "recognised (real)",
+    pair = lambda key, fmt: lambda v: f"{v[key]:{fmt}} ({v[key + '_real']:{fmt}})"  # noqa: E731
+    columns = [
+        ("held-out loss", lambda v: "-" if v["valid_loss"] is None else f"{v['valid_loss']:.3f}"),
+        ("pitch-class JS (real)", pair("pitch_class_js", ".3f")),
+        ("interval JS (real)", pair("interval_js", ".3f")),
+        ("notes/s (real)", pair("notes_per_second", ".1f")),
+        ("degenerate", lambda v: f"{v['degenerate_share']:.0%}"),
+        ("on instruments", lambda v: f"{v['on_instruments_share']:.0%}"),
+        ("recognised (real)", pair("recognised", ".0%")),
+        ("key-free pitch-class JS (real)", pair("key_free_pitch_class_js", ".3f")),
+        ("key-free recognised (real)", pair("key_free_recognised", ".0%")),
     ]
-    rows = []
-    for r in reports:
-        loss = "-" if r.valid_loss is None else f"{r.valid_loss:.3f}"
-        rows.append(
-            [
-                r.style,
-                loss,
-                f"{r.pitch_class_js:.3f} ({r.pitch_class_js_real:.3f})",
-                f"{r.interval_js:.3f} ({r.interval_js_real:.3f})",
-                f"{r.notes_per_second:.1f} ({r.notes_per_second_real:.1f})",
-                f"{r.degenerate_share:.0%}",
-                f"{r.on_instruments_share:.0%}",
-                f"{r.recognised:.0%} ({r.recognised_real:.0%})",
-            ]
-        )
-    n = len(reports)
-    mean = lambda key: sum(asdict(r)[key] for r in reports) / max(1, n)  # noqa: E731
-    rows.append(
-        [
-            "all",
-            f"{loaded.card.get('valid_loss', float('nan')):.3f}",
-            f"{mean('pitch_class_js'):.3f} ({mean('pitch_class_js_real'):.3f})",
-            f"{mean('interval_js'):.3f} ({mean('interval_js_real'):.3f})",
-            f"{mean('notes_per_second'):.1f} ({mean('notes_per_second_real'):.1f})",
-            f"{mean('degenerate_share'):.0%}",
-            f"{mean('on_instruments_share'):.0%}",
-            f"{mean('recognised'):.0%} ({mean('recognised_real'):.0%})",
-        ]
-    )
+    values = [asdict(r) for r in reports]
+    means = {
+        k: sum(v[k] for v in values) / max(1, len(values))
+        for k in values[0]
+        if k not in ("style", "valid_loss")
+    }
+    means["valid_loss"] = loaded.card.get("valid_loss")
+    header = ["style"] + [name for name, _ in columns]
+    rows = [[v["style"]] + [fmt(v) for _, fmt in columns] for v in values]
+    rows.append(["all"] + [fmt(means) for _, fmt in columns])
     table = Table(title=f"{loaded.version}: {pieces} pieces of {seconds:g} s per style")
     for col in header:
         table.add_column(col, justify="left" if col == "style" else "right")

@@ -39,6 +39,11 @@ class StyleReport:
     on_instruments_share: float
     recognised: float
     recognised_real: float
+    # The same two measures with each piece's key rotated to its tonic, since training transposes on purpose.
+    key_free_pitch_class_js: float
+    key_free_pitch_class_js_real: float
+    key_free_recognised: float
+    key_free_recognised_real: float
 
 
 def _real(dataset: Path, loaded: LoadedModel, split: str) -> dict[str, list[tuple[np.ndarray, float]]]:
@@ -71,10 +76,18 @@ def evaluate(
     train = _real(dataset, loaded, "train")
     valid = _real(dataset, loaded, "valid")
     styles = [s for s in loaded.vocab.styles if s in train and s in valid]
+    labels = [s for s in styles for _ in train[s]]
     classifier = metrics.StyleClassifier().fit(
-        np.array([metrics.features(n, t) for s in styles for n, t in train[s]]),
-        [s for s in styles for _ in train[s]],
+        np.array([metrics.features(n, t) for s in styles for n, t in train[s]]), labels
     )
+    key_free_classifier = metrics.StyleClassifier().fit(
+        np.array([metrics.features(n, t, key_free=True) for s in styles for n, t in train[s]]), labels
+    )
+
+    def recognised(model: metrics.StyleClassifier, pieces: list, style: str, key_free: bool) -> float:
+        x = np.array([metrics.features(n, t, key_free=key_free) for n, t in pieces])
+        return model.accuracy(x, [style] * len(pieces))
+
     composer = Composer(loaded)
     reports = []
     for style in styles:
@@ -92,6 +105,7 @@ def evaluate(
             total_notes += len(loose.notes)
         progress(style)
         pc, iv = metrics.pitch_class_histogram, metrics.interval_histogram
+        kf = metrics.key_free_pitch_class_histogram
         real_valid, real_train = valid[style], train[style]
         card_loss = loaded.card.get("valid_per_style", {}).get(style, {}).get("loss")
         reports.append(
@@ -106,12 +120,14 @@ def evaluate(
                 notes_per_second_real=float(np.mean([metrics.notes_per_second(n, t) for n, t in real_valid])),
                 degenerate_share=float(np.mean([metrics.loop_report(n).degenerate for n, _ in made])),
                 on_instruments_share=on_instruments / max(1, total_notes),
-                recognised=classifier.accuracy(
-                    np.array([metrics.features(n, t) for n, t in made]), [style] * len(made)
+                recognised=recognised(classifier, made, style, False),
+                recognised_real=recognised(classifier, real_valid, style, False),
+                key_free_pitch_class_js=metrics.js_distance(_pooled(made, kf), _pooled(real_valid, kf)),
+                key_free_pitch_class_js_real=metrics.js_distance(
+                    _pooled(real_train, kf), _pooled(real_valid, kf)
                 ),
-                recognised_real=classifier.accuracy(
-                    np.array([metrics.features(n, t) for n, t in real_valid]), [style] * len(real_valid)
-                ),
+                key_free_recognised=recognised(key_free_classifier, made, style, True),
+                key_free_recognised_real=recognised(key_free_classifier, real_valid, style, True),
             )
         )
     return reports

@@ -185,12 +185,38 @@ def _mean_polyphony(notes: np.ndarray) -> float:
     return float(sounding.mean())
 
 
-def features(notes: np.ndarray, tempo_bpm: float) -> np.ndarray:
+# Krumhansl-Kessler key profiles (major, minor), tonic first.
+_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+
+
+def tonic(histogram: np.ndarray) -> int:
+    """The pitch class of the key that best fits a pitch-class histogram (Krumhansl-Schmuckler)."""
+    if not np.any(histogram):
+        return 0
+    best, best_r = 0, -np.inf
+    for profile in (_MAJOR, _MINOR):
+        for shift in range(12):
+            r = float(np.corrcoef(np.roll(profile, shift), histogram)[0, 1])
+            if r > best_r:
+                best, best_r = shift, r
+    return best
+
+
+def key_free_pitch_class_histogram(notes: np.ndarray) -> np.ndarray:
+    """The pitch-class histogram rotated so its estimated tonic comes first: the same in every key."""
+    histogram = pitch_class_histogram(notes)
+    return np.roll(histogram, -tonic(histogram))
+
+
+def features(notes: np.ndarray, tempo_bpm: float, key_free: bool = False) -> np.ndarray:
     """A style fingerprint of a piece: float [FEATURES], all zeros for a piece with no notes.
 
     Args:
         notes: note array [N, 4].
         tempo_bpm: quarter notes per minute the piece is played at.
+        key_free: rotate the pitch-class histogram to the estimated tonic, for comparing pieces whose key
+            was changed on purpose (training transposes).
 
     Returns:
         Concatenation of the absolute pitch-class histogram (12; key is part of a style here), the interval
@@ -208,7 +234,7 @@ def features(notes: np.ndarray, tempo_bpm: float) -> np.ndarray:
     band = np.searchsorted(REGISTER_BANDS, pitched[:, PITCH], side="right") - 1
     out = np.concatenate(
         [
-            pitch_class_histogram(pitched),
+            key_free_pitch_class_histogram(pitched) if key_free else pitch_class_histogram(pitched),
             interval_histogram(pitched, MAX_INTERVAL),
             [notes_per_second(notes, tempo_bpm)],
             [pitches.mean() / 128, pitches.std() / 128],

@@ -65,6 +65,14 @@ def _pooled(
     return np.sum([histogram(n) * max(1, len(n)) for n, _ in pieces], axis=0)
 
 
+def _distances(histogram: Callable[[np.ndarray], np.ndarray], made: list, train: list, valid: list) -> tuple:
+    """JS distance of generated, and of real training, pieces to the real held-out ones."""
+    target = _pooled(valid, histogram)
+    return metrics.js_distance(_pooled(made, histogram), target), metrics.js_distance(
+        _pooled(train, histogram), target
+    )
+
+
 def evaluate(
     loaded: LoadedModel,
     dataset: Path,
@@ -104,28 +112,28 @@ def evaluate(
             on_instruments += sum(n.program in wanted for n in loose.notes)
             total_notes += len(loose.notes)
         progress(style)
-        pc, iv = metrics.pitch_class_histogram, metrics.interval_histogram
-        kf = metrics.key_free_pitch_class_histogram
         real_valid, real_train = valid[style], train[style]
+
+        pc = _distances(metrics.pitch_class_histogram, made, real_train, real_valid)
+        iv = _distances(metrics.interval_histogram, made, real_train, real_valid)
+        kf = _distances(metrics.key_free_pitch_class_histogram, made, real_train, real_valid)
         card_loss = loaded.card.get("valid_per_style", {}).get(style, {}).get("loss")
         reports.append(
             StyleReport(
                 style=style,
                 valid_loss=card_loss,
-                pitch_class_js=metrics.js_distance(_pooled(made, pc), _pooled(real_valid, pc)),
-                pitch_class_js_real=metrics.js_distance(_pooled(real_train, pc), _pooled(real_valid, pc)),
-                interval_js=metrics.js_distance(_pooled(made, iv), _pooled(real_valid, iv)),
-                interval_js_real=metrics.js_distance(_pooled(real_train, iv), _pooled(real_valid, iv)),
+                pitch_class_js=pc[0],
+                pitch_class_js_real=pc[1],
+                interval_js=iv[0],
+                interval_js_real=iv[1],
                 notes_per_second=float(np.mean([metrics.notes_per_second(n, t) for n, t in made])),
                 notes_per_second_real=float(np.mean([metrics.notes_per_second(n, t) for n, t in real_valid])),
                 degenerate_share=float(np.mean([metrics.loop_report(n).degenerate for n, _ in made])),
                 on_instruments_share=on_instruments / max(1, total_notes),
                 recognised=recognised(classifier, made, style, False),
                 recognised_real=recognised(classifier, real_valid, style, False),
-                key_free_pitch_class_js=metrics.js_distance(_pooled(made, kf), _pooled(real_valid, kf)),
-                key_free_pitch_class_js_real=metrics.js_distance(
-                    _pooled(real_train, kf), _pooled(real_valid, kf)
-                ),
+                key_free_pitch_class_js=kf[0],
+                key_free_pitch_class_js_real=kf[1],
                 key_free_recognised=recognised(key_free_classifier, made, style, True),
                 key_free_recognised_real=recognised(key_free_classifier, real_valid, style, True),
             )

@@ -219,7 +219,7 @@ def features(notes: np.ndarray, tempo_bpm: float, key_free: bool = False) -> np.
             was changed on purpose (training transposes).
 
     Returns:
-        Concatenation of the absolute pitch-class histogram (12; key is part of a style here), the interval
+        Concatenation of the pitch-class histogram (12; absolute unless `key_free`), the interval
         histogram (25), notes per second (1), mean and standard deviation of pitch / 128 (2), log1p of the
         mean duration in beats (1), mean polyphony (1) and the share of notes in each REGISTER_BANDS band (6).
         Everything but notes per second counts pitched notes only.

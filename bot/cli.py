@@ -153,6 +153,25 @@ def _load_model(settings: Settings, model: Path | None):
     return load_model(model or settings.paths.model_dir)
 
 
+def _request(
+    settings: Settings, loaded, style, instruments, tempo, seconds, seed, temperature=None, top_p=None
+):
+    """A PieceRequest from command-line values, the settings filling in what was left out."""
+    from generator.recipes import make_request
+
+    s = settings.sampling
+    return make_request(
+        loaded,
+        style,
+        instruments,
+        tempo if tempo is not None else s.tempo,
+        seconds if seconds is not None else s.seconds,
+        seed,
+        temperature if temperature is not None else s.temperature,
+        top_p if top_p is not None else s.top_p,
+    )
+
+
 @app.command("styles")
 def styles_cmd(model: Annotated[Path | None, typer.Option(help="Model directory.")] = None) -> None:
     """List the styles the model can play."""
@@ -204,26 +223,15 @@ def compose_cmd(
     import time
 
     from generator.decode import midi_bytes, timed_messages, to_midi
-    from generator.recipes import make_request
     from generator.sampling import Composer
 
     settings = _settings()
     suffix = out.suffix.lower()
     if suffix not in (".mid", ".midi", ".wav"):
         raise fail(ConcertbotError(f"--out {str(out)!r}: the file name must end in .mid or .wav"))
-    s = settings.sampling
     try:
         loaded = _load_model(settings, model)
-        request = make_request(
-            loaded,
-            style,
-            instrument,
-            tempo if tempo is not None else s.tempo,
-            seconds if seconds is not None else s.seconds,
-            seed,
-            temperature if temperature is not None else s.temperature,
-            top_p if top_p is not None else s.top_p,
-        )
+        request = _request(settings, loaded, style, instrument, tempo, seconds, seed, temperature, top_p)
     except ConcertbotError as exc:
         raise fail(exc) from None
     if seed is None:
@@ -237,7 +245,7 @@ def compose_cmd(
 
         with FluidSynthRenderer.from_settings(settings.synth) as renderer:
             err.print(f"soundfont: {renderer.soundfont.path} ({renderer.soundfont.origin})")
-            messages = list(timed_messages(piece.notes, request.tempo))
+            messages = list(timed_messages(piece.notes, request.tempo, request.programs()))
             # A piece may end on a rest: the file lasts the whole requested length, then the reverb's tail.
             last = messages[-1][0] if messages else 0.0
             audio = renderer.render(messages, tail_seconds=max(request.seconds, last) - last + 1.5)
@@ -249,6 +257,65 @@ def compose_cmd(
         f"{len(piece.notes)} notes, {len(piece.tokens)} tokens in {took:.1f} s "
         f"({request.seconds / took:.1f}x real time) -> {out}"
     )
+
+
+@app.command("play")
+def play_cmd(
+    style: Annotated[str, typer.Argument(help="A style from `concertbot styles`.")],
+    instrument: Annotated[list[str] | None, typer.Option("--instrument", "-i", help="Repeatable.")] = None,
+    tempo: Annotated[float | None, typer.Option(help="Quarter notes per minute.")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Length of the piece.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same piece. Random if left out.")] = None,
+    record: Annotated[Path | None, typer.Option(help="Also record to this .wav or .flac file.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Sound device: auto, off, or a name or number (default from config).")
+    ] = None,
+    push: Annotated[str | None, typer.Option(help="Also push to this rtmp:// or icecast:// URL.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")] = False,
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped model).")] = None,
+) -> None:
+    """Play one piece live, streamed as it is composed, to the sound card and the other outputs."""
+    import json
+    import logging
+    import time
+    from dataclasses import asdict
+
+    from bot.player import LiveSession, build_sinks
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    try:
+        loaded = _load_model(settings, model)
+        request = _request(settings, loaded, style, instrument, tempo, seconds, seed)
+        sinks = build_sinks(settings, record, device, push, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
+        session = LiveSession(settings, loaded, sinks)
+    except (ConcertbotError, ValueError) as exc:
+        raise fail(exc if isinstance(exc, ConcertbotError) else ConcertbotError(str(exc))) from None
+    if not as_json:
+        err.print(f"soundfont: {session.renderer.soundfont.path} ({session.renderer.soundfont.origin})")
+        err.print(
+            f"playing {request.style} for {', '.join(request.instruments)} at {request.tempo:g} BPM, "
+            f"seed {request.seed}, to {', '.join(x.name for x in sinks) or 'no output'}"
+        )
+    with session:
+        piece = session.request("play", request, requested_at=time.monotonic())
+        try:
+            session.wait_for(piece.id, ("end", "skip", "error"))
+            session.engine.wait_idle()
+        except KeyboardInterrupt:
+            session.engine.skip()
+            session.wait_for(piece.id, ("end", "skip", "error"), timeout=2)
+        summary = session.summary(piece)
+    if as_json:
+        keys = ("time_to_first_audio_ms", "underruns", "generation_rtf", "seconds_played")
+        data = asdict(summary)
+        print(json.dumps({k: data[k] for k in keys} | {k: v for k, v in data.items() if k not in keys}))
+    else:
+        ttfa = "-" if summary.time_to_first_audio_ms is None else f"{summary.time_to_first_audio_ms:.0f} ms"
+        console.print(
+            f"first audio after {ttfa}; {summary.underruns} underruns ({summary.underrun_seconds:.2f} s); "
+            f"generation {summary.generation_rtf:.1f}x real time; {summary.seconds_played:.1f} s played"
+        )
 
 
 @app.command("eval")

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -46,6 +46,32 @@ class Synth(BaseModel):
     reverb_level: float = Field(0.6, ge=0.0, le=1.0)
 
 
+class Engine(BaseModel):
+    block_frames: int = Field(512, ge=64, le=8192)  # also how quickly a skip is heard
+    lookahead_seconds: float = Field(4.0, gt=0.0, le=120.0)  # generation stays this far ahead of playback
+    prebuffer_seconds: float = Field(0.25, ge=0.0, le=10.0)  # generated before a piece starts to sound
+    max_ahead_seconds: float = Field(0.1, gt=0.0, le=2.0)  # rendered ahead of the clock for the outputs
+    tail_seconds: float = Field(1.5, ge=0.0, le=10.0)  # reverb and releases after a piece's last note
+    gap_seconds: float = Field(0.5, ge=0.0, le=10.0)  # silence between pieces
+    hold_seconds: float = Field(0.5, ge=0.0, le=10.0)  # notes held while generation catches up
+    torch_threads: int = Field(1, ge=0)  # 0 = torch's default; 1 leaves a core for the synth
+
+
+class Loudness(BaseModel):
+    enabled: bool = True
+    target_dbfs: float = Field(-18.0, ge=-40.0, le=-6.0)
+    limit_dbfs: float = Field(-1.0, ge=-12.0, le=0.0)
+    max_boost_db: float = Field(18.0, ge=0.0, le=40.0)
+
+
+class Outputs(BaseModel):
+    # "auto" plays to the default sound card when there is one; "off" never; anything else names a device.
+    device: str = "auto"
+    record: Path | None = None  # .wav or .flac recording of the whole concert (also CONCERTBOT_RECORD)
+    # rtmp://, rtmps://, icecast:// or any ffmpeg output; it holds a stream key, so it is never logged.
+    push_url: SecretStr | None = None
+
+
 class Data(BaseModel):
     # Most pieces taken from each style of the music21 corpus (0 = all of them).
     max_pieces_per_style: int = Field(0, ge=0)
@@ -75,6 +101,9 @@ class Settings(BaseSettings):
     paths: Paths = Paths()
     sampling: Sampling = Sampling()
     synth: Synth = Synth()
+    engine: Engine = Engine()
+    loudness: Loudness = Loudness()
+    outputs: Outputs = Outputs()
     data: Data = Data()
     train: Train = Train()
 
@@ -99,6 +128,9 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate every setting once; a bad value becomes a ConfigError quoting it."""
+    # The recording switch a streamer is most likely to set by hand gets a short name of its own.
+    if (record := os.environ.get("CONCERTBOT_RECORD")) and "CONCERTBOT_OUTPUTS__RECORD" not in os.environ:
+        overrides.setdefault("outputs", {})["record"] = record
     try:
         return Settings(**overrides)
     except ValidationError as exc:

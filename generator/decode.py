@@ -75,10 +75,16 @@ def channels(programs: Iterable[int]) -> dict[int, int]:
     return out
 
 
-def timed_messages(notes: Iterable[Note], tempo: float) -> Iterator[tuple[float, mido.Message]]:
-    """(seconds, message) pairs in time order: program changes first, note-offs before note-ons at a tick."""
+def timed_messages(
+    notes: Iterable[Note], tempo: float, programs: Iterable[int] | None = None
+) -> Iterator[tuple[float, mido.Message]]:
+    """(seconds, message) pairs in time order: program changes first, note-offs before note-ons at a tick.
+
+    `programs` gives channels to the requested instruments rather than to those that happen to play, as a
+    live stream must before it knows the notes; every note's program must then be among them.
+    """
     notes = sorted(notes)
-    chans = channels(n.program for n in notes)
+    chans = channels(n.program for n in notes) if programs is None else channels(programs)
     seconds_per_step = 60.0 / tempo / STEPS_PER_BEAT
     for program, chan in sorted(chans.items(), key=lambda kv: kv[1]):
         if program != DRUMS:

@@ -130,11 +130,11 @@ class FluidSynthRenderer:
                     f"{msg} at {seconds:.4f} s comes after a message at {done / self.sample_rate:.4f} s"
                 )
             # FluidSynth renders 64-frame blocks, so an event may land up to 63 frames (1.4 ms) late: inaudible.
-            chunks.append(self._frames(offset - done))
+            chunks.append(self.frames(offset - done))
             done = offset
-            self._play(msg)
-        self._release_all()
-        chunks.append(self._frames(round(tail_seconds * self.sample_rate)))
+            self.play(msg)
+        self.release_all()
+        chunks.append(self.frames(round(tail_seconds * self.sample_rate)))
         return np.concatenate(chunks).reshape(-1, 2)
 
     def reset(self) -> None:
@@ -150,12 +150,17 @@ class FluidSynthRenderer:
         for chan in range(CHANNELS):
             self._select(chan, 0)
 
-    def _frames(self, n: int) -> np.ndarray:
+    def frames(self, n: int) -> np.ndarray:
+        """The next `n` frames of whatever is sounding, interleaved L, R: 2 * n int16 values."""
         if n == 0:
             return np.zeros(0, dtype=np.int16)
-        return self._fs.get_samples(n)  # interleaved L, R: 2 * n values
+        return self._fs.get_samples(n)
 
-    def _play(self, msg: mido.Message) -> None:
+    def active_voices(self) -> int:
+        return int(self._fs.get_active_voice_count())
+
+    def play(self, msg: mido.Message) -> None:
+        """Apply one message now, that is, at the next frame to be rendered."""
         match msg.type:
             case "note_on":  # velocity 0 is a note-off; FluidSynth treats it as one
                 self._fs.noteon(msg.channel, msg.note, msg.velocity)
@@ -174,7 +179,15 @@ class FluidSynthRenderer:
             # Small fonts lack some presets (most drum kits beyond the standard one); preset 0 still plays.
             self._fs.program_select(chan, self._sfid, bank, 0)
 
-    def _release_all(self) -> None:
+    def cut(self) -> None:
+        """Stop every voice at once, skipping release tails: for a skip or a stop, not for a piece's end."""
+        for chan in range(CHANNELS):
+            self._fs.cc(chan, SUSTAIN, 0)
+            self._fs.cc(chan, SOSTENUTO, 0)
+            self._fs.all_sounds_off(chan)
+
+    def release_all(self) -> None:
+        """Release every note as a player would, letting releases and reverb ring out."""
         for chan in range(CHANNELS):
             # A held pedal would keep released notes sounding through the tail and into the next piece.
             self._fs.cc(chan, SUSTAIN, 0)

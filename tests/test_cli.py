@@ -115,3 +115,29 @@ def test_shipped_model_composes_every_style(tmp_path):
         assert result.exit_code == 0, result.output
         notes = [m for m in mido.MidiFile(out) if m.type == "note_on" and m.velocity > 0]
         assert len(notes) >= 4, style  # folk and palestrina are notated in half notes: few, long notes
+
+
+def test_play_streams_live_to_a_recording_and_reports_as_json(tmp_path):
+    import json
+
+    out = tmp_path / "live.wav"
+    args = ["play", "irish", "--seconds", "3", "--seed", "4", "--record", str(out), "--device", "off", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary) >= {"time_to_first_audio_ms", "underruns", "generation_rtf", "seconds_played"}
+    assert 0 < summary["time_to_first_audio_ms"] < 5000
+    assert summary["underruns"] == 0
+    assert summary["generation_rtf"] > 1.0
+    assert 3.0 <= summary["seconds_played"] <= 3.0 + 4.0  # the piece, its last note, then the reverb tail
+    rate, audio = _wav(out)
+    assert rate == 44100
+    assert rms_dbfs(audio) > -45  # music, levelled, not silence
+    assert len(audio) / rate >= summary["seconds_played"]
+
+
+def test_play_refuses_a_bad_recording_name_and_an_unknown_style(tmp_path):
+    bad = runner.invoke(app, ["play", "irish", "--record", str(tmp_path / "x.mp3"), "--device", "off"])
+    assert bad.exit_code == 2 and ".wav or .flac" in " ".join(bad.output.split())
+    unknown = runner.invoke(app, ["play", "bahc", "--device", "off"])
+    assert unknown.exit_code == 2 and "bach" in unknown.output

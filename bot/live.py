@@ -1,0 +1,115 @@
+"""Wires the generator to the live engine: one thread samples pieces and streams their events into feeds.
+
+This is the only place where a generator's token stream meets the synth's engine. The composer is not
+thread-safe, so every piece is sampled on the one worker thread, in the order they were asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from generator.events import piece_events
+from generator.sampling import Composer, PieceRequest
+from synth.feed import EventFeed, FeedCancelled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LivePiece:
+    """A piece on its way: what was asked, the feed the engine plays from, and how generation went."""
+
+    id: str
+    request: PieceRequest
+    feed: EventFeed
+    requested_at: float
+    tokens: list[int] = field(default_factory=list)  # kept so the piece can be stored and replayed exactly
+    generation_seconds: float = 0.0  # time spent sampling, not waiting for playback to catch up
+    music_seconds: float = 0.0  # how much of the piece has been generated
+    finished: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+    @property
+    def generation_rtf(self) -> float:
+        """Seconds of music generated per second of sampling."""
+        return self.music_seconds / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+
+class GenerationWorker:
+    """A thread that samples queued pieces one after another into their feeds."""
+
+    def __init__(
+        self,
+        composer: Composer,
+        lookahead_seconds: float = 4.0,
+        clock: Callable[[], float] = time.monotonic,
+        torch_threads: int | None = 1,
+    ) -> None:
+        """Args:
+        composer: the loaded model; used only from the worker thread.
+        lookahead_seconds: how far generation runs ahead of playback before it waits.
+        clock: seconds, monotonic, the same clock as the engine's.
+        torch_threads: intra-op threads for sampling; one leaves a core to the synth on a small machine.
+        """
+        self.composer = composer
+        self.lookahead = lookahead_seconds
+        self.clock = clock
+        self.torch_threads = torch_threads
+        self._jobs: queue.Queue[LivePiece | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="generator", daemon=True)
+        self._thread.start()
+
+    def submit(self, piece_id: str, request: PieceRequest, requested_at: float | None = None) -> LivePiece:
+        """Queue a piece for sampling; its feed can be handed to the engine at once."""
+        piece = LivePiece(
+            piece_id, request, EventFeed(self.lookahead), self.clock() if requested_at is None else requested_at
+        )
+        self._jobs.put(piece)
+        return piece
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+        while (piece := self._jobs.get()) is not None:
+            if piece.feed.cancelled:
+                piece.finished.set()
+                continue
+            try:
+                self._generate(piece)
+            except FeedCancelled:
+                pass
+            except Exception as exc:
+                log.exception("generating %s failed; it ends where it got to", piece.id)
+                piece.error = exc
+                piece.feed.fail(exc)
+            finally:
+                piece.finished.set()
+
+    def _generate(self, piece: LivePiece) -> None:
+        request = piece.request
+        tokens = self._timed(piece, self.composer.stream(request))
+        for batch in piece_events(self.composer.vocab, tokens, request.tempo, request.programs()):
+            piece.music_seconds = batch.until
+            piece.feed.put(batch.until, batch.events, batch.done)
+
+    def _timed(self, piece: LivePiece, tokens: Iterator[int]) -> Iterator[int]:
+        # Only the time inside the model counts toward the real-time factor, not the waits for playback.
+        while True:
+            started = time.perf_counter()
+            token = next(tokens, None)
+            piece.generation_seconds += time.perf_counter() - started
+            if token is None:
+                return
+            piece.tokens.append(token)
+            yield token

@@ -1,0 +1,108 @@
+"""Token ids -> timed MIDI events, incrementally, for a piece that is played while it is being sampled.
+
+Each batch carries a watermark: every event earlier than `until` has been handed over, so the player may
+render up to that time and no further. Events come out in exactly the order and at exactly the times of
+`decode.timed_messages` for the same notes, which is what makes a live piece equal its offline render.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+
+import mido
+
+from generator.decode import STEPS_PER_BEAT, VELOCITY, NoteDecoder, channels
+from generator.instruments import DRUMS
+from generator.vocab import Vocab
+
+TimedMessage = tuple[float, mido.Message]
+
+
+class EventBatch(NamedTuple):
+    """Events in time order, all earlier than `until` (seconds); `done` marks the piece's last batch."""
+
+    until: float
+    events: list[TimedMessage]
+    done: bool
+
+
+def piece_events(
+    vocab: Vocab, tokens: Iterable[int], tempo: float, programs: Sequence[int]
+) -> Iterator[EventBatch]:
+    """Batches of timed events as tokens arrive; the last has `done` set and ends at the last note-off.
+
+    Args:
+        vocab: the vocabulary the tokens come from.
+        tokens: music tokens (no prefix), typically straight from `Composer.stream`.
+        tempo: beats per minute.
+        programs: the instruments the piece may use, each given its channel up front as the offline render
+            does; a program outside them still plays, on the next free channel.
+    """
+    chans = channels(programs)
+    seconds_per_step = 60.0 / tempo / STEPS_PER_BEAT
+    yield EventBatch(
+        0.0,
+        [
+            (0.0, mido.Message("program_change", channel=chan, program=program))
+            for program, chan in sorted(chans.items(), key=lambda kv: kv[1])
+            if program != DRUMS
+        ],
+        False,
+    )
+    decoder = NoteDecoder(vocab)
+    pending: list[
+        tuple[int, int, int, int]
+    ] = []  # heap of (step, on, channel, pitch): the sort order of offline
+    committed = 0
+    for token in tokens:
+        note = decoder.feed(int(token))
+        if note is not None:
+            late: list[TimedMessage] = []
+            if note.program not in chans:
+                chans[note.program] = _free_channel(chans, note.program)
+                if note.program != DRUMS:
+                    late = [(note.start * seconds_per_step, _program_change(chans, note.program))]
+            chan = chans[note.program]
+            heapq.heappush(pending, (note.start, 1, chan, note.pitch))
+            heapq.heappush(pending, (note.end(), 0, chan, note.pitch))
+            if late:
+                yield EventBatch(note.start * seconds_per_step, late, False)
+        if decoder.time > committed:
+            # A note still to come starts at decoder.time or later, so everything before it is final.
+            committed = decoder.time
+            yield EventBatch(
+                committed * seconds_per_step, _pop_before(pending, committed, seconds_per_step), False
+            )
+    end = max((step for step, *_ in pending), default=committed)
+    yield EventBatch(end * seconds_per_step, _pop_before(pending, end + 1, seconds_per_step), True)
+
+
+def _pop_before(
+    pending: list[tuple[int, int, int, int]], step: int, seconds_per_step: float
+) -> list[TimedMessage]:
+    out = []
+    while pending and pending[0][0] < step:
+        at, on, chan, pitch = heapq.heappop(pending)
+        kind = "note_on" if on else "note_off"
+        out.append(
+            (
+                at * seconds_per_step,
+                mido.Message(kind, channel=chan, note=pitch, velocity=VELOCITY if on else 0),
+            )
+        )
+    return out
+
+
+def _free_channel(chans: dict[int, int], program: int) -> int:
+    # Channels already given keep their programs; a newcomer takes the first unused one (or shares, past 15).
+    if program == DRUMS:
+        return 9
+    used = set(chans.values())
+    free = [c for c in range(16) if c != 9 and c not in used]
+    return free[0] if free else [c for c in range(16) if c != 9][len(chans) % 15]
+
+
+def _program_change(chans: dict[int, int], program: int) -> mido.Message:
+    return mido.Message("program_change", channel=chans[program], program=program)

@@ -1,0 +1,82 @@
+"""Loudness control: pieces and SoundFonts of very different levels come out at one steady level."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from generator.decode import Note, timed_messages
+from synth.loudness import Leveler, db_to_gain
+from synth.render import FluidSynthRenderer, rms_dbfs
+from synth.soundfonts import DEBIAN_SOUNDFONT, _pretty_midi_soundfont
+
+RATE = 44100
+BLOCK = 512
+
+
+def leveled(audio: np.ndarray, leveler: Leveler) -> np.ndarray:
+    return np.concatenate([leveler.process(audio[i : i + BLOCK]) for i in range(0, len(audio), BLOCK)])
+
+
+def sine(seconds: float, dbfs: float, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(round(seconds * RATE)) / RATE
+    # A sine's RMS is its peak over sqrt(2): scale so that the RMS is `dbfs`.
+    wave = np.sin(2 * np.pi * hz * t) * db_to_gain(dbfs) * np.sqrt(2) * 32767
+    return np.repeat(np.round(wave).astype(np.int16)[:, None], 2, axis=1)
+
+
+@pytest.mark.parametrize("level", [-34.0, -25.0, -10.0])
+def test_steady_tones_settle_at_the_target(level):
+    out = leveled(sine(12.0, level), Leveler(RATE, target_dbfs=-18.0))
+    assert rms_dbfs(out[-3 * RATE :]) == pytest.approx(-18.0, abs=0.5)
+
+
+def test_the_limiter_holds_every_peak_and_silence_stays_silent():
+    loud = sine(3.0, -3.0)  # peaks at full scale
+    leveler = Leveler(RATE, target_dbfs=-6.0, limit_dbfs=-1.0)
+    out = leveled(np.concatenate([np.zeros((RATE, 2), np.int16), loud]), leveler)
+    assert np.abs(out[:RATE]).max() == 0  # the gate ignores silence: no boosted hiss
+    assert np.abs(out).max() <= round(db_to_gain(-1.0) * 32768)
+
+
+def test_gain_moves_slowly_so_the_music_never_pumps():
+    quiet_then_loud = np.concatenate([sine(4.0, -30.0), sine(4.0, -12.0)])
+    leveler = Leveler(RATE, slew_db_per_second=6.0)
+    gains = []
+    for i in range(0, len(quiet_then_loud), BLOCK):
+        leveler.process(quiet_then_loud[i : i + BLOCK])
+        gains.append(leveler.gain_db)
+    steps = np.abs(np.diff(gains))
+    assert steps.max() <= 6.0 * BLOCK / RATE + 1e-9
+
+
+def _solo_and_tutti() -> list[list[Note]]:
+    solo = [Note(8 * i, 72 + (i * 2) % 7, 6, 73) for i in range(24)]  # a flute line
+    tutti = [
+        Note(16 * i, p + i % 3, 16, prog)
+        for i in range(12)
+        for p, prog in ((43, 42), (55, 41), (64, 40), (67, 40), (76, 40))
+    ]
+    return [solo, tutti]
+
+
+@pytest.mark.skipif(
+    not DEBIAN_SOUNDFONT.is_file() or _pretty_midi_soundfont() is None, reason="needs both fonts"
+)
+def test_pieces_and_soundfonts_come_out_at_one_level():
+    raw, out = [], []
+    for font in (DEBIAN_SOUNDFONT, _pretty_midi_soundfont()):
+        for notes in _solo_and_tutti():
+            with FluidSynthRenderer(font, sample_rate=RATE) as renderer:
+                audio = renderer.render(timed_messages(notes, 120.0), tail_seconds=0.0)
+            raw.append(rms_dbfs(audio[RATE * 4 :]))
+            out.append(rms_dbfs(leveled(audio, Leveler(RATE, target_dbfs=-18.0))[RATE * 4 :]))
+    assert max(raw) - min(raw) > 6.0  # the problem is real
+    assert max(out) - min(out) < 1.5
+    assert all(abs(x + 18.0) < 1.5 for x in out)
+
+
+def test_boost_stops_at_its_ceiling():
+    # A near-silent piece is not dragged up to the target: at most `max_boost_db` is added.
+    out = leveled(sine(12.0, -45.0), Leveler(RATE, target_dbfs=-18.0, max_boost_db=18.0))
+    assert rms_dbfs(out[-3 * RATE :]) == pytest.approx(-27.0, abs=0.5)

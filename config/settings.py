@@ -47,7 +47,7 @@ class Synth(BaseModel):
 
 
 class Engine(BaseModel):
-    block_frames: int = Field(512, ge=64, le=8192)  # also how quickly a skip is heard
+    block_frames: int = Field(2048, ge=64, le=8192)  # 46 ms at 44.1 kHz: also how quickly a skip is heard
     lookahead_seconds: float = Field(4.0, gt=0.0, le=120.0)  # generation stays this far ahead of playback
     prebuffer_seconds: float = Field(0.25, ge=0.0, le=10.0)  # generated before a piece starts to sound
     max_ahead_seconds: float = Field(0.1, gt=0.0, le=2.0)  # rendered ahead of the clock for the outputs

@@ -52,7 +52,7 @@ class EngineStats:
     underruns: int = 0
     underrun_seconds: float = 0.0
     late_blocks: int = 0  # blocks rendered after they were due: the outputs may have glitched
-    render_seconds: float = 0.0  # thread time spent rendering and levelling
+    render_seconds: float = 0.0  # time spent rendering and levelling
     pieces: int = 0
 
 
@@ -79,7 +79,7 @@ class LiveEngine:
         renderer: FluidSynthRenderer,
         sinks: Iterable[AudioSink] = (),
         *,
-        block_frames: int = 512,
+        block_frames: int = 2048,
         realtime: bool = True,
         max_ahead_seconds: float = 0.1,
         prebuffer_seconds: float = 0.25,
@@ -118,6 +118,7 @@ class LiveEngine:
         self.gap = round(gap_seconds * self.rate)
         self.hold = round(hold_seconds * self.rate)
         self.leveler = leveler
+        self._base_gain = renderer.gain  # what the leveler's gain multiplies
         self.clock = clock
         self.on_event = on_event
         self.runners = [
@@ -191,6 +192,11 @@ class LiveEngine:
         with self._lock:
             return bool(self.current or self._control.pending or self._tail_left or self._gap_left)
 
+    def pending(self) -> int:
+        """Pieces queued behind the current one."""
+        with self._lock:
+            return len(self._control.pending)
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.busy():
@@ -215,7 +221,12 @@ class LiveEngine:
                     self._wake.wait(wait)
                     self._wake.clear()
                     continue
-            started = time.thread_time()
+            elif not self.busy():
+                # Faster than real time there is no clock to keep: with nothing to play, wait for work.
+                self._wake.wait(0.05)
+                self._wake.clear()
+                continue
+            started = time.perf_counter()
             if self.realtime and self.clock() > self.due(self.stats.frames):
                 self.stats.late_blocks += 1
             try:
@@ -224,8 +235,9 @@ class LiveEngine:
                 log.exception("rendering failed; the piece is cut and the concert goes on")
                 block = self._cut(error=True)
             if self.leveler is not None:
-                block = self.leveler.process(block)
-            self.stats.render_seconds += time.thread_time() - started
+                level = self.leveler.observe(block, self.renderer.gain / self._base_gain)
+                self.renderer.set_gain(self._base_gain * level)
+            self.stats.render_seconds += time.perf_counter() - started
             for runner in self.runners:
                 runner.submit(block)
             self.stats.frames += len(block)
@@ -261,7 +273,7 @@ class LiveEngine:
             self._tail_left -= n
             if self._tail_left == 0:
                 self._gap_left = self.gap
-            return self.renderer.frames(n).reshape(-1, 2)
+            return self.renderer.frames(n)
         if self._gap_left:
             n = min(need, self._gap_left)
             self._gap_left -= n
@@ -305,7 +317,7 @@ class LiveEngine:
         out: list[np.ndarray] = []
         at = piece.frame
         for frame, msg in feed.take(end, self.rate):
-            out.append(self.renderer.frames(frame - at).reshape(-1, 2))
+            out.append(self.renderer.frames(frame - at))
             at = frame
             self.renderer.play(msg)
         if feed.finished():
@@ -314,7 +326,7 @@ class LiveEngine:
             offset, piece.frame = at - piece.frame, at
             self._finish(piece, "end", offset)
             return np.concatenate(out) if out else np.zeros((0, 2), dtype=np.int16)
-        out.append(self.renderer.frames(end - at).reshape(-1, 2))
+        out.append(self.renderer.frames(end - at))
         piece.frame = end
         feed.played_to(end / self.rate)
         return np.concatenate(out) if len(out) > 1 else out[0]
@@ -324,7 +336,7 @@ class LiveEngine:
         if piece.stalled < self.hold <= piece.stalled + need:
             self.renderer.release_all()
         piece.stalled += need
-        return self.renderer.frames(need).reshape(-1, 2)
+        return self.renderer.frames(need)
 
     def _underrun_over(self, piece: _Piece) -> None:
         length = piece.stalled / self.rate
@@ -359,7 +371,7 @@ class LiveEngine:
         return block
 
     def _fade_out(self, samples: np.ndarray) -> np.ndarray:
-        block = samples.reshape(-1, 2).astype(np.float32)
+        block = samples.astype(np.float32)
         block *= np.linspace(1.0, 0.0, len(block), dtype=np.float32)[:, None]
         return block.astype(np.int16)
 

@@ -48,8 +48,12 @@ class EventFeed:
             self.until = max(self.until, until)
             self.done = done
             self._cond.notify_all()
-            while not self.cancelled and not self.done and self.until - self.position > self.lookahead:
-                self._cond.wait()
+            if self.until - self.position > self.lookahead:
+                # Resume only once a quarter of the look-ahead has played: generation then runs in bursts
+                # instead of waking for every audio block.
+                self._cond.wait_for(
+                    lambda: self.cancelled or self.until - self.position <= 0.75 * self.lookahead
+                )
             if self.cancelled:
                 raise FeedCancelled
 
@@ -92,7 +96,8 @@ class EventFeed:
     def played_to(self, seconds: float) -> None:
         with self._cond:
             self.position = seconds
-            self._cond.notify_all()
+            if self.until - seconds <= 0.75 * self.lookahead:
+                self._cond.notify_all()
 
     def cancel(self) -> None:
         with self._cond:

@@ -58,6 +58,7 @@ class FluidSynthRenderer:
         """
         self.soundfont = soundfont if isinstance(soundfont, SoundFont) else SoundFont(Path(soundfont), "given")
         self.sample_rate = sample_rate
+        self.gain = gain
         options = {
             "synth.verbose": 0,
             "synth.reverb.active": int(reverb),
@@ -135,7 +136,7 @@ class FluidSynthRenderer:
             self.play(msg)
         self.release_all()
         chunks.append(self.frames(round(tail_seconds * self.sample_rate)))
-        return np.concatenate(chunks).reshape(-1, 2)
+        return np.concatenate(chunks)
 
     def reset(self) -> None:
         """Cut every sound and restore the default programs, ready for an unrelated piece."""
@@ -145,16 +146,25 @@ class FluidSynthRenderer:
         for _ in range(MAX_FADE_BLOCKS):
             if self._fs.get_active_voice_count() == 0:
                 break
-            self._fs.get_samples(FADE_BLOCK)
+            self.frames(FADE_BLOCK)
         self._fs.system_reset()
         for chan in range(CHANNELS):
             self._select(chan, 0)
 
     def frames(self, n: int) -> np.ndarray:
-        """The next `n` frames of whatever is sounding, interleaved L, R: 2 * n int16 values."""
-        if n == 0:
-            return np.zeros(0, dtype=np.int16)
-        return self._fs.get_samples(n)
+        """The next `n` frames of whatever is sounding, int16 of shape [n, 2]."""
+        out = np.empty((n, 2), dtype=np.int16)
+        if n:
+            # Straight into our array: pyfluidsynth's get_samples allocates and copies twice per call, which
+            # costs more than rendering a block of a quiet passage.
+            pointer = out.ctypes.data
+            fluidsynth.fluid_synth_write_s16(self._fs.synth, n, pointer, 0, 2, pointer, 1, 2)
+        return out
+
+    def set_gain(self, gain: float) -> None:
+        """Change the master gain from the next rendered frame on (FluidSynth allows 0 to 10)."""
+        self.gain = min(10.0, max(0.0, gain))
+        self._fs.setting("synth.gain", self.gain)
 
     def active_voices(self) -> int:
         return int(self._fs.get_active_voice_count())

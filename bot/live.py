@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from generator.events import piece_events
@@ -33,6 +33,12 @@ class LivePiece:
     music_seconds: float = 0.0  # how much of the piece has been generated
     finished: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    replay: tuple[int, ...] | None = None  # stored tokens to play instead of sampling
+
+    @property
+    def complete(self) -> bool:
+        """Generated to the end (not cut short by a skip or an error): its tokens are the whole piece."""
+        return self.finished.is_set() and self.error is None and self.feed.done and not self.feed.cancelled
 
     @property
     def generation_rtf(self) -> float:
@@ -64,11 +70,18 @@ class GenerationWorker:
         self._thread = threading.Thread(target=self._run, name="generator", daemon=True)
         self._thread.start()
 
-    def submit(self, piece_id: str, request: PieceRequest, requested_at: float | None = None) -> LivePiece:
-        """Queue a piece for sampling; its feed can be handed to the engine at once."""
+    def submit(
+        self,
+        piece_id: str,
+        request: PieceRequest,
+        requested_at: float | None = None,
+        tokens: Sequence[int] | None = None,
+    ) -> LivePiece:
+        """Queue a piece for sampling, or for replaying stored `tokens`; its feed can be played at once."""
         piece = LivePiece(
             piece_id, request, EventFeed(self.lookahead), self.clock() if requested_at is None else requested_at
         )
+        piece.replay = tuple(tokens) if tokens else None
         self._jobs.put(piece)
         return piece
 
@@ -98,7 +111,9 @@ class GenerationWorker:
 
     def _generate(self, piece: LivePiece) -> None:
         request = piece.request
-        tokens = self._timed(piece, self.composer.stream(request))
+        # A replay plays the stored tokens: the same notes even if the model has been retrained since.
+        source = iter(piece.replay) if piece.replay is not None else self.composer.stream(request)
+        tokens = self._timed(piece, source)
         for batch in piece_events(self.composer.vocab, tokens, request.tempo, request.programs()):
             piece.music_seconds = batch.until
             piece.feed.put(batch.until, batch.events, batch.done)

@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -86,8 +87,8 @@ class LiveSession:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.events: list[EngineEvent] = []
-        self._listener = on_event
+        self.events: collections.deque[EngineEvent] = collections.deque(maxlen=1000)
+        self.listener = on_event
         self._changed = threading.Condition()
         e = settings.engine
         self.renderer = FluidSynthRenderer.from_settings(settings.synth)
@@ -135,9 +136,15 @@ class LiveSession:
         self.worker.close()
         self.renderer.close()
 
-    def request(self, piece_id: str, request: PieceRequest, requested_at: float | None = None) -> LivePiece:
-        """Start generating a piece and queue it to play after whatever is queued already."""
-        piece = self.worker.submit(piece_id, request, requested_at)
+    def request(
+        self,
+        piece_id: str,
+        request: PieceRequest,
+        requested_at: float | None = None,
+        tokens: Sequence[int] | None = None,
+    ) -> LivePiece:
+        """Start generating a piece (or replaying its stored `tokens`) and queue it after what is queued."""
+        piece = self.worker.submit(piece_id, request, requested_at, tokens)
         self.engine.play(piece_id, piece.feed)
         return piece
 
@@ -184,5 +191,5 @@ class LiveSession:
         with self._changed:
             self.events.append(event)
             self._changed.notify_all()
-        if self._listener is not None:
-            self._listener(event)
+        if self.listener is not None:
+            self.listener(event)

@@ -160,12 +160,18 @@ class SendQueue:
                 return True
         return False
 
+    def _limit(self, importance: Importance) -> int:
+        # Acknowledgements may use only half the budget: the rest stays free for what viewers wait for, and
+        # acks held back meanwhile merge into one line ("@a @b @c your votes are counted").
+        return self.budget // 2 if importance == Importance.ACK else self.budget
+
     def pop_ready(self, now: float) -> Outgoing | None:
         """The most important line if the rate limit allows a send at `now` (counted as sent), else None."""
         self._expire(now)
-        if not self._pending or len(self._sent) >= self.budget:
+        allowed = [p for p in self._pending if len(self._sent) < self._limit(p.importance)]
+        if not allowed:
             return None
-        best = max(self._pending, key=lambda p: (p.importance, -p.seq))
+        best = max(allowed, key=lambda p: (p.importance, -p.seq))
         self._pending.remove(best)
         self._sent.append(now)
         return best.outgoing()
@@ -175,10 +181,11 @@ class SendQueue:
         self._expire(now)
         if not self._pending:
             return None
-        over = len(self._sent) - self.budget
-        if over < 0:
-            return now
-        return self._sent[over] + self.span
+        ready = []
+        for importance in {p.importance for p in self._pending}:
+            over = len(self._sent) - self._limit(importance)
+            ready.append(now if over < 0 else self._sent[over] + self.span)
+        return min(ready)
 
     def _expire(self, now: float) -> None:
         # Written as next_ready_at computes it, so that a line is ready exactly at the time promised.

@@ -72,6 +72,23 @@ class Outputs(BaseModel):
     push_url: SecretStr | None = None
 
 
+class Concert(BaseModel):
+    max_per_viewer: int = Field(3, ge=1, le=100)  # requests one viewer may have queued
+    max_queue: int = Field(50, ge=1, le=10000)
+    viewer_cooldown_seconds: float = Field(30.0, ge=0.0)  # between one viewer's requests
+    global_cooldown_seconds: float = Field(2.0, ge=0.0)  # between any two requests
+    vote_grace_seconds: float = Field(30.0, ge=0.0)  # votes still count this long after a piece ends
+    voteskip_share: float = Field(0.5, gt=0.0, le=1.0)  # of the viewers who chatted recently
+    voteskip_min: int = Field(3, ge=1)
+    chatter_window_seconds: float = Field(600.0, gt=0.0)  # "recently", for voteskip
+    error_reply_seconds: float = Field(20.0, ge=0.0)  # one error reply per viewer per this long
+    autoplay: bool = True
+    redis_url: SecretStr | None = None  # also REDIS_URL; empty runs the embedded Redis in data_dir/redis
+    admin_token: SecretStr | None = None  # also CONCERTBOT_ADMIN_TOKEN; empty disables the web admin actions
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)  # also CONCERTBOT_HTTP_PORT; 0 turns the web side off
+
+
 class Data(BaseModel):
     # Most pieces taken from each style of the music21 corpus (0 = all of them).
     max_pieces_per_style: int = Field(0, ge=0)
@@ -104,6 +121,7 @@ class Settings(BaseSettings):
     engine: Engine = Engine()
     loudness: Loudness = Loudness()
     outputs: Outputs = Outputs()
+    concert: Concert = Concert()
     data: Data = Data()
     train: Train = Train()
 
@@ -126,11 +144,20 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, toml)
 
 
+SHORT_NAMES = [
+    ("CONCERTBOT_RECORD", "outputs", "record"),
+    ("REDIS_URL", "concert", "redis_url"),
+    ("CONCERTBOT_ADMIN_TOKEN", "concert", "admin_token"),
+    ("CONCERTBOT_HTTP_PORT", "concert", "http_port"),
+]
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read and validate every setting once; a bad value becomes a ConfigError quoting it."""
-    # The recording switch a streamer is most likely to set by hand gets a short name of its own.
-    if (record := os.environ.get("CONCERTBOT_RECORD")) and "CONCERTBOT_OUTPUTS__RECORD" not in os.environ:
-        overrides.setdefault("outputs", {})["record"] = record
+    # The switches a streamer is most likely to set by hand get short names of their own.
+    for env, section, key in SHORT_NAMES:
+        if (value := os.environ.get(env)) and f"CONCERTBOT_{section.upper()}__{key.upper()}" not in os.environ:
+            overrides.setdefault(section, {})[key] = value
     try:
         return Settings(**overrides)
     except ValidationError as exc:

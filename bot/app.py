@@ -1,0 +1,168 @@
+"""`concertbot run`: the whole concert in one task group: store, engine, conductor, chat (Twitch or local).
+
+Everything is opened with `async with`/`with` and closed in reverse order, so a Ctrl-C or a cancelled test
+leaves no thread, socket or Redis server behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from bot.chat import ChatMessage
+from bot.chatbot import ChatCommands, Reply
+from bot.conductor import Conductor
+from bot.player import LiveSession, build_sinks
+from bot.sendqueue import Importance, Sender, SendQueue
+from bot.store import QueueLimits, Store, open_store
+from config.settings import Settings
+from config.twitch import TwitchSettings
+from generator.model import load_model
+from synth.sinks import AudioSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Concert:
+    """The running parts, for tests and the web side to reach."""
+
+    settings: Settings
+    store: Store
+    session: LiveSession
+    conductor: Conductor
+    commands: ChatCommands
+    say: Callable[[Reply], None]
+    local_replies: list[str] = field(default_factory=list)
+
+    async def chat(self, msg: ChatMessage) -> list[Reply]:
+        """One chat line through the command path; its replies are also said in chat."""
+        replies = await self.commands.handle(msg)
+        for reply in replies:
+            self.say(reply)
+        return replies
+
+
+async def run_concert(
+    settings: Settings,
+    twitch: TwitchSettings | None,
+    *,
+    local_input: TextIO | None = None,
+    sinks: list[AudioSink] | None = None,
+    seconds: float | None = None,
+    started: Callable[[Concert], Awaitable[None] | None] | None = None,
+    namespace: str = "concertbot",
+) -> None:
+    """Run the concert until cancelled, or for `seconds`.
+
+    Args:
+        settings: everything configurable.
+        twitch: Twitch credentials, or None for local chat (typed into `local_input`, one line per message,
+            "name: text" to speak as a viewer, plain text to speak as the streamer).
+        local_input: where local chat comes from; None reads nothing.
+        sinks: outputs to use instead of those the settings name.
+        seconds: stop after this long (demos and tests); None runs until cancelled.
+        started: called with the running Concert once everything is up.
+        namespace: the first part of every Redis key, so that several bots can share one server.
+    """
+    c = settings.concert
+    loaded = load_model(settings.paths.model_dir)
+    redis_url = c.redis_url.get_secret_value() if c.redis_url else None
+    limits = QueueLimits(c.max_per_viewer, c.max_queue)
+    async with open_store(redis_url, settings.paths.data_dir, namespace, limits=limits) as store:
+        if not c.autoplay:
+            await store.set_flags(autoplay=False)
+        outputs = build_sinks(settings) if sinks is None else sinks
+        with LiveSession(settings, loaded, outputs) as session:
+            speak: Callable[[Reply], None] = lambda reply: None  # noqa: E731 (replaced once chat is up)
+            conductor = Conductor(
+                settings,
+                loaded,
+                store,
+                session,
+                announce=lambda text, mention: speak(Reply(text, Importance.NOW_PLAYING, None, mention)),
+            )
+            session.listener = conductor.on_engine_event
+            commands = ChatCommands(settings, conductor, store)
+            concert = Concert(settings, store, session, conductor, commands, lambda r: speak(r))
+            async with contextlib.AsyncExitStack() as stack:
+                if twitch is not None:
+                    from bot.twitch import TwitchChat
+
+                    async def on_message(msg: ChatMessage) -> None:
+                        await concert.chat(msg)
+
+                    chat = await stack.enter_async_context(TwitchChat(twitch, on_message))
+                    sender = await stack.enter_async_context(
+                        Sender(SendQueue(), chat.send, is_moderator=lambda: chat.bot_is_moderator)
+                    )
+
+                    def speak_twitch(reply: Reply) -> None:
+                        sender.say(reply.text, reply.importance, reply.reply_to, reply.mention)
+
+                    speak = speak_twitch
+                else:
+
+                    def speak_local(reply: Reply) -> None:
+                        line = f"@{reply.mention} {reply.text}" if reply.mention else reply.text
+                        concert.local_replies.append(line)
+                        print(f"bot> {line}", flush=True)
+
+                    speak = speak_local
+                await conductor.start()
+                tasks = [asyncio.create_task(conductor.run(), name="conductor")]
+                if twitch is None and local_input is not None:
+                    tasks.append(asyncio.create_task(_read_local_chat(local_input, concert), name="local chat"))
+                try:
+                    if started is not None and asyncio.iscoroutine(result := started(concert)):
+                        await result
+                    done, _ = await asyncio.wait([tasks[0]], timeout=seconds)
+                    for task in done:
+                        task.result()  # the conductor only ends by failing: let that be seen
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _read_local_chat(stream: TextIO, concert: Concert) -> None:
+    """Local chat: the streamer types commands in the terminal, through the same path as Twitch chat."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+
+    def read() -> None:
+        # A daemon thread: a terminal that never sends end-of-file must not keep the program from exiting.
+        for line in stream:
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+        loop.call_soon_threadsafe(lines.put_nowait, "")
+
+    threading.Thread(target=read, name="local chat", daemon=True).start()
+    count = 0
+    while line := await lines.get():
+        name, text = "streamer", line.strip()
+        if ":" in text and not text.startswith("!"):
+            head, rest = text.split(":", 1)
+            if head.strip().isidentifier():
+                name, text = head.strip().lower(), rest.strip()
+        count += 1
+        await concert.chat(
+            ChatMessage(
+                user_id=f"local:{name}",
+                login=name,
+                display_name=name,
+                text=text,
+                message_id=f"local-{count}",
+                is_broadcaster=name == "streamer",
+            )
+        )
+
+
+def stdin_if_interactive() -> TextIO | None:
+    """The terminal (or a pipe) for local chat; None when the process has no standard input."""
+    return sys.stdin if sys.stdin is not None and not sys.stdin.closed else None

@@ -1,0 +1,263 @@
+"""Chat commands: parse, check who may do it and how often, act through the store and the conductor, reply.
+
+One path for every chat: Twitch messages, redemptions, the terminal and the web chat box all come here as
+`ChatMessage`. Nothing a viewer types escapes as an exception: mistakes get one short, rate-limited reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot.chat import ChatMessage
+from bot.commands import (
+    Command,
+    CommandError,
+    compose_args,
+    login_arg,
+    on_off_arg,
+    parse,
+    period_arg,
+    seed_arg,
+)
+from bot.conductor import Conductor
+from bot.fairness import Cooldowns, RecentChatters
+from bot.sendqueue import Importance
+from bot.store import QueueRefused, SongRequest, Store, VoteOutcome
+from config.errors import ConcertbotError
+from config.settings import Settings
+from generator.instruments import INSTRUMENTS
+from generator.recipes import make_request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    importance: Importance
+    reply_to: str | None = None
+    mention: str | None = None  # login to @-mention
+
+
+class ChatCommands:
+    """Turns chat lines into actions and replies."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        conductor: Conductor,
+        store: Store,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        c = settings.concert
+        self.settings = settings
+        self.conductor = conductor
+        self.store = store
+        self.clock = clock
+        self.cooldowns = Cooldowns(c.viewer_cooldown_seconds, c.global_cooldown_seconds, c.error_reply_seconds)
+        self.chatters = RecentChatters(c.chatter_window_seconds)
+        self.messages = 0
+        self.votes = 0
+        self.requests_by_style: dict[str, int] = {}
+
+    async def handle(self, msg: ChatMessage) -> list[Reply]:
+        """Everything the bot says back to one chat line (often nothing)."""
+        now = self.clock()
+        self.messages += 1
+        self.chatters.saw(msg.user_id, now)
+        command = parse(msg.text)
+        if command is None and msg.reward_id and msg.text.strip():
+            # A redemption's text is the request itself, with or without "!compose".
+            command = Command("compose", tuple(msg.text.split()[:20]))
+        if command is None:
+            return []
+        try:
+            if await self.store.is_blocked(msg.login):
+                return []
+            if command.for_moderators and not msg.is_privileged:
+                raise CommandError(f"!{command.name} is for moderators")
+            handler = getattr(self, f"_{command.name}")
+            return await handler(msg, command.args, now)
+        except (CommandError, ConcertbotError) as exc:
+            if not self.cooldowns.may_reply_error(msg.user_id, now):
+                return []
+            return [Reply(str(exc), Importance.ERROR_REPLY, msg.message_id or None, msg.login)]
+        except Exception:
+            log.exception("command %r failed", command.name)
+            return []
+
+    def _info(self, msg: ChatMessage, text: str) -> list[Reply]:
+        return [Reply(text, Importance.INFO, msg.message_id or None, msg.login)]
+
+    # Everyone.
+
+    async def _compose(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        wanted = compose_args(args)
+        priority = msg.reward_id is not None or msg.is_privileged
+        wait = self.cooldowns.request_wait(msg.user_id, now, exempt=priority)
+        if wait > 0:
+            raise CommandError(f"one request at a time: try again in {wait:.0f} s")
+        # Resolving names here means a typo is answered at once, not when the piece's turn comes.
+        piece = make_request(
+            self.conductor.loaded, wanted.style, list(wanted.instruments) or None, wanted.tempo
+        )
+        entry = await self.store.enqueue(
+            SongRequest(
+                user_id=msg.user_id,
+                login=msg.login,
+                style=piece.style,
+                instruments=piece.instruments if wanted.instruments else (),
+                tempo=wanted.tempo,
+                priority=priority,
+                requested_at=now,
+            )
+        )
+        self.cooldowns.requested(msg.user_id, now, exempt=priority)
+        self.requests_by_style[piece.style] = self.requests_by_style.get(piece.style, 0) + 1
+        self.conductor.request_arrived()
+        eta = self.conductor.queue_eta(entry.position)[-1]
+        what = f"{piece.style} for {', '.join(piece.instruments)}"
+        text = f"your {what} is #{entry.position} in the queue, {_minutes(eta)}"
+        return [Reply(text, Importance.REQUEST_ACK, msg.message_id or None, msg.login)]
+
+    async def _replay(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        seed = seed_arg(args)
+        record = await self.store.load_piece(seed)
+        if record is None:
+            raise CommandError(f"no piece has seed {seed}; !top lists the favourites")
+        priority = msg.reward_id is not None or msg.is_privileged
+        wait = self.cooldowns.request_wait(msg.user_id, now, exempt=priority)
+        if wait > 0:
+            raise CommandError(f"one request at a time: try again in {wait:.0f} s")
+        entry = await self.store.enqueue(
+            SongRequest(msg.user_id, msg.login, record.style, seed=seed, priority=priority, requested_at=now)
+        )
+        self.cooldowns.requested(msg.user_id, now, exempt=priority)
+        self.conductor.request_arrived()
+        eta = self.conductor.queue_eta(entry.position)[-1]
+        return [
+            Reply(
+                f"piece {seed} ({record.style}) plays again: #{entry.position} in the queue, {_minutes(eta)}",
+                Importance.REQUEST_ACK,
+                msg.message_id or None,
+                msg.login,
+            )
+        ]
+
+    async def _queue(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        entries = await self.store.queue()
+        mine = [e.position for e in entries if e.request.user_id == msg.user_id]
+        where = f"; yours: #{', #'.join(map(str, mine))}" if mine else ""
+        return self._info(msg, f"{len(entries)} request{'s' * (len(entries) != 1)} in the queue{where}")
+
+    async def _np(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        slot = self.conductor.current
+        if slot is None:
+            return self._info(msg, "nothing is playing right now; !compose something!")
+        r = slot.record
+        who = f", asked for by {slot.request.login}" if slot.request else ""
+        votes = await self.store.votes(r.seed)
+        return self._info(
+            msg,
+            f"{r.style} for {', '.join(r.instruments)}{who}: seed {r.seed}, {votes} votes (!replay {r.seed})",
+        )
+
+    async def _cancel(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        removed = await self.store.cancel_latest(msg.user_id)
+        if removed is None:
+            raise CommandError("you have no request in the queue")
+        return self._info(msg, f"your {removed.style} request is withdrawn")
+
+    async def _vote(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        seed = self.conductor.vote_target(self.settings.concert.vote_grace_seconds)
+        if seed is None:
+            raise CommandError("nothing to vote for right now")
+        outcome = await self.store.vote(seed, msg.user_id, self.conductor.stream_id, self.conductor.wall())
+        if outcome is VoteOutcome.COUNTED:
+            self.votes += 1
+            return [Reply(f"your vote for {seed} is counted", Importance.ACK, None, msg.login)]
+        if outcome is VoteOutcome.ALREADY_VOTED:
+            raise CommandError(f"you already voted for {seed}")
+        raise CommandError("that piece has not played yet")
+
+    async def _voteskip(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        votes, needed, skipped = self.conductor.voteskip(msg.user_id, self.chatters.count(now))
+        if needed == 0:
+            raise CommandError("nothing is playing")
+        if skipped:
+            return [Reply("the audience has spoken: skipping", Importance.NOW_PLAYING)]
+        return [Reply(f"skip votes {votes}/{needed}", Importance.ACK, None, msg.login)]
+
+    async def _top(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        period = period_arg(args)
+        board = await self.store.top(period, self.conductor.stream_id, self.conductor.wall(), n=5)  # type: ignore[arg-type]
+        if not board:
+            return self._info(msg, f"no votes this {period} yet: !vote for the piece you like")
+        parts = []
+        for rank, entry in enumerate(board, 1):
+            record = await self.store.load_piece(entry.seed)
+            style = record.style if record else "?"
+            parts.append(f"#{rank} {entry.seed} ({style}, {entry.votes})")
+        return self._info(msg, f"top of the {period}: " + " ".join(parts) + " - !replay <seed>")
+
+    async def _styles(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        return self._info(msg, "styles: " + ", ".join(self.conductor.loaded.vocab.styles))
+
+    async def _instruments(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        return self._info(msg, "instruments: " + ", ".join(i.name for i in INSTRUMENTS))
+
+    async def _help(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        return self._info(
+            msg,
+            "!compose <style> [instruments] [tempo] · !queue · !np · !vote · !voteskip · !top [week|all] · "
+            "!replay <seed> · !cancel · !styles · !instruments",
+        )
+
+    # Moderators and the broadcaster.
+
+    async def _skip(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        self.conductor.skip()
+        return self._info(msg, "skipped")
+
+    async def _pause(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        await self.conductor.pause()
+        return self._info(msg, "paused; !resume to go on")
+
+    async def _resume(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        await self.conductor.resume()
+        return self._info(msg, "resumed")
+
+    async def _clear(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        dropped = await self.store.clear_queue()
+        return self._info(msg, f"queue cleared ({dropped} requests)")
+
+    async def _remove(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        login = login_arg(args)
+        return self._info(msg, f"removed {await self.store.remove_viewer(login)} requests of {login}")
+
+    async def _block(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        login = login_arg(args)
+        dropped = await self.store.block(login)
+        return self._info(msg, f"{login} is ignored from now on ({dropped} requests removed)")
+
+    async def _unblock(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        login = login_arg(args)
+        await self.store.unblock(login)
+        return self._info(msg, f"{login} may request again")
+
+    async def _autoplay(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        on = on_off_arg(args)
+        await self.store.set_flags(autoplay=on)
+        return self._info(msg, f"autoplay {'on' if on else 'off'}")
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 60:
+        return "starting within a minute"
+    return f"starting in about {round(seconds / 60)} min"
+
+
+__all__ = ["ChatCommands", "QueueRefused", "Reply"]

@@ -1,0 +1,322 @@
+"""The conductor: decides what plays next and keeps Redis, the engine and chat in step.
+
+It plays the next request in fair order (the store's round-robin); when the queue is empty and autoplay is on,
+it plays on by itself, a new piece in a rotating style or, about a quarter of the time, a top-voted piece
+again. The next piece is handed to the engine before the current one ends, so its first seconds are already
+generated when its turn comes: there is never silence beyond the short gap between pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bot.live import LivePiece
+from bot.player import LiveSession
+from bot.store import PieceRecord, SeedConflictError, SongRequest, Store
+from config.errors import ConcertbotError
+from config.settings import Settings
+from generator.model import LoadedModel
+from generator.recipes import make_request, new_seed
+from generator.sampling import PieceRequest
+from synth.engine import EngineEvent
+
+log = logging.getLogger(__name__)
+
+LEAD_SECONDS = 8.0  # hand the next piece to the engine this long before the current one ends
+REPLAY_SHARE = 0.25  # share of autoplay pieces that are top-voted pieces played again
+
+
+@dataclass
+class Slot:
+    """A piece the conductor has handed to the engine: queued next, or playing."""
+
+    record: PieceRecord
+    live: LivePiece
+    request: SongRequest | None  # None when the bot chose the piece
+    started: float | None = None  # monotonic time its first sample sounded
+    ended: float | None = None
+    voteskips: set[str] = field(default_factory=set)
+    saved: bool = False
+
+
+class Conductor:
+    """Runs the concert; `run()` is its task, the other methods are called by chat commands and the web."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loaded: LoadedModel,
+        store: Store,
+        session: LiveSession,
+        announce: Callable[[str, str | None], None] = lambda text, mention: None,
+        wall: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Args:
+        announce: says something in chat, `(text, login to mention or None)`; must not block.
+        wall: unix time for the store's records and leaderboards (weeks); injected for tests.
+        rng: chooses autoplay styles and replays; seeded in tests.
+        """
+        self.settings = settings
+        self.loaded = loaded
+        self.store = store
+        self.session = session
+        self.announce = announce
+        self.wall = wall
+        self.rng = rng or random.Random()
+        self.stream_id = ""
+        self.current: Slot | None = None
+        self.upcoming: Slot | None = None
+        self.last: Slot | None = None  # the piece that ended most recently: votes still count for a while
+        self.autoplay_index = 0
+        self.changed = asyncio.Event()  # set whenever what plays changes; the web side listens
+        self._events: asyncio.Queue[EngineEvent] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.underruns = 0
+
+    # Wiring.
+
+    def on_engine_event(self, event: EngineEvent) -> None:
+        """The engine's listener: called on the render thread, so it only hands the event to the loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+    async def start(self) -> None:
+        """Pick up where a previous run stopped: same stream board after a crash, the cut piece again."""
+        self._loop = asyncio.get_running_loop()
+        flags = await self.store.flags()
+        playing = await self.store.now_playing()
+        recent = (
+            playing is not None and playing.started_at is not None and self.wall() - playing.started_at < 1800
+        )
+        self.stream_id = flags.stream_id if flags.stream_id and recent else f"s{int(self.wall())}"
+        await self.store.set_flags(stream_id=self.stream_id)
+        if playing is not None and playing.seed is not None:
+            # A crash cut this piece short; it plays again from the start.
+            record = await self.store.load_piece(playing.seed)
+            if record is not None:
+                await self.store.finish_playing(playing.seed, self.wall())
+                self._hand_over(record, playing.request, record.tokens or None)
+
+    async def run(self) -> None:
+        """The conductor's loop; cancel it to stop."""
+        if self._loop is None:
+            await self.start()
+        while True:
+            try:
+                event = await asyncio.wait_for(self._events.get(), timeout=0.25)
+                await self._on_event(event)
+            except TimeoutError:
+                pass
+            await self._save_finished()
+            if self.upcoming is None and self._time_for_next():
+                await self._schedule_next()
+
+    # What plays next.
+
+    def _time_for_next(self) -> bool:
+        if self.current is None:
+            return True
+        remaining = self.current.record.seconds - self.elapsed()
+        return remaining < LEAD_SECONDS or self.current.live.feed.cancelled
+
+    async def _schedule_next(self) -> None:
+        flags = await self.store.flags()
+        if flags.paused:
+            return
+        request = await self.store.pop_next(self.wall())
+        if request is not None:
+            await self._play_request(request)
+        elif flags.autoplay:
+            await self._autoplay()
+
+    async def _play_request(self, request: SongRequest) -> None:
+        try:
+            if request.seed is not None:
+                record = await self.store.load_piece(request.seed)
+                if record is None:
+                    self.announce(f"there is no piece {request.seed} to replay", request.login)
+                    return
+                self._hand_over(record, request, record.tokens or None)
+                return
+            piece = make_request(
+                self.loaded,
+                request.style,
+                list(request.instruments) or None,
+                request.tempo,
+                request.seconds or self.settings.sampling.seconds,
+                None,
+                self.settings.sampling.temperature,
+                self.settings.sampling.top_p,
+            )
+        except ConcertbotError as exc:  # checked when queued, but the model may have changed since
+            self.announce(f"your request could not be played: {exc}", request.login)
+            return
+        record = await self._claim(piece, request.login)
+        self._hand_over(record, request, None)
+
+    async def _autoplay(self) -> None:
+        if self.rng.random() < REPLAY_SHARE:
+            top = await self.store.top("all", self.stream_id, self.wall(), n=10)
+            if top:
+                record = await self.store.load_piece(self.rng.choice(top).seed)
+                if record is not None:
+                    self._hand_over(record, None, record.tokens or None)
+                    return
+        styles = self.loaded.vocab.styles
+        style = styles[self.autoplay_index % len(styles)]
+        self.autoplay_index += 1
+        piece = make_request(
+            self.loaded,
+            style,
+            None,
+            self.settings.sampling.tempo,
+            self.settings.sampling.seconds,
+            None,
+            self.settings.sampling.temperature,
+            self.settings.sampling.top_p,
+        )
+        self._hand_over(await self._claim(piece, ""), None, None)
+
+    async def _claim(self, piece: PieceRequest, requester: str) -> PieceRecord:
+        """Reserve a fresh seed for the piece in the store (a seed names one piece forever)."""
+        while True:
+            record = PieceRecord(
+                seed=piece.seed,
+                style=piece.style,
+                instruments=piece.instruments,
+                tempo=piece.tempo,
+                seconds=piece.seconds,
+                temperature=piece.temperature,
+                top_p=piece.top_p,
+                model_version=self.loaded.version,
+                requester=requester,
+                created_at=self.wall(),
+            )
+            try:
+                await self.store.save_piece(record)
+                return record
+            except SeedConflictError:
+                piece = PieceRequest(**{**piece.__dict__, "seed": new_seed()})
+
+    def _hand_over(
+        self, record: PieceRecord, request: SongRequest | None, tokens: tuple[int, ...] | None
+    ) -> None:
+        piece = PieceRequest(
+            record.style,
+            record.instruments,
+            record.tempo,
+            record.seconds,
+            record.seed,
+            record.temperature,
+            record.top_p,
+            record.strict_instruments,
+        )
+        live = self.session.request(str(record.seed), piece, tokens=tokens)
+        self.upcoming = Slot(record, live, request, saved=tokens is not None)
+
+    # Engine events.
+
+    async def _on_event(self, event: EngineEvent) -> None:
+        slot = self.upcoming if self.upcoming and event.piece_id == str(self.upcoming.record.seed) else None
+        if event.kind == "start" and slot is not None:
+            self.current, self.upcoming = slot, None
+            slot.started = event.at
+            await self.store.start_playing(slot.record.seed, self.wall())
+            who = f", asked for by @{slot.request.login}" if slot.request else ""
+            self.announce(
+                f"now playing {_describe(slot.record)}{who}: seed {slot.record.seed} (!vote if you like it)",
+                slot.request.login if slot.request else None,
+            )
+            self.changed.set()
+        elif (
+            event.kind in ("end", "skip", "error")
+            and self.current
+            and event.piece_id == str(self.current.record.seed)
+        ):
+            self.current.ended = event.at
+            await self.store.finish_playing(self.current.record.seed, self.wall())
+            self.last, self.current = self.current, None
+            self.changed.set()
+        elif event.kind in ("skip", "error") and slot is not None:
+            self.upcoming = None  # cut before it started
+        elif event.kind == "underrun":
+            self.underruns += 1
+
+    async def _save_finished(self) -> None:
+        for slot in (self.current, self.upcoming, self.last):
+            if slot is not None and not slot.saved and slot.live.complete:
+                slot.saved = True
+                await self.store.save_piece(
+                    PieceRecord(**{**slot.record.__dict__, "tokens": tuple(slot.live.tokens)})
+                )
+
+    # Asked by commands.
+
+    def elapsed(self) -> float:
+        if self.current is None or self.current.started is None:
+            return 0.0
+        return max(0.0, time.monotonic() - self.current.started)
+
+    def vote_target(self, grace: float) -> int | None:
+        """The piece a `!vote` now counts for: the one playing, else the last one for `grace` seconds."""
+        if self.current is not None:
+            return self.current.record.seed
+        if (
+            self.last is not None
+            and self.last.ended is not None
+            and time.monotonic() - self.last.ended <= grace
+        ):
+            return self.last.record.seed
+        return None
+
+    def voteskip(self, user_id: str, active_chatters: int) -> tuple[int, int, bool]:
+        """Count a voteskip; returns (votes, needed, skipped)."""
+        if self.current is None:
+            return 0, 0, False
+        self.current.voteskips.add(user_id)
+        share = self.settings.concert.voteskip_share
+        needed = max(self.settings.concert.voteskip_min, math.ceil(share * active_chatters))
+        votes = len(self.current.voteskips)
+        if votes >= needed:
+            self.skip()
+            return votes, needed, True
+        return votes, needed, False
+
+    def skip(self) -> None:
+        self.session.engine.skip()
+
+    def request_arrived(self) -> None:
+        """A viewer's request goes before a piece the bot chose itself, if that one has not started yet."""
+        if self.upcoming is not None and self.upcoming.request is None and self.upcoming.started is None:
+            self.upcoming.live.feed.cancel()
+            self.upcoming = None
+
+    async def pause(self) -> None:
+        await self.store.set_flags(paused=True)
+        self.session.engine.pause()
+
+    async def resume(self) -> None:
+        await self.store.set_flags(paused=False)
+        self.session.engine.resume()
+
+    def queue_eta(self, count: int) -> list[float]:
+        """Estimated seconds until each of the next `count` queue entries starts, all assumed default length."""
+        e = self.settings.engine
+        per_piece = self.settings.sampling.seconds + e.tail_seconds + e.gap_seconds
+        first = 0.0
+        if self.current is not None:
+            first += max(0.0, self.current.record.seconds - self.elapsed()) + e.tail_seconds + e.gap_seconds
+        if self.upcoming is not None:
+            first += self.upcoming.record.seconds + e.tail_seconds + e.gap_seconds
+        return [first + i * per_piece for i in range(count)]
+
+
+def _describe(record: PieceRecord) -> str:
+    return f"{record.style} for {', '.join(record.instruments)} at {record.tempo:g} BPM"

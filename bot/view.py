@@ -1,0 +1,127 @@
+"""What the web side may ask of the running concert, and the plain data it gets back.
+
+The conductor implements `ConcertView`; the web app (overlay, pages, API, metrics) only ever talks to this
+protocol, so it never touches Redis, the engine or the model directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Period = Literal["stream", "week", "all"]
+
+
+@dataclass(frozen=True)
+class NowView:
+    seed: int
+    style: str
+    instruments: tuple[str, ...]
+    tempo: float
+    requester: str | None  # login; None when the bot chose the piece itself
+    votes: int
+    elapsed: float  # seconds since the piece started sounding
+    seconds: float  # the piece's planned length
+
+
+@dataclass(frozen=True)
+class QueueView:
+    position: int  # 1 plays next
+    requester: str
+    style: str
+    instruments: tuple[str, ...]
+    eta_seconds: float  # estimated wait until it starts
+    replay_seed: int | None = None  # set when the request is a !replay
+
+
+@dataclass(frozen=True)
+class BoardView:
+    rank: int
+    seed: int
+    votes: int
+    style: str
+    instruments: tuple[str, ...]
+    requester: str | None
+
+
+@dataclass(frozen=True)
+class PieceView:
+    seed: int
+    style: str
+    instruments: tuple[str, ...]
+    tempo: float
+    seconds: float
+    temperature: float
+    top_p: float
+    model_version: str
+    requester: str | None
+    created_at: float  # unix time
+    votes: int
+    complete: bool  # False while the piece is still being generated
+
+
+@dataclass(frozen=True)
+class LiveNote:
+    """A note as it sounds, for the overlay's piano roll."""
+
+    pitch: int
+    program: int
+    start: float  # seconds into the piece
+    duration: float
+
+
+@dataclass(frozen=True)
+class ConcertEvent:
+    """Pushed to every overlay: kind is "now" (a piece started or ended), "queue", "votes" or "notes"."""
+
+    kind: str
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricsView:
+    queue_length: int
+    generation_rtf: float  # of the piece playing or last played
+    underruns: int
+    chat_messages: int
+    votes: int
+    requests_by_style: dict[str, int]
+
+
+class ConcertView(Protocol):
+    async def now(self) -> NowView | None: ...
+
+    async def queue(self) -> list[QueueView]: ...
+
+    async def leaderboard(self, period: Period, n: int = 10) -> list[BoardView]: ...
+
+    async def piece(self, seed: int) -> PieceView | None: ...
+
+    async def piece_midi(self, seed: int) -> bytes | None:
+        """The piece as a standard MIDI file; None if there is no such piece (or it is not complete)."""
+        ...
+
+    async def piece_wav(self, seed: int) -> bytes | None:
+        """The piece rendered to WAV (slow: the implementation renders off the event loop and caches)."""
+        ...
+
+    async def chat(self, user: str, text: str) -> list[str]:
+        """A line from the local web chat box, through the same command path as Twitch; returns the replies."""
+        ...
+
+    async def skip(self) -> None: ...
+
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    async def clear(self) -> int: ...
+
+    def subscribe(self) -> asyncio.Queue[ConcertEvent]:
+        """A queue that receives every ConcertEvent from now on; pass it to `unsubscribe` when done."""
+        ...
+
+    def unsubscribe(self, queue: asyncio.Queue[ConcertEvent]) -> None: ...
+
+    def metrics(self) -> MetricsView: ...

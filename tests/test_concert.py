@@ -1,0 +1,128 @@
+"""The whole concert end to end: real twitchio against the fake Twitch, real Redis, real engine into a file."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from fake_twitch import FakeTwitch
+
+from bot.app import Concert, run_concert
+from config import load_settings
+from synth.outputs import FileSink
+from synth.render import rms_dbfs
+
+pytestmark = pytest.mark.anyio
+PIECE_SECONDS = 5.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _redis_server_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTwitch]:
+    async with FakeTwitch() as server:
+        yield server
+
+
+async def _start(fake: FakeTwitch, tmp_path: Path, redis_url: str | None) -> tuple[asyncio.Task, Concert]:
+    settings = load_settings(
+        paths={"data_dir": str(tmp_path / "data")},
+        sampling={"seconds": PIECE_SECONDS},
+        concert={"autoplay": False, "redis_url": redis_url, "viewer_cooldown_seconds": 0.0},
+        outputs={"device": "off"},
+    )
+    ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_concert(
+            settings,
+            fake.settings(),
+            sinks=[FileSink(tmp_path / "concert.wav")],
+            started=ready.set_result,
+            namespace=f"test-{uuid.uuid4().hex[:8]}",
+        )
+    )
+    return task, await asyncio.wait_for(ready, 30)
+
+
+async def _wait(predicate, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "redis_url",
+    [
+        pytest.param(None, id="embedded"),
+        pytest.param(
+            "redis://127.0.0.1:6379/0",
+            id="server",
+            marks=pytest.mark.skipif(not _redis_server_up(), reason="no Redis server on 127.0.0.1:6379"),
+        ),
+    ],
+)
+async def test_request_vote_top_replay_and_reconnect(fake: FakeTwitch, tmp_path: Path, redis_url: str | None):
+    task, concert = await _start(fake, tmp_path, redis_url)
+    try:
+        asked = await fake.say("ada", "!compose bach violin")
+        ack = await fake.wait_for_sent(lambda m: m.reply_to == asked, timeout=10)
+        assert "#1 in the queue" in ack.text and "bach" in ack.text
+
+        playing = await fake.wait_for_sent(lambda m: "now playing" in m.text, timeout=20)
+        assert "@ada" in playing.text
+        seed = int(re.search(r"seed (\d+)", playing.text).group(1))
+
+        # Many viewers vote at once, one of them twice: each counts once.
+        voters = [f"viewer{i}" for i in range(30)]
+        await asyncio.gather(*(fake.say(v, "!vote") for v in voters), fake.say("viewer0", "!vote"))
+        await _wait(lambda: concert.commands.messages >= 32, 10)
+        assert await concert.store.votes(seed) == 30
+
+        await _wait(lambda: concert.conductor.last is not None and concert.conductor.last.record.seed == seed)
+        first = concert.conductor.last
+        await _wait(lambda: first.saved, 10)
+
+        top = await fake.say("ada", "!top")
+        board = await fake.wait_for_sent(lambda m: m.reply_to == top, timeout=10)
+        assert f"#1 {seed} (bach, 30)" in board.text
+
+        # The socket drops; the bot reconnects and keeps answering, and the replay is the same piece.
+        await fake.drop_socket()
+        again = await fake.say("bob", f"!replay {seed}")
+        ack = await fake.wait_for_sent(lambda m: m.reply_to == again, timeout=15)
+        assert str(seed) in ack.text and "#1" in ack.text
+        await _wait(
+            lambda: concert.conductor.current is not None and concert.conductor.current.live is not first.live
+        )
+        replay = concert.conductor.current
+        assert replay.record.seed == seed
+        await _wait(lambda: concert.conductor.last is replay, 20)  # played to its end
+        assert replay.live.tokens == first.live.tokens  # the very same notes
+        assert replay.live.replay is not None  # played from the stored tokens, not sampled again
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    audio, rate = soundfile.read(tmp_path / "concert.wav", dtype="int16")
+    assert len(audio) / rate > 2 * PIECE_SECONDS
+    loud = np.abs(audio).max(axis=1) > 1000
+    assert loud.mean() > 0.3  # the piece is in the recording, not silence
+    assert rms_dbfs(audio[loud]) > -40

@@ -10,6 +10,8 @@ need=()
 ldconfig -p | grep -q libfluidsynth.so.3 || need+=(libfluidsynth3)
 [ -f /usr/share/sounds/sf2/FluidR3_GM.sf2 ] || need+=(fluid-soundfont-gm)
 ldconfig -p | grep -q libportaudio.so.2 || need+=(libportaudio2)  # sounddevice's PortAudio
+command -v ffmpeg >/dev/null || need+=(ffmpeg)  # the live MP3 stream and RTMP/Icecast pushes
+command -v chromium >/dev/null || need+=(chromium)  # the overlay's browser tests
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} with apt-get"
     $sudo apt-get update -qq

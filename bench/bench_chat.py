@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fake_twitch import FakeTwitch  # noqa: E402
+from fake_twitch import FakeTwitch
 
-from bot.app import Concert, run_concert  # noqa: E402
-from config import load_settings  # noqa: E402
+from bot.app import Concert, run_concert
+from config import load_settings
 
 console = Console()
 

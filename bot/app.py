@@ -11,16 +11,18 @@ import contextlib
 import logging
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from bot.chat import ChatMessage
 from bot.chatbot import ChatCommands, Reply
+from bot.concert_view import LiveConcertView
 from bot.conductor import Conductor
 from bot.player import LiveSession, build_sinks
 from bot.sendqueue import Importance, Sender, SendQueue
 from bot.store import QueueLimits, Store, open_store
+from config.errors import ConfigError
 from config.settings import Settings
 from config.twitch import TwitchSettings
 from generator.model import load_model
@@ -78,7 +80,13 @@ async def run_concert(
     async with open_store(redis_url, settings.paths.data_dir, namespace, limits=limits) as store:
         if not c.autoplay:
             await store.set_flags(autoplay=False)
-        outputs = build_sinks(settings) if sinks is None else sinks
+        outputs = build_sinks(settings) if sinks is None else list(sinks)
+        broadcast = None
+        if c.http_port:
+            from synth.http_audio import AudioBroadcast
+
+            broadcast = AudioBroadcast()  # the overlay's ?audio=1 and any player: /stream.mp3, /stream.wav
+            outputs.append(broadcast)
         with LiveSession(settings, loaded, outputs) as session:
             speak: Callable[[Reply], None] = lambda reply: None  # noqa: E731 (replaced once chat is up)
             conductor = Conductor(
@@ -117,6 +125,11 @@ async def run_concert(
                     speak = speak_local
                 await conductor.start()
                 tasks = [asyncio.create_task(conductor.run(), name="conductor")]
+                if c.http_port:
+                    # The web chat box speaks as anyone, the streamer included: only on a local-only server.
+                    local = twitch is None and c.http_host in ("127.0.0.1", "localhost", "::1")
+                    view = await stack.enter_async_context(_web(concert, broadcast, local=local))
+                    tasks.append(asyncio.create_task(view.publish_forever(), name="overlay updates"))
                 if twitch is None and local_input is not None:
                     tasks.append(asyncio.create_task(_read_local_chat(local_input, concert), name="local chat"))
                 try:
@@ -129,6 +142,32 @@ async def run_concert(
                     for task in tasks:
                         task.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def _web(concert: Concert, broadcast: AudioSink | None, local: bool) -> AsyncIterator[LiveConcertView]:
+    """The overlay, pages, API and metrics on `concert.http_host:http_port`, for as long as the concert runs."""
+    from aiohttp import web
+
+    from bot.web import make_app
+
+    c = concert.settings.concert
+    view = LiveConcertView(concert)
+    token = c.admin_token.get_secret_value() if c.admin_token else None
+    runner = web.AppRunner(make_app(view, token, broadcast, local_chat=local))  # type: ignore[arg-type]
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, c.http_host, c.http_port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"concert.http_port = {c.http_port}: cannot listen on {c.http_host} ({exc})"
+        ) from None
+    log.info("overlay: http://%s:%d/overlay  (add ?audio=1 to carry the sound)", c.http_host, c.http_port)
+    try:
+        yield view
+    finally:
+        await runner.cleanup()
 
 
 async def _read_local_chat(stream: TextIO, concert: Concert) -> None:

@@ -10,7 +10,7 @@ import wave
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Self
 
 import fluidsynth
 import numpy as np
@@ -205,11 +205,11 @@ class FluidSynthRenderer:
             self._fs.all_notes_off(chan)
 
 
-def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
-    """Save int16 stereo audio of shape [n_samples, 2] as a 16-bit WAV file."""
+def write_wav(path: Path | BinaryIO, audio: np.ndarray, sample_rate: int) -> None:
+    """Save int16 stereo audio of shape [n_samples, 2] as a 16-bit WAV file (a path or an open binary file)."""
     if audio.dtype != np.int16 or audio.ndim != 2 or audio.shape[1] != 2:
         raise ValueError(f"expected int16 audio of shape [n, 2], got {audio.dtype} {audio.shape}")
-    with wave.open(str(path), "wb") as out:
+    with wave.open(str(path) if isinstance(path, Path | str) else path, "wb") as out:
         out.setnchannels(2)
         out.setsampwidth(2)
         out.setframerate(sample_rate)

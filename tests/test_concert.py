@@ -46,7 +46,7 @@ async def _start(fake: FakeTwitch, tmp_path: Path, redis_url: str | None) -> tup
     settings = load_settings(
         paths={"data_dir": str(tmp_path / "data")},
         sampling={"seconds": PIECE_SECONDS},
-        concert={"autoplay": False, "redis_url": redis_url, "viewer_cooldown_seconds": 0.0},
+        concert={"autoplay": False, "redis_url": redis_url, "viewer_cooldown_seconds": 0.0, "http_port": 0},
         outputs={"device": "off"},
     )
     ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()
@@ -126,3 +126,38 @@ async def test_request_vote_top_replay_and_reconnect(fake: FakeTwitch, tmp_path:
     loud = np.abs(audio).max(axis=1) > 1000
     assert loud.mean() > 0.3  # the piece is in the recording, not silence
     assert rms_dbfs(audio[loud]) > -40
+
+
+async def test_bad_input_gets_one_short_reply_and_the_concert_goes_on(fake: FakeTwitch, tmp_path: Path):
+    task, concert = await _start(fake, tmp_path, None)
+    try:
+        cases = [
+            ("ann", "!compose bahc violin", "Did you mean bach"),
+            ("bea", "!compose bach violin viola cello flute oboe horn harp", "at most 6 instruments"),
+            ("cy", "!compose bach 999", "tempo 999 is out of range"),
+            ("dee", "!replay abc", "is not a seed"),
+            ("eve", "!replay 777", "no piece has seed 777"),
+            ("fay", "!skip", "for moderators"),
+            ("gus", "!compose trumpets", "unknown style"),
+        ]
+        for login, text, expected in cases:
+            asked = await fake.say(login, text)
+            reply = await fake.wait_for_sent(lambda m, asked=asked: m.reply_to == asked, timeout=10)
+            assert expected in reply.text, (text, reply.text)
+            assert len(reply.text) <= 200
+        # Garbage and other bots' commands get no reply at all; a second mistake within the window neither.
+        before = len(fake.sent)
+        for text in ("!uptime", "hello", "!" * 600, "\u202e!compose", "!compose " + "x" * 490):
+            await fake.say("hal", text)
+        again = await fake.say("ann", "!compose bahc")
+        await _wait(lambda: concert.commands.messages >= len(cases) + 6, 10)
+        await asyncio.sleep(0.5)
+        assert all(m.reply_to != again for m in fake.sent)
+        assert len([m for m in fake.sent[before:] if m.reply_to]) <= 1  # at most hal's one overlong-style reply
+        # And the bot still works.
+        asked = await fake.say("ivy", "!compose irish flute")
+        ack = await fake.wait_for_sent(lambda m: m.reply_to == asked, timeout=10)
+        assert "#1 in the queue" in ack.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

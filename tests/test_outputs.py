@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from browser import find_chromium, launch_chromium
+from serving import running
 
 from synth.ffmpeg import FfmpegError, FfmpegPush, output_args, redact_url
 from synth.http_audio import AudioBroadcast, add_routes, mp3_frame_start
@@ -338,15 +339,8 @@ async def serve(broadcast: AudioBroadcast, page: str = "") -> AsyncIterator[str]
             return web.Response(text=page, content_type="text/html")
 
         app.router.add_get("/", index)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        host, port = runner.addresses[0][:2]
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with running(app, shutdown_timeout=60.0) as url:
+        yield url
 
 
 async def read_for(response: aiohttp.ClientResponse, n_bytes: int) -> bytes:

@@ -1,0 +1,252 @@
+"""The running concert as the web side sees it: `ConcertView` over the conductor, the store and the engine.
+
+A small publisher task turns changes into `ConcertEvent`s (what plays, the queue, votes, the notes about to
+sound) for every open overlay, checking twice a second so that a change shows within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from dataclasses import asdict
+from typing import TYPE_CHECKING
+
+from bot.chat import ChatMessage
+from bot.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
+from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
+from synth.render import FluidSynthRenderer, write_wav
+
+if TYPE_CHECKING:
+    from bot.app import Concert
+    from bot.conductor import Slot
+    from bot.store import PieceRecord
+
+PUBLISH_EVERY = 0.5  # seconds
+ROLL_AHEAD = 1.0  # seconds of notes sent ahead of the sound, so the roll draws them as they start
+WAV_CACHE = 8
+
+
+class LiveConcertView:
+    """Implements `bot.view.ConcertView` for a running `Concert`."""
+
+    def __init__(self, concert: Concert) -> None:
+        self.concert = concert
+        self._subscribers: set[asyncio.Queue[ConcertEvent]] = set()
+        self._wavs: dict[int, bytes] = {}
+        self._roll: tuple[int, NoteDecoder, int, float] | None = None  # seed, decoder, tokens read, sent until
+        self._chat_count = 0
+        self._queue_length = 0
+
+    # Reading.
+
+    async def now(self) -> NowView | None:
+        slot = self.concert.conductor.current
+        if slot is None:
+            return None
+        r = slot.record
+        return NowView(
+            seed=r.seed,
+            style=r.style,
+            instruments=tuple(r.instruments),
+            tempo=r.tempo,
+            requester=slot.request.login if slot.request else None,
+            votes=await self.concert.store.votes(r.seed),
+            elapsed=round(self.concert.conductor.elapsed(), 1),
+            seconds=r.seconds,
+        )
+
+    async def queue(self) -> list[QueueView]:
+        entries = await self.concert.store.queue()
+        etas = self.concert.conductor.queue_eta(len(entries))
+        return [
+            QueueView(
+                position=e.position,
+                requester=e.request.login,
+                style=e.request.style,
+                instruments=tuple(e.request.instruments),
+                eta_seconds=round(eta),
+                replay_seed=e.request.seed,
+            )
+            for e, eta in zip(entries, etas, strict=True)
+        ]
+
+    async def leaderboard(self, period: Period, n: int = 10) -> list[BoardView]:
+        c = self.concert
+        rows = await c.store.top(period, c.conductor.stream_id, c.conductor.wall(), n)
+        out = []
+        for rank, entry in enumerate(rows, 1):
+            record = await c.store.load_piece(entry.seed)
+            out.append(
+                BoardView(
+                    rank,
+                    entry.seed,
+                    entry.votes,
+                    record.style if record else "?",
+                    tuple(record.instruments) if record else (),
+                    (record.requester or None) if record else None,
+                )
+            )
+        return out
+
+    async def piece(self, seed: int) -> PieceView | None:
+        record = await self.concert.store.load_piece(seed)
+        if record is None:
+            return None
+        return PieceView(
+            seed=record.seed,
+            style=record.style,
+            instruments=tuple(record.instruments),
+            tempo=record.tempo,
+            seconds=record.seconds,
+            temperature=record.temperature,
+            top_p=record.top_p,
+            model_version=record.model_version,
+            requester=record.requester or None,
+            created_at=record.created_at,
+            votes=await self.concert.store.votes(seed),
+            complete=bool(record.tokens),
+        )
+
+    async def piece_midi(self, seed: int) -> bytes | None:
+        record = await self.concert.store.load_piece(seed)
+        if record is None or not record.tokens:
+            return None
+        return midi_bytes(to_midi(self._notes(record), record.tempo))
+
+    async def piece_wav(self, seed: int) -> bytes | None:
+        if seed in self._wavs:
+            return self._wavs[seed]
+        record = await self.concert.store.load_piece(seed)
+        if record is None or not record.tokens:
+            return None
+        wav = await asyncio.to_thread(self._render, record)  # seconds of synth work: never on the loop
+        self._wavs[seed] = wav
+        while len(self._wavs) > WAV_CACHE:
+            self._wavs.pop(next(iter(self._wavs)))
+        return wav
+
+    def _notes(self, record: PieceRecord) -> list:
+        return decode(self.concert.conductor.loaded.vocab, record.tokens)
+
+    def _render(self, record: PieceRecord) -> bytes:
+        settings = self.concert.settings
+        with FluidSynthRenderer.from_settings(settings.synth) as renderer:
+            audio = renderer.render(timed_messages(self._notes(record), record.tempo, _programs(record)))
+        out = io.BytesIO()
+        write_wav(out, audio, settings.synth.sample_rate)
+        return out.getvalue()
+
+    # Steering.
+
+    async def chat(self, user: str, text: str) -> list[str]:
+        self._chat_count += 1
+        msg = ChatMessage(
+            user_id=f"local:{user.lower()}",
+            login=user.lower(),
+            display_name=user,
+            text=text,
+            message_id=f"web-{self._chat_count}",
+            is_broadcaster=user.lower() == "streamer",
+        )
+        replies = await self.concert.chat(msg)
+        return [f"@{r.mention} {r.text}" if r.mention else r.text for r in replies]
+
+    async def skip(self) -> None:
+        self.concert.conductor.skip()
+
+    async def pause(self) -> None:
+        await self.concert.conductor.pause()
+
+    async def resume(self) -> None:
+        await self.concert.conductor.resume()
+
+    async def clear(self) -> int:
+        return await self.concert.store.clear_queue()
+
+    def metrics(self) -> MetricsView:
+        c = self.concert
+        slot = c.conductor.current or c.conductor.last
+        return MetricsView(
+            queue_length=self._queue_length,
+            generation_rtf=round(slot.live.generation_rtf, 2) if slot else 0.0,
+            underruns=c.session.engine.stats.underruns,
+            chat_messages=c.commands.messages,
+            votes=c.commands.votes,
+            requests_by_style=dict(c.commands.requests_by_style),
+        )
+
+    # Pushing.
+
+    def subscribe(self) -> asyncio.Queue[ConcertEvent]:
+        q: asyncio.Queue[ConcertEvent] = asyncio.Queue(maxsize=256)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, queue: asyncio.Queue[ConcertEvent]) -> None:
+        self._subscribers.discard(queue)
+
+    def _publish(self, kind: str, data: dict) -> None:
+        for q in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):  # a stalled page misses updates, nobody else does
+                q.put_nowait(ConcertEvent(kind, data))
+
+    async def publish_forever(self) -> None:
+        """Push what changed to the overlays; runs as one task for the whole concert."""
+        last: dict[str, object] = {}
+        while True:
+            now = await self.now()
+            queue = await self.queue()
+            self._queue_length = len(queue)
+            # Elapsed time and waits tick on their own in the page; a change of anything else is news.
+            steady: dict[str, object] = {
+                "now": None if now is None else asdict(now) | {"elapsed": None},
+                "queue": [asdict(q) | {"eta_seconds": None} for q in queue],
+                "votes": None if now is None else (now.seed, now.votes),
+            }
+            news: dict[str, dict] = {
+                "now": {"now": None if now is None else asdict(now)},
+                "queue": {"queue": [asdict(q) for q in queue]},
+                "votes": {} if now is None else {"seed": now.seed, "votes": now.votes},
+            }
+            for kind, value in steady.items():
+                if value != last.get(kind):
+                    self._publish(kind, news[kind])
+                    last[kind] = value
+            if self.concert.conductor.current is not None:
+                notes = self._upcoming_notes(self.concert.conductor.current)
+                if notes:
+                    seed = self.concert.conductor.current.record.seed
+                    self._publish("notes", {"seed": seed, "notes": [asdict(n) for n in notes]})
+            await asyncio.sleep(PUBLISH_EVERY)
+
+    def _upcoming_notes(self, slot: Slot) -> list[LiveNote]:
+        """Notes of the playing piece that start before `elapsed + ROLL_AHEAD` and were not sent yet."""
+        seed = slot.record.seed
+        if self._roll is None or self._roll[0] != seed:
+            self._roll = (seed, NoteDecoder(self.concert.conductor.loaded.vocab), 0, 0.0)
+        _, decoder, read, _ = self._roll
+        tokens = slot.live.tokens
+        seconds_per_step = 60.0 / slot.record.tempo / STEPS_PER_BEAT
+        horizon = self.concert.conductor.elapsed() + ROLL_AHEAD
+        out = []
+        while read < len(tokens) and decoder.time * seconds_per_step < horizon:
+            note = decoder.feed(tokens[read])
+            read += 1
+            if note is not None:
+                out.append(
+                    LiveNote(
+                        note.pitch,
+                        note.program,
+                        note.start * seconds_per_step,
+                        note.duration * seconds_per_step,
+                    )
+                )
+        self._roll = (seed, decoder, read, horizon)
+        return out
+
+
+def _programs(record: PieceRecord) -> list[int]:
+    from generator.instruments import find_instrument
+
+    return sorted({find_instrument(name).program for name in record.instruments})

@@ -1,0 +1,243 @@
+"""The concert's web side: OBS overlay, pages, JSON API, Prometheus metrics and health, in one aiohttp app.
+
+    app = make_app(view, admin_token=os.environ.get("CONCERTBOT_ADMIN_TOKEN"), broadcast=broadcast)
+    runner = web.AppRunner(app)   # or web.run_app(app, host="127.0.0.1", port=8080)
+
+Everything is read through the `ConcertView` protocol (`bot.view`); the app holds no concert state itself.
+Routes:
+
+    /  /overlay ?panels=now,queue,top,roll &period= &audio=1    the OBS browser source
+    /ws ?period=                    the overlay's live updates (JSON text messages)
+    /p/<seed>  /p/<seed>.mid  /p/<seed>.wav  /top ?period=  /chat (local_chat only)
+    GET /api/now  /api/queue  /api/leaderboard ?period= &n=  /api/pieces/<seed>
+    POST /api/chat (local_chat only)   POST /api/skip /api/pause /api/resume /api/clear (Bearer admin token)
+    /metrics  /healthz  /stream.mp3  /stream.wav (with a broadcast)  /static/...
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bot import web_overlay, web_pages
+from bot.view import ConcertView
+from bot.web_data import (
+    WebInputError,
+    board_json,
+    now_json,
+    parse_chat,
+    parse_count,
+    parse_period,
+    parse_seed,
+    piece_json,
+    queue_json,
+)
+from bot.web_pages import VIEW
+from synth.http_audio import AudioBroadcast
+from synth.http_audio import add_routes as add_audio_routes
+
+STATIC = web_overlay.STATIC
+ADMIN_TOKEN = web.AppKey("admin_token", str)
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+# No inline script or style anywhere, and nothing fetched from elsewhere: OBS may be offline anyway.
+# ws:/wss: are listed because older Chromium (OBS's CEF) does not count a same-host WebSocket as 'self'.
+CSP = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(
+    view: ConcertView,
+    admin_token: str | None,
+    broadcast: AudioBroadcast | None = None,
+    local_chat: bool = False,
+) -> web.Application:
+    """The web app for one concert.
+
+    Args:
+        view: the running concert, read and steered through this protocol only.
+        admin_token: the secret that `POST /api/skip|pause|resume|clear` need as `Authorization: Bearer ...`;
+            None turns those endpoints off (they always answer 401).
+        broadcast: the live audio; when given, `/stream.mp3` and `/stream.wav` are served and the overlay's
+            `?audio=1` plays the MP3 stream.
+        local_chat: serve the `/chat` page and `POST /api/chat`, which speak to the bot as any user name:
+            only for a server that strangers cannot reach.
+    """
+    app = web.Application(middlewares=[error_pages])
+    app[VIEW] = view
+    if admin_token:
+        app[ADMIN_TOKEN] = admin_token
+    app.on_response_prepare.append(security_headers)
+
+    hub = web_overlay.add_routes(app, view, has_audio=broadcast is not None)
+    app[REGISTRY] = CollectorRegistry(auto_describe=True)  # one per app: two apps in a process never clash
+    app[REGISTRY].register(ConcertCollector(view, hub))
+    web_pages.add_routes(app, local_chat)
+    app.router.add_get("/api/now", api_now)
+    app.router.add_get("/api/queue", api_queue)
+    app.router.add_get("/api/leaderboard", api_leaderboard)
+    app.router.add_get("/api/pieces/{seed}", api_piece)
+    for action in ("skip", "pause", "resume", "clear"):
+        app.router.add_post(f"/api/{action}", admin_action(action))
+    if local_chat:
+        app.router.add_post("/api/chat", api_chat)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static/", STATIC)
+    if broadcast is not None:
+        add_audio_routes(app, broadcast)
+    return app
+
+
+# Cross-cutting
+
+
+@web.middleware
+async def error_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The router's 404 and 405 as JSON under /api/ and as a readable page elsewhere."""
+    try:
+        return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        reason = "not found" if exc.status == 404 else f"{request.method} is not allowed here"
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": reason}, status=exc.status, headers=_allow(exc))
+        title = "Not found" if exc.status == 404 else "Method not allowed"
+        response = web_pages.error_page(exc.status, title, "There is nothing like that here.")
+        response.headers.update(_allow(exc))
+        return response
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str]:
+    return {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+
+
+async def security_headers(_: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if response.content_type == "text/html":
+        response.headers.setdefault("Content-Security-Policy", CSP)
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+# Read-only API
+
+
+async def api_now(request: web.Request) -> web.Response:
+    """The piece playing, or `null` when the concert is silent."""
+    return web.json_response(now_json(await request.app[VIEW].now()))
+
+
+async def api_queue(request: web.Request) -> web.Response:
+    return web.json_response(queue_json(await request.app[VIEW].queue()))
+
+
+async def api_leaderboard(request: web.Request) -> web.Response:
+    """`?period=stream|week|all` (default stream) and `?n=` rows (default 10, at most 100)."""
+    try:
+        period = parse_period(request.query.get("period"))
+        count = parse_count(request.query.get("n"))
+    except WebInputError as exc:
+        return json_error(400, str(exc))
+    return web.json_response(board_json(await request.app[VIEW].leaderboard(period, count)))
+
+
+async def api_piece(request: web.Request) -> web.Response:
+    seed = parse_seed(request.match_info["seed"])
+    piece = None if seed is None else await request.app[VIEW].piece(seed)
+    if piece is None:
+        return json_error(404, "no such piece")
+    return web.json_response(piece_json(piece))
+
+
+# Steering
+
+
+def admin_action(action: str) -> Handler:
+    """The handler for `POST /api/<action>`: only with the admin token."""
+
+    async def handler(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return web.json_response(
+                {"error": "admin token required"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        view = request.app[VIEW]
+        if action == "clear":
+            return web.json_response({"ok": True, "removed": await view.clear()})
+        await {"skip": view.skip, "pause": view.pause, "resume": view.resume}[action]()
+        return web.json_response({"ok": True})
+
+    return handler
+
+
+def authorized(request: web.Request) -> bool:
+    """Whether the request carries the admin token; never, when no token is set."""
+    token = request.app.get(ADMIN_TOKEN)
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if token is None or scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+async def api_chat(request: web.Request) -> web.Response:
+    """A line from the local chat box: `{"user", "text"}` in, `{"replies": [...]}` out."""
+    # A JSON content type makes a cross-site form or fetch need a CORS preflight, which this app never grants.
+    if request.content_type != "application/json":
+        return json_error(400, "send the line as JSON (Content-Type: application/json)")
+    try:
+        line = parse_chat(await request.json())
+    except json.JSONDecodeError:
+        return json_error(400, "the body is not valid JSON")
+    except WebInputError as exc:
+        return json_error(400, str(exc))
+    return web.json_response({"replies": await request.app[VIEW].chat(line.user, line.text)})
+
+
+# Operations
+
+
+class ConcertCollector(Collector):
+    """Reads `view.metrics()` at each scrape, so the numbers are never stale copies."""
+
+    def __init__(self, view: ConcertView, hub: web_overlay.OverlayHub) -> None:
+        self._view = view
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._view.metrics()
+        yield GaugeMetricFamily("concertbot_queue_length", "Requests waiting to be played.", m.queue_length)
+        yield GaugeMetricFamily(
+            "concertbot_generation_rtf",
+            "Seconds of music generated per second of sampling, for the piece playing or last played.",
+            m.generation_rtf,
+        )
+        yield CounterMetricFamily(
+            "concertbot_underruns", "Audio blocks the engine could not fill in time.", m.underruns
+        )
+        yield CounterMetricFamily("concertbot_chat_messages", "Chat messages seen.", m.chat_messages)
+        yield CounterMetricFamily("concertbot_votes", "Votes counted.", m.votes)
+        requests = CounterMetricFamily("concertbot_requests", "Pieces requested, by style.", labels=["style"])
+        for style, count in sorted(m.requests_by_style.items()):
+            requests.add_metric([style], count)
+        yield requests
+        yield GaugeMetricFamily("concertbot_overlay_clients", "Overlays connected now.", len(self._hub.clients))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.Response(text="ok")

@@ -1,0 +1,214 @@
+"""The web pages people open: a piece's page and downloads, the leaderboard, the local chat box, errors.
+
+Pages are small enough to write as escaped f-strings; everything that came from chat (styles, logins) goes
+through `html.escape`. Scripts live in `bot/static/`, never inline, so the pages can forbid inline script.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+
+from aiohttp import web
+
+from bot.view import BoardView, ConcertView, PieceView
+from bot.web_data import PERIODS, WebInputError, parse_period, parse_seed
+
+VIEW = web.AppKey("concert_view", ConcertView)
+PERIOD_NAMES = {"stream": "This stream", "week": "This week", "all": "All time"}
+
+
+def page(title: str, body: str, status: int = 200, scripts: tuple[str, ...] = ()) -> web.Response:
+    """A whole HTML page around `body` (already escaped)."""
+    tags = "".join(f'<script src="/static/{name}" defer></script>' for name in scripts)
+    text = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)} · concertbot</title>
+<link rel="stylesheet" href="/static/pages.css">{tags}
+</head>
+<body>
+<header><a class="brand" href="/top">♪ concertbot</a><nav><a href="/top">Leaderboard</a></nav></header>
+<main>
+{body}
+</main>
+</body>
+</html>
+"""
+    return web.Response(text=text, status=status, content_type="text/html")
+
+
+def error_page(status: int, title: str, detail: str) -> web.Response:
+    """An error as a page a person can read, with a way back."""
+    body = f"""<section class="card error">
+<p class="status">{status}</p>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(detail)}</p>
+<p><a href="/top">See the leaderboard</a></p>
+</section>"""
+    return page(title, body, status=status)
+
+
+def not_found(what: str = "There is nothing at this address.") -> web.Response:
+    return error_page(404, "Not found", what)
+
+
+def _names(words: tuple[str, ...]) -> str:
+    return ", ".join(html.escape(word) for word in words) or "—"
+
+
+def _who(requester: str | None) -> str:
+    return html.escape(requester) if requester else "the bot"
+
+
+def _length(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def piece_body(piece: PieceView) -> str:
+    """The piece page's content: recipe, votes, player and downloads (once the piece is complete)."""
+    seed = piece.seed
+    created = dt.datetime.fromtimestamp(piece.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [
+        ("Style", html.escape(piece.style)),
+        ("Instruments", _names(piece.instruments)),
+        ("Tempo", f"{piece.tempo:g} bpm"),
+        ("Length", _length(piece.seconds)),
+        ("Temperature", f"{piece.temperature:g}"),
+        ("Top-p", f"{piece.top_p:g}"),
+        ("Model", html.escape(piece.model_version)),
+        ("Requested by", _who(piece.requester)),
+        ("Composed", created),
+    ]
+    table = "\n".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
+    if piece.complete:
+        listen = f"""<audio controls preload="none" src="/p/{seed}.wav"></audio>
+<p class="downloads"><a class="button" href="/p/{seed}.mid" download>Download MIDI</a>
+<a class="button" href="/p/{seed}.wav" download>Download WAV</a></p>"""
+    else:
+        listen = '<p class="note">This piece is still being composed; come back when it has finished.</p>'
+    votes = "vote" if piece.votes == 1 else "votes"
+    return f"""<section class="card piece">
+<p class="kicker">Piece <span class="seed">{seed}</span></p>
+<h1>{html.escape(piece.style)}</h1>
+<p class="votes"><strong>{piece.votes}</strong> {votes}</p>
+{listen}
+<table class="recipe">
+{table}
+</table>
+<p class="hint">Play it again on stream: type <code>!replay {seed}</code> in chat.</p>
+</section>"""
+
+
+def top_body(period: str, board: list[BoardView]) -> str:
+    """The leaderboard page's content: tabs for the periods, then the table."""
+    tabs = "".join(
+        f'<a href="/top?period={name}"{" class=current" if name == period else ""}>{PERIOD_NAMES[name]}</a>'
+        for name in PERIODS
+    )
+    rows = "\n".join(
+        f"""<tr><td class="rank">{row.rank}</td><td class="num">{row.votes}</td>
+<td><a href="/p/{row.seed}">{html.escape(row.style)}</a></td><td>{_names(row.instruments)}</td>
+<td>{_who(row.requester)}</td><td class="seed">{row.seed}</td></tr>"""
+        for row in board
+    )
+    if not rows:
+        rows = (
+            '<tr><td colspan="6" class="empty">No votes yet: type <code>!vote</code> during a piece.</td></tr>'
+        )
+    return f"""<section class="card">
+<h1>Leaderboard</h1>
+<nav class="tabs">{tabs}</nav>
+<table class="board">
+<thead><tr><th>#</th><th>Votes</th><th>Style</th><th>Instruments</th><th>Requested by</th><th>Seed</th>
+</tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+</section>"""
+
+
+CHAT_BODY = """<section class="card chat">
+<h1>Local chat</h1>
+<p class="hint">Lines typed here go through the same commands as Twitch chat,
+e.g. <code>!compose bach</code>.</p>
+<ol id="log" class="log" aria-live="polite"></ol>
+<form id="chat" autocomplete="off">
+<input id="user" name="user" maxlength="25" pattern="[A-Za-z0-9_]{1,25}" required placeholder="name">
+<input id="text" name="text" maxlength="500" required placeholder="!compose bach violin">
+<button type="submit">Send</button>
+</form>
+</section>"""
+
+
+# Handlers
+
+
+async def piece_route(request: web.Request) -> web.StreamResponse:
+    """`/p/<seed>`, `/p/<seed>.mid` and `/p/<seed>.wav`."""
+    name = request.match_info["name"]
+    stem, dot, kind = name.partition(".")
+    seed = parse_seed(stem)
+    if seed is None or (dot and kind not in ("mid", "wav")):
+        return not_found("Seeds are whole numbers of up to 19 digits, like /p/123456789.")
+    view = request.app[VIEW]
+    piece = await view.piece(seed)
+    if piece is None:
+        return not_found(f"No piece has the seed {seed} (yet).")
+    if not dot:
+        return page(f"{piece.style} · {seed}", piece_body(piece))
+    if not piece.complete:
+        return error_page(404, "Not ready", f"Piece {seed} is still being composed.")
+    data = await (view.piece_midi(seed) if kind == "mid" else view.piece_wav(seed))
+    if data is None:
+        return not_found(f"Piece {seed} has no {kind.upper()} file.")
+    content_type = "audio/midi" if kind == "mid" else "audio/wav"
+    disposition = "attachment" if kind == "mid" else "inline"
+    return bytes_response(request, data, content_type, f'{disposition}; filename="concertbot-{seed}.{kind}"')
+
+
+def bytes_response(request: web.Request, data: bytes, content_type: str, disposition: str) -> web.Response:
+    """`data` whole, or the byte range asked for (so an audio player can seek); 416 for a range past the end."""
+    headers = {
+        "Content-Type": content_type,
+        "Content-Disposition": disposition,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "public, max-age=86400",  # a complete piece never changes
+    }
+    try:
+        wanted = request.http_range
+    except ValueError:
+        wanted = slice(None)
+    if wanted.start is None and wanted.stop is None:
+        return web.Response(body=data, headers=headers)
+    start, stop, _ = wanted.indices(len(data))
+    if start >= stop:
+        return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+    headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+    return web.Response(body=data[start:stop], status=206, headers=headers)
+
+
+async def top_page(request: web.Request) -> web.Response:
+    """`/top?period=stream|week|all`."""
+    try:
+        period = parse_period(request.query.get("period"))
+    except WebInputError as exc:
+        return error_page(400, "Unknown period", str(exc))
+    board = await request.app[VIEW].leaderboard(period, 20)
+    return page(f"Leaderboard · {PERIOD_NAMES[period]}", top_body(period, board))
+
+
+async def chat_page(_: web.Request) -> web.Response:
+    return page("Local chat", CHAT_BODY, scripts=("chat.js",))
+
+
+def add_routes(app: web.Application, local_chat: bool) -> None:
+    """Serve the piece pages, the leaderboard and (if `local_chat`) the chat box page; needs `app[VIEW]`."""
+    app.router.add_get("/p/{name}", piece_route)
+    app.router.add_get("/top", top_page)
+    if local_chat:
+        app.router.add_get("/chat", chat_page)

@@ -1,0 +1,22 @@
+"""Serving an aiohttp app on a free local port, for tests that talk to it over real HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+
+@contextlib.asynccontextmanager
+async def running(app: web.Application, shutdown_timeout: float = 2.0) -> AsyncIterator[str]:
+    """Serve `app` on a free port of 127.0.0.1; yields its base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,713 @@
+"""The web side against a fake concert: JSON API, pages, admin, chat, metrics over real HTTP, and the overlay
+in a real headless Chromium (live updates, screenshots, audio)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import math
+import os
+import shutil
+import threading
+import time
+import wave
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import mido
+import numpy as np
+import pytest
+from aiohttp import web
+from browser import Browser, Page, find_chromium, launch_chromium
+from fake_concert import FakeConcert
+from PIL import Image
+from serving import running
+
+from bot.view import LiveNote, NowView
+from bot.web import make_app
+from bot.web_data import parse_panels, parse_seed, seeds_as_text
+from bot.web_overlay import OUTBOX, OverlayClient, PlayClock
+from synth.http_audio import AudioBroadcast
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "s3cret-admin-token"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+# Screenshots go to pytest's temporary folder; with this set they also replace the ones in docs/ (every run
+# differs a little, so refreshing them is a choice, not a side effect of running the tests).
+UPDATE_DOCS = os.environ.get("CONCERTBOT_UPDATE_DOCS") == "1"
+CHROMIUM = find_chromium()
+FFMPEG = shutil.which("ffmpeg")
+BIG_SEED = 2**53 + 1  # a JavaScript number would show it as ...992
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextlib.asynccontextmanager
+async def client(
+    concert: FakeConcert, admin_token: str | None = TOKEN, **options: Any
+) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    async with running(make_app(concert, admin_token, **options)) as url, aiohttp.ClientSession() as session:
+        yield url, session
+
+
+def seed_of(value: str) -> int:
+    seed = parse_seed(value)
+    assert seed is not None
+    return seed
+
+
+# Pure parts
+
+
+def test_seeds_are_1_to_19_ascii_digits_below_2_to_the_63() -> None:
+    assert parse_seed("0042") == 42
+    assert parse_seed(str(2**63 - 1)) == 2**63 - 1
+    for bad in ("", "abc", "-5", "1e3", "12 ", "١٢٣", "12345678901234567890", str(2**63), "9" * 19):
+        assert parse_seed(bad) is None, bad
+
+
+def test_overlay_messages_carry_seeds_as_text() -> None:
+    value = {"now": {"seed": BIG_SEED, "votes": 3}, "queue": [{"replay_seed": 7, "position": 1}]}
+    assert seeds_as_text(value) == {
+        "now": {"seed": str(BIG_SEED), "votes": 3},
+        "queue": [{"replay_seed": "7", "position": 1}],
+    }
+
+
+def test_panels_default_to_all_and_keep_their_order() -> None:
+    assert parse_panels(None) == ("now", "queue", "top", "roll")
+    assert parse_panels("roll, NOW,bogus") == ("now", "roll")
+    assert parse_panels("bogus") == ("now", "queue", "top", "roll")
+
+
+def test_play_clock_stops_when_elapsed_stands_still() -> None:
+    clock = PlayClock()
+
+    def at(elapsed: float, seed: int = 1) -> NowView:
+        return NowView(seed, "bach", ("organ",), 90.0, None, 0, elapsed, 60.0)
+
+    assert clock.observe(at(10.0), at=100.0)
+    assert clock.observe(at(10.0), at=100.5)  # too soon to tell
+    assert not clock.observe(at(10.0), at=101.2)  # a second without progress: paused
+    assert clock.observe(at(10.4), at=101.6)  # resumed
+    assert clock.observe(at(10.4, seed=2), at=103.0)  # another piece
+
+
+async def test_a_stalled_overlay_is_cut_off_not_buffered_forever() -> None:
+    overlay = OverlayClient(web.WebSocketResponse(), "stream")
+    for i in range(OUTBOX + 1):
+        overlay.send(f"message {i}")
+    assert overlay.stalled
+    assert overlay.outbox.qsize() == 1 and overlay.outbox.get_nowait() is None  # only the hang-up remains
+
+
+# JSON API
+
+
+async def test_now_is_null_when_silent_then_describes_the_piece() -> None:
+    concert = FakeConcert()
+    async with client(concert) as (url, http):
+        async with http.get(f"{url}/api/now") as r:
+            assert r.status == 200 and await r.json() is None
+        concert.start(123456789, "irish", ("flute", "harp"), "ann", tempo=112, seconds=80, elapsed=5.0)
+        concert.vote("bob")
+        async with http.get(f"{url}/api/now") as r:
+            now = await r.json()
+    assert now["seed"] == 123456789 and now["style"] == "irish" and now["instruments"] == ["flute", "harp"]
+    assert now["requester"] == "ann" and now["votes"] == 1 and now["url"] == "/p/123456789"
+    assert 5.0 <= now["elapsed"] < 7.0 and now["seconds"] == 80
+
+
+async def test_queue_lists_requests_next_first_with_their_estimated_start() -> None:
+    concert = FakeConcert()
+    concert.start(1, "bach", ("organ",), seconds=100, elapsed=40)
+    concert.request("ann", "irish", ("flute",), seconds=60)
+    concert.request("bob", "bach", ("violin", "cello"), seconds=90, replay_seed=77)
+    async with client(concert) as (url, http), http.get(f"{url}/api/queue") as r:
+        queue = await r.json()
+    assert [(q["position"], q["requester"], q["replay_seed"]) for q in queue] == [
+        (1, "ann", None),
+        (2, "bob", 77),
+    ]
+    assert 58 < queue[0]["eta_seconds"] <= 60 and 118 < queue[1]["eta_seconds"] <= 120
+
+
+async def test_leaderboard_by_period() -> None:
+    concert = FakeConcert()
+    concert.add_past_piece(11, "bach", ("organ",), "ann", 5, "week")
+    concert.add_past_piece(22, "irish", ("flute",), None, 3, "stream")
+    async with client(concert) as (url, http):
+        async with http.get(f"{url}/api/leaderboard") as r:
+            stream = await r.json()
+        async with http.get(f"{url}/api/leaderboard?period=week&n=1") as r:
+            week = await r.json()
+        async with http.get(f"{url}/api/leaderboard?period=year") as r:
+            assert r.status == 400 and "period" in (await r.json())["error"]
+        async with http.get(f"{url}/api/leaderboard?n=0") as r:
+            assert r.status == 400
+    assert [(row["seed"], row["votes"], row["rank"]) for row in stream] == [(22, 3, 1)]
+    assert [(row["seed"], row["url"]) for row in week] == [(11, "/p/11")]
+
+
+async def test_piece_api_and_its_404() -> None:
+    concert = FakeConcert()
+    concert.add_past_piece(2**63 - 1, "bach", ("organ", "choir"), "ann", 4, "all")
+    async with client(concert) as (url, http):
+        async with http.get(f"{url}/api/pieces/{2**63 - 1}") as r:
+            piece = await r.json()
+        for missing in ("5", "abc", "1" * 20):
+            async with http.get(f"{url}/api/pieces/{missing}") as r:
+                assert r.status == 404 and r.content_type == "application/json"
+                assert (await r.json())["error"] == "no such piece"
+    assert piece["seed"] == 2**63 - 1 and piece["instruments"] == ["organ", "choir"] and piece["votes"] == 4
+    assert piece["midi_url"] == f"/p/{2**63 - 1}.mid" and piece["complete"] is True
+
+
+# Pages
+
+
+async def test_piece_page_shows_the_recipe_and_escapes_what_chat_wrote() -> None:
+    concert = FakeConcert()
+    concert.add_past_piece(31337, "<script>alert(1)</script>", ("violin",), "ann", 2, "all")
+    async with client(concert) as (url, http), http.get(f"{url}/p/31337") as r:
+        assert r.status == 200 and r.content_type == "text/html"
+        assert "script-src" not in r.headers["Content-Security-Policy"]  # default-src 'self': no inline script
+        page = await r.text()
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert 'src="/p/31337.wav"' in page and 'href="/p/31337.mid"' in page and "!replay 31337" in page
+    assert "violin" in page and "ann" in page
+
+
+async def test_piece_downloads_are_real_midi_and_wav_and_wav_seeks() -> None:
+    concert = FakeConcert()
+    concert.start(4242, "folk", ("flute", "drums"), "ann", tempo=120)
+    concert.play_notes([LiveNote(72, 73, 0.0, 0.5), LiveNote(74, 73, 0.5, 0.5), LiveNote(36, -1, 0.0, 0.25)])
+    async with client(concert) as (url, http):
+        async with http.get(f"{url}/p/4242.mid") as r:
+            assert r.status == 404  # still playing: not complete yet
+        concert.finish()
+        async with http.get(f"{url}/p/4242.mid") as r:
+            assert r.status == 200 and r.content_type == "audio/midi"
+            assert "attachment" in r.headers["Content-Disposition"]
+            midi = mido.MidiFile(file=io.BytesIO(await r.read()))
+        async with http.get(f"{url}/p/4242.wav") as r:
+            assert r.status == 200 and r.content_type == "audio/wav"
+            whole = await r.read()
+        async with http.get(f"{url}/p/4242.wav", headers={"Range": "bytes=100-199"}) as r:
+            assert r.status == 206 and r.headers["Content-Range"] == f"bytes 100-199/{len(whole)}"
+            assert await r.read() == whole[100:200]
+    pitches = sorted(m.note for m in midi if m.type == "note_on")
+    assert pitches == [36, 72, 74]
+    with wave.open(io.BytesIO(whole)) as wav:
+        assert wav.getnframes() / wav.getframerate() > 1.0
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["abc", "12345678901234567890", "%D9%A1%D9%A2", "-5", "1e3", "12.mp3", "12.mid.wav", str(2**63), "404404"],
+)
+async def test_bad_and_unknown_seeds_get_a_404_page(path: str) -> None:
+    concert = FakeConcert()
+    async with client(concert) as (url, http):
+        for suffix in ("", ".mid", ".wav"):
+            async with http.get(f"{url}/p/{path}{suffix}") as r:
+                assert r.status == 404 and r.content_type == "text/html"
+                assert "Not found" in await r.text()
+    assert all(seed == 404404 for seed in concert.lookups)  # malformed text never reached the view
+
+
+async def test_leaderboard_page_has_period_tabs() -> None:
+    concert = FakeConcert()
+    concert.add_past_piece(11, "palestrina", ("choir",), "cantus", 5, "week")
+    async with client(concert) as (url, http):
+        async with http.get(f"{url}/top?period=week") as r:
+            page = await r.text()
+        async with http.get(f"{url}/top") as r:
+            empty = await r.text()
+        async with http.get(f"{url}/top?period=<b>") as r:
+            assert r.status == 400 and "&lt;b&gt;" in await r.text()
+    assert 'href="/p/11"' in page and "cantus" in page and 'period=week" class=current' in page
+    assert "No votes yet" in empty
+
+
+async def test_unknown_addresses_are_404_in_the_right_format() -> None:
+    async with client(FakeConcert()) as (url, http):
+        async with http.get(f"{url}/nothing/here") as r:
+            assert r.status == 404 and r.content_type == "text/html"
+        async with http.get(f"{url}/api/nothing") as r:
+            assert r.status == 404 and await r.json() == {"error": "not found"}
+        async with http.get(f"{url}/api/skip") as r:
+            assert r.status == 405 and "POST" in r.headers["Allow"]
+        async with http.get(f"{url}/healthz") as r:
+            assert r.status == 200 and await r.text() == "ok"
+
+
+# Steering
+
+
+@pytest.mark.parametrize("action", ["skip", "pause", "resume", "clear"])
+async def test_admin_actions_need_the_token(action: str) -> None:
+    concert = FakeConcert()
+    async with client(concert) as (url, http):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"X-Token": TOKEN}):
+            async with http.post(f"{url}/api/{action}", headers=headers) as r:
+                assert r.status == 401 and r.headers["WWW-Authenticate"] == "Bearer"
+        async with http.post(f"{url}/api/{action}", headers={"Authorization": f"Bearer {TOKEN}"}) as r:
+            assert r.status == 200 and (await r.json())["ok"] is True
+    async with client(concert, admin_token=None) as (url, http):
+        async with http.post(f"{url}/api/{action}", headers={"Authorization": "Bearer "}) as r:
+            assert r.status == 401
+        async with http.post(f"{url}/api/{action}", headers={"Authorization": "Bearer None"}) as r:
+            assert r.status == 401
+
+
+async def test_admin_actions_steer_the_concert() -> None:
+    concert = FakeConcert()
+    concert.start(1, "bach", ("organ",), elapsed=3.0)
+    concert.request("ann", "irish")
+    concert.request("bob", "folk")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with client(concert) as (url, http):
+        async with http.post(f"{url}/api/pause", headers=auth):
+            assert concert.playing is not None and concert.playing.paused_at is not None
+        async with http.post(f"{url}/api/resume", headers=auth):
+            assert concert.playing is not None and concert.playing.paused_at is None
+        async with http.post(f"{url}/api/clear", headers=auth) as r:
+            assert (await r.json())["removed"] == 2 and concert.requests == []
+        async with http.post(f"{url}/api/skip", headers=auth):
+            assert concert.playing is None
+
+
+# Local chat
+
+
+async def test_local_chat_page_and_api_only_when_enabled() -> None:
+    concert = FakeConcert()
+    async with client(concert) as (url, http):
+        for method, path in (("GET", "/chat"), ("POST", "/api/chat")):
+            async with http.request(method, f"{url}{path}", json={"user": "ann", "text": "hi"}) as r:
+                assert r.status in (404, 405)
+    async with client(concert, local_chat=True) as (url, http):
+        async with http.get(f"{url}/chat") as r:
+            assert r.status == 200 and 'src="/static/chat.js"' in await r.text()
+        async with http.post(f"{url}/api/chat", json={"user": "ann_1", "text": "!compose irish flute"}) as r:
+            assert r.status == 200 and (await r.json())["replies"] == ["@ann_1 irish is number 1 in the queue"]
+    assert [(q.requester, q.style, q.instruments) for q in concert.requests] == [("ann_1", "irish", ("flute",))]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"user": "", "text": "hi"}, "user"),
+        ({"user": "a" * 26, "text": "hi"}, "user"),
+        ({"user": "ann smith", "text": "hi"}, "user"),
+        ({"user": "<b>", "text": "hi"}, "user"),
+        ({"user": "ann", "text": "x" * 501}, "500"),
+        ({"user": "ann", "text": "   "}, "text"),
+        ({"user": "ann", "text": 5}, "text"),
+        ({"user": "ann"}, "text"),
+        (["ann", "hi"], "object"),
+    ],
+)
+async def test_local_chat_refuses_bad_lines(body: Any, reason: str) -> None:
+    concert = FakeConcert()
+    async with client(concert, local_chat=True) as (url, http), http.post(f"{url}/api/chat", json=body) as r:
+        assert r.status == 400 and reason in (await r.json())["error"]
+    assert concert.chat_lines == []
+
+
+async def test_local_chat_refuses_what_a_cross_site_form_can_send() -> None:
+    concert = FakeConcert()
+    async with client(concert, local_chat=True) as (url, http):
+        line = '{"user": "ann", "text": "!compose bach"}'
+        async with http.post(f"{url}/api/chat", data=line, headers={"Content-Type": "text/plain"}) as r:
+            assert r.status == 400
+        async with http.post(
+            f"{url}/api/chat", data="{not json", headers={"Content-Type": "application/json"}
+        ) as r:
+            assert r.status == 400 and "JSON" in (await r.json())["error"]
+    assert concert.chat_lines == []
+
+
+# Metrics
+
+
+async def test_metrics_in_prometheus_text_per_app() -> None:
+    concert = FakeConcert()
+    concert.request("ann", "irish")
+    concert.request("bob", "irish")
+    concert.request("cy", "bach")
+    concert.underruns = 2
+    concert.generation_rtf = 3.5
+    concert.start(1, "bach", ("organ",))
+    concert.vote("dee")
+    # Two apps in one process: each has its own registry, so neither clashes with the other.
+    async with client(concert) as (url, http), client(FakeConcert()) as (other, _):
+        async with http.get(f"{url}/metrics") as r:
+            assert r.status == 200 and r.content_type == "text/plain"
+            text = await r.text()
+        async with http.get(f"{other}/metrics") as r:
+            other_text = await r.text()
+    lines = set(text.splitlines())
+    assert {
+        "concertbot_queue_length 3.0",
+        "concertbot_generation_rtf 3.5",
+        "concertbot_underruns_total 2.0",
+        "concertbot_votes_total 1.0",
+        "concertbot_chat_messages_total 0.0",
+        'concertbot_requests_total{style="irish"} 2.0',
+        'concertbot_requests_total{style="bach"} 1.0',
+        "concertbot_overlay_clients 0.0",
+    } <= lines
+    assert "# TYPE concertbot_requests_total counter" in lines
+    assert "concertbot_queue_length 0.0" in other_text
+
+
+# Overlay over HTTP
+
+
+async def test_overlay_page_takes_panels_and_adds_audio_only_with_a_broadcast() -> None:
+    async with client(FakeConcert()) as (url, http):
+        async with http.get(f"{url}/?panels=queue,now&audio=1") as r:
+            page = await r.text()
+        async with http.get(f"{url}/stream.mp3") as r:
+            assert r.status == 404
+    assert 'data-panels="now queue"' in page and "<audio" not in page
+    async with client(FakeConcert(), broadcast=AudioBroadcast()) as (url, http):
+        async with http.get(f"{url}/overlay") as r:
+            assert "<audio" not in await r.text()
+        async with http.get(f"{url}/overlay?audio=1") as r:
+            assert '<audio id="audio" src="/stream.mp3"' in await r.text()
+        async with http.get(f"{url}/stream.wav") as r:
+            assert r.status == 503  # mounted, but the broadcast is not open
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    message: dict[str, Any] = await asyncio.wait_for(ws.receive_json(), 2.0)
+    return message
+
+
+async def test_overlay_socket_sends_the_state_then_each_change() -> None:
+    concert = FakeConcert()
+    concert.add_past_piece(5, "bach", ("organ",), "ann", 4, "week")
+    async with client(concert) as (url, http), http.ws_connect(f"{url}/ws?period=week") as ws:
+        hello = [await receive(ws) for _ in range(3)]
+        assert hello == [
+            {"type": "now", "now": None, "ticking": True},
+            {"type": "queue", "queue": []},
+            {"type": "top", "period": "week", "top": [{**hello[2]["top"][0], "seed": "5", "votes": 4}]},
+        ]
+        concert.start(BIG_SEED, "irish", ("flute",), "bob")
+        changed = [await receive(ws) for _ in range(3)]
+        assert [m["type"] for m in changed] == ["now", "queue", "top"]
+        assert changed[0]["now"]["seed"] == str(BIG_SEED) and changed[0]["now"]["requester"] == "bob"
+        concert.play_notes([LiveNote(60, 73, 0.0, 0.5)])
+        assert await receive(ws) == {
+            "type": "notes",
+            "seed": str(BIG_SEED),
+            "notes": [{"pitch": 60, "program": 73, "start": 0.0, "duration": 0.5}],
+        }
+        async with http.ws_connect(f"{url}/ws") as late:  # an overlay (re)loaded mid-piece
+            joined = [await receive(late) for _ in range(4)]
+            assert [m["type"] for m in joined] == ["now", "queue", "top", "notes"]
+            assert joined[3]["notes"] == [{"pitch": 60, "program": 73, "start": 0.0, "duration": 0.5}]
+    async with client(concert) as (url, http), http.get(f"{url}/ws?period=decade") as r:
+        assert r.status == 400
+
+
+async def test_stopping_the_server_closes_open_overlays_at_once() -> None:
+    async with aiohttp.ClientSession() as http:
+        async with running(make_app(FakeConcert(), None)) as url:
+            ws = await http.ws_connect(f"{url}/ws")
+            await receive(ws)
+            began = time.monotonic()
+        assert time.monotonic() - began < 1.0  # not the shutdown timeout
+        while (await asyncio.wait_for(ws.receive(), 1.0)).type == aiohttp.WSMsgType.TEXT:
+            pass
+        assert ws.closed  # the overlay sees it go, and reconnects
+
+
+# A real browser
+
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    async with launch_chromium() as chromium:
+        yield chromium
+
+
+@contextlib.asynccontextmanager
+async def overlay(browser: Browser, url: str, width: int = 1920, height: int = 1080) -> AsyncIterator[Page]:
+    """The overlay at `url` in a transparent viewport of `width` x `height`, once its WebSocket is open."""
+    page = await browser.new_page(url)
+    await browser.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        page.session_id,
+    )
+    transparent = {"color": {"r": 0, "g": 0, "b": 0, "a": 0}}
+    await browser.send("Emulation.setDefaultBackgroundColorOverride", transparent, page.session_id)
+    await page.wait_for(f"innerWidth === {width} && document.body.dataset.live === '1'")
+    try:
+        yield page
+    finally:
+        await page.close()
+
+
+async def screenshot(page: Page) -> Image.Image:
+    shot = await page.browser.send("Page.captureScreenshot", {"format": "png"}, page.session_id)
+    return Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("RGBA")
+
+
+async def box(page: Page, selector: str) -> tuple[int, int, int, int]:
+    """The element's bounding box as (left, top, right, bottom) in CSS pixels."""
+    element = f"document.querySelector({selector!r})"
+    rect = await page.evaluate(f"(r => [r.left, r.top, r.right, r.bottom])({element}.getBoundingClientRect())")
+    left, top, right, bottom = (round(v) for v in rect)
+    return left, top, right, bottom
+
+
+WATCH = """window.seenAt = null;
+window.watcher = new MutationObserver(() => {
+  if (window.seenAt === null && (%s)) window.seenAt = Date.now();
+});
+window.watcher.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+true"""
+
+
+async def timed(page: Page, expression: str, change: Callable[[], object]) -> float:
+    """Seconds from `change()` until the page's DOM first makes `expression` true, by the page's own clock."""
+    await page.evaluate(WATCH % expression)
+    began = time.time()  # the same wall clock as the page's Date.now()
+    change()
+    seen = await page.wait_for("window.seenAt", timeout=5.0, interval=0.02)
+    await page.evaluate("window.watcher.disconnect(), true")
+    return float(seen) / 1000 - began
+
+
+def text_of(element_id: str) -> str:
+    return f"document.getElementById({element_id!r}).textContent"
+
+
+@needs_chromium
+async def test_overlay_follows_the_concert_within_a_second(browser: Browser) -> None:
+    concert = FakeConcert()
+    async with running(make_app(concert, None)) as url, overlay(browser, f"{url}/") as page:
+        assert await page.evaluate("document.getElementById('now').dataset.state") == "idle"
+        began = time.monotonic()
+        piece = await timed(
+            page,
+            f"{text_of('now-seed')} === '{BIG_SEED}'",
+            lambda: concert.start(BIG_SEED, "irish", ("flute", "harp"), "lofi_lena", tempo=112, seconds=90),
+        )
+        assert await page.evaluate(text_of("now-style")) == "Irish"
+        assert await page.evaluate(text_of("now-requester")) == "requested by lofi_lena"
+        votes = await timed(
+            page, f"{text_of('now-votes')} === '2'", lambda: (concert.vote("ann"), concert.vote("bob"))
+        )
+        queue = await timed(
+            page,
+            f"{text_of('queue-list')}.includes('newcomer')",
+            lambda: concert.request("newcomer", "palestrina", ("choir",)),
+        )
+        await page.wait_for(f"{text_of('now-elapsed')} === '0:01'", timeout=3.0)  # the clock ticks on its own
+        ticked = time.monotonic() - began
+        idle = await timed(page, "document.getElementById('now').dataset.state === 'idle'", concert.finish)
+    print(f"\noverlay delays: piece {piece:.3f} s, votes {votes:.3f} s, queue {queue:.3f} s, end {idle:.3f} s")
+    assert max(piece, votes, queue, idle) < 1.0
+    assert 1.0 <= ticked < 2.5
+
+
+def chorale(elapsed: float, tempo: float) -> list[LiveNote]:
+    """Four string voices around `elapsed`: a D major progression in half notes, the top voice in eighths."""
+    beat = 60 / tempo
+    chords = [(50, 57, 66, 74), (45, 57, 64, 73), (47, 59, 66, 74), (43, 59, 67, 74), (45, 57, 64, 76)]
+    melody = [74, 76, 78, 76, 74, 73, 71, 73, 74, 78, 79, 78, 76, 74, 73, 76]
+    notes = []
+    first = math.floor((elapsed - 9) / (2 * beat))
+    for bar in range(first, first + 12):
+        start = bar * 2 * beat
+        bass, tenor, alto, _ = chords[bar % len(chords)]
+        notes += [
+            LiveNote(p, program, start, 2 * beat * 0.95) for p, program in ((bass, 43), (tenor, 42), (alto, 41))
+        ]
+        for i in range(4):
+            pitch = melody[(bar * 4 + i) % len(melody)]
+            notes.append(LiveNote(pitch, 40, start + i * beat / 2, beat / 2 * 0.9))
+    return [n for n in notes if n.start >= 0]
+
+
+def stage_a_concert(concert: FakeConcert) -> None:
+    """What a concert looks like an hour in: a piece playing with votes, a queue, a leaderboard."""
+    past = [
+        (731904211, "classical", ("violin", "violin", "viola", "cello"), "mozartmaniac", 23),
+        (118273645, "irish", ("violin",), "reel_deal", 17),
+        (902114587, "bach", ("organ",), None, 12),
+        (554019283, "scottish", ("flute", "harp"), "highlander", 9),
+        (600321777, "palestrina", ("choir",), "cantus_firmus", 6),
+        (311555019, "medieval", ("recorder", "viola", "harp"), "troubadour", 4),
+    ]
+    for seed, style, instruments, requester, votes in past:
+        concert.add_past_piece(seed, style, instruments, requester, votes, "stream")
+    concert.start(482913075, "bach", ("violin", "viola", "cello", "contrabass"), "quartet_fan", 84, 150, 47.3)
+    for i in range(14):
+        concert.vote(f"viewer{i}")
+    concert.request("lofi_lena", "irish", ("flute", "harp"), 75)
+    concert.request("nightowl", "palestrina", ("choir",), 90)
+    concert.request("bassline_bob", "folk", ("clarinet", "contrabass"), 60)
+    concert.request("mozartmaniac", "classical", ("violin", "viola", "cello"), 120, replay_seed=731904211)
+
+
+STAGED = (
+    f"{text_of('now-seed')} === '482913075'"
+    " && document.querySelectorAll('#queue-list li').length === 4"
+    " && document.querySelectorAll('#top-list li').length === 6"
+)
+PANELS = ("#now", "#queue", "#top", "#roll")
+SMALLEST_TEXT = """Math.min(...[...document.querySelectorAll('#now *, #queue *, #top *')]
+    .filter(e => e.offsetParent && [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim()))
+    .map(e => parseFloat(getComputedStyle(e).fontSize)))"""  # in px, of the text shown
+
+
+def opaque_share(image: Image.Image, area: tuple[int, int, int, int]) -> float:
+    alpha = np.asarray(image.crop(area))[..., 3]
+    return float((alpha > 200).mean())
+
+
+def colourful_pixels(image: Image.Image, area: tuple[int, int, int, int]) -> int:
+    rgb = np.asarray(image.crop(area))[..., :3].astype(int)
+    return int(((rgb.max(axis=2) - rgb.min(axis=2)) > 80).sum())
+
+
+@needs_chromium
+async def test_overlay_screenshots_at_1080p_and_720p(browser: Browser, tmp_path: Path) -> None:
+    concert = FakeConcert()
+    stage_a_concert(concert)
+    layouts = {}
+    async with running(make_app(concert, None)) as url:
+        # Notes that sounded before the overlay opened: it gets the piece's recent ones when it joins.
+        concert.play_notes(chorale(47.3, 84))
+        await asyncio.sleep(0.1)
+        for width, height in ((1920, 1080), (1280, 720)):
+            async with overlay(browser, f"{url}/overlay", width, height) as page:
+                await page.wait_for(STAGED)
+                await asyncio.sleep(0.5)  # a few frames of the piano roll
+                image = await screenshot(page)
+                for folder in (tmp_path, DOCS) if UPDATE_DOCS else (tmp_path,):
+                    image.save(folder / f"overlay-{width}x{height}.png")
+                boxes = {panel: await box(page, panel) for panel in PANELS}
+                smallest_text = await page.evaluate(SMALLEST_TEXT)
+            assert image.size == (width, height)
+            for panel, (left, top, right, bottom) in boxes.items():
+                assert 0 <= left < right <= width and 0 <= top < bottom <= height, panel
+                assert opaque_share(image, boxes[panel]) > 0.8, f"{panel} is see-through"
+            for a in PANELS:  # no panel covers another
+                for b in PANELS[PANELS.index(a) + 1 :]:
+                    (l1, t1, r1, b1), (l2, t2, r2, b2) = boxes[a], boxes[b]
+                    assert r1 <= l2 or r2 <= l1 or b1 <= t2 or b2 <= t1, f"{a} overlaps {b}"
+            now_left, now_top, now_right, now_bottom = boxes["#now"]
+            assert now_right - now_left > width / 3 and now_bottom - now_top > height / 10
+            left, top, right, bottom = boxes["#roll"]
+            assert colourful_pixels(image, boxes["#roll"]) > 0.01 * (right - left) * (bottom - top), "no notes"
+            assert np.asarray(image)[height // 6, width // 4, 3] == 0, "the page background is not transparent"
+            assert smallest_text >= 11, f"text of {smallest_text} px is too small to read on stream"
+            layouts[width] = boxes
+    for panel in PANELS:  # the same layout at both sizes, scaled (give or take rounding in six rows of text)
+        scaled = [v * 1280 / 1920 for v in layouts[1920][panel]]
+        assert all(abs(a - b) <= 4 for a, b in zip(scaled, layouts[1280][panel], strict=True)), panel
+
+
+@needs_chromium
+async def test_overlay_shows_only_the_panels_asked_for_in_their_usual_place(browser: Browser) -> None:
+    concert = FakeConcert()
+    stage_a_concert(concert)
+    async with running(make_app(concert, None)) as url:
+        async with overlay(browser, f"{url}/overlay") as page:
+            full = await box(page, "#now")
+        async with overlay(browser, f"{url}/overlay?panels=now,roll") as page:
+            shown = await page.evaluate(
+                "['now', 'queue', 'top', 'roll'].map(p => getComputedStyle(document.getElementById(p)).display)"
+            )
+            assert await box(page, "#now") == full
+    assert [display != "none" for display in shown] == [True, False, False, True]
+
+
+@needs_chromium
+async def test_chat_box_shows_the_bots_replies_and_refusals(browser: Browser) -> None:
+    concert = FakeConcert()
+    async with running(make_app(concert, None, local_chat=True)) as url:
+        page = await browser.new_page(f"{url}/chat")
+        try:
+            send = "document.getElementById('chat').requestSubmit()"
+            await page.evaluate(f"user.value = 'ann'; text.value = '!compose irish flute'; {send}")
+            await page.wait_for("log.textContent.includes('irish is number 1 in the queue')")
+            await page.evaluate(f"text.value = 'x'.repeat(600); {send}")  # past the limit the input sets
+            await page.wait_for("log.textContent.includes('at most 500 characters')")
+        finally:
+            await page.close()
+    assert concert.chat_lines == [("ann", "!compose irish flute")]
+
+
+class ToneWriter(threading.Thread):
+    """The engine's side in miniature: a 440 Hz tone written into a sink in real time."""
+
+    def __init__(self, broadcast: AudioBroadcast, rate: int = 44100, block: int = 1024) -> None:
+        super().__init__(daemon=True)
+        self.broadcast, self.rate, self.block = broadcast, rate, block
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        began, frames = time.monotonic(), 0
+        while not self.halt.is_set():
+            t = np.arange(frames, frames + self.block) / self.rate
+            mono = np.round(8000 * np.sin(2 * np.pi * 440.0 * t)).astype(np.int16)
+            self.broadcast.write(np.stack([mono, mono], axis=1))
+            frames += self.block
+            ahead = frames / self.rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+@contextlib.contextmanager
+def tone(broadcast: AudioBroadcast) -> Iterator[None]:
+    broadcast.open(44100)
+    writer = ToneWriter(broadcast)
+    writer.start()
+    try:
+        yield
+    finally:
+        writer.halt.set()
+        writer.join()
+        broadcast.close()
+
+
+@needs_chromium
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
+async def test_overlay_with_audio_plays_the_live_stream(browser: Browser) -> None:
+    concert = FakeConcert()
+    broadcast = AudioBroadcast(linger=0)
+    audio = "document.getElementById('audio')"
+    async with running(make_app(concert, None, broadcast)) as url:
+        with tone(broadcast):
+            async with overlay(browser, f"{url}/?audio=1&panels=now") as page:
+                try:
+                    await page.wait_for(f"{audio}.readyState >= 2 && {audio}.currentTime > 0.5", timeout=12)
+                except TimeoutError:
+                    state = await page.evaluate(
+                        f"JSON.stringify({{t: {audio}.currentTime, ready: {audio}.readyState,"
+                        f" error: {audio}.error && {audio}.error.message, paused: {audio}.paused}})"
+                    )
+                    pytest.fail(f"the overlay's <audio> did not play /stream.mp3: {state}")
+                assert broadcast.listeners == 1

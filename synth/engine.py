@@ -192,6 +192,11 @@ class LiveEngine:
         with self._lock:
             return bool(self.current or self._control.pending or self._tail_left or self._gap_left)
 
+    @property
+    def paused(self) -> bool:
+        with self._lock:
+            return self._control.paused
+
     def pending(self) -> int:
         """Pieces queued behind the current one."""
         with self._lock:

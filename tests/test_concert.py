@@ -42,11 +42,19 @@ async def fake() -> AsyncIterator[FakeTwitch]:
         yield server
 
 
-async def _start(fake: FakeTwitch, tmp_path: Path, redis_url: str | None) -> tuple[asyncio.Task, Concert]:
+async def _start(
+    fake: FakeTwitch, tmp_path: Path, redis_url: str | None, seconds: float = PIECE_SECONDS
+) -> tuple[asyncio.Task, Concert]:
     settings = load_settings(
         paths={"data_dir": str(tmp_path / "data")},
-        sampling={"seconds": PIECE_SECONDS},
-        concert={"autoplay": False, "redis_url": redis_url, "viewer_cooldown_seconds": 0.0, "http_port": 0},
+        sampling={"seconds": seconds},
+        concert={
+            "autoplay": False,
+            "redis_url": redis_url,
+            "viewer_cooldown_seconds": 0.0,
+            "global_cooldown_seconds": 0.0,
+            "http_port": 0,
+        },
         outputs={"device": "off"},
     )
     ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()
@@ -158,6 +166,58 @@ async def test_bad_input_gets_one_short_reply_and_the_concert_goes_on(fake: Fake
         asked = await fake.say("ivy", "!compose irish flute")
         ack = await fake.wait_for_sent(lambda m: m.reply_to == asked, timeout=10)
         assert "#1 in the queue" in ack.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_moderators_steer_and_redemptions_jump_the_queue(fake: FakeTwitch, tmp_path: Path):
+    task, concert = await _start(fake, tmp_path, None, seconds=120.0)  # long enough that only a skip ends it
+    store = concert.store
+
+    async def ask(login: str, text: str, moderator: bool = False) -> str:
+        asked = await fake.say(login, text, moderator=moderator)
+        return (await fake.wait_for_sent(lambda m: m.reply_to == asked, timeout=10)).text
+
+    try:
+        assert "#1" in await ask("ann", "!compose bach violin")
+        await fake.wait_for_sent(lambda m: "now playing" in m.text, timeout=20)
+        assert "#1" in await ask("bob", "!compose irish flute")
+        assert "#2" in await ask("cat", "!compose folk")
+        # A redemption goes to the priority lane, ahead of everyone's normal requests.
+        await fake.redeem("zed", "palestrina choir")
+        await _wait(lambda: concert.commands.messages >= 4, 10)
+        queue = await store.queue()
+        assert [e.request.login for e in queue] == ["zed", "bob", "cat"]
+        assert queue[0].request.priority and queue[0].request.style == "palestrina"
+
+        assert "removed 1" in await ask("mia", "!remove @bob", moderator=True)
+        assert "ignored" in await ask("mia", "!block cat", moderator=True)
+        assert [e.request.login for e in await store.queue()] == ["zed"]
+        await fake.say("cat", "!compose bach")  # blocked: no reply, no request
+        assert "cleared (1" in await ask("mia", "!clear", moderator=True)
+        assert await store.queue() == []
+        assert "autoplay off" in await ask("mia", "!autoplay off", moderator=True)
+        assert not (await store.flags()).autoplay
+
+        assert "paused" in await ask("mia", "!pause", moderator=True)
+        assert (await store.flags()).paused and concert.session.engine.paused
+        assert "resumed" in await ask("mia", "!resume", moderator=True)
+        assert not (await store.flags()).paused
+
+        # Voteskip: 5 viewers chatted (ann, bob, cat, zed, mia), so it takes max(3, half of 5 rounded up) = 3.
+        playing = concert.conductor.current.record.seed
+        for login in ("ann", "bob"):
+            await fake.say(login, "!voteskip")
+        await _wait(lambda: len(concert.conductor.current.voteskips) == 2, 10)
+        await asyncio.sleep(0.5)
+        assert concert.conductor.current.record.seed == playing  # two are not enough
+        await fake.say("zed", "!voteskip")
+        await _wait(
+            lambda: concert.conductor.last is not None and concert.conductor.last.record.seed == playing
+        )
+        assert concert.conductor.last.ended - concert.conductor.last.started < 60  # cut short, not ended
+        assert concert.conductor.last.record.seed == playing
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

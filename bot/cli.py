@@ -338,6 +338,7 @@ def run_cmd(
     from config.twitch import twitch_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every overlay poll is not news
     settings = _settings()
     try:
         twitch = None if local else twitch_settings()

@@ -110,13 +110,18 @@ class Conductor:
             await self.start()
         while True:
             try:
-                event = await asyncio.wait_for(self._events.get(), timeout=0.25)
-                await self._on_event(event)
-            except TimeoutError:
-                pass
-            await self._save_finished()
-            if self.upcoming is None and self._time_for_next():
-                await self._schedule_next()
+                try:
+                    event = await asyncio.wait_for(self._events.get(), timeout=0.25)
+                    await self._on_event(event)
+                except TimeoutError:
+                    pass
+                await self._save_finished()
+                if self.upcoming is None and self._time_for_next():
+                    await self._schedule_next()
+            except Exception:
+                # Redis restarting, a full disk, a bug: the music already queued plays on while this retries.
+                log.exception("the conductor stumbled; retrying in a second")
+                await asyncio.sleep(1.0)
 
     # What plays next.
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -221,3 +224,79 @@ async def test_moderators_steer_and_redemptions_jump_the_queue(fake: FakeTwitch,
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server program")
+async def test_the_concert_survives_its_redis_server_restarting(tmp_path: Path):
+    from bot.chat import ChatMessage
+
+    port = _free_port()
+
+    def start_redis() -> subprocess.Popen:
+        args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
+        server = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not _listening(port):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        return server
+
+    def line(login: str, text: str, n: int) -> ChatMessage:
+        return ChatMessage(f"local:{login}", login, login, text, message_id=f"m{n}")
+
+    server = start_redis()
+    settings = load_settings(
+        paths={"data_dir": str(tmp_path / "data")},
+        sampling={"seconds": 30.0},
+        concert={
+            "autoplay": False,
+            "redis_url": f"redis://127.0.0.1:{port}/0",
+            "http_port": 0,
+            "global_cooldown_seconds": 0.0,
+        },
+        outputs={"device": "off"},
+    )
+    ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_concert(settings, None, sinks=[], started=ready.set_result))
+    try:
+        concert = await asyncio.wait_for(ready, 30)
+        replies = await concert.chat(line("ann", "!compose bach violin", 1))
+        assert "#1 in the queue" in replies[0].text
+        await _wait(lambda: concert.conductor.current is not None)
+        playing = concert.conductor.current.record.seed
+        assert "#1 in the queue" in (await concert.chat(line("cat", "!compose folk", 2)))[0].text
+
+        server.kill()
+        server.wait()
+        await asyncio.sleep(1.5)  # the conductor meets the dead server meanwhile
+        assert not task.done()  # ... and does not give up
+        server = start_redis()
+        assert concert.conductor.current.record.seed == playing  # the music never stopped
+
+        for n in range(3, 9):  # a connection that died with the old server may fail once
+            replies = await concert.chat(line("bob", "!compose irish flute", n))
+            if replies:
+                break
+            await asyncio.sleep(0.5)
+        assert replies and "#2 in the queue" in replies[0].text  # cat's request survived the crash
+        queue = await concert.store.queue()
+        assert [e.request.login for e in queue] == ["cat", "bob"]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.kill()
+        server.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False

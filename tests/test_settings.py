@@ -29,3 +29,31 @@ def test_user_file_overrides_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("CONCERTBOT_CONFIG", str(tmp_path / "missing.toml"))
     with pytest.raises(ConfigError, match=r"missing\.toml"):
         load_settings()
+
+
+def test_short_names_a_streamer_sets_by_hand(monkeypatch):
+    monkeypatch.setenv("CONCERTBOT_RECORD", "tonight.flac")
+    monkeypatch.setenv("REDIS_URL", "redis://user:hunter2@example:6379/0")
+    monkeypatch.setenv("CONCERTBOT_ADMIN_TOKEN", "letmein")
+    monkeypatch.setenv("CONCERTBOT_HTTP_PORT", "9090")
+    s = load_settings()
+    assert str(s.outputs.record) == "tonight.flac"
+    assert s.concert.redis_url.get_secret_value().endswith("@example:6379/0")
+    assert s.concert.admin_token.get_secret_value() == "letmein"
+    assert s.concert.http_port == 9090
+    assert "hunter2" not in repr(s) and "letmein" not in repr(s)  # secrets stay out of logs and tracebacks
+    # The long form wins when both are set.
+    monkeypatch.setenv("CONCERTBOT_CONCERT__HTTP_PORT", "7070")
+    assert load_settings().concert.http_port == 7070
+    monkeypatch.setenv("CONCERTBOT_HTTP_PORT", "not-a-port")
+    monkeypatch.delenv("CONCERTBOT_CONCERT__HTTP_PORT")
+    with pytest.raises(ConfigError, match=r"concert.http_port = 'not-a-port'"):
+        load_settings()
+
+
+def test_a_recording_named_in_the_environment_becomes_an_output(monkeypatch, tmp_path):
+    from bot.player import build_sinks
+
+    monkeypatch.setenv("CONCERTBOT_RECORD", str(tmp_path / "concert.wav"))
+    sinks = build_sinks(load_settings(), device="off")
+    assert [s.name for s in sinks] == [f"recording {tmp_path / 'concert.wav'}"]

@@ -54,6 +54,7 @@ class LiveConcertView:
             votes=await self.concert.store.votes(r.seed),
             elapsed=round(self.concert.conductor.elapsed(), 1),
             seconds=r.seconds,
+            paused=self.concert.session.engine.paused,
         )
 
     async def queue(self) -> list[QueueView]:

@@ -265,9 +265,11 @@ class Conductor:
     # Asked by commands.
 
     def elapsed(self) -> float:
+        """Seconds of the current piece played: from the engine, so it stands still while paused."""
         if self.current is None or self.current.started is None:
             return 0.0
-        return max(0.0, time.monotonic() - self.current.started)
+        position = self.session.engine.position(str(self.current.record.seed))
+        return position if position is not None else max(0.0, time.monotonic() - self.current.started)
 
     def vote_target(self, grace: float) -> int | None:
         """The piece a `!vote` now counts for: the one playing, else the last one for `grace` seconds."""

@@ -21,8 +21,9 @@ class NowView:
     tempo: float
     requester: str | None  # login; None when the bot chose the piece itself
     votes: int
-    elapsed: float  # seconds since the piece started sounding
+    elapsed: float  # seconds of the piece played so far
     seconds: float  # the piece's planned length
+    paused: bool = False
 
 
 @dataclass(frozen=True)

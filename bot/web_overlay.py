@@ -56,6 +56,9 @@ class PlayClock:
 
     def observe(self, now: NowView | None, at: float) -> bool:
         """Whether `now` (read at monotonic time `at`) is ticking."""
+        if now is not None and now.paused:
+            self.ticking = False
+            return False
         if now is None or now.seed != self._seed or abs(now.elapsed - self._elapsed) > 0.01:
             self._seed, self._elapsed, self._since = (now.seed, now.elapsed, at) if now else (None, 0.0, at)
             self.ticking = True

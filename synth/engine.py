@@ -192,6 +192,11 @@ class LiveEngine:
         with self._lock:
             return bool(self.current or self._control.pending or self._tail_left or self._gap_left)
 
+    def position(self, piece_id: str) -> float | None:
+        """Seconds of `piece_id` rendered so far: stands still while paused or waiting; None if not playing."""
+        piece = self.current
+        return piece.frame / self.rate if piece is not None and piece.id == piece_id else None
+
     @property
     def paused(self) -> bool:
         with self._lock:

@@ -94,6 +94,12 @@ async def test_overlay_and_api_follow_the_real_concert(tmp_path: Path):
             wrong = {"Authorization": "Bearer nope"}
             assert (await http.post(f"{base}/api/skip", headers=wrong)).status == 401
             right = {"Authorization": "Bearer s3cret"}
+            status = "document.getElementById('now-status').textContent"
+            assert (await http.post(f"{base}/api/pause", headers=right)).status == 200
+            await page.wait_for(f"{status} === 'Paused'", timeout=2)
+            assert (await (await http.get(f"{base}/api/now")).json())["paused"] is True
+            assert (await http.post(f"{base}/api/resume", headers=right)).status == 200
+            await page.wait_for(f"{status} === 'Now playing'", timeout=2)
             assert (await http.post(f"{base}/api/skip", headers=right)).status == 200
             while concert.conductor.current is not None:
                 await asyncio.sleep(0.05)

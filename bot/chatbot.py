@@ -128,6 +128,10 @@ class ChatCommands:
         record = await self.store.load_piece(seed)
         if record is None:
             raise CommandError(f"no piece has seed {seed}; !top lists the favourites")
+        if not self.conductor.replayable(record):
+            raise CommandError(
+                f"piece {seed} was cut short before it was saved and its model has changed since"
+            )
         priority = msg.reward_id is not None or msg.is_privileged
         wait = self.cooldowns.request_wait(msg.user_id, now, exempt=priority)
         if wait > 0:

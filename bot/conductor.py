@@ -145,8 +145,8 @@ class Conductor:
         try:
             if request.seed is not None:
                 record = await self.store.load_piece(request.seed)
-                if record is None:
-                    self.announce(f"there is no piece {request.seed} to replay", request.login)
+                if record is None or not self.replayable(record):
+                    self.announce(f"piece {request.seed} cannot be played again", request.login)
                     return
                 self._hand_over(record, request, record.tokens or None)
                 return
@@ -171,7 +171,7 @@ class Conductor:
             top = await self.store.top("all", self.stream_id, self.wall(), n=10)
             if top:
                 record = await self.store.load_piece(self.rng.choice(top).seed)
-                if record is not None:
+                if record is not None and self.replayable(record):
                     self._hand_over(record, None, record.tokens or None)
                     return
         styles = self.loaded.vocab.styles
@@ -209,6 +209,10 @@ class Conductor:
                 return record
             except SeedConflictError:
                 piece = PieceRequest(**{**piece.__dict__, "seed": new_seed()})
+
+    def replayable(self, record: PieceRecord) -> bool:
+        """Stored tokens replay anywhere; a piece cut short before it was saved, only on its own model."""
+        return bool(record.tokens) or record.model_version == self.loaded.version
 
     def _hand_over(
         self, record: PieceRecord, request: SongRequest | None, tokens: tuple[int, ...] | None

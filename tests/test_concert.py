@@ -151,6 +151,13 @@ async def test_bad_input_gets_one_short_reply_and_the_concert_goes_on(fake: Fake
             ("fay", "!skip", "for moderators"),
             ("gus", "!compose trumpets", "unknown style"),
         ]
+        # A piece cut short before its tokens were saved, by a model that has been replaced since.
+        from bot.store import PieceRecord
+
+        await concert.store.save_piece(
+            PieceRecord(555, "bach", ("violin",), 90.0, 30.0, 1.0, 0.95, "an-old-model")
+        )
+        cases.append(("jo", "!replay 555", "cut short"))
         for login, text, expected in cases:
             asked = await fake.say(login, text)
             reply = await fake.wait_for_sent(lambda m, asked=asked: m.reply_to == asked, timeout=10)

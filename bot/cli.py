@@ -332,6 +332,7 @@ def run_cmd(
     """Run the concert: Twitch chat when TWITCH_* is set, else local chat typed in this terminal."""
     import asyncio
     import logging
+    import signal
 
     from bot.app import run_concert, stdin_if_interactive
     from bot.player import build_sinks
@@ -350,6 +351,8 @@ def run_cmd(
             "local chat: type commands such as [bold]!compose bach violin cello[/bold] "
             "(or 'name: !vote' to speak as a viewer); Ctrl-C stops"
         )
+    # A service manager stops the bot with SIGTERM: close everything as after Ctrl-C, the embedded Redis too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         asyncio.run(
             run_concert(settings, twitch, local_input=stdin_if_interactive(), sinks=sinks, seconds=seconds)

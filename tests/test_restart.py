@@ -86,8 +86,13 @@ def test_sigkill_mid_concert_loses_nothing(tmp_path: Path):
         second.say("dan: !vote")
         second.expect(rf"@dan your vote for {seed} is counted")
     finally:
-        second.proc.send_signal(signal.SIGINT)
+        second.proc.send_signal(signal.SIGTERM)  # as a service manager stops it: a clean stop, like Ctrl-C
         try:
-            second.proc.wait(20)
+            code = second.proc.wait(20)
         except subprocess.TimeoutExpired:
             second.proc.kill()
+            raise
+    assert code == 0
+    # The embedded Redis went down with the bot (the first bot's was adopted by the second, then stopped).
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "redis")], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""

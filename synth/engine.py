@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -122,7 +123,14 @@ class LiveEngine:
         self.clock = clock
         self.on_event = on_event
         self.runners = [
-            SinkRunner(s, self.rate, lossless=not realtime, backoff_seconds=sink_backoff) for s in sinks
+            SinkRunner(
+                s,
+                self.rate,
+                max_queue_blocks=self._queue_blocks(s),
+                lossless=not realtime,
+                backoff_seconds=sink_backoff,
+            )
+            for s in sinks
         ]
         self.stats = EngineStats()
         self.current: _Piece | None = None
@@ -136,6 +144,12 @@ class LiveEngine:
         self._t0 = 0.0
         self._block_pos = 0  # frames of the block being rendered that are already done
         self._muted = False  # paused, and the sounding notes already cut
+
+    def _queue_blocks(self, sink: AudioSink) -> int:
+        # A sink that plays in real time by its own clock (a sound card) keeps a short queue: if its clock runs
+        # slower than ours, old blocks are dropped instead of the latency growing for hours.
+        seconds = getattr(sink, "max_queue_seconds", None)
+        return 200 if seconds is None else max(2, math.ceil(seconds * self.rate / self.block))
 
     # Lifecycle.
 

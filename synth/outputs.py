@@ -186,6 +186,8 @@ class FileSink:
 class DeviceSink:
     """The sound card through PortAudio: what OBS captures on a streamer's desktop."""
 
+    max_queue_seconds = 0.5  # the card keeps its own time: a short queue keeps the latency short
+
     def __init__(self, device: str | int | None = None) -> None:
         self.device = device
         self.name = f"sound device {device if device is not None else '(default)'}"

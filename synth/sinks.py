@@ -16,6 +16,7 @@ class AudioSink(Protocol):
     """
 
     name: str  # short and free of secrets: it appears in logs (an ffmpeg URL's stream key must not)
+    # Optional: a sink may set `max_queue_seconds` to keep its queue, and so its latency, that short.
 
     def open(self, sample_rate: int) -> None:
         """Acquire the device, file, process or socket; raise if that is impossible now."""

@@ -270,3 +270,31 @@ def test_generation_waits_for_playback_so_memory_stays_flat(renderer):
     assert not producer.is_alive()  # cancelled by the skip instead of waiting forever
     assert len(ahead) < 40  # about 1 s played + 0.5 s look-ahead, not the whole minute
     assert max(ahead) <= 0.5 + 0.1 + BLOCK / RATE
+
+
+class StuckClockSink(MemorySink):
+    """A sound card whose clock has stopped: it takes one block, then never returns until released."""
+
+    max_queue_seconds = 0.1
+
+    def __init__(self) -> None:
+        super().__init__("slow card")
+        self.release = threading.Event()
+
+    def write(self, block: np.ndarray) -> None:
+        super().write(block)
+        self.release.wait()
+
+
+def test_a_sink_with_its_own_clock_keeps_a_short_queue_instead_of_growing_latency(renderer):
+    card, other, events = StuckClockSink(), MemorySink(), []
+    with engine(renderer, [card, other], events, realtime=True) as eng:
+        time.sleep(1.0)
+        runners = {r.sink.name: r for r in eng.runners}
+        queued = runners["slow card"]._queue.qsize()
+        dropped = runners["slow card"].stats.dropped_blocks
+        card.release.set()
+    assert queued <= -(-0.1 * RATE // BLOCK)  # 0.1 s of blocks, rounded up: the latency stays bounded
+    assert dropped > 0.5 * RATE / BLOCK  # most of the second was dropped, not queued
+    assert runners["memory"].stats.dropped_blocks == 0  # the other output lost nothing
+    assert len(other.blocks) > 10

@@ -19,30 +19,17 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_live import NullSink  # this folder is on the path when the script runs
 from fake_twitch import FakeTwitch
 
 from bot.app import Concert, run_concert
 from config import load_settings
 
 console = Console()
-
-
-class NullSink:
-    name = "null"
-
-    def open(self, sample_rate: int) -> None:
-        pass
-
-    def write(self, block: np.ndarray) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 async def blast(fake: FakeTwitch, texts: list[tuple[str, str]], rate: float) -> list[tuple[str, float]]:

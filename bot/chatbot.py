@@ -96,31 +96,17 @@ class ChatCommands:
 
     async def _compose(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
         wanted = compose_args(args)
-        priority = msg.reward_id is not None or msg.is_privileged
-        wait = self.cooldowns.request_wait(msg.user_id, now, exempt=priority)
-        if wait > 0:
-            raise CommandError(f"one request at a time: try again in {wait:.0f} s")
+        priority = self._may_request(msg, now)
         # Resolving names here means a typo is answered at once, not when the piece's turn comes.
         piece = make_request(
             self.conductor.loaded, wanted.style, list(wanted.instruments) or None, wanted.tempo
         )
-        entry = await self.store.enqueue(
-            SongRequest(
-                user_id=msg.user_id,
-                login=msg.login,
-                style=piece.style,
-                instruments=piece.instruments if wanted.instruments else (),
-                tempo=wanted.tempo,
-                priority=priority,
-                requested_at=now,
-            )
+        instruments = piece.instruments if wanted.instruments else ()
+        place = await self._enqueue(
+            msg, now, priority, style=piece.style, instruments=instruments, tempo=wanted.tempo
         )
-        self.cooldowns.requested(msg.user_id, now, exempt=priority)
         self.requests_by_style[piece.style] = self.requests_by_style.get(piece.style, 0) + 1
-        self.conductor.request_arrived()
-        eta = self.conductor.queue_eta(entry.position)[-1]
-        what = f"{piece.style} for {', '.join(piece.instruments)}"
-        text = f"your {what} is #{entry.position} in the queue, {_minutes(eta)}"
+        text = f"your {piece.style} for {', '.join(piece.instruments)} is {place}"
         return [Reply(text, Importance.REQUEST_ACK, msg.message_id or None, msg.login)]
 
     async def _replay(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
@@ -132,24 +118,46 @@ class ChatCommands:
             raise CommandError(
                 f"piece {seed} was cut short before it was saved and its model has changed since"
             )
+        priority = self._may_request(msg, now)
+        place = await self._enqueue(msg, now, priority, style=record.style, seed=seed)
+        text = f"piece {seed} ({record.style}) plays again: {place}"
+        return [Reply(text, Importance.REQUEST_ACK, msg.message_id or None, msg.login)]
+
+    def _may_request(self, msg: ChatMessage, now: float) -> bool:
+        """Check the viewer's cooldown (redemptions and moderators skip it); whether the request is priority."""
         priority = msg.reward_id is not None or msg.is_privileged
         wait = self.cooldowns.request_wait(msg.user_id, now, exempt=priority)
         if wait > 0:
             raise CommandError(f"one request at a time: try again in {wait:.0f} s")
+        return priority
+
+    async def _enqueue(
+        self,
+        msg: ChatMessage,
+        now: float,
+        priority: bool,
+        style: str,
+        instruments: tuple[str, ...] = (),
+        tempo: float | None = None,
+        seed: int | None = None,
+    ) -> str:
+        """Queue the request, start the cooldown, and say where it stands: "#2 in the queue, starting ..."."""
         entry = await self.store.enqueue(
-            SongRequest(msg.user_id, msg.login, record.style, seed=seed, priority=priority, requested_at=now)
+            SongRequest(
+                user_id=msg.user_id,
+                login=msg.login,
+                style=style,
+                instruments=instruments,
+                tempo=tempo,
+                seed=seed,
+                priority=priority,
+                requested_at=now,
+            )
         )
         self.cooldowns.requested(msg.user_id, now, exempt=priority)
         self.conductor.request_arrived()
         eta = self.conductor.queue_eta(entry.position)[-1]
-        return [
-            Reply(
-                f"piece {seed} ({record.style}) plays again: #{entry.position} in the queue, {_minutes(eta)}",
-                Importance.REQUEST_ACK,
-                msg.message_id or None,
-                msg.login,
-            )
-        ]
+        return f"#{entry.position} in the queue, {_minutes(eta)}"
 
     async def _queue(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
         entries = await self.store.queue()

@@ -29,7 +29,8 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def fail(exc: ConcertbotError) -> typer.Exit:
+def fail(exc: Exception) -> typer.Exit:
+    """Say what the operator must fix (a ConcertbotError, or a ValueError about a file name) and exit 2."""
     err.print(f"[red]error:[/red] {exc}")
     return typer.Exit(2)
 
@@ -290,7 +291,7 @@ def play_cmd(
         sinks = build_sinks(settings, record, device, push, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
         session = LiveSession(settings, loaded, sinks)
     except (ConcertbotError, ValueError) as exc:
-        raise fail(exc if isinstance(exc, ConcertbotError) else ConcertbotError(str(exc))) from None
+        raise fail(exc) from None
     if not as_json:
         err.print(f"soundfont: {session.renderer.soundfont.path} ({session.renderer.soundfont.origin})")
         err.print(
@@ -345,7 +346,7 @@ def run_cmd(
         twitch = None if local else twitch_settings()
         sinks = build_sinks(settings, record, device, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
     except (ConcertbotError, ValueError) as exc:
-        raise fail(exc if isinstance(exc, ConcertbotError) else ConcertbotError(str(exc))) from None
+        raise fail(exc) from None
     if twitch is None:
         err.print(
             "local chat: type commands such as [bold]!compose bach violin cello[/bold] "

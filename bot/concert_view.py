@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from bot.chat import ChatMessage
+from bot.conductor import piece_request
 from bot.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
 from synth.render import FluidSynthRenderer, write_wav
@@ -133,7 +134,8 @@ class LiveConcertView:
     def _render(self, record: PieceRecord) -> bytes:
         settings = self.concert.settings
         with FluidSynthRenderer.from_settings(settings.synth) as renderer:
-            audio = renderer.render(timed_messages(self._notes(record), record.tempo, _programs(record)))
+            programs = piece_request(record).programs()
+            audio = renderer.render(timed_messages(self._notes(record), record.tempo, programs))
         out = io.BytesIO()
         write_wav(out, audio, settings.synth.sample_rate)
         return out.getvalue()
@@ -245,9 +247,3 @@ class LiveConcertView:
                 )
         self._roll = (seed, decoder, read, horizon)
         return out
-
-
-def _programs(record: PieceRecord) -> list[int]:
-    from generator.instruments import find_instrument
-
-    return sorted({find_instrument(name).program for name in record.instruments})

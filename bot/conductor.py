@@ -9,6 +9,7 @@ generated when its turn comes: there is never silence beyond the short gap betwe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import random
@@ -150,16 +151,7 @@ class Conductor:
                     return
                 self._hand_over(record, request, record.tokens or None)
                 return
-            piece = make_request(
-                self.loaded,
-                request.style,
-                list(request.instruments) or None,
-                request.tempo,
-                request.seconds or self.settings.sampling.seconds,
-                None,
-                self.settings.sampling.temperature,
-                self.settings.sampling.top_p,
-            )
+            piece = self._new_piece(request.style, request.instruments, request.tempo, request.seconds)
         except ConcertbotError as exc:  # checked when queued, but the model may have changed since
             self.announce(f"your request could not be played: {exc}", request.login)
             return
@@ -177,17 +169,27 @@ class Conductor:
         styles = self.loaded.vocab.styles
         style = styles[self.autoplay_index % len(styles)]
         self.autoplay_index += 1
-        piece = make_request(
+        self._hand_over(await self._claim(self._new_piece(style), ""), None, None)
+
+    def _new_piece(
+        self,
+        style: str,
+        instruments: tuple[str, ...] = (),
+        tempo: float | None = None,
+        seconds: float | None = None,
+    ) -> PieceRequest:
+        """A fresh recipe: what was asked, the settings' sampling values for the rest, a new seed."""
+        s = self.settings.sampling
+        return make_request(
             self.loaded,
             style,
+            list(instruments) or None,
+            tempo if tempo is not None else s.tempo,
+            seconds or s.seconds,
             None,
-            self.settings.sampling.tempo,
-            self.settings.sampling.seconds,
-            None,
-            self.settings.sampling.temperature,
-            self.settings.sampling.top_p,
+            s.temperature,
+            s.top_p,
         )
-        self._hand_over(await self._claim(piece, ""), None, None)
 
     async def _claim(self, piece: PieceRequest, requester: str) -> PieceRecord:
         """Reserve a fresh seed for the piece in the store (a seed names one piece forever)."""
@@ -208,7 +210,7 @@ class Conductor:
                 await self.store.save_piece(record)
                 return record
             except SeedConflictError:
-                piece = PieceRequest(**{**piece.__dict__, "seed": new_seed()})
+                piece = dataclasses.replace(piece, seed=new_seed())
 
     def replayable(self, record: PieceRecord) -> bool:
         """Stored tokens replay anywhere; a piece cut short before it was saved, only on its own model."""
@@ -217,17 +219,7 @@ class Conductor:
     def _hand_over(
         self, record: PieceRecord, request: SongRequest | None, tokens: tuple[int, ...] | None
     ) -> None:
-        piece = PieceRequest(
-            record.style,
-            record.instruments,
-            record.tempo,
-            record.seconds,
-            record.seed,
-            record.temperature,
-            record.top_p,
-            record.strict_instruments,
-        )
-        live = self.session.request(str(record.seed), piece, tokens=tokens)
+        live = self.session.request(str(record.seed), piece_request(record), tokens=tokens)
         self.upcoming = Slot(record, live, request, saved=tokens is not None)
 
     # Engine events.
@@ -327,6 +319,20 @@ class Conductor:
         if self.upcoming is not None:
             first += self.upcoming.record.seconds + e.tail_seconds + e.gap_seconds
         return [first + i * per_piece for i in range(count)]
+
+
+def piece_request(record: PieceRecord) -> PieceRequest:
+    """The recipe of a stored piece, as the generator takes it."""
+    return PieceRequest(
+        record.style,
+        record.instruments,
+        record.tempo,
+        record.seconds,
+        record.seed,
+        record.temperature,
+        record.top_p,
+        record.strict_instruments,
+    )
 
 
 def _describe(record: PieceRecord) -> str:

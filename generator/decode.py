@@ -75,6 +75,11 @@ def channels(programs: Iterable[int]) -> dict[int, int]:
     return out
 
 
+# (step, 1 for on or 0 for off, channel, pitch): sorted, these are in the order a piece plays them, note-offs
+# before note-ons at a tick. The offline render and the live stream both order and time them this way.
+NoteEvent = tuple[int, int, int, int]
+
+
 def timed_messages(
     notes: Iterable[Note], tempo: float, programs: Iterable[int] | None = None
 ) -> Iterator[tuple[float, mido.Message]]:
@@ -86,20 +91,29 @@ def timed_messages(
     notes = sorted(notes)
     chans = channels(n.program for n in notes) if programs is None else channels(programs)
     seconds_per_step = 60.0 / tempo / STEPS_PER_BEAT
-    for program, chan in sorted(chans.items(), key=lambda kv: kv[1]):
-        if program != DRUMS:
-            yield 0.0, mido.Message("program_change", channel=chan, program=program)
-    events = []
+    yield from program_changes(chans)
+    events: list[NoteEvent] = []
     for n in notes:
         chan = chans[n.program]
         events.append((n.start, 1, chan, n.pitch))
         events.append((n.end(), 0, chan, n.pitch))
-    for step, on, chan, pitch in sorted(events):
-        kind = "note_on" if on else "note_off"
-        yield (
-            step * seconds_per_step,
-            mido.Message(kind, channel=chan, note=pitch, velocity=VELOCITY if on else 0),
-        )
+    for event in sorted(events):
+        yield timed_message(event, seconds_per_step)
+
+
+def timed_message(event: NoteEvent, seconds_per_step: float) -> tuple[float, mido.Message]:
+    step, on, chan, pitch = event
+    kind = "note_on" if on else "note_off"
+    return step * seconds_per_step, mido.Message(kind, channel=chan, note=pitch, velocity=VELOCITY if on else 0)
+
+
+def program_changes(chans: dict[int, int]) -> list[tuple[float, mido.Message]]:
+    """At time 0, the program of every channel in use, by channel; drums need none."""
+    return [
+        (0.0, mido.Message("program_change", channel=chan, program=program))
+        for program, chan in sorted(chans.items(), key=lambda kv: kv[1])
+        if program != DRUMS
+    ]
 
 
 def to_midi(notes: Iterable[Note], tempo: float) -> mido.MidiFile:

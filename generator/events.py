@@ -13,7 +13,14 @@ from typing import NamedTuple
 
 import mido
 
-from generator.decode import STEPS_PER_BEAT, VELOCITY, NoteDecoder, channels
+from generator.decode import (
+    STEPS_PER_BEAT,
+    NoteDecoder,
+    NoteEvent,
+    channels,
+    program_changes,
+    timed_message,
+)
 from generator.instruments import DRUMS
 from generator.vocab import Vocab
 
@@ -42,19 +49,9 @@ def piece_events(
     """
     chans = channels(programs)
     seconds_per_step = 60.0 / tempo / STEPS_PER_BEAT
-    yield EventBatch(
-        0.0,
-        [
-            (0.0, mido.Message("program_change", channel=chan, program=program))
-            for program, chan in sorted(chans.items(), key=lambda kv: kv[1])
-            if program != DRUMS
-        ],
-        False,
-    )
+    yield EventBatch(0.0, program_changes(chans), False)
     decoder = NoteDecoder(vocab)
-    pending: list[
-        tuple[int, int, int, int]
-    ] = []  # heap of (step, on, channel, pitch): the sort order of offline
+    pending: list[NoteEvent] = []  # a heap: it pops in the order the offline render sorts into
     committed = 0
     for token in tokens:
         note = decoder.feed(int(token))
@@ -79,19 +76,10 @@ def piece_events(
     yield EventBatch(end * seconds_per_step, _pop_before(pending, end + 1, seconds_per_step), True)
 
 
-def _pop_before(
-    pending: list[tuple[int, int, int, int]], step: int, seconds_per_step: float
-) -> list[TimedMessage]:
+def _pop_before(pending: list[NoteEvent], step: int, seconds_per_step: float) -> list[TimedMessage]:
     out = []
     while pending and pending[0][0] < step:
-        at, on, chan, pitch = heapq.heappop(pending)
-        kind = "note_on" if on else "note_off"
-        out.append(
-            (
-                at * seconds_per_step,
-                mido.Message(kind, channel=chan, note=pitch, velocity=VELOCITY if on else 0),
-            )
-        )
+        out.append(timed_message(heapq.heappop(pending), seconds_per_step))
     return out
 
 

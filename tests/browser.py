@@ -194,3 +194,22 @@ async def _devtools_endpoint(profile: Path, proc: subprocess.Popen[bytes], log_p
             return f"ws://127.0.0.1:{port}{path}"
         await asyncio.sleep(0.05)
     raise BrowserError(f"Chromium did not open its DevTools port within {START_TIMEOUT:g} s")
+
+
+async def wait_until_playing(
+    page: Page, audio: str, min_ready: int, past: float, timeout: float, what: str
+) -> None:
+    """Wait until the <audio> element `audio` (a JS expression) is ready and has played past `past` seconds.
+
+    On timeout it fails with the element's state, which tells a stalled stream from a decoding error.
+    """
+    try:
+        await page.wait_for(
+            f"{audio}.readyState >= {min_ready} && {audio}.currentTime > {past}", timeout=timeout
+        )
+    except TimeoutError:
+        state = await page.evaluate(
+            f"JSON.stringify({{t: {audio}.currentTime, ready: {audio}.readyState,"
+            f" error: {audio}.error && {audio}.error.message, paused: {audio}.paused}})"
+        )
+        raise AssertionError(f"{what} did not play: {state}") from None

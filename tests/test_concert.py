@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile
 from fake_twitch import FakeTwitch
+from serving import free_port, listening
 
 from bot.app import Concert, run_concert
 from config import load_settings
@@ -29,14 +29,6 @@ PIECE_SECONDS = 5.0
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def _redis_server_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -86,7 +78,7 @@ async def _wait(predicate, timeout: float = 30.0) -> None:
         pytest.param(
             "redis://127.0.0.1:6379/0",
             id="server",
-            marks=pytest.mark.skipif(not _redis_server_up(), reason="no Redis server on 127.0.0.1:6379"),
+            marks=pytest.mark.skipif(not listening(6379), reason="no Redis server on 127.0.0.1:6379"),
         ),
     ],
 )
@@ -237,13 +229,13 @@ async def test_moderators_steer_and_redemptions_jump_the_queue(fake: FakeTwitch,
 async def test_the_concert_survives_its_redis_server_restarting(tmp_path: Path):
     from bot.chat import ChatMessage
 
-    port = _free_port()
+    port = free_port()
 
     def start_redis() -> subprocess.Popen:
         args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
         server = subprocess.Popen([*args, "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not _listening(port):
+        while not listening(port):
             assert time.monotonic() < deadline, "redis-server did not start"
             time.sleep(0.05)
         return server
@@ -293,17 +285,3 @@ async def test_the_concert_survives_its_redis_server_restarting(tmp_path: Path):
         await asyncio.gather(task, return_exceptions=True)
         server.kill()
         server.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False

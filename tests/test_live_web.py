@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +12,7 @@ import aiohttp
 import mido
 import pytest
 from browser import find_chromium, launch_chromium
+from serving import free_port
 
 from bot.app import Concert, run_concert
 from config import load_settings
@@ -30,14 +30,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_overlay_and_api_follow_the_real_concert(tmp_path: Path):
-    port = _free_port()
+    port = free_port()
     settings = load_settings(
         paths={"data_dir": str(tmp_path)},
         sampling={"seconds": 6.0},

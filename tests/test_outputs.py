@@ -10,38 +10,27 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
-from browser import find_chromium, launch_chromium
-from serving import running
+from browser import find_chromium, launch_chromium, wait_until_playing
+from serving import free_port, running
+from tones import BLOCK, RATE, TONE_HZ, tone, writing
 
 from synth.ffmpeg import FfmpegError, FfmpegPush, output_args, redact_url
 from synth.http_audio import AudioBroadcast, add_routes, mp3_frame_start
-from synth.sinks import AudioSink
 
-RATE = 44100
-BLOCK = 512
-TONE_HZ = 440.0
 KEY = "live_4242_s3cretStreamKey"
 FFMPEG = shutil.which("ffmpeg")
 needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
 
 
 # Audio helpers
-
-
-def tone(start: int, frames: int, hz: float = TONE_HZ) -> np.ndarray:
-    """Frames [start, start + frames) of a continuous stereo sine at about -12 dBFS."""
-    t = np.arange(start, start + frames) / RATE
-    mono = np.round(8000 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
-    return np.stack([mono, mono], axis=1)
 
 
 def sine_breaks(mono: np.ndarray, hz: float = TONE_HZ) -> int:
@@ -60,51 +49,6 @@ def dominant_hz(data: bytes | Path, fmt: str | None = None) -> tuple[float, floa
     mono = np.frombuffer(out.stdout, dtype="<i2").astype(np.float64)
     spectrum = np.abs(np.fft.rfft(mono))
     return float(np.argmax(spectrum) * RATE / len(mono)), len(mono) / RATE
-
-
-class ToneWriter(threading.Thread):
-    """The engine's side in miniature: writes tone blocks into a sink from a thread of its own."""
-
-    def __init__(self, sink: AudioSink, speed: float = 1.0) -> None:
-        super().__init__(daemon=True)
-        self.sink = sink
-        self.speed = speed  # multiples of real time
-        self.frames = 0
-        self.error: BaseException | None = None
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        start = time.monotonic()
-        try:
-            while not self._halt.is_set():
-                block = tone(self.frames, BLOCK)
-                self.sink.write(block)
-                self.frames += BLOCK
-                self._halt.wait(start + self.frames / RATE / self.speed - time.monotonic())
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(5)
-
-
-@contextlib.contextmanager
-def writing(sink: AudioSink, speed: float = 1.0) -> Iterator[ToneWriter]:
-    """Write a tone into an open sink for the duration of the block."""
-    writer = ToneWriter(sink, speed)
-    writer.start()
-    try:
-        yield writer
-    finally:
-        writer.stop()
-    assert writer.error is None, f"write failed: {writer.error!r}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening(port: int) -> bool:
@@ -502,14 +446,7 @@ def test_chromium_plays_the_stream_in_an_audio_element(stream: str) -> None:
             with writing(broadcast):
                 page = await browser.new_page(f"{url}/")
                 audio = "document.getElementById('a')"
-                try:
-                    await page.wait_for(f"{audio}.currentTime > 1.0 && {audio}.readyState >= 3", timeout=10)
-                except TimeoutError:
-                    state = await page.evaluate(
-                        f"JSON.stringify({{t: {audio}.currentTime, ready: {audio}.readyState,"
-                        f" error: {audio}.error && {audio}.error.message, paused: {audio}.paused}})"
-                    )
-                    pytest.fail(f"the <audio> element did not play {stream}: {state}")
+                await wait_until_playing(page, audio, 3, 1.0, 10, f"the <audio> element with {stream}")
                 assert await page.evaluate(f"!{audio}.paused && !{audio}.error")
                 assert broadcast.listeners >= 1
                 await page.close()

@@ -10,7 +10,6 @@ import io
 import math
 import os
 import shutil
-import threading
 import time
 import wave
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,10 +21,11 @@ import mido
 import numpy as np
 import pytest
 from aiohttp import web
-from browser import Browser, Page, find_chromium, launch_chromium
+from browser import Browser, Page, find_chromium, launch_chromium, wait_until_playing
 from fake_concert import FakeConcert
 from PIL import Image
 from serving import running
+from tones import RATE, writing
 
 from bot.view import LiveNote, NowView
 from bot.web import make_app
@@ -660,36 +660,13 @@ async def test_chat_box_shows_the_bots_replies_and_refusals(browser: Browser) ->
     assert concert.chat_lines == [("ann", "!compose irish flute")]
 
 
-class ToneWriter(threading.Thread):
-    """The engine's side in miniature: a 440 Hz tone written into a sink in real time."""
-
-    def __init__(self, broadcast: AudioBroadcast, rate: int = 44100, block: int = 1024) -> None:
-        super().__init__(daemon=True)
-        self.broadcast, self.rate, self.block = broadcast, rate, block
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        began, frames = time.monotonic(), 0
-        while not self.halt.is_set():
-            t = np.arange(frames, frames + self.block) / self.rate
-            mono = np.round(8000 * np.sin(2 * np.pi * 440.0 * t)).astype(np.int16)
-            self.broadcast.write(np.stack([mono, mono], axis=1))
-            frames += self.block
-            ahead = frames / self.rate - (time.monotonic() - began)
-            if ahead > 0:
-                time.sleep(ahead)
-
-
 @contextlib.contextmanager
 def tone(broadcast: AudioBroadcast) -> Iterator[None]:
-    broadcast.open(44100)
-    writer = ToneWriter(broadcast)
-    writer.start()
+    broadcast.open(RATE)
     try:
-        yield
+        with writing(broadcast):
+            yield
     finally:
-        writer.halt.set()
-        writer.join()
         broadcast.close()
 
 
@@ -702,12 +679,5 @@ async def test_overlay_with_audio_plays_the_live_stream(browser: Browser) -> Non
     async with running(make_app(concert, None, broadcast)) as url:
         with tone(broadcast):
             async with overlay(browser, f"{url}/?audio=1&panels=now") as page:
-                try:
-                    await page.wait_for(f"{audio}.readyState >= 2 && {audio}.currentTime > 0.5", timeout=12)
-                except TimeoutError:
-                    state = await page.evaluate(
-                        f"JSON.stringify({{t: {audio}.currentTime, ready: {audio}.readyState,"
-                        f" error: {audio}.error && {audio}.error.message, paused: {audio}.paused}})"
-                    )
-                    pytest.fail(f"the overlay's <audio> did not play /stream.mp3: {state}")
+                await wait_until_playing(page, audio, 2, 0.5, 12, "the overlay's <audio> with /stream.mp3")
                 assert broadcast.listeners == 1

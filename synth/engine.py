@@ -295,8 +295,6 @@ class LiveEngine:
         if self._tail_left:
             n = min(need, self._tail_left)
             self._tail_left -= n
-            if self._tail_left == 0:
-                self._gap_left = self.gap
             return self.renderer.frames(n)
         if self._gap_left:
             n = min(need, self._gap_left)
@@ -376,22 +374,28 @@ class LiveEngine:
         piece.stalled = 0
 
     def _finish(self, piece: _Piece, kind: str, offset: int) -> None:
-        self.current = None
-        self._tail_left = self.tail
+        self._after_piece(self.tail)
         self._emit(kind, piece, offset)
+
+    def _after_piece(self, tail: int) -> None:
+        """What follows a piece: `tail` frames ringing out, then the gap.
+
+        Set before `current` is cleared: `busy()` reads these from other threads and must never catch a
+        moment in between when nothing seems to be going on.
+        """
+        self._tail_left, self._gap_left = tail, self.gap
+        self.current = None
 
     def _cut(self, error: bool = False) -> np.ndarray:
         """Silence within this block: every voice stopped, the block faded to zero, the synth reset."""
         piece = self.current
+        self._after_piece(0)
         if piece is not None:
             piece.feed.cancel()
-            self.current = None
             self._emit("error" if error else "skip", piece, 0)
         self.renderer.cut()
         block = self._fade_out(self.renderer.frames(self.block))
         self.renderer.reset()
-        self._tail_left = 0
-        self._gap_left = self.gap
         return block
 
     def _fade_out(self, samples: np.ndarray) -> np.ndarray:

@@ -99,14 +99,15 @@ class ChatCommands:
         priority = self._may_request(msg, now)
         # Resolving names here means a typo is answered at once, not when the piece's turn comes.
         piece = make_request(
-            self.conductor.loaded, wanted.style, list(wanted.instruments) or None, wanted.tempo
+            self.conductor.loaded, wanted.style, list(wanted.instruments) or None, wanted.tempo, key=wanted.key
         )
         instruments = piece.instruments if wanted.instruments else ()
         place = await self._enqueue(
-            msg, now, priority, style=piece.style, instruments=instruments, tempo=wanted.tempo
+            msg, now, priority, style=piece.style, instruments=instruments, tempo=wanted.tempo, key=piece.key
         )
         self.requests_by_style[piece.style] = self.requests_by_style.get(piece.style, 0) + 1
-        text = f"your {piece.style} for {', '.join(piece.instruments)} is {place}"
+        in_key = f" in {piece.key}" if piece.key else ""
+        text = f"your {piece.style}{in_key} for {', '.join(piece.instruments)} is {place}"
         return [Reply(text, Importance.REQUEST_ACK, msg.message_id or None, msg.login)]
 
     async def _replay(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
@@ -140,6 +141,7 @@ class ChatCommands:
         instruments: tuple[str, ...] = (),
         tempo: float | None = None,
         seed: int | None = None,
+        key: str | None = None,
     ) -> str:
         """Queue the request, start the cooldown, and say where it stands: "#2 in the queue, starting ..."."""
         entry = await self.store.enqueue(
@@ -150,6 +152,7 @@ class ChatCommands:
                 instruments=instruments,
                 tempo=tempo,
                 seed=seed,
+                key=key,
                 priority=priority,
                 requested_at=now,
             )
@@ -224,8 +227,8 @@ class ChatCommands:
     async def _help(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
         return self._info(
             msg,
-            "!compose <style> [instruments] [tempo] · !queue · !np · !vote · !voteskip · !top [week|all] · "
-            "!replay <seed> · !cancel · !styles · !instruments",
+            "!compose <style> [instruments] [tempo] [in <key>] · !queue · !np · !vote · !voteskip · "
+            "!top [week|all] · !replay <seed> · !cancel · !styles · !instruments",
         )
 
     # Moderators and the broadcaster.

@@ -137,6 +137,8 @@ def train_cmd(
         )
     except ConcertbotError as exc:
         raise fail(exc) from None
+    if not result.main_process:
+        return
     console.print(
         f"done: {result.steps} steps in {result.seconds / 60:.1f} min, best held-out loss "
         f"{result.best_valid_loss:.3f}; best model in {run_dir / 'best'}"
@@ -155,7 +157,7 @@ def _load_model(settings: Settings, model: Path | None):
 
 
 def _request(
-    settings: Settings, loaded, style, instruments, tempo, seconds, seed, temperature=None, top_p=None
+    settings: Settings, loaded, style, instruments, tempo, seconds, seed, temperature=None, top_p=None, key=None
 ):
     """A PieceRequest from command-line values, the settings filling in what was left out."""
     from generator.recipes import make_request
@@ -170,6 +172,7 @@ def _request(
         seed,
         temperature if temperature is not None else s.temperature,
         top_p if top_p is not None else s.top_p,
+        key,
     )
 
 
@@ -218,6 +221,9 @@ def compose_cmd(
     seed: Annotated[int | None, typer.Option(help="Same seed, same piece. Random if left out.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Higher is wilder.")] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    key: Annotated[
+        str | None, typer.Option(help="Key, e.g. D or F#m (default: one the style uses, picked by the seed).")
+    ] = None,
     model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped model).")] = None,
 ) -> None:
     """Compose one piece and write it as MIDI, or as WAV rendered through FluidSynth."""
@@ -232,7 +238,7 @@ def compose_cmd(
         raise fail(ConcertbotError(f"--out {str(out)!r}: the file name must end in .mid or .wav"))
     try:
         loaded = _load_model(settings, model)
-        request = _request(settings, loaded, style, instrument, tempo, seconds, seed, temperature, top_p)
+        request = _request(settings, loaded, style, instrument, tempo, seconds, seed, temperature, top_p, key)
     except ConcertbotError as exc:
         raise fail(exc) from None
     if seed is None:

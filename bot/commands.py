@@ -19,6 +19,7 @@ MODERATORS = frozenset({"skip", "pause", "resume", "clear", "remove", "block", "
 ALIASES = {"request": "compose", "sr": "compose", "encore": "replay", "nowplaying": "np", "song": "np"}
 PERIODS = ("stream", "week", "all")
 _TEMPO = re.compile(r"^(\d{1,3}(?:\.\d+)?)(?:bpm)?$", re.IGNORECASE)
+_MODES = ("major", "minor", "maj", "min")
 _LOGIN = re.compile(r"^@?([A-Za-z0-9_]{1,25})$")
 
 
@@ -38,11 +39,12 @@ class Command:
 
 @dataclass(frozen=True)
 class ComposeArgs:
-    """`!compose <style> [instrument ...] [tempo]`, names not yet resolved."""
+    """`!compose <style> [instrument ...] [tempo] [in <key>]`, names not yet resolved."""
 
     style: str
     instruments: tuple[str, ...]
     tempo: float | None
+    key: str | None = None  # as typed after "in": "D", "f#m", "Bb minor"
 
 
 def parse(text: str) -> Command | None:
@@ -61,13 +63,23 @@ def parse(text: str) -> Command | None:
 
 
 def compose_args(args: tuple[str, ...]) -> ComposeArgs:
-    """Style first, then instruments; a number (optionally with "bpm") anywhere after the style is the tempo."""
+    """Style first, then instruments; a number (optionally with "bpm") anywhere after the style is the tempo,
+    and "in" names the key: `!compose irish violin harp 120 in D`, `!compose bach in f# minor`."""
     if not args:
         raise CommandError("say which style, e.g. !compose bach violin cello (see !styles)")
     tempo: float | None = None
+    key: str | None = None
     instruments = []
-    for word in args[1:]:
-        if match := _TEMPO.match(word):
+    words = list(args[1:])
+    while words:
+        word = words.pop(0)
+        if word.lower() == "in":
+            if key is not None or not words:
+                raise CommandError("name one key after 'in', e.g. !compose irish violin in D")
+            key = words.pop(0)[:12]
+            if words and words[0].lower() in _MODES:
+                key += " " + words.pop(0).lower()
+        elif match := _TEMPO.match(word):
             if tempo is not None:
                 raise CommandError("give one tempo at most, e.g. 90")
             tempo = float(match.group(1))
@@ -75,7 +87,7 @@ def compose_args(args: tuple[str, ...]) -> ComposeArgs:
             raise CommandError(f"tempo {word[:12]} is not a tempo; use a number of beats per minute, e.g. 90")
         else:
             instruments.append(word.lower()[:40])
-    return ComposeArgs(args[0].lower()[:40], tuple(instruments), tempo)
+    return ComposeArgs(args[0].lower()[:40], tuple(instruments), tempo, key)
 
 
 def seed_arg(args: tuple[str, ...]) -> int:

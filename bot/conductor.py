@@ -24,7 +24,7 @@ from config.errors import ConcertbotError
 from config.settings import Settings
 from generator.model import LoadedModel
 from generator.recipes import make_request, new_seed
-from generator.sampling import PieceRequest
+from generator.sampling import PieceRequest, style_key
 from synth.engine import EngineEvent
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,9 @@ class Conductor:
                     return
                 self._hand_over(record, request, record.tokens or None)
                 return
-            piece = self._new_piece(request.style, request.instruments, request.tempo, request.seconds)
+            piece = self._new_piece(
+                request.style, request.instruments, request.tempo, request.seconds, request.key
+            )
         except ConcertbotError as exc:  # checked when queued, but the model may have changed since
             self.announce(f"your request could not be played: {exc}", request.login)
             return
@@ -177,6 +179,7 @@ class Conductor:
         instruments: tuple[str, ...] = (),
         tempo: float | None = None,
         seconds: float | None = None,
+        key: str | None = None,
     ) -> PieceRequest:
         """A fresh recipe: what was asked, the settings' sampling values for the rest, a new seed."""
         s = self.settings.sampling
@@ -189,6 +192,7 @@ class Conductor:
             None,
             s.temperature,
             s.top_p,
+            key,
         )
 
     async def _claim(self, piece: PieceRequest, requester: str) -> PieceRecord:
@@ -202,6 +206,7 @@ class Conductor:
                 seconds=piece.seconds,
                 temperature=piece.temperature,
                 top_p=piece.top_p,
+                key=piece.key,
                 model_version=self.loaded.version,
                 requester=requester,
                 created_at=self.wall(),
@@ -211,6 +216,12 @@ class Conductor:
                 return record
             except SeedConflictError:
                 piece = dataclasses.replace(piece, seed=new_seed())
+
+    def key_of(self, record: PieceRecord) -> str | None:
+        """The key a piece is in: the one asked for, or the one its seed chose; None for a keyless model."""
+        if record.key or record.model_version != self.loaded.version or not self.loaded.vocab.keyed:
+            return record.key
+        return style_key(self.loaded.card, record.style, record.seed)
 
     def replayable(self, record: PieceRecord) -> bool:
         """Stored tokens replay anywhere; a piece cut short before it was saved, only on its own model."""
@@ -232,7 +243,8 @@ class Conductor:
             await self.store.start_playing(slot.record.seed, self.wall())
             who = f", asked for by @{slot.request.login}" if slot.request else ""
             self.announce(
-                f"now playing {_describe(slot.record)}{who}: seed {slot.record.seed} (!vote if you like it)",
+                f"now playing {_describe(slot.record, self.key_of(slot.record))}{who}: seed {slot.record.seed} "
+                "(!vote if you like it)",
                 slot.request.login if slot.request else None,
             )
             self.changed.set()
@@ -332,8 +344,10 @@ def piece_request(record: PieceRecord) -> PieceRequest:
         record.temperature,
         record.top_p,
         record.strict_instruments,
+        record.key,
     )
 
 
-def _describe(record: PieceRecord) -> str:
-    return f"{record.style} for {', '.join(record.instruments)} at {record.tempo:g} BPM"
+def _describe(record: PieceRecord, key: str | None) -> str:
+    in_key = f" in {key}" if key else ""
+    return f"{record.style}{in_key} for {', '.join(record.instruments)} at {record.tempo:g} BPM"

@@ -70,6 +70,7 @@ class SongRequest:
     seed: int | None = None  # set by !replay: play that stored piece again
     priority: bool = False  # channel-point redemption or moderator
     requested_at: float = 0.0
+    key: str | None = None  # a key name (generator.vocab.KEYS) the viewer asked for
     id: int = 0  # given by the store; grows with every request
 
 
@@ -126,6 +127,7 @@ class PieceRecord:
     requester: str = ""  # login; "" when the bot chose the piece
     created_at: float = 0.0
     strict_instruments: bool = True
+    key: str | None = None  # asked for; None: the seed chose one of the style's keys
     tokens: tuple[int, ...] = field(default=(), repr=False)  # empty: the seed is claimed, the piece not done
 
     def identity(self) -> str:
@@ -141,6 +143,8 @@ class PieceRecord:
             "model_version": self.model_version,
             "strict_instruments": self.strict_instruments,
         }
+        if self.key is not None:  # absent from pieces made before keys, so their checksums stay the same
+            musical["key"] = self.key
         return hashlib.sha256(json.dumps(musical, sort_keys=True).encode()).hexdigest()
 
 

@@ -7,6 +7,7 @@ skipped with the reason. Nothing here raises for a bad file: a broken score is a
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from generator.instruments import DRUMS, canonical_program, find_instrument
 from generator.vocab import TPQ, nearest_tempo_bin, tokenizer_config
 
 MIN_NOTES = 8
+_ABC_TUNE = re.compile(r"^X:\s*\d")
 MAX_NOTES = 20000  # longer than any corpus piece; bounds a worker's memory on a hostile MIDI file
 _NAME_HINTS = (
     "violoncello",
@@ -98,19 +100,54 @@ def tokenize(pieces: list[Piece]) -> None:
         piece.tokens = np.asarray(ids, dtype=np.uint16)
 
 
-def extract_music21(path: str, rel: str, style: str, ensemble: tuple[str, ...], tempo: int) -> SourceResult:
-    """Every score in one music21 corpus file (an ABC or Essen file may hold hundreds of tunes)."""
+def abc_tunes(text: str) -> list[str]:
+    """The tunes of an ABC file, each with the file's header: one `X:` block per tune.
+
+    An ABC collection (O'Neill's 1850, an Essen file) holds hundreds of tunes. Parsing them one by one lets
+    the build spread them over every core and stop at a style's cap without parsing whole books.
+    """
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if _ABC_TUNE.match(line)]
+    if len(starts) <= 1:
+        return [text]
+    header = lines[: starts[0]]
+    ends = [*starts[1:], len(lines)]
+    return ["\n".join([*header, *lines[a:b]]) + "\n" for a, b in zip(starts, ends, strict=True)]
+
+
+def extract_music21(
+    path: str,
+    rel: str,
+    style: str,
+    ensemble: tuple[str, ...],
+    tempo: int,
+    tune: int | None = None,
+    tunes_are_voices: bool = False,
+) -> SourceResult:
+    """Every score in one music21 corpus file, or in its ABC tune number `tune` (counted from 0).
+
+    `tunes_are_voices`: the file's tunes are the voices of one piece; they become one score's parts.
+    """
     from music21 import converter, stream
 
     warnings.filterwarnings("ignore")
     try:
-        parsed = converter.parse(path)
+        if tune is None:
+            parsed = converter.parse(path)
+        else:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                parsed = converter.parse(abc_tunes(f.read())[tune], format="abc")
     except Exception as exc:  # music21 raises many kinds; any of them means this file is unusable
-        return SourceResult(rel, [], [(piece_id(rel), _reason(exc))])
+        return SourceResult(rel, [], [(piece_id(rel, tune), _reason(exc))])
+    if tunes_are_voices and isinstance(parsed, stream.Opus):
+        parsed = parsed.mergeScores()
     scores = list(parsed.scores) if isinstance(parsed, stream.Opus) else [parsed]
     pieces, skipped = [], []
     for index, score in enumerate(scores):
-        pid = piece_id(rel, index if len(scores) > 1 else None)
+        if tune is not None:
+            pid = piece_id(rel, tune) if len(scores) == 1 else piece_id(f"{rel}#{tune}", index)
+        else:
+            pid = piece_id(rel, index if len(scores) > 1 else None)
         try:
             piece = _music21_piece(score, pid, style, ensemble, tempo)
         except Exception as exc:
@@ -124,13 +161,21 @@ def extract_music21(path: str, rel: str, style: str, ensemble: tuple[str, ...], 
     return SourceResult(rel, pieces, skipped)
 
 
-def _music21_piece(score, pid: str, style: str, ensemble: tuple[str, ...], default_tempo: int) -> Piece:
+def _music21_piece(score, pid: str, style: str, ensemble: tuple[str, ...], beat_tempo: int) -> Piece:
+    from music21 import meter
     from music21 import tempo as m21tempo
 
     score = score.stripTies()
     parts = list(score.parts) or [score]
     marks = [m for m in score.recurse().getElementsByClass(m21tempo.MetronomeMark) if m.number]
-    bpm = float(marks[0].getQuarterBPM()) if marks else float(default_tempo)
+    if marks:
+        bpm = float(marks[0].getQuarterBPM())
+    else:
+        # No marking: the style's tempo counts the metre's beat, so a Palestrina mass in 4/2 moves in half
+        # notes and a jig in 6/8 in dotted quarters, instead of crawling along in quarters.
+        signature = score.recurse().getElementsByClass(meter.TimeSignature).first()
+        beat = float(signature.beatDuration.quarterLength) if signature is not None else 1.0
+        bpm = beat_tempo * beat
     rows: list[tuple[int, int, int, int]] = []
     for i, part in enumerate(parts):
         program = _part_program(part.partName or "", i, len(parts), ensemble)
@@ -195,4 +240,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:160]
 
 
-__all__ = ["Piece", "SourceResult", "extract_midi", "extract_music21", "nearest_tempo_bin", "to_score"]
+__all__ = [
+    "Piece",
+    "SourceResult",
+    "abc_tunes",
+    "extract_midi",
+    "extract_music21",
+    "nearest_tempo_bin",
+    "to_score",
+]

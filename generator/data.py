@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from config.errors import ConfigError
-from generator.corpus import Piece, SourceResult, extract_midi, extract_music21
+from generator import metrics
+from generator.corpus import Piece, SourceResult, abc_tunes, extract_midi, extract_music21, piece_id
+from generator.instruments import DRUMS
 from generator.styles import CORPUS_STYLES
-from generator.vocab import Vocab
+from generator.vocab import Vocab, key_name
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: ABC tunes one by one, Josquin's voices merged, default tempo counts the metre's beat
 CORPUS_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
 MIDI_SUFFIXES = (".mid", ".midi")
 
@@ -37,10 +39,20 @@ class Source:
     path: str  # absolute
     rel: str  # stable name: relative to the corpus or the user's folder
     kind: str  # "music21" or "midi"
+    tune: int | None = None  # which tune of an ABC collection; None: the whole file
+
+
+def _unit_order(source: Source) -> str:
+    return piece_id(source.rel, source.tune)
 
 
 def corpus_sources(styles: Iterable[str] | None = None) -> list[Source]:
-    """The music21 corpus files of each corpus style, in a stable order."""
+    """The music21 corpus of each corpus style: one source per file, or per tune of an ABC collection.
+
+    Within a style the order is a stable shuffle (by piece id), so a capped build takes pieces from every
+    book of the style rather than the first few files in alphabetical order (which, for the Essen
+    collection, were all old German songs).
+    """
     import music21
 
     root = Path(music21.__file__).parent / "corpus"
@@ -49,10 +61,19 @@ def corpus_sources(styles: Iterable[str] | None = None) -> list[Source]:
     for style in CORPUS_STYLES:
         if wanted is not None and style.name not in wanted:
             continue
+        mine = []
         for folder in style.folders:
             for path in sorted((root / folder).rglob("*")):
-                if path.suffix.lower() in CORPUS_SUFFIXES and path.is_file():
-                    out.append(Source(style.name, str(path), str(path.relative_to(root)), "music21"))
+                if path.suffix.lower() not in CORPUS_SUFFIXES or not path.is_file():
+                    continue
+                rel = str(path.relative_to(root))
+                is_book = path.suffix.lower() == ".abc" and not style.tunes_are_voices
+                tunes = len(abc_tunes(path.read_text(errors="replace"))) if is_book else 1
+                if tunes == 1:
+                    mine.append(Source(style.name, str(path), rel, "music21"))
+                else:
+                    mine += [Source(style.name, str(path), rel, "music21", t) for t in range(tunes)]
+        out += sorted(mine, key=_unit_order)
     return out
 
 
@@ -78,18 +99,34 @@ def _extract(source: Source) -> SourceResult:
     if source.kind == "midi":
         return extract_midi(source.path, source.rel, source.style)
     style = next(s for s in CORPUS_STYLES if s.name == source.style)
-    return extract_music21(source.path, source.rel, source.style, style.ensemble, style.tempo)
+    return extract_music21(
+        source.path, source.rel, source.style, style.ensemble, style.tempo, source.tune, style.tunes_are_voices
+    )
 
 
 def _cache_path(cache_dir: Path, source: Source) -> Path:
     stat = os.stat(source.path)
-    key = f"{CACHE_VERSION}|{source.kind}|{source.style}|{source.rel}|{stat.st_size}|{stat.st_mtime_ns}"
+    parts = (CACHE_VERSION, source.kind, source.style, source.rel, source.tune, stat.st_size, stat.st_mtime_ns)
+    key = "|".join(map(str, parts))
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.pkl"
 
 
 def is_valid(piece_id: str, valid_percent: float) -> bool:
     """Held-out split by piece, stable across runs and machines."""
     return int(piece_id[:8], 16) % 10000 < valid_percent * 100
+
+
+def held_out(pieces: list[Piece], valid_percent: float) -> set[str]:
+    """The ids of the held-out pieces: `is_valid` ones, plus, for a style of at least two pieces that got
+    none (Josquin has eight), its piece of lowest `is_valid` rank, so every style has a held-out loss."""
+    chosen = {p.id for p in pieces if is_valid(p.id, valid_percent)}
+    if valid_percent <= 0:
+        return chosen
+    for style in {p.style for p in pieces}:
+        mine = [p.id for p in pieces if p.style == style]
+        if len(mine) >= 2 and not chosen.intersection(mine):
+            chosen.add(min(mine, key=lambda pid: int(pid[:8], 16) % 10000))
+    return chosen
 
 
 @dataclass
@@ -179,6 +216,7 @@ def write_dataset(report: BuildReport, out_dir: Path, valid_percent: float) -> V
     vocab = Vocab.build(styles)
     offset = 0
     arrays = []
+    valid = held_out(report.pieces, valid_percent)
     with open(out_dir / "pieces.jsonl.tmp", "w") as index:
         for piece in report.pieces:
             ranges = {
@@ -191,13 +229,14 @@ def write_dataset(report: BuildReport, out_dir: Path, valid_percent: float) -> V
             row = {
                 "id": piece.id,
                 "style": piece.style,
-                "split": "valid" if is_valid(piece.id, valid_percent) else "train",
+                "split": "valid" if piece.id in valid else "train",
                 "offset": offset,
                 "length": len(piece.tokens),
                 "tempo": round(piece.tempo, 2),
                 "notes": len(piece.notes),
                 "seconds": round(piece.seconds, 2),
                 "ranges": ranges,
+                "key": piece_key(piece),
             }
             index.write(json.dumps(row) + "\n")
             arrays.append(piece.tokens)
@@ -209,6 +248,13 @@ def write_dataset(report: BuildReport, out_dir: Path, valid_percent: float) -> V
             f.write(json.dumps({"source": source, "id": pid, "reason": why}) + "\n")
     vocab.save(out_dir)
     return vocab
+
+
+def piece_key(piece: Piece) -> str:
+    """The piece's estimated key (drums left out), the key token it is trained behind."""
+    pitched = piece.notes[piece.notes[:, 3] != DRUMS]
+    tonic, minor = metrics.key(np.bincount(pitched[:, 2] % 12, minlength=12).astype(np.float64))
+    return key_name(tonic, minor)
 
 
 def read_index(dataset_dir: Path) -> list[dict]:

@@ -190,17 +190,22 @@ _MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2
 _MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
 
 
-def tonic(histogram: np.ndarray) -> int:
-    """The pitch class of the key that best fits a pitch-class histogram (Krumhansl-Schmuckler)."""
+def key(histogram: np.ndarray) -> tuple[int, bool]:
+    """The key that best fits a pitch-class histogram (Krumhansl-Schmuckler): (tonic pitch class, minor)."""
     if not np.any(histogram):
-        return 0
-    best, best_r = 0, -np.inf
-    for profile in (_MAJOR, _MINOR):
+        return 0, False
+    best, best_r = (0, False), -np.inf
+    for minor, profile in ((False, _MAJOR), (True, _MINOR)):
         for shift in range(12):
             r = float(np.corrcoef(np.roll(profile, shift), histogram)[0, 1])
             if r > best_r:
-                best, best_r = shift, r
+                best, best_r = (shift, minor), r
     return best
+
+
+def tonic(histogram: np.ndarray) -> int:
+    """The pitch class of the key that best fits a pitch-class histogram."""
+    return key(histogram)[0]
 
 
 def key_free_pitch_class_histogram(notes: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from generator.instruments import BY_PROGRAM, find_instrument
 from generator.model import LoadedModel
 from generator.sampling import PieceRequest
 from generator.styles import CORPUS_BY_NAME, resolve_style
+from generator.vocab import find_key
 
 MAX_INSTRUMENTS = 6
 MIN_TEMPO, MAX_TEMPO = 30, 240
@@ -39,6 +40,7 @@ def make_request(
     seed: int | None = None,
     temperature: float = 1.0,
     top_p: float = 0.95,
+    key: str | None = None,
 ) -> PieceRequest:
     """Resolve names (UnknownNameError lists the closest ones) and fill in the style's defaults."""
     style = resolve_style(style, loaded.vocab.styles)
@@ -59,7 +61,16 @@ def make_request(
         seed = new_seed()
     if not 0 <= seed < 2**63:
         raise RequestError(f"seed {seed} is out of range; seeds are 0 to 2^63-1")
-    return PieceRequest(style, names, float(bpm), float(seconds), int(seed), float(temperature), float(top_p))
+    if key is not None:
+        try:
+            key = find_key(key)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from None
+        if not loaded.vocab.keyed:
+            raise RequestError(f"model {loaded.version} was trained without keys; leave the key out")
+    return PieceRequest(
+        style, names, float(bpm), float(seconds), int(seed), float(temperature), float(top_p), key=key
+    )
 
 
 def new_seed() -> int:
@@ -68,7 +79,7 @@ def new_seed() -> int:
 
 
 def summarize_styles(rows: list[dict]) -> dict[str, dict]:
-    """Per style, the median tempo and the most common instrument set of the training pieces."""
+    """Per style, the median tempo, the most common instrument set and the share of each key of its pieces."""
     out: dict[str, dict] = {}
     for style in sorted({r["style"] for r in rows}):
         mine = [r for r in rows if r["style"] == style]
@@ -76,5 +87,10 @@ def summarize_styles(rows: list[dict]) -> dict[str, dict]:
         sets = Counter(tuple(sorted(int(p) for p in r["ranges"])) for r in mine)
         programs = sets.most_common(1)[0][0]
         names = [BY_PROGRAM[p].name for p in programs if p in BY_PROGRAM]
-        out[style] = {"tempo": round(tempos[len(tempos) // 2]), "instruments": names or ["piano"]}
+        keys = Counter(r["key"] for r in mine if r.get("key"))
+        out[style] = {
+            "tempo": round(tempos[len(tempos) // 2]),
+            "instruments": names or ["piano"],
+            "keys": {k: round(n / sum(keys.values()), 4) for k, n in sorted(keys.items())},
+        }
     return out

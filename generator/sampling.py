@@ -41,6 +41,9 @@ class PieceRequest:
     top_p: float = 0.95
     # False lets the model play any instrument; the prefix then only asks. Used to measure how well it listens.
     strict_instruments: bool = True
+    # A key name (generator.vocab.KEYS); None: the seed picks one of the style's keys, as often as its
+    # training pieces use it. Models trained before keys existed ignore it.
+    key: str | None = None
 
     def programs(self) -> list[int]:
         return sorted({find_instrument(name).program for name in self.instruments})
@@ -118,8 +121,7 @@ class Composer:
         self.shift_of = torch.from_numpy(np.where(self.vocab.kind == KIND_TIMESHIFT, self.vocab.value, 0))
 
     def compose(self, request: PieceRequest) -> Composition:
-        prefix = self.vocab.prefix(request.style, list(request.instruments), request.tempo)
-        comp = Composition(request, prefix, [])
+        comp = Composition(request, self.prefix(request), [])
         comp.tokens = list(self.stream(request, comp))
         comp.notes = decode(self.vocab, comp.tokens)
         return comp
@@ -128,7 +130,7 @@ class Composer:
     def stream(self, request: PieceRequest, report: Composition | None = None) -> Iterator[int]:
         """Yield music tokens one by one as they are sampled; the last one is EOS."""
         vocab = self.vocab
-        prefix = vocab.prefix(request.style, list(request.instruments), request.tempo)
+        prefix = self.prefix(request)
         grammar = Grammar(vocab, request.programs() if request.strict_instruments else PROGRAMS)
         state = GrammarState()
         decoder = NoteDecoder(vocab)
@@ -177,12 +179,28 @@ class Composer:
         if report is not None:
             report.steered = guard.steered
 
+    def prefix(self, request: PieceRequest) -> list[int]:
+        key = request.key or style_key(self.loaded.card, request.style, request.seed)
+        return self.vocab.prefix(request.style, list(request.instruments), request.tempo, key)
+
     def _forward(self, ids: list[int], cache: FastGPT2 | None) -> tuple[torch.Tensor, FastGPT2]:
         """Logits after `ids`, continuing `cache` or, when it is None, starting a fresh sequence."""
         if cache is None:
             cache = self.fast
             cache.reset()
         return cache.forward(ids).to("cpu"), cache
+
+
+def style_key(card: dict, style: str, seed: int) -> str:
+    """A key for a piece that names none: drawn by the seed, each key as often as the style's pieces use it.
+
+    Its own generator, apart from the sampler's, so choosing a key never shifts the notes' random stream.
+    """
+    shares = card.get("style_defaults", {}).get(style, {}).get("keys") or {"C": 1.0}
+    names = sorted(shares)
+    weights = np.array([shares[n] for n in names], dtype=np.float64)
+    rng = np.random.default_rng([seed, 0x6B6579])  # "key"
+    return names[int(rng.choice(len(names), p=weights / weights.sum()))]
 
 
 def _tail(kinds: np.ndarray, music: list[int], keep: int) -> list[int]:

@@ -12,9 +12,11 @@ class CorpusStyle:
     name: str
     folders: tuple[str, ...]  # top folders of music21's corpus
     ensemble: tuple[str, ...]  # instruments given to its parts, top voice first
-    tempo: int  # quarter-note BPM when the score names none
+    tempo: int  # beats a minute when the score names no tempo; the beat is the metre's (a half note in 4/2)
     description: str
     aliases: tuple[str, ...] = ()
+    # Josquin's ABC files write each voice of one piece as its own tune (X: block): merge them into parts.
+    tunes_are_voices: bool = False
 
 
 CORPUS_STYLES: tuple[CorpusStyle, ...] = (
@@ -26,9 +28,11 @@ CORPUS_STYLES: tuple[CorpusStyle, ...] = (
         "J. S. Bach's four-part chorales",
         ("chorale", "chorales", "js bach"),
     ),
-    CorpusStyle("palestrina", ("palestrina",), ("choir",), 84, "Palestrina's masses", ("renaissance",)),
+    CorpusStyle("palestrina", ("palestrina",), ("choir",), 72, "Palestrina's masses", ("renaissance",)),
     CorpusStyle("monteverdi", ("monteverdi",), ("choir",), 84, "Monteverdi's madrigals", ("madrigal",)),
-    CorpusStyle("josquin", ("josquin",), ("choir",), 84, "Josquin des Prez's chansons and motets"),
+    CorpusStyle(
+        "josquin", ("josquin",), ("choir",), 72, "Josquin des Prez's chansons and motets", tunes_are_voices=True
+    ),
     CorpusStyle(
         "medieval",
         ("trecento", "ciconia", "luca"),

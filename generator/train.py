@@ -39,6 +39,7 @@ class TrainResult:
     per_style: dict[str, dict[str, float]]
     seconds: float
     run_dir: Path
+    main_process: bool = True  # under `accelerate launch`, only the main process reports and exports
 
 
 def _lr(step: int, cfg: Train) -> float:
@@ -69,7 +70,10 @@ def train(
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    gpu = torch.cuda.is_available()
+    # cpu=True without a GPU: several launched processes then train together over gloo (MULTI_CPU) instead of
+    # each training alone, which is how the multi-process path is tested on machines without GPUs.
+    accelerator = Accelerator(mixed_precision="bf16" if gpu else "no", cpu=not gpu)
     vocab = Vocab.load(dataset_dir)
     train_set = Windows(dataset_dir, "train", vocab, cfg.context, augment=True)
     valid_set = Windows(dataset_dir, "valid", vocab, cfg.context, augment=False)
@@ -172,7 +176,8 @@ def train(
             for old in sorted(ckpt_dir.glob("step-*"))[: -cfg.keep_checkpoints]:
                 shutil.rmtree(old)
     bar.close()
-    return TrainResult(step, best, per_style, elapsed_before + time.time() - started, run_dir)
+    elapsed = elapsed_before + time.time() - started
+    return TrainResult(step, best, per_style, elapsed, run_dir, accelerator.is_main_process)
 
 
 def _tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
 """The model's vocabulary: MidiTok's TSD event tokens followed by our conditioning tokens.
 
-A sequence is `BOS Style_<s> Inst_<a> Inst_<b> ... Tempo_<t> SEP` and then TSD tokens (`TimeShift`,
+A sequence is `BOS Style_<s> Inst_<a> Inst_<b> ... Tempo_<t> Key_<k> SEP` and then TSD tokens (`TimeShift`,
 `Program`, `Pitch`, `Duration`), ending with `EOS`. The MidiTok part is fixed by `tokenizer_config()`; the
 conditioning part depends on the styles a data set holds, so the whole vocabulary is saved next to the model.
 """
@@ -20,6 +20,9 @@ from generator.instruments import BY_NAME, BY_PROGRAM, DRUMS, INSTRUMENTS, PROGR
 FORMAT = 1
 TPQ = 96  # ticks per quarter note of the pieces we build; MidiTok resamples to its own resolution
 TEMPO_BINS: tuple[int, ...] = (48, 60, 72, 84, 96, 108, 120, 132, 144, 160, 176, 192)
+_TONICS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+KEYS: tuple[str, ...] = (*_TONICS, *(f"{t}m" for t in _TONICS))
+"""Key names, major then minor (`Dm`): the piece's estimated key, a conditioning token since vocab v2."""
 
 # Token kinds, as small ints so the grammar can work on numpy arrays.
 KIND_OTHER, KIND_TIMESHIFT, KIND_PROGRAM, KIND_PITCH, KIND_DURATION, KIND_EOS = range(6)
@@ -46,10 +49,35 @@ def nearest_tempo_bin(bpm: float) -> int:
     return min(TEMPO_BINS, key=lambda b: abs(b - bpm))
 
 
+def key_name(tonic: int, minor: bool) -> str:
+    return KEYS[tonic % 12 + 12 * minor]
+
+
+def find_key(name: str) -> str:
+    """The key a person meant (`d`, `D minor`, `f#m`, `Bbm`), or ValueError saying how to write one."""
+    text = name.strip().lower().replace(" ", "")
+    minor = False
+    for suffix, is_minor in (("minor", True), ("min", True), ("major", False), ("maj", False), ("m", True)):
+        if text.endswith(suffix) and len(text) > len(suffix):
+            text, minor = text[: -len(suffix)], is_minor
+            break
+    spelled = {t.lower(): i for i, t in enumerate(_TONICS)}
+    spelled |= {"db": 1, "d#": 3, "gb": 6, "g#": 8, "a#": 10, "cb": 11, "e#": 5, "fb": 4, "b#": 0}
+    if text not in spelled:
+        raise ValueError(f"unknown key {name!r}; name a tonic, optionally minor: D, F#m, Bb minor")
+    return key_name(spelled[text], minor)
+
+
+def transpose_key(name: str, semitones: int) -> str:
+    index = KEYS.index(name)
+    return key_name(index % 12 + semitones, index >= 12)
+
+
 @dataclass
 class Vocab:
     tokenizer: TSD
     styles: list[str]
+    keyed: bool = True  # has Key_* tokens; models trained before keys were added have none
     tokens: list[str] = field(init=False)
     index: dict[str, int] = field(init=False)
 
@@ -61,6 +89,7 @@ class Vocab:
         extra += [f"Style_{s}" for s in self.styles]
         extra += [f"Inst_{i.name}" for i in INSTRUMENTS]
         extra += [f"Tempo_{b}" for b in TEMPO_BINS]
+        extra += [f"Key_{k}" for k in KEYS] if self.keyed else []
         self.tokens = [t for t, _ in base] + extra
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.kind = np.array([_kind(t) for t in self.tokens], dtype=np.int8)
@@ -89,20 +118,27 @@ class Vocab:
     def program_token(self, program: int) -> int:
         return self.index[f"Program_{program}"]
 
-    def prefix(self, style: str, instruments: list[str], tempo: float) -> list[int]:
-        """The conditioning prefix; instruments are deduplicated and put in a canonical order."""
+    def prefix(self, style: str, instruments: list[str], tempo: float, key: str | None = None) -> list[int]:
+        """The conditioning prefix; instruments are deduplicated and put in a canonical order.
+
+        `key` (a name in KEYS) is required by a keyed vocabulary and ignored by one without keys.
+        """
         if style not in self.styles:
             raise ConfigError(f"style {style!r} is not in this model's vocabulary {self.styles}")
         names = [i.name for i in INSTRUMENTS if i.name in set(instruments)]
         ids = [self.bos, self.index[f"Style_{style}"]]
         ids += [self.index[f"Inst_{n}"] for n in names]
-        ids += [self.index[f"Tempo_{nearest_tempo_bin(tempo)}"], self.sep]
-        return ids
+        ids += [self.index[f"Tempo_{nearest_tempo_bin(tempo)}"]]
+        if self.keyed:
+            if key not in KEYS:
+                raise ConfigError(f"this model needs a key for its prefix, one of {list(KEYS)}; got {key!r}")
+            ids.append(self.index[f"Key_{key}"])
+        return [*ids, self.sep]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(directory, filename="tokenizer.json")
-        meta = {"format": FORMAT, "styles": self.styles, "tokens": self.tokens}
+        meta = {"format": FORMAT, "styles": self.styles, "keys": self.keyed, "tokens": self.tokens}
         (directory / "vocab.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
@@ -113,7 +149,7 @@ class Vocab:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise ConfigError(f"{str(meta_path)!r} has format {meta.get('format')!r}, expected {FORMAT}")
-        vocab = cls(TSD(params=directory / "tokenizer.json"), list(meta["styles"]))
+        vocab = cls(TSD(params=directory / "tokenizer.json"), list(meta["styles"]), bool(meta.get("keys")))
         if vocab.tokens != meta["tokens"]:
             raise ConfigError(f"{str(meta_path)!r} does not match the tokenizer saved beside it")
         return vocab
@@ -148,4 +184,4 @@ def instrument_of_program(program: int) -> str:
     return BY_PROGRAM[program].name if program in BY_PROGRAM else BY_NAME["piano"].name
 
 
-__all__ = ["DRUMS", "TEMPO_BINS", "TPQ", "Vocab", "nearest_tempo_bin", "tokenizer_config"]
+__all__ = ["DRUMS", "KEYS", "TEMPO_BINS", "TPQ", "Vocab", "nearest_tempo_bin", "tokenizer_config"]

@@ -11,7 +11,7 @@ from config.errors import ConfigError
 from generator.augment import Augmenter, Variant
 from generator.data import read_index
 from generator.instruments import BY_PROGRAM
-from generator.vocab import KIND_PROGRAM, KIND_TIMESHIFT, Vocab
+from generator.vocab import KIND_PROGRAM, KIND_TIMESHIFT, Vocab, transpose_key
 
 IGNORE = -100  # label value the loss skips: prefix and padding
 
@@ -34,6 +34,10 @@ class Windows:
         self.rows = [r for r in read_index(dataset_dir) if r["split"] == split and r["length"] > 0]
         if not self.rows:
             raise ConfigError(f"the {split!r} split of {str(dataset_dir)!r} is empty")
+        if vocab.keyed and any("key" not in r for r in self.rows):
+            raise ConfigError(
+                f"{str(dataset_dir)!r} was built before pieces had keys; run `concertbot data build` again"
+            )
         self.augmenter = Augmenter(vocab)
         styles = sorted({r["style"] for r in self.rows})
         self.styles = styles
@@ -51,12 +55,14 @@ class Windows:
         music = np.asarray(self.tokens[row["offset"] + start : row["offset"] + row["length"]])
         programs = [int(p) for p in row["ranges"]]
         tempo = row["tempo"]
+        key = row.get("key")
         if variant is not None:
             music = self.augmenter.apply(music, variant)
             programs = [variant.programs[p] for p in programs]
             tempo = variant.tempo
+            key = transpose_key(key, variant.semitones) if key else None
         names = [BY_PROGRAM[p].name for p in programs]
-        prefix = self.vocab.prefix(row["style"], names, tempo)
+        prefix = self.vocab.prefix(row["style"], names, tempo, key)
         room = self.context - len(prefix)
         body = music[:room]
         if len(body) < room:

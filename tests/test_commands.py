@@ -47,12 +47,22 @@ def test_compose_args_take_style_instruments_and_tempo_in_any_order():
     assert compose_args(("irish",)).instruments == () and compose_args(("irish",)).tempo is None
 
 
+def test_compose_args_take_a_key_after_in():
+    args = compose_args(("irish", "violin", "in", "D", "120"))
+    assert (args.instruments, args.tempo, args.key) == (("violin",), 120.0, "D")
+    assert compose_args(("bach", "in", "F#", "Minor", "cello")).key == "F# minor"
+    assert compose_args(("bach", "cello", "in", "bbm")).instruments == ("cello",)
+    assert compose_args(("bach",)).key is None
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         ((), "say which style"),
         (("bach", "90", "100"), "one tempo"),
         (("bach", "-5"), "not a tempo"),
+        (("bach", "in"), "name one key"),
+        (("bach", "in", "D", "in", "G"), "name one key"),
     ],
 )
 def test_compose_mistakes_get_a_short_reason(args, message):

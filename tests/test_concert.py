@@ -85,12 +85,12 @@ async def _wait(predicate, timeout: float = 30.0) -> None:
 async def test_request_vote_top_replay_and_reconnect(fake: FakeTwitch, tmp_path: Path, redis_url: str | None):
     task, concert = await _start(fake, tmp_path, redis_url)
     try:
-        asked = await fake.say("ada", "!compose bach violin")
+        asked = await fake.say("ada", "!compose bach violin in e minor")
         ack = await fake.wait_for_sent(lambda m: m.reply_to == asked, timeout=10)
-        assert "#1 in the queue" in ack.text and "bach" in ack.text
+        assert "#1 in the queue" in ack.text and "bach in Em" in ack.text
 
         playing = await fake.wait_for_sent(lambda m: "now playing" in m.text, timeout=20)
-        assert "@ada" in playing.text
+        assert "@ada" in playing.text and "bach in Em for violin" in playing.text
         seed = int(re.search(r"seed (\d+)", playing.text).group(1))
 
         # Many viewers vote at once, one of them twice: each counts once.
@@ -117,6 +117,7 @@ async def test_request_vote_top_replay_and_reconnect(fake: FakeTwitch, tmp_path:
         )
         replay = concert.conductor.current
         assert replay.record.seed == seed
+        assert replay.record.key == first.record.key == "Em"  # asked for, stored, and replayed with the piece
         await _wait(lambda: concert.conductor.last is replay, 20)  # played to its end
         assert replay.live.tokens == first.live.tokens  # the very same notes
         assert replay.live.replay is not None  # played from the stored tokens, not sampled again
@@ -142,6 +143,7 @@ async def test_bad_input_gets_one_short_reply_and_the_concert_goes_on(fake: Fake
             ("eve", "!replay 777", "no piece has seed 777"),
             ("fay", "!skip", "for moderators"),
             ("gus", "!compose trumpets", "unknown style"),
+            ("kim", "!compose irish violin in H", "unknown key"),
         ]
         # A piece cut short before its tokens were saved, by a model that has been replaced since.
         from bot.store import PieceRecord

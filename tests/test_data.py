@@ -45,8 +45,22 @@ def test_second_build_comes_from_cache(dataset, midi_folder, tmp_path):
 def test_split_is_by_piece_and_stable(dataset):
     rows = data.read_index(dataset)
     for r in rows:
-        assert r["split"] == ("valid" if data.is_valid(r["id"], 40.0) else "train")
+        if data.is_valid(r["id"], 40.0):
+            assert r["split"] == "valid"
     assert len({r["id"] for r in rows}) == len(rows)
+    for style in {r["style"] for r in rows}:
+        assert any(r["split"] == "valid" for r in rows if r["style"] == style)
+
+
+def test_every_style_of_two_or_more_pieces_holds_one_out():
+    from generator.corpus import Piece
+
+    notes = np.zeros((8, 4), np.int32)
+    pieces = [Piece(f"{i:04x}0000", "small", 100.0, notes) for i in range(1, 9)]
+    assert not any(data.is_valid(p.id, 5.0) for p in pieces)
+    assert data.held_out(pieces, 5.0) == {"00020000"}  # lowest rank (131072 % 10000): the same every build
+    assert data.held_out(pieces[:1], 5.0) == set()  # a style of one piece keeps it for training
+    assert data.held_out(pieces, 0.0) == set()
 
 
 def test_summary_counts_every_piece(dataset):

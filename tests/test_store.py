@@ -7,6 +7,7 @@ the embedded server in a temporary data folder.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -367,7 +368,26 @@ def test_piece_round_trip_and_seed_conflicts(backend: Backend) -> None:
             await store.save_piece(replace(PIECE, tokens=(1, 0, 65535, 300, 301, 2)))
         with pytest.raises(SeedConflictError):
             await store.save_piece(replace(PIECE, model_version="retrained"))
+        with pytest.raises(SeedConflictError):
+            await store.save_piece(replace(PIECE, key="D"))  # a key asked for makes another piece
         assert await store.load_piece(PIECE.seed) == PIECE
+        keyed = replace(PIECE, seed=4242, key="F#m")
+        await store.save_piece(keyed)
+        assert await store.load_piece(4242) == keyed
+
+    backend.run(body)
+
+
+def test_a_piece_stored_before_keys_loads_and_keeps_its_checksum(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        await store.save_piece(PIECE)
+        # What a bot from before keys wrote: the same recipe without the field.
+        redis_key = store.keys.piece(PIECE.seed)
+        recipe = json.loads(await store._redis.hget(redis_key, "recipe"))
+        del recipe["key"]
+        await store._redis.hset(redis_key, "recipe", json.dumps(recipe))
+        assert await store.load_piece(PIECE.seed) == PIECE
+        await store.save_piece(replace(PIECE, requester="later"))  # same identity as before: no conflict
 
     backend.run(body)
 

@@ -59,3 +59,38 @@ def test_refuses_to_overwrite_a_run(dataset, tmp_path):
     train(dataset, tmp_path, cfg, log=lambda _: None)
     with pytest.raises(ConfigError, match="--resume"):
         train(dataset, tmp_path, cfg, log=lambda _: None)
+
+
+def test_two_processes_under_accelerate_train_one_model(dataset, tmp_path):
+    """The same `concertbot train` command under `accelerate launch`: two CPU processes, gradients shared."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from serving import free_port
+
+    tiny = {"N_LAYER": "1", "N_EMBD": "16", "N_HEAD": "2", "CONTEXT": "64", "BATCH_SIZE": "2"}
+    env = {f"CONCERTBOT_TRAIN__{k}": v for k, v in tiny.items()}
+    env |= {"CONCERTBOT_TRAIN__EVAL_EVERY": "2", "CONCERTBOT_TRAIN__SAVE_EVERY": "2"}
+    env |= {"CONCERTBOT_PATHS__DATA_DIR": str(dataset.parent), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(free_port())]
+    run, out = tmp_path / "run", tmp_path / "model"
+    done = subprocess.run(
+        [*launch, "-m", "bot.cli", "train", "--run-dir", str(run), "--max-steps", "4", "--export", str(out)],
+        cwd=Path(__file__).parent.parent,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done: 4 steps") == 1  # one report, one export: the main process's
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert float(rows[-1]["valid_loss"]) > 0
+    card = load_model(out).card
+    assert card["hardware"].split(",")[0].endswith("x2")

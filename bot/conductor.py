@@ -24,7 +24,7 @@ from config.errors import ConcertbotError
 from config.settings import Settings
 from generator.model import LoadedModel
 from generator.recipes import make_request, new_seed
-from generator.sampling import PieceRequest, style_key
+from generator.sampling import PieceRequest, chosen_key
 from synth.engine import EngineEvent
 
 log = logging.getLogger(__name__)
@@ -219,9 +219,9 @@ class Conductor:
 
     def key_of(self, record: PieceRecord) -> str | None:
         """The key a piece is in: the one asked for, or the one its seed chose; None for a keyless model."""
-        if record.key or record.model_version != self.loaded.version or not self.loaded.vocab.keyed:
+        if record.model_version != self.loaded.version:  # another model's seed would have picked another key
             return record.key
-        return style_key(self.loaded.card, record.style, record.seed)
+        return chosen_key(self.loaded, record.style, record.seed, record.key)
 
     def replayable(self, record: PieceRecord) -> bool:
         """Stored tokens replay anywhere; a piece cut short before it was saved, only on its own model."""

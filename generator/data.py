@@ -111,9 +111,14 @@ def _cache_path(cache_dir: Path, source: Source) -> Path:
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.pkl"
 
 
+def _rank(piece_id: str) -> int:
+    """A piece's place in the held-out order, 0-9999, from its id alone: the same on every run and machine."""
+    return int(piece_id[:8], 16) % 10000
+
+
 def is_valid(piece_id: str, valid_percent: float) -> bool:
     """Held-out split by piece, stable across runs and machines."""
-    return int(piece_id[:8], 16) % 10000 < valid_percent * 100
+    return _rank(piece_id) < valid_percent * 100
 
 
 def held_out(pieces: list[Piece], valid_percent: float) -> set[str]:
@@ -125,7 +130,7 @@ def held_out(pieces: list[Piece], valid_percent: float) -> set[str]:
     for style in {p.style for p in pieces}:
         mine = [p.id for p in pieces if p.style == style]
         if len(mine) >= 2 and not chosen.intersection(mine):
-            chosen.add(min(mine, key=lambda pid: int(pid[:8], 16) % 10000))
+            chosen.add(min(mine, key=_rank))
     return chosen
 
 

@@ -180,7 +180,7 @@ class Composer:
             report.steered = guard.steered
 
     def prefix(self, request: PieceRequest) -> list[int]:
-        key = request.key or style_key(self.loaded.card, request.style, request.seed)
+        key = chosen_key(self.loaded, request.style, request.seed, request.key)
         return self.vocab.prefix(request.style, list(request.instruments), request.tempo, key)
 
     def _forward(self, ids: list[int], cache: FastGPT2 | None) -> tuple[torch.Tensor, FastGPT2]:
@@ -189,6 +189,13 @@ class Composer:
             cache = self.fast
             cache.reset()
         return cache.forward(ids).to("cpu"), cache
+
+
+def chosen_key(loaded: LoadedModel, style: str, seed: int, asked: str | None) -> str | None:
+    """The key a piece is played in: the one asked for, else the seed's pick; None for a model without keys."""
+    if asked or not loaded.vocab.keyed:
+        return asked
+    return style_key(loaded.card, style, seed)
 
 
 def style_key(card: dict, style: str, seed: int) -> str:

@@ -399,6 +399,7 @@ def eval_cmd(
         raise fail(exc) from None
     pair = lambda key, fmt: lambda v: f"{v[key]:{fmt}} ({v[key + '_real']:{fmt}})"  # noqa: E731
     columns = [
+        ("held-out pieces", lambda v: str(v["real_pieces"])),
         ("held-out loss", lambda v: "-" if v["valid_loss"] is None else f"{v['valid_loss']:.3f}"),
         ("pitch-class JS (real)", pair("pitch_class_js", ".3f")),
         ("interval JS (real)", pair("interval_js", ".3f")),
@@ -416,6 +417,7 @@ def eval_cmd(
         if k not in ("style", "valid_loss")
     }
     means["valid_loss"] = loaded.card.get("valid_loss")
+    means["real_pieces"] = sum(v["real_pieces"] for v in values)
     header = ["style"] + [name for name, _ in columns]
     rows = [[v["style"]] + [fmt(v) for _, fmt in columns] for v in values]
     rows.append(["all"] + [fmt(means) for _, fmt in columns])

@@ -36,16 +36,7 @@ class Augmenter:
         """Pick instruments, a transposition that keeps every part in its instrument's range, and a tempo."""
         mapping = {p: p for p in ranges}
         if rng.random() < REASSIGN_PROBABILITY:
-            for program, (lo, hi) in ranges.items():
-                if program == DRUMS:
-                    continue
-                fits = [
-                    i.program
-                    for i in INSTRUMENTS
-                    if i.program != DRUMS and i.low - MAX_TRANSPOSE <= lo and hi <= i.high + MAX_TRANSPOSE
-                ]
-                if fits:
-                    mapping[program] = int(rng.choice(fits))
+            mapping = _reassigned(ranges, rng)
         low, high = _shift_window(ranges, mapping)
         if low > high:  # the new instruments cannot all fit at once: keep the original ones
             mapping = {p: p for p in ranges}
@@ -75,6 +66,30 @@ class Augmenter:
                 if target in self.pitch_id:
                     out[i] = self.pitch_id[target]
         return out
+
+
+def _reassigned(ranges: dict[int, tuple[int, int]], rng: np.random.Generator) -> dict[int, int]:
+    """Give every part an instrument whose range fits it, no two parts the same one.
+
+    Two parts on one instrument would teach the model that a program's notes may jump between voices, and
+    it would stop following each part's line (a Bach chorale's tenor then wanders by leaps). When the parts
+    cannot all get instruments of their own, the piece keeps its original ones.
+    """
+    mapping = {p: p for p in ranges}
+    taken: set[int] = {DRUMS}
+    for program, (lo, hi) in ranges.items():
+        if program == DRUMS:
+            continue
+        fits = [
+            i.program
+            for i in INSTRUMENTS
+            if i.program not in taken and i.low - MAX_TRANSPOSE <= lo and hi <= i.high + MAX_TRANSPOSE
+        ]
+        if not fits:
+            return {p: p for p in ranges}
+        mapping[program] = int(rng.choice(fits))
+        taken.add(mapping[program])
+    return mapping
 
 
 def _shift_window(ranges: dict[int, tuple[int, int]], mapping: dict[int, int]) -> tuple[int, int]:

@@ -29,6 +29,7 @@ MAX_REAL_PER_STYLE = 150  # enough for stable histograms and a classifier; keeps
 class StyleReport:
     style: str
     valid_loss: float | None
+    real_pieces: int  # held-out pieces the "(real)" figures come from: with one or two, they are anecdotes
     pitch_class_js: float
     pitch_class_js_real: float
     interval_js: float
@@ -122,6 +123,7 @@ def evaluate(
             StyleReport(
                 style=style,
                 valid_loss=card_loss,
+                real_pieces=len(real_valid),
                 pitch_class_js=pc[0],
                 pitch_class_js_real=pc[1],
                 interval_js=iv[0],

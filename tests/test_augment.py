@@ -6,7 +6,7 @@ import numpy as np
 
 from generator.augment import Augmenter, Variant
 from generator.decode import decode
-from generator.instruments import BY_PROGRAM
+from generator.instruments import BY_PROGRAM, DRUMS
 from generator.vocab import Vocab
 
 
@@ -59,3 +59,18 @@ def test_same_seed_same_variant():
     a = aug.choose(ranges, 100.0, np.random.default_rng(5))
     b = aug.choose(ranges, 100.0, np.random.default_rng(5))
     assert a == b
+
+
+def test_parts_never_share_an_instrument_after_reassignment():
+    # Merged parts taught the model that one program's notes may leap between voices.
+    aug = Augmenter(Vocab.build(["x"]))
+    ranges = {40: (62, 81), 41: (55, 72), 42: (43, 64), 43: (36, 55), DRUMS: (35, 50)}
+    rng = np.random.default_rng(1)
+    reassigned = 0
+    for _ in range(300):
+        v = aug.choose(ranges, 100.0, rng)
+        parts = [v.programs[p] for p in ranges if p != DRUMS]
+        assert len(set(parts)) == len(parts) and DRUMS not in parts
+        assert v.programs[DRUMS] == DRUMS
+        reassigned += parts != [40, 41, 42, 43]
+    assert reassigned > 100

@@ -34,12 +34,13 @@ class Augmenter:
 
     def choose(self, ranges: dict[int, tuple[int, int]], tempo: float, rng: np.random.Generator) -> Variant:
         """Pick instruments, a transposition that keeps every part in its instrument's range, and a tempo."""
-        mapping = {p: p for p in ranges}
+        original = {p: p for p in ranges}
+        mapping = original
         if rng.random() < REASSIGN_PROBABILITY:
-            mapping = _reassigned(ranges, rng)
+            mapping = _reassigned(ranges, rng) or original
         low, high = _shift_window(ranges, mapping)
         if low > high:  # the new instruments cannot all fit at once: keep the original ones
-            mapping = {p: p for p in ranges}
+            mapping = original
             low, high = _shift_window(ranges, mapping)
         semitones = (
             int(rng.integers(max(low, -MAX_TRANSPOSE), min(high, MAX_TRANSPOSE) + 1)) if low <= high else 0
@@ -68,12 +69,12 @@ class Augmenter:
         return out
 
 
-def _reassigned(ranges: dict[int, tuple[int, int]], rng: np.random.Generator) -> dict[int, int]:
+def _reassigned(ranges: dict[int, tuple[int, int]], rng: np.random.Generator) -> dict[int, int] | None:
     """Give every part an instrument whose range fits it, no two parts the same one.
 
     Two parts on one instrument would teach the model that a program's notes may jump between voices, and
-    it would stop following each part's line (a Bach chorale's tenor then wanders by leaps). When the parts
-    cannot all get instruments of their own, the piece keeps its original ones.
+    it would stop following each part's line (a Bach chorale's tenor then wanders by leaps). None when the
+    parts cannot all get instruments of their own: the piece then keeps its original ones.
     """
     mapping = {p: p for p in ranges}
     taken: set[int] = {DRUMS}
@@ -86,7 +87,7 @@ def _reassigned(ranges: dict[int, tuple[int, int]], rng: np.random.Generator) ->
             if i.program not in taken and i.low - MAX_TRANSPOSE <= lo and hi <= i.high + MAX_TRANSPOSE
         ]
         if not fits:
-            return {p: p for p in ranges}
+            return None
         mapping[program] = int(rng.choice(fits))
         taken.add(mapping[program])
     return mapping

@@ -123,6 +123,10 @@ def train_cmd(
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --run-dir.")] = False,
     max_steps: Annotated[int | None, typer.Option(help="Training steps (default from config).")] = None,
     export: Annotated[Path | None, typer.Option(help="Copy the best model here at the end.")] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Fine-tune: start from this model's weights (same styles and [train] shape)."),
+    ] = None,
 ) -> None:
     """Train the composer; run through `accelerate launch` for several GPUs."""
     import shutil
@@ -133,7 +137,12 @@ def train_cmd(
     cfg = settings.train if max_steps is None else settings.train.model_copy(update={"max_steps": max_steps})
     try:
         result = train(
-            dataset or settings.paths.data_dir / "dataset", run_dir, cfg, resume=resume, log=console.print
+            dataset or settings.paths.data_dir / "dataset",
+            run_dir,
+            cfg,
+            resume=resume,
+            log=console.print,
+            init=init,
         )
     except ConcertbotError as exc:
         raise fail(exc) from None
@@ -407,6 +416,7 @@ def eval_cmd(
         ("degenerate", lambda v: f"{v['degenerate_share']:.0%}"),
         ("on instruments", lambda v: f"{v['on_instruments_share']:.0%}"),
         ("recognised (real)", pair("recognised", ".0%")),
+        ("else taken for", lambda v: v["mistaken_for"]),
         ("key-free pitch-class JS (real)", pair("key_free_pitch_class_js", ".3f")),
         ("key-free recognised (real)", pair("key_free_recognised", ".0%")),
     ]
@@ -414,8 +424,9 @@ def eval_cmd(
     means = {
         k: sum(v[k] for v in values) / max(1, len(values))
         for k in values[0]
-        if k not in ("style", "valid_loss")
+        if k not in ("style", "valid_loss", "mistaken_for")
     }
+    means["mistaken_for"] = ""  # a guess per style; there is none for all of them together
     means["valid_loss"] = loaded.card.get("valid_loss")
     means["real_pieces"] = sum(v["real_pieces"] for v in values)
     header = ["style"] + [name for name, _ in columns]

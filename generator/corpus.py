@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import symusic
 
-from generator.instruments import DRUMS, canonical_program, find_instrument
+from generator.instruments import BY_NAME, DRUMS, canonical_program, find_instrument
 from generator.vocab import TPQ, nearest_tempo_bin, tokenizer_config
 
 MIN_NOTES = 8
@@ -42,6 +42,27 @@ _NAME_HINTS = (
     "guitar",
     "recorder",
 )
+# A keyboard's (or a harp's) two staves are two parts of one player: they keep one instrument.
+_KEYBOARDS = {find_instrument(name).program for name in ("piano", "harpsichord", "organ", "harp", "guitar")}
+# Instruments for a part whose own is taken, in the order tried: sustained single lines first (a piano, a
+# string section or a choir would not read as one more voice).
+_SPARE_VOICES = (
+    "clarinet",
+    "oboe",
+    "flute",
+    "horn",
+    "bassoon",
+    "trombone",
+    "recorder",
+    "viola",
+    "cello",
+    "contrabass",
+    "trumpet",
+    "tuba",
+    "organ",
+    "violin",
+)
+Voice = list[tuple[int, int, int]]  # one part's notes: (start, duration, pitch)
 
 
 @dataclass
@@ -176,19 +197,49 @@ def _music21_piece(score, pid: str, style: str, ensemble: tuple[str, ...], beat_
         signature = score.recurse().getElementsByClass(meter.TimeSignature).first()
         beat = float(signature.beatDuration.quarterLength) if signature is not None else 1.0
         bpm = beat_tempo * beat
-    rows: list[tuple[int, int, int, int]] = []
-    for i, part in enumerate(parts):
-        program = _part_program(part.partName or "", i, len(parts), ensemble)
+    voices: list[Voice] = []
+    for part in parts:
+        voice: Voice = []
         for n in part.flatten().notes:
             start = round(float(n.offset) * TPQ)
             dur = round(float(n.quarterLength) * TPQ)
             if dur <= 0:  # grace notes
                 continue
-            for p in n.pitches:
-                if 21 <= p.midi <= 108:
-                    rows.append((start, dur, p.midi, program))
+            voice.extend((start, dur, p.midi) for p in n.pitches if 21 <= p.midi <= 108)
+        voices.append(voice)
+    programs = part_programs([part.partName or "" for part in parts], voices, ensemble)
+    rows = [(*note, program) for voice, program in zip(voices, programs, strict=True) for note in voice]
     notes = np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
     return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes)
+
+
+def part_programs(names: list[str], voices: list[Voice], ensemble: tuple[str, ...]) -> list[int]:
+    """An instrument for each part (named, else from the style's ensemble), no two parts the same one.
+
+    The model tells voices apart only by their Program tokens: a motet sung on one program, or a quartet's
+    two violins on one, reads as a single line that leaps between voices, and a model trained on it stops
+    following each part's line. A part whose instrument is already taken gets a free one that holds its range.
+    """
+    chosen = [_part_program(name, i, len(names), ensemble) for i, name in enumerate(names)]
+    taken = set(chosen)
+    seen: set[int] = set()
+    for i, voice in enumerate(voices):
+        if chosen[i] in seen and chosen[i] not in _KEYBOARDS and voice:
+            spare = _spare_instrument([p for _, _, p in voice], taken)
+            if spare is not None:
+                chosen[i] = spare
+                taken.add(spare)
+        seen.add(chosen[i])
+    return chosen
+
+
+def _spare_instrument(pitches: list[int], taken: set[int]) -> int | None:
+    """The first free one of _SPARE_VOICES whose range holds the part, else the free one nearest to it."""
+    lo, hi = min(pitches), max(pitches)
+    free = [BY_NAME[name] for name in _SPARE_VOICES if BY_NAME[name].program not in taken]
+    if not free:
+        return None
+    return max(free, key=lambda inst: min(lo - inst.low, inst.high - hi, 0)).program
 
 
 def _part_program(name: str, index: int, count: int, ensemble: tuple[str, ...]) -> int:

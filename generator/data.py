@@ -28,7 +28,8 @@ from generator.instruments import DRUMS
 from generator.styles import CORPUS_STYLES
 from generator.vocab import Vocab, key_name
 
-CACHE_VERSION = 2  # 2: ABC tunes one by one, Josquin's voices merged, default tempo counts the metre's beat
+# 2: ABC tunes one by one, Josquin's voices merged, tempo in the metre's beat; 3: one program per part
+CACHE_VERSION = 3
 CORPUS_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
 MIDI_SUFFIXES = (".mid", ".midi")
 

@@ -4,11 +4,13 @@ Per style: held-out loss (from the model card), then over N generated pieces: Je
 pitch-class and interval histograms to the real held-out pieces (next to the same distance between the real
 training and held-out pieces, the floor a perfect model would reach), notes per second, share of degenerate
 pieces, share of notes on the requested instruments when the prefix alone asks for them, and how often a
-classifier trained on real pieces recognises the requested style.
+classifier trained on real pieces recognises the requested style (and which style it most often takes the
+others for, to say where a model falls short).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ class StyleReport:
     on_instruments_share: float
     recognised: float
     recognised_real: float
+    mistaken_for: str  # what the classifier most often takes the unrecognised generated pieces for, or "-"
     # The same two measures with each piece's key rotated to its tonic, since training transposes on purpose.
     key_free_pitch_class_js: float
     key_free_pitch_class_js_real: float
@@ -97,6 +100,11 @@ def evaluate(
         x = np.array([metrics.features(n, t, key_free=key_free) for n, t in pieces])
         return model.accuracy(x, [style] * len(pieces))
 
+    def mistaken_for(pieces: list, style: str) -> str:
+        guesses = classifier.predict(np.array([metrics.features(n, t) for n, t in pieces]))
+        wrong = Counter(g for g in guesses if g != style).most_common(1)
+        return wrong[0][0] if wrong else "-"
+
     composer = Composer(loaded)
     reports = []
     for style in styles:
@@ -134,6 +142,7 @@ def evaluate(
                 on_instruments_share=on_instruments / max(1, total_notes),
                 recognised=recognised(classifier, made, style, False),
                 recognised_real=recognised(classifier, real_valid, style, False),
+                mistaken_for=mistaken_for(made, style),
                 key_free_pitch_class_js=kf[0],
                 key_free_pitch_class_js_real=kf[1],
                 key_free_recognised=recognised(key_free_classifier, made, style, True),

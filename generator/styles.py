@@ -19,6 +19,11 @@ class CorpusStyle:
     tunes_are_voices: bool = False
 
 
+# Renaissance polyphony: the choir sings the top voice and cornett-and-sackbut-like brass the others, as
+# churches of the time often doubled or replaced voices. One program per voice: a choir on every part would
+# read to the model as one line leaping between voices.
+_VOICES_AND_BRASS = ("choir", "horn", "trombone", "bassoon")
+
 CORPUS_STYLES: tuple[CorpusStyle, ...] = (
     CorpusStyle(
         "bach",
@@ -28,10 +33,15 @@ CORPUS_STYLES: tuple[CorpusStyle, ...] = (
         "J. S. Bach's four-part chorales",
         ("chorale", "chorales", "js bach"),
     ),
-    CorpusStyle("palestrina", ("palestrina",), ("choir",), 72, "Palestrina's masses", ("renaissance",)),
-    CorpusStyle("monteverdi", ("monteverdi",), ("choir",), 84, "Monteverdi's madrigals", ("madrigal",)),
+    CorpusStyle("palestrina", ("palestrina",), _VOICES_AND_BRASS, 72, "Palestrina's masses", ("renaissance",)),
+    CorpusStyle("monteverdi", ("monteverdi",), _VOICES_AND_BRASS, 84, "Monteverdi's madrigals", ("madrigal",)),
     CorpusStyle(
-        "josquin", ("josquin",), ("choir",), 72, "Josquin des Prez's chansons and motets", tunes_are_voices=True
+        "josquin",
+        ("josquin",),
+        _VOICES_AND_BRASS,
+        72,
+        "Josquin des Prez's chansons and motets",
+        tunes_are_voices=True,
     ),
     CorpusStyle(
         "medieval",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from config.errors import ConfigError
 from config.settings import Train
 from generator.data import read_index
 from generator.model import build_model, count_parameters, save_model
@@ -66,6 +67,7 @@ def train(
     cfg: Train,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    init: Path | None = None,
 ) -> TrainResult:
     from accelerate import Accelerator
     from tqdm import tqdm
@@ -93,9 +95,15 @@ def train(
         step, best, elapsed_before = state["step"], state["best"], state["elapsed"]
         log(f"resumed from {latest} at step {step}")
     elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
-        from config.errors import ConfigError
-
         raise ConfigError(f"{str(run_dir)!r} already holds a run; pass --resume or choose another --run-dir")
+    elif init is not None:
+        _load_init(model, vocab, init)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "init.json").write_text(json.dumps(_started_from(init)))
+        log(f"starting from the weights of {init}")
+    # A fine-tuning run remembers what it started from, for every model card it writes, resumed or not.
+    init_file = run_dir / "init.json"
+    started_from = json.loads(init_file.read_text()) if init_file.is_file() else None
     model, optimizer = accelerator.prepare(model, optimizer)
     run_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
@@ -159,7 +167,7 @@ def train(
                 )
                 if valid_loss < best:
                     best = valid_loss
-                    card = _card(cfg, dataset_dir, row, per_style, accelerator, model)
+                    card = _card(cfg, dataset_dir, row, per_style, accelerator, model, started_from)
                     save_model(accelerator.unwrap_model(model), vocab, run_dir / "best", card)
         if accelerator.is_main_process and (step % cfg.save_every == 0 or step == cfg.max_steps):
             path = ckpt_dir / f"step-{step:06d}"
@@ -207,14 +215,20 @@ def _evaluate(
     return float(np.average(losses, weights=weights)), float(np.average(accs, weights=weights)), per_style
 
 
-def _card(cfg: Train, dataset_dir: Path, row: dict, per_style: dict, accelerator, model) -> dict:
+def _card(
+    cfg: Train, dataset_dir: Path, row: dict, per_style: dict, accelerator, model, started_from: dict | None
+) -> dict:
     device = (
         torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
         else f"CPU ({platform.processor() or 'x86_64'})"
     )
+    version = f"concertbot-{cfg.n_layer}x{cfg.n_embd}-step{row['step']}"
+    if started_from and started_from.get("step"):
+        version = f"concertbot-{cfg.n_layer}x{cfg.n_embd}-step{started_from['step']}+{row['step']}"
     return {
-        "version": f"concertbot-{cfg.n_layer}x{cfg.n_embd}-step{row['step']}",
+        "version": version,
+        "started_from": started_from,
         "parameters": count_parameters(model),
         "train": cfg.model_dump(),
         "step": row["step"],
@@ -227,6 +241,34 @@ def _card(cfg: Train, dataset_dir: Path, row: dict, per_style: dict, accelerator
         "dataset": str(dataset_dir),
         "style_defaults": summarize_styles(read_index(dataset_dir)),
     }
+
+
+def _load_init(model, vocab: Vocab, init: Path) -> None:
+    """Start from a saved model's weights (fine-tuning); its vocabulary and shape must be this run's."""
+    from safetensors.torch import load_file
+
+    theirs = Vocab.load(init)
+    if theirs.tokens != vocab.tokens:
+        raise ConfigError(
+            f"--init {str(init)!r}: its vocabulary differs from the data set's (styles {theirs.styles} against "
+            f"{vocab.styles}); a model can only be fine-tuned on data with the same styles"
+        )
+    weights = load_file(init / "model.safetensors")
+    mine = model.state_dict()
+    for name, tensor in weights.items():
+        if name in mine and mine[name].shape != tensor.shape:
+            raise ConfigError(
+                f"--init {str(init)!r}: {name} has shape {tuple(tensor.shape)}, the [train] settings give "
+                f"{tuple(mine[name].shape)}; set n_layer, n_embd, n_head and context to the model's"
+            )
+    model.load_state_dict(weights, strict=False)
+    model.tie_weights()
+
+
+def _started_from(init: Path) -> dict:
+    card = json.loads((init / "card.json").read_text()) if (init / "card.json").is_file() else {}
+    keep = ("version", "step", "tokens_seen", "train_seconds", "hardware", "dataset")
+    return {"path": str(init), **{k: card.get(k) for k in keep}}
 
 
 def _latest(ckpt_dir: Path) -> Path | None:

@@ -163,8 +163,11 @@ class FluidSynthRenderer:
 
     def set_gain(self, gain: float) -> None:
         """Change the master gain from the next rendered frame on (FluidSynth allows 0 to 10)."""
-        self.gain = min(10.0, max(0.0, gain))
-        self._fs.setting("synth.gain", self.gain)
+        gain = min(10.0, max(0.0, gain))
+        if gain == self.gain:
+            return
+        self.gain = gain
+        self._fs.setting("synth.gain", gain)
 
     def active_voices(self) -> int:
         return int(self._fs.get_active_voice_count())

@@ -141,3 +141,27 @@ def test_play_refuses_a_bad_recording_name_and_an_unknown_style(tmp_path):
     assert bad.exit_code == 2 and ".wav or .flac" in " ".join(bad.output.split())
     unknown = runner.invoke(app, ["play", "bahc", "--device", "off"])
     assert unknown.exit_code == 2 and "bach" in unknown.output
+
+
+def test_eval_measures_every_style_against_its_real_held_out_pieces(tiny_model, dataset, tmp_path):
+    out = tmp_path / "eval.md"
+    args = ["eval", "--model", str(tiny_model / "best"), "--dataset", str(dataset), "--pieces", "2"]
+    result = runner.invoke(app, [*args, "--seconds", "4", "--markdown", str(out)])
+    assert result.exit_code == 0, result.output
+    header, _rule, *rows = [
+        [c.strip() for c in line.strip("|").split("|")] for line in out.read_text().splitlines()
+    ]
+    col = {name: i for i, name in enumerate(header)}
+    styles = [r[0] for r in rows[:-1]]
+    assert (
+        rows[-1][0] == "all"
+        and len(styles) >= 2
+        and set(styles) <= set(load_model(tiny_model / "best").vocab.styles)
+    )
+    for row in rows[:-1]:
+        generated, real = row[col["recognised (real)"]].rstrip("%)").split("% (")
+        assert 0 <= int(generated) <= 100 and 0 <= int(real) <= 100
+        # A piece the classifier does not recognise is taken for another style it was trained on.
+        taken = row[col["else taken for"]]
+        assert (taken == "-") == (generated == "100") and (taken == "-" or taken in set(styles) - {row[0]})
+        assert row[col["on instruments"]].endswith("%") and int(row[col["held-out pieces"]]) >= 1

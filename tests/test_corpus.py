@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 
 from generator import data
-from generator.corpus import Piece, abc_tunes, extract_music21
+from generator.corpus import Piece, abc_tunes, extract_music21, part_programs
 
 BOOK = """%abc-2.1
 % a book of two tunes; the header above the first X: belongs to every tune
@@ -81,3 +81,31 @@ def test_a_piece_key_is_estimated_from_its_pitches():
 
     assert data.piece_key(scale(62, (0, 2, 4, 5, 7, 9, 11, 12))) == "D"
     assert data.piece_key(scale(57, (0, 2, 3, 5, 7, 8, 11, 12))) == "Am"
+
+
+def _first_piece(style: str) -> Piece:
+    for source in data.corpus_sources([style]):
+        pieces = data._extract(source).pieces
+        if pieces:
+            return pieces[0]
+    raise AssertionError(f"no {style} piece extracted")
+
+
+def test_every_voice_of_a_chorale_motet_or_quartet_has_its_own_instrument():
+    # Voices sharing a program read to the model as one line leaping between them: each part gets its own.
+    from music21 import corpus
+
+    for style in ("bach", "palestrina", "josquin", "classical", "medieval"):
+        piece = _first_piece(style)
+        assert len(piece.programs) >= 3, (style, piece.programs)
+    quartet = corpus.parse("haydn/opus74no1/movement1")
+    names = [part.partName for part in quartet.parts]
+    voices = [[(0, 1, int(n.pitch.midi)) for n in part.flatten().notes if n.isNote] for part in quartet.parts]
+    programs = part_programs(names, voices, ("violin", "violin", "viola", "cello"))
+    assert len(set(programs)) == 4 and programs[0] == 40 and programs[2:] == [41, 42]  # only violin II moves
+
+
+def test_a_keyboards_two_staves_stay_one_instrument():
+    voices = [[(0, 96, 72), (96, 96, 76)], [(0, 192, 55)]]
+    assert part_programs(["Piano", "Piano"], voices, ("piano",)) == [0, 0]
+    assert part_programs(["", ""], voices, ("flute",)) == [73, 71]  # two flutes: the lower becomes clarinet

@@ -201,3 +201,19 @@ def test_rms_dbfs_reads_silence_and_full_scale():
     full = np.tile(np.array([[32767, -32767], [-32767, 32767]], dtype=np.int16), (50, 1))
     assert rms_dbfs(full) == pytest.approx(0.0, abs=0.01)
     assert rms_dbfs(full // 10) == pytest.approx(-20.0, abs=0.01)
+
+
+def test_a_gain_change_scales_what_is_rendered_next():
+    font = find_soundfont(None)
+    with (
+        FluidSynthRenderer(font, sample_rate=RATE, gain=0.2) as steady,
+        FluidSynthRenderer(font, sample_rate=RATE, gain=0.2) as moved,
+    ):
+        for r in (steady, moved):
+            r.play(mido.Message("note_on", note=60, velocity=90))
+        assert np.array_equal(steady.frames(2048), moved.frames(2048))
+        moved.set_gain(0.4)
+        moved.set_gain(0.4)  # the same gain again: nothing to do
+        assert moved.gain == 0.4
+        louder = rms_dbfs(moved.frames(8192)) - rms_dbfs(steady.frames(8192))
+        assert louder == pytest.approx(20 * math.log10(2), abs=0.1)

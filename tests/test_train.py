@@ -94,3 +94,29 @@ def test_two_processes_under_accelerate_train_one_model(dataset, tmp_path):
     assert float(rows[-1]["valid_loss"]) > 0
     card = load_model(out).card
     assert card["hardware"].split(",")[0].endswith("x2")
+
+
+def test_fine_tuning_starts_from_a_models_weights_and_its_card_says_so(tiny_model, dataset, tmp_path):
+    base = load_model(tiny_model / "best").card
+    # The tiny model's shape, a small rate and few steps: a new model barely moves, a tuned one starts trained.
+    update = {"warmup_steps": 1, "max_steps": 4, "eval_every": 4, "save_every": 4, "learning_rate": 1e-4}
+    cfg = Train(**base["train"]).model_copy(update=update)
+    train(dataset, tmp_path / "fresh", cfg, log=lambda _: None)
+    train(dataset, tmp_path / "tuned", cfg, log=lambda _: None, init=tiny_model / "best")
+    fresh, tuned = (load_model(tmp_path / run / "best").card for run in ("fresh", "tuned"))
+    assert tuned["valid_loss"] < base["valid_loss"] + 0.1 < fresh["valid_loss"]
+    assert tuned["started_from"]["step"] == base["step"] and fresh["started_from"] is None
+    assert tuned["version"].endswith(f"-step{base['step']}+4")
+    # Resuming the fine-tuning run keeps what it started from.
+    train(dataset, tmp_path / "tuned", cfg.model_copy(update={"max_steps": 8}), resume=True, log=lambda _: None)
+    assert load_model(tmp_path / "tuned" / "best").card["started_from"] == tuned["started_from"]
+
+
+def test_fine_tuning_refuses_a_model_of_another_shape(tiny_model, dataset, tmp_path):
+    import pytest
+
+    from config.errors import ConfigError
+
+    cfg = Train(n_layer=2, n_embd=16, n_head=2, context=96, batch_size=2, max_steps=2, eval_every=2)
+    with pytest.raises(ConfigError, match="n_embd"):
+        train(dataset, tmp_path, cfg, log=lambda _: None, init=tiny_model / "best")

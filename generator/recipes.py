@@ -85,7 +85,10 @@ def summarize_styles(rows: list[dict]) -> dict[str, dict]:
         mine = [r for r in rows if r["style"] == style]
         tempos = sorted(r["tempo"] for r in mine)
         sets = Counter(tuple(sorted(int(p) for p in r["ranges"])) for r in mine)
-        programs = sets.most_common(1)[0][0]
+        # A default must be playable: a cantata's chorale doubles its four voices on instruments, and every
+        # one of those parts has its own program, more than a request may ask for.
+        playable = Counter({k: n for k, n in sets.items() if len(k) <= MAX_INSTRUMENTS}) or sets
+        programs = playable.most_common(1)[0][0][:MAX_INSTRUMENTS]
         names = [BY_PROGRAM[p].name for p in programs if p in BY_PROGRAM]
         keys = Counter(r["key"] for r in mine if r.get("key"))
         out[style] = {

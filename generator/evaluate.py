@@ -96,14 +96,14 @@ def evaluate(
         np.array([metrics.features(n, t, key_free=True) for s in styles for n, t in train[s]]), labels
     )
 
-    def recognised(model: metrics.StyleClassifier, pieces: list, style: str, key_free: bool) -> float:
-        x = np.array([metrics.features(n, t, key_free=key_free) for n, t in pieces])
-        return model.accuracy(x, [style] * len(pieces))
+    def guesses(model: metrics.StyleClassifier, pieces: list, key_free: bool) -> list[str]:
+        return model.predict(np.array([metrics.features(n, t, key_free=key_free) for n, t in pieces]))
 
-    def mistaken_for(pieces: list, style: str) -> str:
-        guesses = classifier.predict(np.array([metrics.features(n, t) for n, t in pieces]))
-        wrong = Counter(g for g in guesses if g != style).most_common(1)
-        return wrong[0][0] if wrong else "-"
+    def share(found: list[str], style: str) -> float:
+        return sum(g == style for g in found) / len(found) if found else 0.0
+
+    def recognised(model: metrics.StyleClassifier, pieces: list, style: str, key_free: bool) -> float:
+        return share(guesses(model, pieces, key_free), style)
 
     composer = Composer(loaded)
     reports = []
@@ -127,6 +127,8 @@ def evaluate(
         iv = _distances(metrics.interval_histogram, made, real_train, real_valid)
         kf = _distances(metrics.key_free_pitch_class_histogram, made, real_train, real_valid)
         card_loss = loaded.card.get("valid_per_style", {}).get(style, {}).get("loss")
+        made_guesses = guesses(classifier, made, key_free=False)
+        wrong = Counter(g for g in made_guesses if g != style).most_common(1)
         reports.append(
             StyleReport(
                 style=style,
@@ -140,9 +142,9 @@ def evaluate(
                 notes_per_second_real=float(np.mean([metrics.notes_per_second(n, t) for n, t in real_valid])),
                 degenerate_share=float(np.mean([metrics.loop_report(n).degenerate for n, _ in made])),
                 on_instruments_share=on_instruments / max(1, total_notes),
-                recognised=recognised(classifier, made, style, False),
+                recognised=share(made_guesses, style),
                 recognised_real=recognised(classifier, real_valid, style, False),
-                mistaken_for=mistaken_for(made, style),
+                mistaken_for=wrong[0][0] if wrong else "-",
                 key_free_pitch_class_js=kf[0],
                 key_free_pitch_class_js_real=kf[1],
                 key_free_recognised=recognised(key_free_classifier, made, style, True),

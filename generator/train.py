@@ -85,6 +85,8 @@ def train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.1, betas=(0.9, 0.95))
     step, best, elapsed_before = 0, float("inf"), 0.0
     ckpt_dir = run_dir / "checkpoints"
+    # What a fine-tuning run started from, for every model card it writes, resumed or not.
+    init_file, started_from = run_dir / "init.json", None
     if resume and (latest := _latest(ckpt_dir)) is not None:
         state = torch.load(latest / "trainer.pt", map_location="cpu", weights_only=False)
         from safetensors.torch import load_file
@@ -94,18 +96,17 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         step, best, elapsed_before = state["step"], state["best"], state["elapsed"]
         log(f"resumed from {latest} at step {step}")
+        started_from = json.loads(init_file.read_text()) if init_file.is_file() else None
     elif ckpt_dir.exists() and any(ckpt_dir.iterdir()):
         raise ConfigError(f"{str(run_dir)!r} already holds a run; pass --resume or choose another --run-dir")
     elif init is not None:
         _load_init(model, vocab, init)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "init.json").write_text(json.dumps(_started_from(init)))
+        started_from = _started_from(init)
         log(f"starting from the weights of {init}")
-    # A fine-tuning run remembers what it started from, for every model card it writes, resumed or not.
-    init_file = run_dir / "init.json"
-    started_from = json.loads(init_file.read_text()) if init_file.is_file() else None
     model, optimizer = accelerator.prepare(model, optimizer)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if started_from is not None:
+        init_file.write_text(json.dumps(started_from))
     if accelerator.is_main_process:
         log(
             f"model: {count_parameters(model) / 1e6:.2f}M parameters, vocab {len(vocab)}, "
@@ -223,11 +224,11 @@ def _card(
         if torch.cuda.is_available()
         else f"CPU ({platform.processor() or 'x86_64'})"
     )
-    version = f"concertbot-{cfg.n_layer}x{cfg.n_embd}-step{row['step']}"
-    if started_from and started_from.get("step"):
-        version = f"concertbot-{cfg.n_layer}x{cfg.n_embd}-step{started_from['step']}+{row['step']}"
+    # A fine-tuned model's steps read as the base's plus its own: step4000+1200.
+    base = (started_from or {}).get("step")
+    steps = f"{base}+{row['step']}" if base else row["step"]
     return {
-        "version": version,
+        "version": f"concertbot-{cfg.n_layer}x{cfg.n_embd}-step{steps}",
         "started_from": started_from,
         "parameters": count_parameters(model),
         "train": cfg.model_dump(),

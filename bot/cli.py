@@ -386,15 +386,26 @@ def eval_cmd(
     pieces: Annotated[int, typer.Option(help="Pieces generated per style.")] = 10,
     seconds: Annotated[float, typer.Option(help="Length of each generated piece.")] = 30.0,
     seed: Annotated[int, typer.Option(help="First seed; piece i uses seed + i.")] = 0,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature (default: the settings', as concerts play).")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling share (default: settings').")] = None,
+    style: Annotated[
+        list[str] | None, typer.Option(help="Only this style (repeatable); the classifier still learns all.")
+    ] = None,
     markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
 ) -> None:
     """Measure the model per style against real held-out pieces."""
     from dataclasses import asdict
 
     from generator.evaluate import evaluate
+    from generator.recipes import check_sampling
 
     settings = _settings()
+    temperature = settings.sampling.temperature if temperature is None else temperature
+    top_p = settings.sampling.top_p if top_p is None else top_p
     try:
+        check_sampling(temperature, top_p)
         loaded = _load_model(settings, model)
         reports = evaluate(
             loaded,
@@ -402,7 +413,10 @@ def eval_cmd(
             pieces,
             seconds,
             seed,
-            progress=lambda style: err.print(f"evaluated {style}"),
+            progress=lambda name: err.print(f"evaluated {name}"),
+            temperature=temperature,
+            top_p=top_p,
+            only=style or (),
         )
     except ConcertbotError as exc:
         raise fail(exc) from None
@@ -417,6 +431,7 @@ def eval_cmd(
         ("on instruments", lambda v: f"{v['on_instruments_share']:.0%}"),
         ("recognised (real)", pair("recognised", ".0%")),
         ("else taken for", lambda v: v["mistaken_for"]),
+        ("real openings recognised", lambda v: f"{v['recognised_real_openings']:.0%}"),
         ("key-free pitch-class JS (real)", pair("key_free_pitch_class_js", ".3f")),
         ("key-free recognised (real)", pair("key_free_recognised", ".0%")),
     ]
@@ -432,7 +447,10 @@ def eval_cmd(
     header = ["style"] + [name for name, _ in columns]
     rows = [[v["style"]] + [fmt(v) for _, fmt in columns] for v in values]
     rows.append(["all"] + [fmt(means) for _, fmt in columns])
-    table = Table(title=f"{loaded.version}: {pieces} pieces of {seconds:g} s per style")
+    table = Table(
+        title=f"{loaded.version}: {pieces} pieces of {seconds:g} s per style, temperature {temperature:g}, "
+        f"top-p {top_p:g}"
+    )
     for col in header:
         table.add_column(col, justify="left" if col == "style" else "right")
     for row in rows:

@@ -57,6 +57,7 @@ def make_request(
         raise RequestError(f"tempo {bpm:g} is out of range; use {MIN_TEMPO}-{MAX_TEMPO} BPM")
     if not 0 < seconds <= 3600:
         raise RequestError(f"length {seconds:g} s is out of range; use up to 3600 s")
+    check_sampling(temperature, top_p)
     if seed is None:
         seed = new_seed()
     if not 0 <= seed < 2**63:
@@ -71,6 +72,14 @@ def make_request(
     return PieceRequest(
         style, names, float(bpm), float(seconds), int(seed), float(temperature), float(top_p), key=key
     )
+
+
+def check_sampling(temperature: float, top_p: float) -> None:
+    """The settings' own bounds, for values that come from a command line instead."""
+    if not 0 < temperature <= 5:
+        raise RequestError(f"temperature {temperature:g} is out of range; use above 0 and up to 5")
+    if not 0 < top_p <= 1:
+        raise RequestError(f"top-p {top_p:g} is out of range; use above 0 and up to 1")
 
 
 def new_seed() -> int:

@@ -165,3 +165,18 @@ def test_eval_measures_every_style_against_its_real_held_out_pieces(tiny_model, 
         taken = row[col["else taken for"]]
         assert (taken == "-") == (generated == "100") and (taken == "-" or taken in set(styles) - {row[0]})
         assert row[col["on instruments"]].endswith("%") and int(row[col["held-out pieces"]]) >= 1
+        assert 0 <= int(row[col["real openings recognised"]].rstrip("%")) <= 100
+
+    # One style alone: the same figures as in the full table, since the classifier still learns every style.
+    first = rows[0][0]
+    alone = tmp_path / "alone.md"
+    result = runner.invoke(app, [*args, "--seconds", "4", "--style", first, "--markdown", str(alone)])
+    assert result.exit_code == 0, result.output
+    assert alone.read_text().splitlines()[2] == out.read_text().splitlines()[2]
+    assert len(alone.read_text().splitlines()) == 4  # header, rule, the style, all
+
+    for bad, named in ((["--temperature", "0"], "temperature 0"), (["--top-p", "1.5"], "top-p 1.5")):
+        result = runner.invoke(app, [*args, *bad])
+        assert result.exit_code != 0 and named in " ".join(result.output.split())
+    result = runner.invoke(app, [*args, "--style", "zydeco"])
+    assert result.exit_code != 0 and "zydeco" in result.output

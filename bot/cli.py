@@ -393,6 +393,9 @@ def eval_cmd(
     style: Annotated[
         list[str] | None, typer.Option(help="Only this style (repeatable); the classifier still learns all.")
     ] = None,
+    voice_leading: Annotated[
+        bool, typer.Option(help="Give each voice only its style's leaps, as concerts do (off: to compare).")
+    ] = True,
     markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
 ) -> None:
     """Measure the model per style against real held-out pieces."""
@@ -417,6 +420,7 @@ def eval_cmd(
             temperature=temperature,
             top_p=top_p,
             only=style or (),
+            voice_leading=voice_leading,
         )
     except ConcertbotError as exc:
         raise fail(exc) from None
@@ -449,7 +453,7 @@ def eval_cmd(
     rows.append(["all"] + [fmt(means) for _, fmt in columns])
     table = Table(
         title=f"{loaded.version}: {pieces} pieces of {seconds:g} s per style, temperature {temperature:g}, "
-        f"top-p {top_p:g}"
+        f"top-p {top_p:g}, voice leading {'on' if voice_leading else 'off'}"
     )
     for col in header:
         table.add_column(col, justify="left" if col == "style" else "right")

@@ -97,6 +97,7 @@ def evaluate(
     temperature: float = 1.0,
     top_p: float = 0.95,
     only: Sequence[str] = (),
+    voice_leading: bool = True,
 ) -> list[StyleReport]:
     """Report on each style with real training and held-out pieces, or on the styles in `only`.
 
@@ -131,7 +132,9 @@ def evaluate(
         instruments, tempo = style_defaults(loaded, style)
         made, on_instruments, total_notes = [], 0, 0
         for i in range(pieces_per_style):
-            request = PieceRequest(style, instruments, tempo, seconds, seed + i, temperature, top_p)
+            request = PieceRequest(
+                style, instruments, tempo, seconds, seed + i, temperature, top_p, voice_leading=voice_leading
+            )
             piece = composer.compose(request)
             made.append((notes_array(piece.notes), tempo))
             loose = composer.compose(replace(request, strict_instruments=False))

@@ -81,12 +81,17 @@ def interval_histogram(notes: np.ndarray, max_interval: int = MAX_INTERVAL) -> n
         voice has two onsets. Each program is one voice whose melody is its highest note at each onset, so
         chords and other instruments never produce intervals.
     """
+    return _normalised(interval_counts(notes, max_interval))
+
+
+def interval_counts(notes: np.ndarray, max_interval: int = MAX_INTERVAL) -> np.ndarray:
+    """How many times each melodic interval occurs: `interval_histogram` before normalising."""
     notes = _pitched(_checked(notes))
     counts = np.zeros(2 * max_interval + 1)
     for program in np.unique(notes[:, PROGRAM]):
         steps = np.diff(_melody(notes[notes[:, PROGRAM] == program]))
         counts += np.bincount(np.clip(steps, -max_interval, max_interval) + max_interval, minlength=len(counts))
-    return _normalised(counts)
+    return counts
 
 
 def js_distance(p: np.ndarray, q: np.ndarray) -> float:

@@ -19,6 +19,7 @@ from generator.grammar import AFTER_PROGRAM, AT_BOUNDARY, Grammar, GrammarState
 from generator.instruments import DRUMS, PROGRAMS, find_instrument
 from generator.model import LoadedModel
 from generator.vocab import KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT
+from generator.voice_leading import VoiceLeading
 
 BAR_STEPS = 4 * STEPS_PER_BEAT
 BAR_REPEAT_LIMIT = 3  # identical bars in a row before the guard steers away (metrics calls 8 degenerate)
@@ -44,6 +45,9 @@ class PieceRequest:
     # A key name (generator.vocab.KEYS); None: the seed picks one of the style's keys, as often as its
     # training pieces use it. Models trained before keys existed ignore it.
     key: str | None = None
+    # Offer each voice only the leaps the style's real voices take (generator.voice_leading). False is for
+    # measuring what the rule does; a model whose card has no leaps plays without it either way.
+    voice_leading: bool = True
 
     def programs(self) -> list[int]:
         return sorted({find_instrument(name).program for name in self.instruments})
@@ -117,6 +121,7 @@ class Composer:
         self.device = device
         self.fast = FastGPT2(self.model)
         self.pitch_of = torch.from_numpy(np.where(self.vocab.kind == KIND_PITCH, self.vocab.value, -1))
+        self.is_pitch = self.pitch_of >= 0
         self.is_timeshift = torch.from_numpy(self.vocab.kind == KIND_TIMESHIFT)
         self.shift_of = torch.from_numpy(np.where(self.vocab.kind == KIND_TIMESHIFT, self.vocab.value, 0))
 
@@ -135,6 +140,8 @@ class Composer:
         state = GrammarState()
         decoder = NoteDecoder(vocab)
         guard = LoopGuard()
+        leaps = self.loaded.card.get("style_defaults", {}).get(request.style, {}).get("leaps")
+        voices = VoiceLeading(leaps if request.voice_leading else None, self.pitch_of)
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         target = request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT
         context = self.loaded.context
@@ -158,6 +165,10 @@ class Composer:
                 banned = guard.banned_pitch(state.program)
                 if banned is not None:
                     mask = mask & (self.pitch_of != banned)
+                leading = voices.allowed(state.program, decoder.time)
+                # Only while it leaves a pitch to play: an instrument's range may hold no allowed leap.
+                if leading is not None and bool((mask & leading & self.is_pitch).any()):
+                    mask = mask & leading
             scores = logits.float().masked_fill(~mask, float("-inf"))
             if guard.penalized and state.phase == AFTER_PROGRAM:
                 scores = scores - LOOP_PENALTY * torch.isin(
@@ -169,6 +180,7 @@ class Composer:
             guard.on_time(decoder.time)
             if note is not None:
                 guard.on_note(note)
+                voices.on_note(note)
             yield token
             window.append(token)
             if len(window) >= context:

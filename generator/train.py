@@ -27,6 +27,7 @@ from generator.data import read_index
 from generator.model import build_model, count_parameters, save_model
 from generator.recipes import summarize_styles
 from generator.vocab import Vocab
+from generator.voice_leading import learn_leaps
 from generator.windows import IGNORE, Batch, Windows
 
 EVAL_WINDOWS_PER_STYLE = 32
@@ -114,6 +115,7 @@ def train(
             f"train pieces {len(train_set.rows)}, held-out {len(valid_set.rows)}; device {accelerator.device}"
         )
 
+    styles = describe_styles(dataset_dir, vocab) if accelerator.is_main_process else {}
     history = _read_history(run_dir / "metrics.csv") if resume else []
     started = time.time()
     tokens_seen = history[-1]["tokens"] if history else 0
@@ -168,7 +170,7 @@ def train(
                 )
                 if valid_loss < best:
                     best = valid_loss
-                    card = _card(cfg, dataset_dir, row, per_style, accelerator, model, started_from)
+                    card = _card(cfg, dataset_dir, row, per_style, accelerator, model, started_from, styles)
                     save_model(accelerator.unwrap_model(model), vocab, run_dir / "best", card)
         if accelerator.is_main_process and (step % cfg.save_every == 0 or step == cfg.max_steps):
             path = ckpt_dir / f"step-{step:06d}"
@@ -216,16 +218,33 @@ def _evaluate(
     return float(np.average(losses, weights=weights)), float(np.average(accs, weights=weights)), per_style
 
 
+def describe_styles(dataset_dir: Path, vocab: Vocab) -> dict[str, dict]:
+    """The card's `style_defaults`: each style's usual instruments, tempo and keys, and its voices' leaps."""
+    styles = summarize_styles(read_index(dataset_dir))
+    for style, leaps in learn_leaps(dataset_dir, vocab).items():
+        styles[style]["leaps"] = leaps
+    return styles
+
+
 def _card(
-    cfg: Train, dataset_dir: Path, row: dict, per_style: dict, accelerator, model, started_from: dict | None
+    cfg: Train,
+    dataset_dir: Path,
+    row: dict,
+    per_style: dict,
+    accelerator,
+    model,
+    started_from: dict | None,
+    styles: dict[str, dict],
 ) -> dict:
     device = (
         torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
         else f"CPU ({platform.processor() or 'x86_64'})"
     )
-    # A fine-tuned model's steps read as the base's plus its own: step4000+1200.
-    base = (started_from or {}).get("step")
+    # A fine-tuned model's steps read as the base's plus its own: step4000+1200, then step4000+1200+1500.
+    # A checkpoint's card has no version, only its step.
+    base_version = (started_from or {}).get("version") or ""
+    base = base_version.rpartition("-step")[2] if "-step" in base_version else (started_from or {}).get("step")
     steps = f"{base}+{row['step']}" if base else row["step"]
     return {
         "version": f"concertbot-{cfg.n_layer}x{cfg.n_embd}-step{steps}",
@@ -240,7 +259,7 @@ def _card(
         "valid_accuracy": round(row["valid_acc"], 4),
         "valid_per_style": per_style,
         "dataset": str(dataset_dir),
-        "style_defaults": summarize_styles(read_index(dataset_dir)),
+        "style_defaults": styles,
     }
 
 

@@ -84,6 +84,8 @@ def test_no_seed_prints_the_one_chosen(tiny_model, tmp_path):
         (["compose", "bahc"], "Did you mean bach"),
         (["compose", "bach", "-i", "vilin"], "Did you mean violin"),
         (["compose", "bach", "--tempo", "900"], "tempo 900 is out of range"),
+        (["compose", "bach", "--temperature", "-1"], "temperature -1 is out of range"),
+        (["compose", "bach", "--top-p", "0"], "top-p 0 is out of range"),
         (["compose", "bach", "--out", "x.mp3"], "must end in .mid or .wav"),
     ],
 )

@@ -110,6 +110,11 @@ def test_fine_tuning_starts_from_a_models_weights_and_its_card_says_so(tiny_mode
     # Resuming the fine-tuning run keeps what it started from.
     train(dataset, tmp_path / "tuned", cfg.model_copy(update={"max_steps": 8}), resume=True, log=lambda _: None)
     assert load_model(tmp_path / "tuned" / "best").card["started_from"] == tuned["started_from"]
+    # Tuning the tuned model again keeps the whole lineage in its name.
+    prior = load_model(tmp_path / "tuned" / "best").card["version"]
+    train(dataset, tmp_path / "again", cfg, log=lambda _: None, init=tmp_path / "tuned" / "best")
+    assert load_model(tmp_path / "again" / "best").card["version"] == prior + "+4"
+    assert prior.startswith(tuned["version"].rpartition("+")[0] + "+")
 
 
 def test_fine_tuning_refuses_a_model_of_another_shape(tiny_model, dataset, tmp_path):

@@ -45,8 +45,8 @@ class PieceRequest:
     # A key name (generator.vocab.KEYS); None: the seed picks one of the style's keys, as often as its
     # training pieces use it. Models trained before keys existed ignore it.
     key: str | None = None
-    # Offer each voice only the leaps the style's real voices take (generator.voice_leading). False is for
-    # measuring what the rule does; a model whose card has no leaps plays without it either way.
+    # Keep each voice to the leaps and register the style's real voices keep (generator.voice_leading). False
+    # is for measuring what the rule does; a model whose card has none plays without it either way.
     voice_leading: bool = True
 
     def programs(self) -> list[int]:
@@ -140,8 +140,7 @@ class Composer:
         state = GrammarState()
         decoder = NoteDecoder(vocab)
         guard = LoopGuard()
-        leaps = self.loaded.card.get("style_defaults", {}).get(request.style, {}).get("leaps")
-        voices = VoiceLeading(leaps if request.voice_leading else None, self.pitch_of)
+        voices = self.voice_leading(request)
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
         target = request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT
         context = self.loaded.context
@@ -190,6 +189,13 @@ class Composer:
                 logits, cache = self._forward([token], cache)
         if report is not None:
             report.steered = guard.steered
+
+    def voice_leading(self, request: PieceRequest) -> VoiceLeading:
+        """The style's leaps and registers from the card; none for a card without them or a request without."""
+        styles = self.loaded.card.get("style_defaults", {})
+        learnt = styles.get(request.style, {}) if request.voice_leading else {}
+        registers = {int(p): (low, high) for p, (low, high) in learnt.get("registers", {}).items()}
+        return VoiceLeading(learnt.get("leaps"), registers, self.pitch_of)
 
     def prefix(self, request: PieceRequest) -> list[int]:
         key = chosen_key(self.loaded, request.style, request.seed, request.key)

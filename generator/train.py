@@ -27,7 +27,7 @@ from generator.data import read_index
 from generator.model import build_model, count_parameters, save_model
 from generator.recipes import summarize_styles
 from generator.vocab import Vocab
-from generator.voice_leading import learn_leaps
+from generator.voice_leading import learn_voices
 from generator.windows import IGNORE, Batch, Windows
 
 EVAL_WINDOWS_PER_STYLE = 32
@@ -219,10 +219,11 @@ def _evaluate(
 
 
 def describe_styles(dataset_dir: Path, vocab: Vocab) -> dict[str, dict]:
-    """The card's `style_defaults`: each style's usual instruments, tempo and keys, and its voices' leaps."""
+    """The card's `style_defaults`: each style's usual instruments, tempo and keys, its voices' leaps and its
+    instruments' registers."""
     styles = summarize_styles(read_index(dataset_dir))
-    for style, leaps in learn_leaps(dataset_dir, vocab).items():
-        styles[style]["leaps"] = leaps
+    for style, voices in learn_voices(dataset_dir, vocab).items():
+        styles[style].update(voices)
     return styles
 
 

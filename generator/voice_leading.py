@@ -1,16 +1,19 @@
-"""Each style's melodic leaps, learnt from its real pieces, and the sampling rule built from them.
+"""How each style's voices move and where they sing, learnt from its real pieces, and the sampling rule built
+from them.
 
 A small model writes the odd leap a style never makes: real Palestrina voices never leap a tritone, a sixth
-down or a seventh, yet the shipped model's Palestrina openings did, in about one interval in twelve. The data
-says which leaps a style's voices take (kept in the model card with the style's other defaults); sampling then
-never offers a voice a pitch whose leap from its previous note that style's real voices (almost) never make.
-Leaps are measured as `metrics.interval_histogram` measures them: each program is a voice, and its melody is
-its highest note at each onset, so the notes of a chord are free among themselves.
+down or a seventh, yet the shipped model's Palestrina openings did, in about one interval in twelve. And it
+lets an instrument wander over its whole range where the style keeps it in a narrower one (a reel's flute never
+goes below middle C). The data says which leaps a style's voices take and what register each instrument keeps
+in that style (kept in the model card with the style's other defaults); sampling then never offers a voice a
+pitch outside that register, nor one whose leap from its previous note that style's real voices (almost) never
+make. Leaps are measured as `metrics.interval_histogram` measures them: each program is a voice, and its melody
+is its highest note at each onset, so the notes of a chord are free among themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +28,34 @@ from generator.vocab import Vocab
 MAX_LEAP = 24  # wider leaps count as this wide: two octaves either way
 MIN_SHARE = 0.0005  # a leap rarer than one in 2,000 of a style's real intervals is not offered
 MAX_PIECES = 400  # training pieces read per style, spread over the style: enough to meet every common leap
+REGISTER_SHARE = 0.005  # an instrument's register in a style leaves out its lowest and highest 0.5 % of notes
+MIN_REGISTER_NOTES = 200  # fewer notes of an instrument in a style say too little: its whole range is allowed
 
 
-def learn_leaps(dataset_dir: Path, vocab: Vocab) -> dict[str, list[int]]:
-    """Per style, the leaps in semitones (clipped to ±MAX_LEAP) its real training voices take."""
+def learn_voices(dataset_dir: Path, vocab: Vocab) -> dict[str, dict]:
+    """Per style: "leaps", the melodic leaps in semitones (clipped to ±MAX_LEAP) its real training voices take,
+    and "registers", the lowest and highest pitch of each instrument (a program, as a string) in its pieces."""
     tokens = np.load(dataset_dir / "tokens.npy", mmap_mode="r")
     rows = [r for r in read_index(dataset_dir) if r["split"] == "train" and r["length"] > 0]
-    out: dict[str, list[int]] = {}
+    out: dict[str, dict] = {}
     for style in sorted({r["style"] for r in rows}):
         mine = [r for r in rows if r["style"] == style]
         counts = np.zeros(2 * MAX_LEAP + 1)
+        pitches: dict[int, list[np.ndarray]] = {}
         for row in mine[:: max(1, len(mine) // MAX_PIECES)][:MAX_PIECES]:
-            ids = tokens[row["offset"] : row["offset"] + row["length"]].tolist()
-            counts += metrics.interval_counts(notes_array(decode(vocab, ids)), MAX_LEAP)
-        if counts.sum() > 0:
-            out[style] = [int(i) - MAX_LEAP for i in np.flatnonzero(counts / counts.sum() >= MIN_SHARE)]
+            notes = notes_array(decode(vocab, tokens[row["offset"] : row["offset"] + row["length"]].tolist()))
+            counts += metrics.interval_counts(notes, MAX_LEAP)
+            for program in np.unique(notes[:, metrics.PROGRAM]):
+                played = notes[notes[:, metrics.PROGRAM] == program, metrics.PITCH]
+                pitches.setdefault(int(program), []).append(played)
+        registers = {}
+        for program, found in sorted(pitches.items()):
+            played = np.concatenate(found)
+            if program != DRUMS and len(played) >= MIN_REGISTER_NOTES:
+                low, high = np.quantile(played, [REGISTER_SHARE, 1 - REGISTER_SHARE], method="nearest")
+                registers[str(program)] = [int(low), int(high)]
+        leaps = [int(i) - MAX_LEAP for i in np.flatnonzero(counts / max(1.0, counts.sum()) >= MIN_SHARE)]
+        out[style] = {"leaps": leaps, "registers": registers} if counts.sum() > 0 else {"registers": registers}
     return out
 
 
@@ -47,12 +63,21 @@ class VoiceLeading:
     """Follows each voice's melody while a piece is sampled and says which pitches it may take next.
 
     Args:
-        leaps: the style's leaps (`learn_leaps`), or None for no rule (a card from before leaps were learnt).
+        leaps: the style's leaps (`learn_voices`), or None for no rule on leaps (a card from before they were
+            learnt, or a request that turns the rule off).
+        registers: per program, the lowest and highest pitch it plays in the style; a program not in it keeps
+            its whole range.
         pitch_of: per token id, the MIDI pitch it stands for, or -1 for a token that is not a pitch.
     """
 
-    def __init__(self, leaps: Sequence[int] | None, pitch_of: torch.Tensor) -> None:
+    def __init__(
+        self,
+        leaps: Sequence[int] | None,
+        registers: Mapping[int, tuple[int, int]],
+        pitch_of: torch.Tensor,
+    ) -> None:
         self.pitch_of = pitch_of
+        self.registers = registers
         self.ok: torch.Tensor | None = None
         if leaps is not None:
             taken = set(leaps)
@@ -69,13 +94,25 @@ class VoiceLeading:
 
     def allowed(self, program: int, time: int) -> torch.Tensor | None:
         """Token mask for the pitch of `program`'s next note, starting at `time`; None when anything goes."""
-        if self.ok is None or program == DRUMS or program not in self.voices:
+        if program == DRUMS:
+            return None
+        not_pitch = self.pitch_of < 0
+        mask = None
+        if program in self.registers:
+            low, high = self.registers[program]
+            mask = not_pitch | ((self.pitch_of >= low) & (self.pitch_of <= high))
+        leap = self._leap(program, time)
+        if leap is not None:
+            mask = not_pitch | leap if mask is None else mask & (not_pitch | leap)
+        return mask
+
+    def _leap(self, program: int, time: int) -> torch.Tensor | None:
+        if self.ok is None or program not in self.voices:
             return None
         onset, top, before = self.voices[program]
-        not_pitch = self.pitch_of < 0
         if time != onset:
-            return not_pitch | self.ok[(self.pitch_of - top).clamp(-127, 127) + 127]
+            return self.ok[(self.pitch_of - top).clamp(-127, 127) + 127]
         if before is None:
             return None
         # Another note at this onset: below the top it is harmony; above, it becomes the melody's new note.
-        return not_pitch | (self.pitch_of <= top) | self.ok[(self.pitch_of - before).clamp(-127, 127) + 127]
+        return (self.pitch_of <= top) | self.ok[(self.pitch_of - before).clamp(-127, 127) + 127]

@@ -1,4 +1,4 @@
-"""Each style's leaps are learnt from its real voices, and sampling gives every voice only those leaps."""
+"""Each style's leaps and registers are learnt from its real voices, and sampling keeps every voice to them."""
 
 from __future__ import annotations
 
@@ -11,31 +11,43 @@ from generator.decode import Note, decode, notes_array
 from generator.instruments import DRUMS
 from generator.model import load_model
 from generator.sampling import Composer, PieceRequest
-from generator.voice_leading import MAX_LEAP, VoiceLeading, learn_leaps
+from generator.voice_leading import MAX_LEAP, MIN_REGISTER_NOTES, VoiceLeading, learn_voices
 
 PITCHES = torch.tensor([-1, *range(128)])  # token 0 is not a pitch; token p + 1 is pitch p
 
 
-def test_learnt_leaps_are_those_of_the_real_voices(dataset, tiny_model):
+def test_learnt_leaps_and_registers_are_those_of_the_real_voices(dataset, tiny_model):
     vocab = load_model(tiny_model / "best").vocab
-    leaps = learn_leaps(dataset, vocab)
+    learnt = learn_voices(dataset, vocab)
     tokens = np.load(dataset / "tokens.npy")
     rows = [r for r in read_index(dataset) if r["split"] == "train"]
-    assert set(leaps) == {r["style"] for r in rows if r["length"] > 0}
-    for style, taken in leaps.items():
-        counts = np.zeros(2 * MAX_LEAP + 1)
-        for r in (r for r in rows if r["style"] == style):
-            counts += metrics.interval_counts(
-                notes_array(decode(vocab, tokens[r["offset"] : r["offset"] + r["length"]].tolist())), MAX_LEAP
-            )
+    assert set(learnt) == {r["style"] for r in rows if r["length"] > 0}
+    for style, voices in learnt.items():
+        notes = [
+            notes_array(decode(vocab, tokens[r["offset"] : r["offset"] + r["length"]].tolist()))
+            for r in rows
+            if r["style"] == style
+        ]
+        counts = np.sum([metrics.interval_counts(n, MAX_LEAP) for n in notes], axis=0)
         # Every leap kept occurs in the style's real voices, and the common ones are all kept.
+        taken = voices["leaps"]
         assert all(counts[d + MAX_LEAP] > 0 for d in taken)
         common = [d - MAX_LEAP for d in np.flatnonzero(counts / counts.sum() >= 0.01)]
         assert set(common) <= set(taken) and taken == sorted(taken)
+        # An instrument with enough notes keeps nearly all of them inside its register.
+        every = np.concatenate(notes)
+        for program in np.unique(every[:, metrics.PROGRAM]):
+            played = every[every[:, metrics.PROGRAM] == program, metrics.PITCH]
+            if len(played) < MIN_REGISTER_NOTES:
+                assert str(program) not in voices["registers"]
+                continue
+            low, high = voices["registers"][str(program)]
+            assert played.min() <= low <= high <= played.max()
+            assert np.mean((played >= low) & (played <= high)) >= 0.98
 
 
-def test_a_voice_is_offered_only_the_styles_leaps():
-    rule = VoiceLeading([-2, -1, 0, 1, 2, 7], PITCHES)
+def test_a_voice_is_offered_only_the_styles_leaps_inside_its_register():
+    rule = VoiceLeading([-2, -1, 0, 1, 2, 7], {}, PITCHES)
     assert rule.allowed(40, 0) is None  # nothing to lead from yet
     rule.on_note(Note(0, 60, 8, 40))
     allowed = rule.allowed(40, 8)
@@ -50,22 +62,38 @@ def test_a_voice_is_offered_only_the_styles_leaps():
     ] == [67]
     # Other voices and drums follow their own lines, and a style without leaps has no rule.
     assert rule.allowed(41, 8) is None and rule.allowed(DRUMS, 8) is None
-    assert VoiceLeading(None, PITCHES).allowed(40, 8) is None
+    assert VoiceLeading(None, {}, PITCHES).allowed(40, 8) is None
+    # A register bounds the first note too, and the leaps after it.
+    ranged = VoiceLeading([-2, -1, 0, 1, 2, 7], {40: (59, 66)}, PITCHES)
+    first = ranged.allowed(40, 0)
+    assert first is not None and [p for p in range(128) if first[p + 1]] == list(range(59, 67))
+    ranged.on_note(Note(0, 60, 8, 40))
+    after = ranged.allowed(40, 8)
+    assert after is not None and [p for p in range(128) if after[p + 1]] == [59, 60, 61, 62]
 
 
 def test_sampled_voices_take_only_their_styles_leaps(tiny_model):
     loaded = load_model(tiny_model / "best")
     steps = [-2, -1, 0, 1, 2]
-    loaded.card["style_defaults"]["bach"]["leaps"] = steps
+    loaded.card["style_defaults"]["bach"].update(leaps=steps, registers={"40": [60, 72], "42": [36, 48]})
     composer = Composer(loaded)
 
-    def leaps(voice_leading: bool) -> set[int]:
+    def sampled(voice_leading: bool) -> tuple[set[int], dict[int, set[int]]]:
         found: set[int] = set()
+        pitches: dict[int, set[int]] = {40: set(), 42: set()}
         for seed in range(3):
             request = PieceRequest("bach", ("violin", "cello"), 100.0, 6.0, seed, voice_leading=voice_leading)
-            counts = metrics.interval_counts(notes_array(composer.compose(request).notes), MAX_LEAP)
+            notes = notes_array(composer.compose(request).notes)
+            counts = metrics.interval_counts(notes, MAX_LEAP)
             found |= {int(d) - MAX_LEAP for d in np.flatnonzero(counts)}
-        return found
+            for start, pitch, _duration, program in notes:
+                pitches[int(program)].add(int(pitch))
+        return found, pitches
 
-    assert leaps(True) <= set(steps)
-    assert not leaps(False) <= set(steps)  # the untrained-ish model leaps freely without the rule
+    leaps, pitches = sampled(True)
+    assert leaps <= set(steps)
+    assert pitches[40] <= set(range(60, 73)) and pitches[42] <= set(range(36, 49))
+    # The barely trained model leaps freely and roams its instruments' ranges without the rule.
+    leaps, pitches = sampled(False)
+    assert not leaps <= set(steps)
+    assert not (pitches[40] <= set(range(60, 73)) and pitches[42] <= set(range(36, 49)))

@@ -86,7 +86,7 @@ def test_sampled_voices_take_only_their_styles_leaps(tiny_model):
             notes = notes_array(composer.compose(request).notes)
             counts = metrics.interval_counts(notes, MAX_LEAP)
             found |= {int(d) - MAX_LEAP for d in np.flatnonzero(counts)}
-            for start, pitch, _duration, program in notes:
+            for _start, pitch, _duration, program in notes:
                 pitches[int(program)].add(int(pitch))
         return found, pitches
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 
+from pydantic import ValidationError
+
 from config.errors import ConcertbotError
+from config.settings import Sampling
 from generator.instruments import BY_PROGRAM, find_instrument
 from generator.model import LoadedModel
 from generator.sampling import PieceRequest
@@ -75,11 +78,13 @@ def make_request(
 
 
 def check_sampling(temperature: float, top_p: float) -> None:
-    """The settings' own bounds, for values that come from a command line instead."""
-    if not 0 < temperature <= 5:
-        raise RequestError(f"temperature {temperature:g} is out of range; use above 0 and up to 5")
-    if not 0 < top_p <= 1:
-        raise RequestError(f"top-p {top_p:g} is out of range; use above 0 and up to 1")
+    """The settings' own bounds (`config.settings.Sampling`), for values that come from a command line."""
+    try:
+        Sampling(temperature=temperature, top_p=top_p)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]).replace("_", "-")
+        raise RequestError(f"{name} {error['input']:g} is out of range: {error['msg'].lower()}") from None
 
 
 def new_seed() -> int:

@@ -54,8 +54,10 @@ def learn_voices(dataset_dir: Path, vocab: Vocab) -> dict[str, dict]:
             if program != DRUMS and len(played) >= MIN_REGISTER_NOTES:
                 low, high = np.quantile(played, [REGISTER_SHARE, 1 - REGISTER_SHARE], method="nearest")
                 registers[str(program)] = [int(low), int(high)]
-        leaps = [int(i) - MAX_LEAP for i in np.flatnonzero(counts / max(1.0, counts.sum()) >= MIN_SHARE)]
-        out[style] = {"leaps": leaps, "registers": registers} if counts.sum() > 0 else {"registers": registers}
+        out[style] = {"registers": registers}
+        if counts.sum() > 0:
+            kept = np.flatnonzero(counts / counts.sum() >= MIN_SHARE)
+            out[style]["leaps"] = [int(i) - MAX_LEAP for i in kept]
     return out
 
 
@@ -77,7 +79,12 @@ class VoiceLeading:
         pitch_of: torch.Tensor,
     ) -> None:
         self.pitch_of = pitch_of
-        self.registers = registers
+        self.not_pitch = pitch_of < 0
+        # Built once: `allowed` runs before every pitch sampled.
+        self.in_register = {
+            program: self.not_pitch | ((pitch_of >= low) & (pitch_of <= high))
+            for program, (low, high) in registers.items()
+        }
         self.ok: torch.Tensor | None = None
         if leaps is not None:
             taken = set(leaps)
@@ -96,14 +103,10 @@ class VoiceLeading:
         """Token mask for the pitch of `program`'s next note, starting at `time`; None when anything goes."""
         if program == DRUMS:
             return None
-        not_pitch = self.pitch_of < 0
-        mask = None
-        if program in self.registers:
-            low, high = self.registers[program]
-            mask = not_pitch | ((self.pitch_of >= low) & (self.pitch_of <= high))
+        mask = self.in_register.get(program)
         leap = self._leap(program, time)
         if leap is not None:
-            mask = not_pitch | leap if mask is None else mask & (not_pitch | leap)
+            mask = self.not_pitch | leap if mask is None else mask & (self.not_pitch | leap)
         return mask
 
     def _leap(self, program: int, time: int) -> torch.Tensor | None:

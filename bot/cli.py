@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -112,6 +114,47 @@ def data_build(
         console.print(
             f"skipped {len(report.skipped)} pieces ({summary}); details in {out_dir / 'skipped.jsonl'}"
         )
+
+
+@data_app.command("forms")
+def data_forms(
+    model: Annotated[
+        Path | None, typer.Option(help="The model whose card learns them (default: ours).")
+    ] = None,
+    dataset: Annotated[Path | None, typer.Option(help="The data set to learn from.")] = None,
+) -> None:
+    """Learn each style's forms (metre, sections, phrases, cadences) from the data set into a model's card.
+
+    Training does this on its own; this refreshes a model trained before forms were learnt, without retraining.
+    """
+    import json
+
+    from generator.model import DEFAULT_MODEL_DIR, load_model
+    from generator.plan import learn_forms
+
+    settings = _settings()
+    directory = model or DEFAULT_MODEL_DIR
+    try:
+        loaded = load_model(directory)
+        forms = learn_forms(dataset or settings.paths.data_dir / "dataset", loaded.vocab)
+    except ConcertbotError as exc:
+        raise fail(exc) from None
+    card_path = Path(directory) / "card.json"
+    card = json.loads(card_path.read_text())
+    for style, form in forms.items():
+        card.setdefault("style_defaults", {}).setdefault(style, {})["form"] = form
+    card["forms_from"] = str(dataset or settings.paths.data_dir / "dataset")
+    card_path.write_text(json.dumps(card, indent=1))
+    table = Table(title=f"forms learnt into {card_path}")
+    for col in ("style", "bar (beats)", "commonest shape", "phrase bars", "cadence roots"):
+        table.add_column(col)
+    for style, form in sorted(forms.items()):
+        shapes = form.get("forms") or [[[]]]
+        shape = " ".join(f"{b}{'x2' if r else ''}" for b, r in shapes[0][0]) or "-"
+        phrases = max(form.get("phrase_bars", {"-": 0}).items(), key=lambda kv: kv[1])[0]
+        cadences = ", ".join(k for k, _ in sorted(form.get("cadences", {}).items(), key=lambda kv: -kv[1])[:3])
+        table.add_row(style, f"{form.get('bar', 32) / 8:g}", shape, phrases, cadences)
+    console.print(table)
 
 
 @app.command("train")
@@ -398,10 +441,14 @@ def eval_cmd(
     ] = True,
     markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
 ) -> None:
-    """Measure the model per style against real held-out pieces."""
+    """Measure the model per style against real held-out pieces: style, then form and texture.
+
+    Two tables: how close each style's pieces come to the real ones, then how they end, repeat and sound
+    (generated, and in brackets real). With --markdown, the second goes next to the first as NAME.form.md.
+    """
     from dataclasses import asdict
 
-    from generator.evaluate import evaluate
+    from generator.evaluate import FORM_FIELDS, evaluate
     from generator.recipes import check_sampling
 
     settings = _settings()
@@ -440,30 +487,91 @@ def eval_cmd(
         ("key-free recognised (real)", pair("key_free_recognised", ".0%")),
     ]
     values = [asdict(r) for r in reports]
+    form_keys = {*FORM_FIELDS, *(f"{k}_real" for k in FORM_FIELDS)}
     means = {
         k: sum(v[k] for v in values) / max(1, len(values))
         for k in values[0]
-        if k not in ("style", "valid_loss", "mistaken_for")
+        if k not in ("style", "valid_loss", "mistaken_for", *form_keys)
     }
     means["mistaken_for"] = ""  # a guess per style; there is none for all of them together
     means["valid_loss"] = loaded.card.get("valid_loss")
     means["real_pieces"] = sum(v["real_pieces"] for v in values)
+    means |= _form_means(values, form_keys)
+    title = (
+        f"{loaded.version}: {pieces} pieces of {seconds:g} s per style, temperature {temperature:g}, "
+        f"top-p {top_p:g}, voice leading {'on' if voice_leading else 'off'}"
+    )
+    header, rows = _eval_rows(columns, values, means)
+    _print_table(title, header, rows)
+    form_header, form_rows = _eval_rows(_FORM_COLUMNS, values, means)
+    _print_table(
+        f"{title}: form and texture, real pieces' openings (endings: whole pieces)", form_header, form_rows
+    )
+    if markdown:
+        markdown.write_text(_markdown(header, rows))
+        markdown.with_suffix(".form.md").write_text(_markdown(form_header, form_rows))
+
+
+def _form_figure(key: str, fmt: str) -> Callable[[dict], str]:
+    """'generated (real)' for one form figure, with '-' for a figure that had nothing to measure (nan)."""
+
+    def shown(value: float) -> str:
+        return "-" if math.isnan(value) else f"{value:{fmt}}"
+
+    return lambda v: f"{shown(v[key])} ({shown(v[key + '_real'])})"
+
+
+# The form and texture figures of generator.form_metrics, generated (real), in the second eval table.
+_FORM_COLUMNS = [
+    ("ends on a downbeat (real)", _form_figure("ends_on_downbeat", ".0%")),
+    ("ends long (real)", _form_figure("ends_long", ".0%")),
+    ("ends on the tonic (real)", _form_figure("ends_on_tonic", ".0%")),
+    ("chordal onsets (real)", _form_figure("chordal_onset_share", ".0%")),
+    ("leaps over 4 semitones (real)", _form_figure("leap_share", ".0%")),
+    ("2 bars recur (real)", _form_figure("recurring_share", ".0%")),
+    ("longest recurring bars (real)", _form_figure("longest_recurring_bars", ".1f")),
+    ("key kept (real)", _form_figure("key_kept", ".0%")),
+    ("smallest instrument share (real)", _form_figure("smallest_instrument_share", ".0%")),
+    ("most notes at once (real)", _form_figure("most_simultaneous", ".0f")),
+    ("self-overlap (real)", _form_figure("self_overlap_share", ".0%")),
+]
+
+
+def _form_means(values: list[dict], keys: set[str]) -> dict:
+    """The 'all' row's form figures: the most notes at once of any style, else the mean over the styles.
+
+    A style with nothing to measure (nan) is left out of the mean, as a piece is within a style.
+    """
+    out: dict = {}
+    for key in keys:
+        figures = [v[key] for v in values if not math.isnan(v[key])]
+        if key.startswith("most_simultaneous"):
+            out[key] = max(figures, default=0)
+        else:
+            out[key] = sum(figures) / len(figures) if figures else float("nan")
+    return out
+
+
+def _eval_rows(columns: list, values: list[dict], means: dict) -> tuple[list[str], list[list[str]]]:
     header = ["style"] + [name for name, _ in columns]
     rows = [[v["style"]] + [fmt(v) for _, fmt in columns] for v in values]
     rows.append(["all"] + [fmt(means) for _, fmt in columns])
-    table = Table(
-        title=f"{loaded.version}: {pieces} pieces of {seconds:g} s per style, temperature {temperature:g}, "
-        f"top-p {top_p:g}, voice leading {'on' if voice_leading else 'off'}"
-    )
+    return header, rows
+
+
+def _print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    table = Table(title=title)
     for col in header:
         table.add_column(col, justify="left" if col == "style" else "right")
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        markdown.write_text("\n".join(lines) + "\n")
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -65,6 +65,20 @@ _SPARE_VOICES = (
 Voice = list[tuple[int, int, int]]  # one part's notes: (start, duration, pitch)
 
 
+@dataclass(frozen=True)
+class Form:
+    """What a score says of its shape, in ticks at TPQ, for the planner to learn from (generator.plan).
+
+    A MIDI file says only its metre; a score also where its sections end (a double or final bar, a repeat
+    sign), which of them it repeats, and where its phrases end on a fermata (the chorales).
+    """
+
+    bar: int = 0  # ticks per bar of the first time signature; 0 when the source names none
+    pickup: int = 0  # ticks before the first downbeat (an anacrusis)
+    sections: tuple[tuple[int, int, bool], ...] = ()  # (start, end, played twice) in score order
+    fermatas: tuple[int, ...] = ()  # where a note under a fermata ends
+
+
 @dataclass
 class Piece:
     """One piece of music: notes as rows of (start tick, duration ticks, MIDI pitch, program) at TPQ."""
@@ -74,6 +88,7 @@ class Piece:
     tempo: float
     notes: np.ndarray  # int32 [N, 4]
     tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint16))  # MidiTok ids, no prefix
+    form: Form = field(default_factory=lambda: Form())
 
     @property
     def seconds(self) -> float:
@@ -210,7 +225,49 @@ def _music21_piece(score, pid: str, style: str, ensemble: tuple[str, ...], beat_
     programs = part_programs([part.partName or "" for part in parts], voices, ensemble)
     rows = [(*note, program) for voice, program in zip(voices, programs, strict=True) for note in voice]
     notes = np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
-    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes)
+    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes, form=_score_form(parts))
+
+
+def _score_form(parts: list) -> Form:
+    """The metre, anacrusis, sections and fermatas of a score, read from its first part's measures."""
+    from music21 import bar, expressions
+
+    measures = list(parts[0].getElementsByClass("Measure"))
+    if not measures:
+        return Form()
+    first = measures[0]
+    signature = first.timeSignature or first.getContextByClass("TimeSignature")
+    length = float(signature.barDuration.quarterLength) if signature is not None else 0.0
+    pickup = float(first.duration.quarterLength) if first.paddingLeft > 0 else 0.0
+    sections: list[tuple[int, int, bool]] = []
+    start = repeat_from = 0
+    for m in measures:
+        left, right = m.leftBarline, m.rightBarline
+        begin = round(float(m.offset) * TPQ)
+        if isinstance(left, bar.Repeat) and left.direction == "start":
+            if begin > start:
+                sections.append((start, begin, False))
+            start = repeat_from = begin
+        end = round(float(m.offset + m.duration.quarterLength) * TPQ)
+        if isinstance(right, bar.Repeat) and right.direction == "end":
+            sections.append((repeat_from, end, True))
+            start = repeat_from = end
+        elif right is not None and right.type in ("double", "final", "light-heavy", "light-light"):
+            if end > start:
+                sections.append((start, end, False))
+            start = repeat_from = end
+    last = round(float(measures[-1].offset + measures[-1].duration.quarterLength) * TPQ)
+    if last > start:
+        sections.append((start, last, False))
+    fermatas = sorted(
+        {
+            round(float(n.offset + n.quarterLength) * TPQ)
+            for part in parts
+            for n in part.flatten().notes
+            if any(isinstance(e, expressions.Fermata) for e in n.expressions)
+        }
+    )
+    return Form(round(length * TPQ), round(pickup * TPQ), tuple(sections), tuple(fermatas))
 
 
 def part_programs(names: list[str], voices: list[Voice], ensemble: tuple[str, ...]) -> list[int]:
@@ -272,6 +329,10 @@ def extract_midi(path: str, rel: str, style: str) -> SourceResult:
 def _midi_piece(score: Any, pid: str, style: str) -> Piece:
     bpm = float(score.tempos[0].qpm) if len(score.tempos) else 120.0
     scale = TPQ / score.ticks_per_quarter
+    bar = 0
+    if len(score.time_signatures):
+        signature = score.time_signatures[0]
+        bar = round(signature.numerator * 4 / signature.denominator * TPQ)
     rows = []
     for track in score.tracks:
         program = canonical_program(track.program, track.is_drum)
@@ -282,8 +343,13 @@ def _midi_piece(score: Any, pid: str, style: str) -> Piece:
             raise ValueError(f"more than {MAX_NOTES} notes")
     notes = np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
     if len(notes):
-        notes[:, 0] -= notes[:, 0].min()  # leading silence is not music
-    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes)
+        lead = int(notes[:, 0].min())
+        notes[:, 0] -= lead  # leading silence is not music
+        # The downbeats stay where the file put them: the silence cut may leave an anacrusis.
+        pickup = (bar - lead % bar) % bar if bar else 0
+    else:
+        pickup = 0
+    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes, form=Form(bar, pickup))
 
 
 def _reason(exc: BaseException) -> str:
@@ -292,6 +358,7 @@ def _reason(exc: BaseException) -> str:
 
 
 __all__ = [
+    "Form",
     "Piece",
     "SourceResult",
     "abc_tunes",

@@ -28,8 +28,9 @@ from generator.instruments import DRUMS
 from generator.styles import CORPUS_STYLES
 from generator.vocab import Vocab, key_name
 
-# 2: ABC tunes one by one, Josquin's voices merged, tempo in the metre's beat; 3: one program per part
-CACHE_VERSION = 3
+# 2: ABC tunes one by one, Josquin's voices merged, tempo in the metre's beat; 3: one program per part;
+# 4: each piece's form (metre, anacrusis, sections, fermatas)
+CACHE_VERSION = 4
 CORPUS_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
 MIDI_SUFFIXES = (".mid", ".midi")
 
@@ -243,6 +244,10 @@ def write_dataset(report: BuildReport, out_dir: Path, valid_percent: float) -> V
                 "seconds": round(piece.seconds, 2),
                 "ranges": ranges,
                 "key": piece_key(piece),
+                "bar": piece.form.bar,
+                "pickup": piece.form.pickup,
+                "sections": [list(x) for x in piece.form.sections],
+                "fermatas": list(piece.form.fermatas),
             }
             index.write(json.dumps(row) + "\n")
             arrays.append(piece.tokens)

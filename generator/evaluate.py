@@ -7,24 +7,31 @@ pieces, share of notes on the requested instruments when the prefix alone asks f
 classifier trained on real pieces recognises the requested style (and which style it most often takes the
 others for, to say where a model falls short), next to how often it recognises the real held-out pieces, whole
 and cut to the generated pieces' length.
+
+Then form and texture (generator.form_metrics), generated next to real: how pieces end (on a strong beat, held,
+on the tonic), how chordal and leapy they are, whether passages recur, whether the asked key is kept, how
+evenly the instruments share the notes and how thick the texture gets. Texture is measured on the real
+pieces' openings, as long as the generated pieces; endings on the whole real pieces, since an opening is cut
+off rather than ended.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from config.errors import ConcertbotError
-from generator import metrics
+from generator import form_metrics, metrics, plan
 from generator.data import read_index
 from generator.decode import decode, notes_array
 from generator.model import LoadedModel
 from generator.recipes import style_defaults
-from generator.sampling import Composer, PieceRequest
+from generator.sampling import Composer, PieceRequest, chosen_key
+from generator.vocab import KEYS
 
 MAX_REAL_PER_STYLE = 150  # enough for stable histograms and a classifier; keeps eval quick
 
@@ -53,19 +60,84 @@ class StyleReport:
     key_free_pitch_class_js_real: float
     key_free_recognised: float
     key_free_recognised_real: float
+    # Form and texture, from `form_summary`: generated pieces, then the real held-out ones.
+    ends_on_downbeat: float
+    ends_on_downbeat_real: float
+    ends_long: float
+    ends_long_real: float
+    ends_on_tonic: float
+    ends_on_tonic_real: float
+    chordal_onset_share: float
+    chordal_onset_share_real: float
+    leap_share: float
+    leap_share_real: float
+    recurring_share: float
+    recurring_share_real: float
+    longest_recurring_bars: float
+    longest_recurring_bars_real: float
+    key_kept: float
+    key_kept_real: float
+    smallest_instrument_share: float
+    smallest_instrument_share_real: float
+    most_simultaneous: float  # a count of notes, typed as the other figures are: the most in any piece
+    most_simultaneous_real: float
+    self_overlap_share: float
+    self_overlap_share_real: float
 
 
-def _real(dataset: Path, loaded: LoadedModel, split: str) -> dict[str, list[tuple[np.ndarray, float]]]:
+@dataclass(frozen=True)
+class RealPiece:
+    """A real piece of the data set, decoded, with the metre and key its index row gives."""
+
+    notes: np.ndarray  # [N, 4] as metrics expects
+    tempo: float
+    bar: int  # steps per bar
+    pickup: int  # steps before the first downbeat
+    # (tonic pitch class, minor): the row's, else estimated from the notes as the data set estimates it.
+    key: tuple[int, bool]
+
+
+def key_of(name: str) -> tuple[int, bool]:
+    """(tonic pitch class, minor) of a key name in generator.vocab.KEYS (`F#m` is (6, True))."""
+    index = KEYS.index(name)
+    return index % 12, index >= 12
+
+
+def row_form(row: dict) -> tuple[int, int, tuple[int, bool] | None]:
+    """(bar steps, pickup steps, key) of a data set index row.
+
+    Rows give the metre in ticks at the data set's TPQ. Data sets built before it was kept, and sources that
+    name no metre (bar 0), fall back to a 4/4 bar starting on its downbeat; a row without a key gives None.
+    """
+    bar = round((row.get("bar") or 0) / plan.TICKS_PER_STEP)
+    pickup = round((row.get("pickup") or 0) / plan.TICKS_PER_STEP)
+    tonality = key_of(row["key"]) if row.get("key") else None
+    return (bar, pickup % bar, tonality) if bar > 0 else (plan.DEFAULT_BAR, 0, tonality)
+
+
+def _real(dataset: Path, loaded: LoadedModel, split: str) -> dict[str, list[RealPiece]]:
     tokens = np.load(dataset / "tokens.npy", mmap_mode="r")
-    out: dict[str, list[tuple[np.ndarray, float]]] = {}
+    out: dict[str, list[RealPiece]] = {}
     for row in read_index(dataset):
         if row["split"] != split or row["style"] not in loaded.vocab.styles:
             continue
         mine = out.setdefault(row["style"], [])
         if len(mine) < MAX_REAL_PER_STYLE:
             ids = tokens[row["offset"] : row["offset"] + row["length"]].tolist()
-            mine.append((notes_array(decode(loaded.vocab, ids)), row["tempo"]))
+            notes = notes_array(decode(loaded.vocab, ids))
+            bar, pickup, tonality = row_form(row)
+            tonality = tonality or metrics.key(metrics.pitch_class_histogram(notes))
+            mine.append(RealPiece(notes, row["tempo"], bar, pickup, tonality))
     return out
+
+
+def _timed(pieces: list[RealPiece]) -> list[tuple[np.ndarray, float]]:
+    return [(p.notes, p.tempo) for p in pieces]
+
+
+def _programs(notes: np.ndarray) -> list[int]:
+    """The instruments a real piece is written for: every program it plays anywhere in it."""
+    return sorted(set(notes[:, metrics.PROGRAM].tolist()))
 
 
 def _opening(notes: np.ndarray, tempo: float, seconds: float) -> np.ndarray:
@@ -87,6 +159,80 @@ def _distances(histogram: Callable[[np.ndarray], np.ndarray], made: list, train:
     )
 
 
+@dataclass(frozen=True)
+class PieceForm:
+    """The form and texture measures of one piece (generator.form_metrics)."""
+
+    ending: form_metrics.Ending
+    chordal_onset_share: float  # nan: no onset sounds three pitch classes
+    leap_share: float  # nan: no melodic interval
+    recurrence: form_metrics.Recurrence
+    key_kept: float  # 1.0 or 0.0; nan when no key was asked (a model without keys)
+    smallest_instrument_share: float
+    most_simultaneous: int
+    self_overlap_share: float  # nan: no note followed by another of its program
+
+
+def piece_form(
+    texture: np.ndarray,
+    whole: np.ndarray,
+    bar: int,
+    pickup: int,
+    asked_key: tuple[int, bool] | None,
+    programs: Iterable[int],
+) -> PieceForm:
+    """Measure a piece's texture on `texture` and its ending on `whole` (the same notes for a generated one).
+
+    Without an asked key the ending is heard against the piece's own estimated key, and `key_kept` is nan.
+    """
+    tonic, minor = asked_key or metrics.key(metrics.pitch_class_histogram(whole))
+    return PieceForm(
+        ending=form_metrics.ending(whole, bar, pickup, tonic, minor),
+        chordal_onset_share=form_metrics.chordal_onset_share(texture),
+        leap_share=form_metrics.leap_share(texture),
+        recurrence=form_metrics.recurrence(texture, bar, pickup),
+        key_kept=float(form_metrics.key_kept(texture, tonic, minor)) if asked_key else float("nan"),
+        smallest_instrument_share=form_metrics.smallest_instrument_share(texture, programs),
+        most_simultaneous=form_metrics.most_simultaneous(texture),
+        self_overlap_share=form_metrics.self_overlap_share(texture),
+    )
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    """The mean of the values that are not nan; nan when none is (numpy would warn)."""
+    kept = [v for v in values if not np.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
+
+
+def form_summary(forms: list[PieceForm]) -> dict[str, float]:
+    """A style's form figures over its pieces, named as StyleReport's fields: shares, means and the maximum.
+
+    Pieces with nothing to measure (nan) are left out of each mean; with no piece at all every figure is nan
+    but `most_simultaneous`, 0.
+    """
+    return {
+        "ends_on_downbeat": _nanmean(f.ending.on_downbeat for f in forms),
+        "ends_long": _nanmean(f.ending.long for f in forms),
+        "ends_on_tonic": _nanmean(f.ending.on_tonic for f in forms),
+        "chordal_onset_share": _nanmean(f.chordal_onset_share for f in forms),
+        "leap_share": _nanmean(f.leap_share for f in forms),
+        "recurring_share": _nanmean(f.recurrence.recurs for f in forms),
+        "longest_recurring_bars": _nanmean(f.recurrence.longest_bars for f in forms),
+        "key_kept": _nanmean(f.key_kept for f in forms),
+        "smallest_instrument_share": _nanmean(f.smallest_instrument_share for f in forms),
+        "most_simultaneous": max((f.most_simultaneous for f in forms), default=0),
+        "self_overlap_share": _nanmean(f.self_overlap_share for f in forms),
+    }
+
+
+FORM_FIELDS = tuple(form_summary([]))
+"""The form figures' names; each has a `_real` twin in StyleReport."""
+
+
+def _paired(made: dict[str, float], real: dict[str, float]) -> dict[str, float]:
+    return {**made, **{f"{name}_real": value for name, value in real.items()}}
+
+
 def evaluate(
     loaded: LoadedModel,
     dataset: Path,
@@ -103,8 +249,9 @@ def evaluate(
 
     The classifier always learns every style, so leaving styles out changes no figure of those kept.
     """
-    train = _real(dataset, loaded, "train")
-    valid = _real(dataset, loaded, "valid")
+    train = {s: _timed(pieces) for s, pieces in _real(dataset, loaded, "train").items()}
+    valid_pieces = _real(dataset, loaded, "valid")
+    valid = {s: _timed(pieces) for s, pieces in valid_pieces.items()}
     styles = [s for s in loaded.vocab.styles if s in train and s in valid]
     unknown = sorted(set(only) - set(styles))
     if unknown:
@@ -130,19 +277,30 @@ def evaluate(
     reports = []
     for style in [s for s in styles if s in only] if only else styles:
         instruments, tempo = style_defaults(loaded, style)
-        made, on_instruments, total_notes = [], 0, 0
+        bar = plan.bar_steps(loaded.card, style)
+        made, made_forms, on_instruments, total_notes = [], [], 0, 0
         for i in range(pieces_per_style):
             request = PieceRequest(
                 style, instruments, tempo, seconds, seed + i, temperature, top_p, voice_leading=voice_leading
             )
             piece = composer.compose(request)
-            made.append((notes_array(piece.notes), tempo))
+            notes = notes_array(piece.notes)
+            made.append((notes, tempo))
+            asked = chosen_key(loaded, style, request.seed, request.key)
+            # A generated piece starts on a downbeat, and its opening is all of it.
+            made_forms.append(
+                piece_form(notes, notes, bar, 0, key_of(asked) if asked else None, request.programs())
+            )
             loose = composer.compose(replace(request, strict_instruments=False))
             wanted = set(request.programs())
             on_instruments += sum(n.program in wanted for n in loose.notes)
             total_notes += len(loose.notes)
         progress(style)
         real_valid, real_train = valid[style], train[style]
+        real_forms = [
+            piece_form(_opening(p.notes, p.tempo, seconds), p.notes, p.bar, p.pickup, p.key, _programs(p.notes))
+            for p in valid_pieces[style]
+        ]
 
         pc = _distances(metrics.pitch_class_histogram, made, real_train, real_valid)
         iv = _distances(metrics.interval_histogram, made, real_train, real_valid)
@@ -173,6 +331,7 @@ def evaluate(
                 key_free_pitch_class_js_real=kf[1],
                 key_free_recognised=recognised(key_free_classifier, made, style, True),
                 key_free_recognised_real=recognised(key_free_classifier, real_valid, style, True),
+                **_paired(form_summary(made_forms), form_summary(real_forms)),
             )
         )
     return reports

@@ -15,10 +15,12 @@ import torch
 
 from generator.decode import STEPS_PER_BEAT, Note, NoteDecoder, decode
 from generator.fastgpt import FastGPT2
-from generator.grammar import AFTER_PROGRAM, AT_BOUNDARY, Grammar, GrammarState
+from generator.grammar import AFTER_PITCH, AFTER_PROGRAM, AT_BOUNDARY, Grammar, GrammarState
 from generator.instruments import DRUMS, PROGRAMS, find_instrument
 from generator.model import LoadedModel
-from generator.vocab import KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT
+from generator.plan import Plan, draw_plan, form_profile
+from generator.steering import PlanFollower, VocabTensors
+from generator.vocab import KIND_DURATION, KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT, Vocab
 from generator.voice_leading import VoiceLeading
 
 BAR_STEPS = 4 * STEPS_PER_BEAT
@@ -48,6 +50,9 @@ class PieceRequest:
     # Keep each voice to the leaps and register the style's real voices keep (generator.voice_leading). False
     # is for measuring what the rule does; a model whose card has none plays without it either way.
     voice_leading: bool = True
+    # Follow a plan drawn by the seed from the style's real pieces (generator.plan): phrases, returning
+    # sections, cadences and a final chord. False is for measuring what the plan does.
+    plan: bool = True
 
     def programs(self) -> list[int]:
         return sorted({find_instrument(name).program for name in self.instruments})
@@ -60,6 +65,7 @@ class Composition:
     tokens: list[int]  # music tokens, ending with EOS
     notes: list[Note] = field(default_factory=list)
     steered: int = 0  # how many times the loop guard stepped in
+    plan: Plan | None = None
 
 
 class LoopGuard:
@@ -124,9 +130,27 @@ class Composer:
         self.is_pitch = self.pitch_of >= 0
         self.is_timeshift = torch.from_numpy(self.vocab.kind == KIND_TIMESHIFT)
         self.shift_of = torch.from_numpy(np.where(self.vocab.kind == KIND_TIMESHIFT, self.vocab.value, 0))
+        kind, value = self.vocab.kind, self.vocab.value
+        self.tensors = VocabTensors(
+            pitch_of=self.pitch_of,
+            is_pitch=self.is_pitch,
+            is_timeshift=self.is_timeshift,
+            shift_of=self.shift_of,
+            program_of=torch.from_numpy(np.where(kind == KIND_PROGRAM, value, -2)),
+            is_duration=torch.from_numpy(kind == KIND_DURATION),
+            duration_of=torch.from_numpy(np.where(kind == KIND_DURATION, value, 0)),
+        )
+
+    def plan(self, request: PieceRequest) -> Plan | None:
+        """The piece's plan, drawn by its seed from its style's form (None when the request plays without)."""
+        if not request.plan:
+            return None
+        return draw_plan(
+            form_profile(self.loaded.card, request.style), request.seconds, request.tempo, request.seed
+        )
 
     def compose(self, request: PieceRequest) -> Composition:
-        comp = Composition(request, self.prefix(request), [])
+        comp = Composition(request, self.prefix(request), [], plan=self.plan(request))
         comp.tokens = list(self.stream(request, comp))
         comp.notes = decode(self.vocab, comp.tokens)
         return comp
@@ -142,44 +166,47 @@ class Composer:
         guard = LoopGuard()
         voices = self.voice_leading(request)
         generator = torch.Generator(device="cpu").manual_seed(request.seed)
+        plan = self.plan(request)
+        follow = None
+        if plan is not None:
+            key = chosen_key(self.loaded, request.style, request.seed, request.key)
+            profile = form_profile(self.loaded.card, request.style)
+            follow = PlanFollower(plan, profile, key, request.programs(), self.tensors)
         target = request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT
         context = self.loaded.context
         window = list(prefix)
+        music: list[int] = []  # the music tokens so far, for a returning section to play again
+        section_at: dict[int, int] = {}  # a section's start step -> index in `music` where it began
+        replay: list[int] = []  # tokens of a returning section still to play
         logits, cache = self._forward(window, None)
         while True:
-            at_end = decoder.time >= target and state.notes > 0
-            if at_end and state.phase == AT_BOUNDARY:
-                yield vocab.eos
-                break
-            mask = torch.from_numpy(grammar.allowed(state, may_end=False))
-            if state.phase == AT_BOUNDARY and (at_end or guard.onset_notes >= MAX_NOTES_PER_ONSET):
-                if guard.onset_time == decoder.time:
-                    mask = mask & self.is_timeshift  # finish the chord by moving time on
-            elif state.phase == AT_BOUNDARY:
-                # No rest longer than MAX_REST: time shifts that would overshoot it are off the table.
-                # Before the first note, at most a beat: a piece starts at once, and never ends empty.
-                room = (MAX_REST if state.notes else STEPS_PER_BEAT) - (decoder.time - guard.onset_time)
-                mask = mask & ~(self.is_timeshift & (self.shift_of > room))
-            if state.phase == AFTER_PROGRAM and state.program is not None:
-                banned = guard.banned_pitch(state.program)
-                if banned is not None:
-                    mask = mask & (self.pitch_of != banned)
-                leading = voices.allowed(state.program, decoder.time)
-                # Only while it leaves a pitch to play: an instrument's range may hold no allowed leap.
-                if leading is not None and bool((mask & leading & self.is_pitch).any()):
-                    mask = mask & leading
-            scores = logits.float().masked_fill(~mask, float("-inf"))
-            if guard.penalized and state.phase == AFTER_PROGRAM:
-                scores = scores - LOOP_PENALTY * torch.isin(
-                    self.pitch_of, torch.tensor(sorted(guard.penalized))
-                )
-            token = _sample(scores, request.temperature, request.top_p, generator)
+            if follow is not None and state.phase == AT_BOUNDARY:
+                if follow.finished(decoder.time):
+                    yield vocab.eos
+                    break
+                if decoder.time not in section_at:
+                    section_at[decoder.time] = len(music)
+                    if not replay and plan is not None:
+                        replay = self._returning(plan, decoder.time, section_at, music, vocab)
+            elif follow is None:
+                at_end = decoder.time >= target and state.notes > 0
+                if at_end and state.phase == AT_BOUNDARY:
+                    yield vocab.eos
+                    break
+            if replay:
+                token = replay.pop(0)
+            else:
+                token = self._choose(logits, state, grammar, decoder, guard, voices, follow, request, generator)
             state = grammar.advance(state, token)
             note = decoder.feed(token)
             guard.on_time(decoder.time)
             if note is not None:
-                guard.on_note(note)
+                if not replay:
+                    guard.on_note(note)
                 voices.on_note(note)
+                if follow is not None:
+                    follow.on_note(note.start, note.pitch, note.duration, note.program)
+            music.append(token)
             yield token
             window.append(token)
             if len(window) >= context:
@@ -189,6 +216,83 @@ class Composer:
                 logits, cache = self._forward([token], cache)
         if report is not None:
             report.steered = guard.steered
+
+    def _choose(
+        self,
+        logits: torch.Tensor,
+        state: GrammarState,
+        grammar: Grammar,
+        decoder: NoteDecoder,
+        guard: LoopGuard,
+        voices: VoiceLeading,
+        follow: PlanFollower | None,
+        request: PieceRequest,
+        generator: torch.Generator,
+    ) -> int:
+        """Sample the next token under the grammar, the guards, voice leading and the plan."""
+        time = decoder.time
+        at_end = follow is None and time >= request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT
+        mask = torch.from_numpy(grammar.allowed(state, may_end=False))
+        scores = logits.float()
+        if state.phase == AT_BOUNDARY and (at_end or guard.onset_notes >= MAX_NOTES_PER_ONSET):
+            if guard.onset_time == time:
+                mask = mask & self.is_timeshift  # finish the chord by moving time on
+        elif state.phase == AT_BOUNDARY:
+            # No rest longer than MAX_REST: time shifts that would overshoot it are off the table.
+            # Before the first note, at most a beat: a piece starts at once, and never ends empty.
+            room = (MAX_REST if state.notes else STEPS_PER_BEAT) - (time - guard.onset_time)
+            mask = mask & ~(self.is_timeshift & (self.shift_of > room))
+        if follow is not None and state.phase == AT_BOUNDARY:
+            planned = follow.boundary_mask(mask, time)
+            mask = planned if bool(planned.any()) else mask
+            scores = follow.program_bias(scores)
+        if state.phase == AFTER_PROGRAM and state.program is not None:
+            banned = guard.banned_pitch(state.program)
+            if banned is not None:
+                mask = mask & (self.pitch_of != banned)
+            if follow is not None:
+                mask = follow.pitch_mask(mask, state.program, time)
+                scores = follow.pitch_bias(scores, time)
+            leading = voices.allowed(state.program, time)
+            # Only while it leaves a pitch to play: an instrument's range may hold no allowed leap.
+            if leading is not None and bool((mask & leading & self.is_pitch).any()):
+                mask = mask & leading
+        if follow is not None and state.phase == AFTER_PITCH:
+            mask = follow.duration_mask(mask, time)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        if guard.penalized and state.phase == AFTER_PROGRAM:
+            scores = scores - LOOP_PENALTY * torch.isin(self.pitch_of, torch.tensor(sorted(guard.penalized)))
+        return _sample(scores, request.temperature, request.top_p, generator)
+
+    @staticmethod
+    def _returning(
+        plan: Plan, time: int, section_at: dict[int, int], music: list[int], vocab: Vocab
+    ) -> list[int]:
+        """The tokens a section starting at `time` plays again: its source's, up to its own last cadence."""
+        section = next((s for s in plan.sections if s.start * plan.bar == time), None)
+        if section is None or section.returns is None:
+            return []
+        source = plan.sections[section.returns]
+        begin = section_at.get(source.start * plan.bar)
+        if begin is None:
+            return []
+        # All but the last bar: the return closes with a cadence of its own (a second ending).
+        steps = (section.bars - 1) * plan.bar
+        out: list[int] = []
+        moved = 0
+        for token in music[begin:]:
+            if vocab.kind[token] == KIND_TIMESHIFT:
+                if moved + int(vocab.value[token]) > steps:
+                    break
+                moved += int(vocab.value[token])
+                if moved == steps:
+                    out.append(token)
+                    break
+            out.append(token)
+        # Never stop between a note's tokens: end on a note boundary.
+        while out and vocab.kind[out[-1]] not in (KIND_TIMESHIFT, KIND_DURATION):
+            out.pop()
+        return out
 
     def voice_leading(self, request: PieceRequest) -> VoiceLeading:
         """The style's leaps and registers from the card; none for a card without them or a request without."""

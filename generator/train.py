@@ -25,6 +25,7 @@ from config.errors import ConfigError
 from config.settings import Train
 from generator.data import read_index
 from generator.model import build_model, count_parameters, save_model
+from generator.plan import learn_forms
 from generator.recipes import summarize_styles
 from generator.vocab import Vocab
 from generator.voice_leading import learn_voices
@@ -219,11 +220,13 @@ def _evaluate(
 
 
 def describe_styles(dataset_dir: Path, vocab: Vocab) -> dict[str, dict]:
-    """The card's `style_defaults`: each style's usual instruments, tempo and keys, its voices' leaps and its
-    instruments' registers."""
+    """The card's `style_defaults`: each style's usual instruments, tempo and keys, its voices' leaps, its
+    instruments' registers and its forms (generator.plan)."""
     styles = summarize_styles(read_index(dataset_dir))
     for style, voices in learn_voices(dataset_dir, vocab).items():
         styles[style].update(voices)
+    for style, form in learn_forms(dataset_dir, vocab).items():
+        styles[style]["form"] = form
     return styles
 
 

@@ -1,0 +1,334 @@
+"""A piece's plan before its notes: its metre, sections that return, phrases and the cadences that end them.
+
+Real composers plan before they write. Each style's plans are learnt from its real pieces (`learn_form`, kept
+in the model card beside the style's keys and leaps): the metre it is written in, the shapes of its pieces
+(a reel's two repeated eight-bar strains, a chorale's phrases ending at fermatas, a motet written straight
+through), its phrase lengths, the notes its phrases come to rest on, and the pitch classes it uses in a key.
+`draw_plan` then draws one plan for a piece from those, by the piece's seed alone: the same seed, the same plan.
+The sampler (generator.sampling) follows it: phrases end on cadences, a returning section plays again, and
+the piece ends on the tonic at its requested length.
+
+Times here are steps of 1/8 beat from the start of the piece, as in generator.decode; the data set's ticks
+(TPQ 96) are 12 to a step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from generator.vocab import Vocab
+
+STEPS_PER_BEAT = 8  # the generator's grid: 1/8 of a quarter note
+TICKS_PER_STEP = 12  # the data set's TPQ (96) over STEPS_PER_BEAT
+DEFAULT_BAR = 4 * STEPS_PER_BEAT
+DEFAULT_PHRASE_BARS = 4  # a source that marks no phrases (a MIDI file, a motet) is read in four-bar phrases
+MAX_FORMS = 40  # piece shapes kept per style, the most common first
+MIN_SECTION_BARS = 2
+MIN_CADENCE = 0.04  # share of a style's phrase endings a cadence root needs to be planned
+MAX_PIECES = 400  # training pieces read per style to learn its forms
+SINGLE_LINE_OVERLAP = 0.05  # an instrument whose notes overlap its own next note less often plays one line
+_MINOR_KEY = "m"
+
+
+@dataclass(frozen=True)
+class Section:
+    """A stretch of the piece: new music, or the return of an earlier section."""
+
+    label: str  # "A", "B", ...: a returning section has its source's label
+    start: int  # in bars from the start of the piece
+    bars: int
+    returns: int | None = None  # index of the section it plays again, None for new music
+
+
+@dataclass(frozen=True)
+class Phrase:
+    start: int  # bar
+    bars: int
+    cadence: int  # root of the chord it comes to rest on, in semitones above the tonic (7: the dominant)
+    section: int  # index into Plan.sections
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Plain data, kept in a piece's record and shown on its page and the overlay."""
+
+    bar: int  # steps per bar
+    bars: int
+    sections: tuple[Section, ...]
+    phrases: tuple[Phrase, ...]
+
+    @property
+    def form(self) -> str:
+        """The sections' letters as a listener names them: "A A B B"."""
+        return " ".join(s.label for s in self.sections)
+
+    def cadence_times(self) -> list[int]:
+        """Each phrase's cadence: the downbeat of its last bar."""
+        return [(p.start + p.bars - 1) * self.bar for p in self.phrases]
+
+    def phrase_starts(self) -> list[int]:
+        return [p.start * self.bar for p in self.phrases]
+
+    def end(self) -> int:
+        return self.bars * self.bar
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"form": self.form}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        return cls(
+            int(data["bar"]),
+            int(data["bars"]),
+            tuple(Section(**s) for s in data["sections"]),
+            tuple(Phrase(**p) for p in data["phrases"]),
+        )
+
+
+def bar_steps(card: dict, style: str) -> int:
+    """Steps per bar of the style's usual metre, as learnt into the model card; a 4/4 bar when it has none."""
+    return int(form_profile(card, style).get("bar", DEFAULT_BAR))
+
+
+def form_profile(card: dict, style: str) -> dict:
+    return card.get("style_defaults", {}).get(style, {}).get("form") or {}
+
+
+def draw_plan(profile: dict, seconds: float, tempo: float, seed: int) -> Plan:
+    """The plan of a piece of about `seconds` at `tempo`, drawn by `seed` from a style's learnt profile.
+
+    The piece lasts a whole number of bars, the nearest to the length asked for. Its shape is one of the
+    style's real pieces' shapes; a shape shorter than the piece plays again from the top when its sections
+    repeat (a set of dance tunes), else goes on with new sections of the same lengths (music written straight
+    through). The last section is cut to fit.
+    """
+    rng = np.random.default_rng([seed, 0x706C616E])  # "plan": apart from the sampler's and the key's draws
+    bar = int(profile.get("bar", DEFAULT_BAR))
+    bars = max(MIN_SECTION_BARS, round(seconds * tempo / 60.0 * STEPS_PER_BEAT / bar))
+    shape = _choose(rng, profile.get("forms") or [[[[bars, False]], 1]])
+    sections = _sections(shape, bars)
+    phrase_bars = {int(k): v for k, v in (profile.get("phrase_bars") or {DEFAULT_PHRASE_BARS: 1}).items()}
+    cadences = {int(k): v for k, v in (profile.get("cadences") or {0: 1, 7: 1}).items()}
+    phrases: list[Phrase] = []
+    for index, section in enumerate(sections):
+        if section.returns is not None:
+            # A return plays its source again, all but the last bar; its last phrase gets a new cadence.
+            source = [p for p in phrases if p.section == section.returns]
+            lengths = _fit([p.bars for p in source], section.bars)
+            kept = [p.cadence for p in source]
+        else:
+            lengths = _phrase_lengths(rng, phrase_bars, section.bars)
+            kept = []
+        start = section.start
+        for i, length in enumerate(lengths):
+            last = i == len(lengths) - 1
+            cadence = kept[i] if i < len(kept) and not last else int(_choose(rng, list(cadences.items())))
+            phrases.append(Phrase(start, length, cadence, index))
+            start += length
+    final = phrases[-1]
+    phrases[-1] = Phrase(final.start, final.bars, 0, final.section)  # a piece ends on its tonic
+    return Plan(bar, bars, tuple(sections), tuple(phrases))
+
+
+def _sections(shape: list, bars: int) -> list[Section]:
+    """Lay a shape's sections ([bars, repeated] each) over `bars` bars.
+
+    A tune (a shape with repeats) plays each repeated section twice and, once through, starts again from the
+    top with every section a return; music written straight through gets new sections instead.
+    """
+    units = [(max(MIN_SECTION_BARS, int(b)), bool(r)) for b, r in shape]
+    is_tune = any(r for _, r in units)
+    sections: list[Section] = []
+    first: dict[int, int] = {}  # unit -> the section that first played it
+    labels = 0
+    while sum(s.bars for s in sections) < bars:
+        for unit, (length, repeated) in enumerate(units):
+            for _ in range(2 if repeated else 1):
+                at = sum(s.bars for s in sections)
+                if at >= bars:
+                    break
+                here = min(length, bars - at)
+                if unit in first and is_tune:
+                    sections.append(Section(sections[first[unit]].label, at, here, first[unit]))
+                else:
+                    first.setdefault(unit, len(sections))
+                    sections.append(Section(_label(labels), at, here))
+                    labels += 1
+    # A last section too short to say anything joins the one before it.
+    if len(sections) > 1 and sections[-1].bars < MIN_SECTION_BARS:
+        tail, prev = sections.pop(), sections.pop()
+        sections.append(Section(prev.label, prev.start, prev.bars + tail.bars, prev.returns))
+    return sections
+
+
+def _label(index: int) -> str:
+    return chr(ord("A") + index) if index < 26 else f"S{index}"
+
+
+def _phrase_lengths(rng: np.random.Generator, lengths: dict[int, float], bars: int) -> list[int]:
+    out: list[int] = []
+    while sum(out) < bars:
+        out.append(int(_choose(rng, list(lengths.items()))))
+    return _fit(out, bars)
+
+
+def _fit(lengths: list[int], bars: int) -> list[int]:
+    """Phrase lengths cut or stretched to fill `bars` exactly; none shorter than a bar."""
+    out: list[int] = []
+    for length in lengths:
+        if sum(out) >= bars:
+            break
+        out.append(min(length, bars - sum(out)))
+    if sum(out) < bars:
+        out.append(bars - sum(out))
+    if len(out) > 1 and out[-1] < MIN_SECTION_BARS and out[-1] < out[-2]:
+        out[-2] += out.pop()
+    return out
+
+
+def _choose(rng: np.random.Generator, weighted: list) -> Any:
+    """One value of a list of [value, weight] pairs, drawn in proportion to the weights."""
+    weights = np.array([float(w) for _, w in weighted])
+    return weighted[int(rng.choice(len(weighted), p=weights / weights.sum()))][0]
+
+
+# --- learning a style's profile from its real pieces -------------------------------------------------------
+
+
+def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
+    """A style's form profile from its real pieces: index rows of the data set (with "bar", "pickup",
+    "sections" and "fermatas" in ticks, and "key") and each piece's note array (steps, as
+    generator.decode.notes_array), in the same order.
+
+    Returns plain data for the model card: "bar" (steps per bar, the most common metre), "forms" (piece shapes
+    as [[[bars, repeated], ...], count], most common first), "phrase_bars" ({bars: count}), "cadences" ({root
+    above the tonic: count} where phrases end), "pitch_classes" ({"major"|"minor": 12 shares from the tonic up})
+    and "single_line" (programs whose notes rarely overlap their own next note).
+    """
+    bars: Counter[int] = Counter()
+    forms: Counter[tuple] = Counter()
+    phrase_bars: Counter[int] = Counter()
+    cadences: Counter[int] = Counter()
+    pcs = {"major": np.zeros(12), "minor": np.zeros(12)}
+    overlaps: dict[int, list[int]] = {}
+    for row, notes in zip(rows, notes_of, strict=True):
+        pitched = notes[notes[:, 3] >= 0]
+        if len(pitched) == 0:
+            continue
+        bar = int(row.get("bar") or 0) // TICKS_PER_STEP or DEFAULT_BAR
+        bars[bar] += 1
+        tonic, minor = _key(row.get("key"))
+        pcs["minor" if minor else "major"] += np.bincount((pitched[:, 1] - tonic) % 12, minlength=12)
+        sections = [(s // TICKS_PER_STEP, e // TICKS_PER_STEP, r) for s, e, r in row.get("sections") or []]
+        end = int((pitched[:, 0] + pitched[:, 2]).max())
+        if not sections:
+            sections = [(0, end, False)]
+        forms[tuple((max(1, round((e - s) / bar)), bool(r)) for s, e, r in sections)] += 1
+        fermatas = sorted({f // TICKS_PER_STEP for f in row.get("fermatas") or []})
+        ends = fermatas or sorted({e for _, e, _ in sections})
+        # Phrases are read where a score marks them: between fermatas (a chorale), else in its sections (a
+        # tune's strains, whose eight bars are two phrases). A mark only at the very end says nothing.
+        if len(fermatas) >= 2:
+            starts = [0, *fermatas[:-1]]
+            phrase_bars.update(max(1, round((b - a) / bar)) for a, b in zip(starts, fermatas, strict=True))
+        elif len(sections) >= 2:
+            for s, e, _ in sections:
+                length = max(1, round((e - s) / bar))
+                phrase_bars[length // 2 if length >= 8 and length % 2 == 0 else length] += 1
+        for tick in ends:
+            root = _resting_root(pitched, tick)
+            if root is not None:
+                cadences[(root - tonic) % 12] += 1
+        for program, share in _overlaps(pitched).items():
+            overlaps.setdefault(program, [0, 0])
+            overlaps[program][0] += share[0]
+            overlaps[program][1] += share[1]
+    if not bars:
+        return {}
+    return {
+        "bar": bars.most_common(1)[0][0],
+        "forms": [[[list(u) for u in shape], n] for shape, n in forms.most_common(MAX_FORMS)],
+        "phrase_bars": {str(k): v for k, v in sorted(phrase_bars.items())} or {str(DEFAULT_PHRASE_BARS): 1},
+        # A root a phrase seldom rests on is more likely a misread key than a cadence the style makes.
+        "cadences": {str(k): v for k, v in sorted(cadences.items()) if v >= MIN_CADENCE * cadences.total()},
+        "pitch_classes": {mode: [round(float(x), 5) for x in v / max(1.0, v.sum())] for mode, v in pcs.items()},
+        "single_line": sorted(p for p, (over, total) in overlaps.items() if over < SINGLE_LINE_OVERLAP * total),
+        "programs": sorted(overlaps),
+    }
+
+
+def _key(name: str | None) -> tuple[int, bool]:
+    from generator.vocab import KEYS  # the key names; imported late to keep this module light
+
+    if not name or name not in KEYS:
+        return 0, False
+    index = KEYS.index(name)
+    return index % 12, index >= 12
+
+
+def _resting_root(notes: np.ndarray, tick: int) -> int | None:
+    """The lowest pitch struck at the last onset before `tick`: where a phrase comes to rest."""
+    before = notes[notes[:, 0] < tick]
+    if len(before) == 0:
+        return None
+    last = before[before[:, 0] == before[:, 0].max()]
+    return int(last[:, 1].min())
+
+
+def _overlaps(notes: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Per program: (notes still sounding when the program's next onset comes, or struck with another of its
+    notes; all its notes)."""
+    out = {}
+    for program in np.unique(notes[:, 3]):
+        mine = notes[notes[:, 3] == program]
+        starts = mine[:, 0]
+        onsets = np.unique(starts)
+        chorded = len(mine) - len(onsets)
+        order = np.argsort(starts, kind="stable")
+        ends = (mine[:, 0] + mine[:, 2])[order]
+        following = np.searchsorted(onsets, starts[order], side="right")
+        has_next = following < len(onsets)
+        overlapping = int(np.sum(ends[has_next] > onsets[following[has_next]]))
+        out[int(program)] = (chorded + overlapping, len(mine))
+    return out
+
+
+def key_of(name: str | None) -> tuple[int, bool]:
+    """(tonic pitch class, minor) of a key name such as "F#m"; C major for None."""
+    return _key(name)
+
+
+def learn_forms(dataset_dir: Path, vocab: Vocab, per_style: int = MAX_PIECES) -> dict[str, dict]:
+    """Each style's form profile (`learn_form`) from up to `per_style` of its training pieces."""
+    from generator.data import read_index
+    from generator.decode import decode, notes_array
+
+    tokens = np.load(dataset_dir / "tokens.npy", mmap_mode="r")
+    rows = [r for r in read_index(dataset_dir) if r["split"] == "train" and r["length"] > 0]
+    out = {}
+    for style in sorted({r["style"] for r in rows}):
+        mine = [r for r in rows if r["style"] == style]
+        mine = mine[:: max(1, len(mine) // per_style)][:per_style]
+        notes = (notes_array(decode(vocab, tokens[r["offset"] : r["offset"] + r["length"]])) for r in mine)
+        out[style] = learn_form(mine, notes)
+    return out
+
+
+__all__ = [
+    "Phrase",
+    "Plan",
+    "Section",
+    "bar_steps",
+    "draw_plan",
+    "form_profile",
+    "key_of",
+    "learn_form",
+    "learn_forms",
+]

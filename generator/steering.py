@@ -1,0 +1,214 @@
+"""Sampling that follows a piece's plan (generator.plan): phrases that close on cadences, harmony in the key,
+single lines that stay single, every instrument heard, and a final chord on the tonic.
+
+The model alone writes plausible notes with no shape: 512 tokens of context are 10-23 s of music, so it
+cannot know where a phrase or the piece ends. The plan knows, and this module turns it into masks and biases
+over the next token, like the grammar: pure functions of the notes so far, so a seed still gives the same
+piece. What it asks of each token:
+
+- Time never skips a plan boundary (a phrase's start or its cadence): a time shift may land on one, not pass it.
+  Notes end by the next cadence, so a line is free to take it.
+- At a cadence (the downbeat of a phrase's last bar) every instrument strikes a note of the cadence chord, the
+  lowest one its root, held at least a beat; the last cadence is the tonic, held a bar, and ends the piece.
+- Pitches lean towards the style's own pitch classes in the key (learnt from its real pieces), and towards
+  notes that make a chord with what already sounds.
+- An instrument that plays one line in the style (a chorale voice, a wind part) plays one note at a time.
+- An instrument left behind (under half its fair share of the notes) is favoured until it catches up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from generator.form_metrics import CHORDS
+from generator.plan import Plan, key_of
+
+STEPS_PER_BEAT = 8
+CHORDAL = frozenset({0, 6, 19, 24, 46, 48})  # piano, harpsichord, organ, guitar, harp, string ensemble
+KEY_WEIGHT = 1.0  # how hard the style's pitch classes in the key pull: a log-prior, as a product of experts
+KEY_FLOOR = 0.002  # a pitch class the style never uses in a key is unlikely, not impossible
+CHORD_BONUS = 1.5  # logits added to a pitch that makes a chord with the notes already sounding
+FAIR_BONUS = 2.0  # logits added to an instrument under half its fair share of the notes
+FAIR_AFTER = 3  # notes per instrument before its share is judged
+SINGLE_LINE_STYLE = 0.75  # a style whose instruments are this often single lines makes any wind or string one
+
+_MAJOR_SCALE = frozenset({0, 2, 4, 5, 7, 9, 11})
+_MINOR_SCALE = frozenset({0, 2, 3, 5, 7, 8, 11})
+# The sonorities a chorale or a motet uses (triads and sevenths), the same ones eval counts as chordal.
+_CHORDS = [frozenset((root + i) % 12 for i in chord) for root in range(12) for chord in CHORDS]
+
+
+@dataclass(frozen=True)
+class VocabTensors:
+    """Per token id: what it is and its value, as tensors the masks are built from."""
+
+    pitch_of: torch.Tensor  # MIDI pitch, or -1
+    is_pitch: torch.Tensor
+    is_timeshift: torch.Tensor
+    shift_of: torch.Tensor  # steps, or 0
+    program_of: torch.Tensor  # GM program of a Program token, or -2
+    is_duration: torch.Tensor
+    duration_of: torch.Tensor  # steps, or 0
+
+
+def consonant_with(sounding: frozenset[int]) -> frozenset[int]:
+    """Pitch classes that, added to `sounding`, still fit within one triad or seventh chord."""
+    return frozenset(pc for pc in range(12) if any(sounding | {pc} <= chord for chord in _CHORDS))
+
+
+class PlanFollower:
+    """Follows the notes of one piece as they are sampled and says what its plan asks of the next token.
+
+    Args:
+        plan: the piece's plan.
+        profile: the style's learnt form profile (generator.plan.learn_form); empty for a card without one.
+        key: the piece's key name, or None for a model without keys (then no harmony is steered).
+        programs: the instruments asked for.
+        vt: the vocabulary's tensors.
+    """
+
+    def __init__(
+        self, plan: Plan, profile: dict, key: str | None, programs: list[int], vt: VocabTensors
+    ) -> None:
+        self.plan = plan
+        self.vt = vt
+        self.programs = sorted(programs)
+        self.cadences = plan.cadence_times()
+        self.cadence_root = {t: p.cadence for t, p in zip(self.cadences, plan.phrases, strict=True)}
+        self.boundaries = sorted({*self.cadences, *plan.phrase_starts(), plan.end()})
+        self.final = self.cadences[-1]
+        self.keyed = key is not None
+        self.tonic, self.minor = key_of(key)
+        shares = (profile.get("pitch_classes") or {}).get("minor" if self.minor else "major")
+        self.key_bias: torch.Tensor | None = None
+        if shares is not None and self.keyed:
+            prior = np.log(np.maximum(np.asarray(shares, dtype=np.float64), KEY_FLOOR))
+            prior -= prior.max()
+            by_pc = torch.tensor(np.roll(prior, self.tonic), dtype=torch.float32)
+            pcs = (vt.pitch_of % 12).clamp(min=0)
+            self.key_bias = torch.where(vt.is_pitch, KEY_WEIGHT * by_pc[pcs], torch.zeros(()))
+        learnt = set(profile.get("single_line") or [])
+        mostly = bool(learnt) and len(learnt) >= SINGLE_LINE_STYLE * len(profile.get("programs") or learnt)
+        self.single = {p for p in self.programs if p in learnt or (mostly and p not in CHORDAL and p >= 0)}
+        self.ends: dict[int, int] = {}  # program -> when its latest note ends
+        self.counts = dict.fromkeys(self.programs, 0)
+        self.struck_at = -1
+        self.struck: set[int] = set()  # programs that struck at time `struck_at`
+        self.sounding: list[tuple[int, int]] = []  # (end, pitch) of notes that may still sound
+        self.done = False
+
+    # --- what the plan asks -----------------------------------------------------------------------------
+
+    def next_boundary(self, time: int) -> int:
+        """The first plan boundary after `time`: a time shift may reach it, not pass it."""
+        for b in self.boundaries:
+            if b > time:
+                return b
+        return self.boundaries[-1]
+
+    def next_cadence(self, time: int) -> int:
+        for c in self.cadences:
+            if c > time:
+                return c
+        return self.plan.end()
+
+    def due(self, time: int) -> list[int]:
+        """Instruments that must still strike at `time`: all of them at a cadence, none elsewhere."""
+        if time not in self.cadence_root:
+            return []
+        struck = self.struck if self.struck_at == time else set()
+        return [p for p in self.programs if p not in struck and p >= 0]
+
+    def finished(self, time: int) -> bool:
+        """True once every instrument has struck the final chord (or time is past it: drums alone)."""
+        if time == self.final:
+            return self.struck_at == self.final and not self.due(self.final)
+        return time > self.final
+
+    # --- masks and biases -----------------------------------------------------------------------------
+
+    def boundary_mask(self, mask: torch.Tensor, time: int) -> torch.Tensor:
+        """At a note boundary: the plan's limits on time shifts and on which instrument plays next."""
+        vt = self.vt
+        due = self.due(time)
+        if due:
+            return mask & torch.isin(vt.program_of, torch.tensor(due))
+        mask = mask & ~(vt.is_timeshift & (time + vt.shift_of > self.next_boundary(time)))
+        busy = [p for p in self.single if self.ends.get(p, 0) > time]
+        if busy:
+            mask = mask & ~torch.isin(vt.program_of, torch.tensor(busy))
+        return mask
+
+    def program_bias(self, scores: torch.Tensor) -> torch.Tensor:
+        total = sum(self.counts.values())
+        if total < FAIR_AFTER * len(self.programs) or len(self.programs) < 2:
+            return scores
+        fair = total / len(self.programs)
+        behind = [p for p, n in self.counts.items() if n < fair / 2]
+        if not behind:
+            return scores
+        return scores + FAIR_BONUS * torch.isin(self.vt.program_of, torch.tensor(behind))
+
+    def pitch_mask(self, mask: torch.Tensor, program: int, time: int) -> torch.Tensor:
+        """At a cadence, the cadence chord (its root for the lowest instrument); elsewhere no limit."""
+        if not self.keyed or time not in self.cadence_root:
+            return mask
+        degree = self.cadence_root[time]
+        # The chord the key builds on that root: harmonic minor in a minor key, so its dominant is major.
+        scale = _MINOR_SCALE if self.minor else _MAJOR_SCALE
+        third = 4 if (degree + 4) % 12 in scale else 3
+        fifth = 7 if (degree + 7) % 12 in scale else 6
+        root = (self.tonic + degree) % 12
+        chord = [root, (root + third) % 12, (root + fifth) % 12]
+        # The bass takes the root; a single line is its own bass only at the very end, on the tonic.
+        is_bass = program == self._bass() and (len(self.programs) > 1 or time == self.final)
+        allowed = [root] if is_bass else chord
+        narrowed = mask & torch.isin(self.vt.pitch_of % 12, torch.tensor(allowed)) & self.vt.is_pitch
+        return narrowed if bool(narrowed.any()) else mask
+
+    def pitch_bias(self, scores: torch.Tensor, time: int) -> torch.Tensor:
+        if self.key_bias is not None:
+            scores = scores + self.key_bias
+        sounding = frozenset(p % 12 for end, p in self.sounding if end > time)
+        if sounding:
+            fits = torch.tensor(sorted(consonant_with(sounding)) or [-1])
+            scores = scores + CHORD_BONUS * (torch.isin(self.vt.pitch_of % 12, fits) & self.vt.is_pitch)
+        return scores
+
+    def duration_mask(self, mask: torch.Tensor, time: int) -> torch.Tensor:
+        """Notes end by the next cadence; a cadence's notes last at least a beat, the final chord a bar."""
+        vt = self.vt
+        if time in self.cadence_root:
+            if time == self.final:
+                low = min(self.plan.bar, 4 * STEPS_PER_BEAT)
+                narrowed = mask & (vt.duration_of >= max(STEPS_PER_BEAT, low))
+            else:
+                room = self.next_cadence(time) - time
+                narrowed = mask & (vt.duration_of >= STEPS_PER_BEAT) & (vt.duration_of <= room)
+        else:
+            narrowed = mask & (vt.duration_of <= self.next_cadence(time) - time)
+        return narrowed if bool(narrowed.any()) else mask
+
+    # --- following the notes ----------------------------------------------------------------------------
+
+    def on_note(self, start: int, pitch: int, duration: int, program: int) -> None:
+        self.ends[program] = max(self.ends.get(program, 0), start + duration)
+        if program in self.counts:
+            self.counts[program] += 1
+        if start != self.struck_at:
+            self.struck_at, self.struck = start, set()
+        self.struck.add(program)
+        self.sounding = [(e, p) for e, p in self.sounding if e > start]
+        self.sounding.append((start + duration, pitch))
+
+    def _bass(self) -> int | None:
+        """The instrument that plays lowest: the one whose latest notes were lowest, else the lowest range."""
+        from generator.instruments import BY_PROGRAM
+
+        pitched = [p for p in self.programs if p >= 0 and p in BY_PROGRAM]
+        if not pitched:
+            return None
+        return min(pitched, key=lambda p: (BY_PROGRAM[p].low + BY_PROGRAM[p].high, p))

@@ -1,0 +1,140 @@
+"""A piece's plan: learnt from real pieces, drawn by the seed, and followed by the notes."""
+
+from __future__ import annotations
+
+import copy
+
+import mido
+import numpy as np
+import pytest
+
+from generator import data
+from generator.decode import notes_array
+from generator.model import load_model
+from generator.plan import Plan, draw_plan, learn_form, learn_forms
+from generator.sampling import Composer, PieceRequest
+from generator.vocab import KEYS, Vocab
+
+REEL = {
+    "bar": 16,  # 2/4
+    "forms": [[[[4, True], [4, True]], 3]],
+    "phrase_bars": {"2": 5},
+    "cadences": {"0": 3, "7": 2},
+    "pitch_classes": {"major": [0.2, 0, 0.15, 0, 0.15, 0.1, 0, 0.2, 0, 0.1, 0, 0.1], "minor": [1 / 12] * 12},
+    "single_line": [42, 73],
+    "programs": [42, 73],
+}
+
+
+def test_the_seed_draws_the_plan_and_the_plan_fills_the_piece():
+    first = draw_plan(REEL, 20.0, 120.0, seed=5)
+    assert first == draw_plan(REEL, 20.0, 120.0, seed=5)
+    assert first.bars == 20  # 40 beats of 2/4
+    assert sum(s.bars for s in first.sections) == first.bars
+    assert sum(p.bars for p in first.phrases) == first.bars
+    starts = [sum(p.bars for p in first.phrases[:i]) for i in range(len(first.phrases))]
+    assert [p.start for p in first.phrases] == starts
+    assert first.phrases[-1].cadence == 0  # the piece ends on its tonic
+    assert Plan.from_dict(first.to_dict()) == first
+
+
+def test_a_tune_plays_each_strain_twice_then_again_from_the_top():
+    plan = draw_plan(REEL, 20.0, 120.0, seed=1)
+    assert plan.form == "A A B B A"
+    a, a2, b, b2, a3 = plan.sections
+    assert (a.returns, a2.returns, b.returns, b2.returns, a3.returns) == (None, 0, None, 2, 0)
+    through = draw_plan({"bar": 32, "forms": [[[[4, False]], 1]]}, 30.0, 120.0, seed=1)
+    assert through.form == "A B C D"  # music written straight through never returns
+
+
+def _row(bar_ticks: int, sections, fermatas=(), key="G") -> dict:
+    return {"bar": bar_ticks, "pickup": 0, "sections": sections, "fermatas": list(fermatas), "key": key}
+
+
+def test_learns_metre_shape_phrases_cadences_and_single_lines_from_real_pieces():
+    # Two 3/4 tunes of two repeated 8-bar strains (8 bars = 192 steps = 2,304 ticks), one voice, ending on G.
+    tune = np.array([(i * 8, 67 + (i % 3) * 2, 8, 73) for i in range(48)] + [(376, 55, 8, 73)], dtype=np.int32)
+    rows = [_row(288, [[0, 2304, True], [2304, 4608, True]]) for _ in range(2)]
+    profile = learn_form(rows, [tune, tune])
+    assert profile["bar"] == 24
+    assert profile["forms"] == [[[[8, True], [8, True]], 2]]
+    assert profile["phrase_bars"] == {"4": 4}  # an eight-bar strain is two phrases
+    assert profile["cadences"]["0"] >= 2  # a strain that ends on G in G rests on the tonic
+    assert profile["single_line"] == [73]
+    # A chorale marks its phrases with fermatas: every two bars here.
+    bass, tune = [(t, 55, 16, 42) for t in range(0, 256, 16)], [(t, 71, 8, 40) for t in range(0, 256, 8)]
+    chorale = np.array(bass + tune)
+    profile = learn_form([_row(384, [[0, 3072, False]], fermatas=[768, 1536, 2304, 3072])], [chorale])
+    assert profile["phrase_bars"] == {"2": 4}
+
+
+def _tonic(key: str) -> int:
+    return KEYS.index(key) % 12
+
+
+@pytest.fixture(scope="module")
+def reel_composer(tiny_model):
+    loaded = load_model(tiny_model / "best")
+    loaded.card = copy.deepcopy(loaded.card)
+    loaded.card.setdefault("style_defaults", {}).setdefault("irish", {})["form"] = REEL
+    return Composer(loaded)
+
+
+def test_the_notes_follow_the_plan(reel_composer):
+    request = PieceRequest("irish", ("flute", "cello"), 120.0, 20.0, seed=3, key="G")
+    piece = reel_composer.compose(request)
+    plan = piece.plan
+    assert plan is not None and plan.form == "A A B B A"
+    notes = notes_array(piece.notes)
+    bar = plan.bar
+    # It ends on a downbeat at its requested length, every instrument striking a long tonic chord.
+    last = notes[notes[:, 0] == notes[:, 0].max()]
+    assert notes[:, 0].max() == (plan.bars - 1) * bar
+    assert sorted(last[:, 3].tolist()) == [42, 73]
+    assert (last[:, 2] >= 8).all()
+    assert int(last[last[:, 3] == 42, 1][0]) % 12 == _tonic("G")  # the cello, the bass, on G
+    assert int(last[last[:, 3] == 73, 1][0]) % 12 in {7, 11, 2}  # the flute in the G major chord
+    # The second A plays the first again, all but its last bar (a second ending of its own).
+    a, a2 = plan.sections[0], plan.sections[1]
+
+    def passage(section) -> list[tuple]:
+        begin, end = section.start * bar, (section.start + section.bars - 1) * bar
+        inside = notes[(notes[:, 0] >= begin) & (notes[:, 0] < end)]
+        return [(s - begin, p, d, g) for s, p, d, g in inside.tolist()]
+
+    assert passage(a) and passage(a2) == passage(a)
+    # Both instruments play single lines: no note still sounds when its instrument's next note starts.
+    for program in (42, 73):
+        mine = notes[notes[:, 3] == program]
+        assert (mine[:-1, 0] + mine[:-1, 2] <= mine[1:, 0]).all()
+        assert len(np.unique(mine[:, 0])) == len(mine)
+
+
+def test_a_planned_piece_is_the_same_for_the_same_seed(reel_composer):
+    request = PieceRequest("irish", ("flute", "cello"), 120.0, 12.0, seed=11)
+    assert reel_composer.compose(request).tokens == reel_composer.compose(request).tokens
+    assert list(reel_composer.stream(request)) == reel_composer.compose(request).tokens
+
+
+def _midi_in_three_four(path, bars: int) -> None:
+    midi = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    midi.tracks.append(track)
+    track.append(mido.MetaMessage("time_signature", numerator=3, denominator=4))
+    track.append(mido.Message("program_change", program=71, channel=0))
+    for i in range(bars * 3):
+        track.append(mido.Message("note_on", note=60 + (i * 7) % 12, velocity=80, time=0))
+        track.append(mido.Message("note_off", note=60 + (i * 7) % 12, velocity=0, time=480))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    midi.save(path)
+
+
+def test_a_users_midi_style_gets_a_plan_in_its_own_metre(tmp_path):
+    for i in range(3):
+        _midi_in_three_four(tmp_path / "mine" / "waltzes" / f"w{i}.mid", bars=16)
+    report = data.extract_all(data.midi_sources(tmp_path / "mine"), tmp_path / "cache", workers=1)
+    data.write_dataset(report, tmp_path / "dataset", valid_percent=0.0)
+    forms = learn_forms(tmp_path / "dataset", Vocab.load(tmp_path / "dataset"))
+    assert forms["waltzes"]["bar"] == 24
+    plan = draw_plan(forms["waltzes"], 30.0, 120.0, seed=2)
+    assert plan.bar == 24 and plan.bars == 20  # 60 beats of 3/4

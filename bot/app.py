@@ -154,7 +154,8 @@ async def _web(concert: Concert, broadcast: AudioSink | None, local: bool) -> As
     c = concert.settings.concert
     view = LiveConcertView(concert)
     token = c.admin_token.get_secret_value() if c.admin_token else None
-    runner = web.AppRunner(make_app(view, token, broadcast, local_chat=local))  # type: ignore[arg-type]
+    app = make_app(view, token, broadcast, local_chat=local, hosts=[c.http_host])  # type: ignore[arg-type]
+    runner = web.AppRunner(app)
     await runner.setup()
     try:
         await web.TCPSite(runner, c.http_host, c.http_port).start()

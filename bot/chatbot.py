@@ -25,13 +25,16 @@ from bot.commands import (
 from bot.conductor import Conductor
 from bot.fairness import Cooldowns, RecentChatters
 from bot.sendqueue import Importance
-from bot.store import QueueRefused, SongRequest, Store, VoteOutcome
+from bot.store import QueueRefused, SongRequest, Store, StoreUnavailable, VoteOutcome
 from config.errors import ConcertbotError
 from config.settings import Settings
 from generator.instruments import INSTRUMENTS
 from generator.recipes import make_request
 
 log = logging.getLogger(__name__)
+
+# Redis is down (restarting, most likely): nothing can be queued, looked up or counted until it is back.
+UNAVAILABLE = "the queue is unavailable right now; try again in a minute"
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ChatCommands:
         self.messages = 0
         self.votes = 0
         self.requests_by_style: dict[str, int] = {}
+        self._store_away = False  # Redis stopped answering: logged once, not at every command
 
     async def handle(self, msg: ChatMessage) -> list[Reply]:
         """Everything the bot says back to one chat line (often nothing)."""
@@ -75,12 +79,23 @@ class ChatCommands:
         if command is None:
             return []
         try:
-            if await self.store.is_blocked(msg.login):
+            blocked = await self.store.is_blocked(msg.login)
+            if self._store_away:
+                log.info("Redis answers again; chat commands work again")
+                self._store_away = False
+            if blocked:
                 return []
             if command.for_moderators and not msg.is_privileged:
                 raise CommandError(f"!{command.name} is for moderators")
             handler = getattr(self, f"_{command.name}")
             return await handler(msg, command.args, now)
+        except StoreUnavailable as exc:
+            if not self._store_away:
+                log.warning("chat commands cannot reach their state: %s", exc)
+                self._store_away = True
+            if not self.cooldowns.may_reply_error(msg.user_id, now):
+                return []
+            return [Reply(UNAVAILABLE, Importance.ERROR_REPLY, msg.message_id or None, msg.login)]
         except (CommandError, ConcertbotError) as exc:
             if not self.cooldowns.may_reply_error(msg.user_id, now):
                 return []
@@ -96,11 +111,12 @@ class ChatCommands:
 
     async def _compose(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
         wanted = compose_args(args)
-        priority = self._may_request(msg, now)
-        # Resolving names here means a typo is answered at once, not when the piece's turn comes.
+        # Resolving names here means a typo is answered at once, not when the piece's turn comes; and before
+        # the cooldown, so that a typo is answered with what is wrong rather than with a wait.
         piece = make_request(
             self.conductor.loaded, wanted.style, list(wanted.instruments) or None, wanted.tempo, key=wanted.key
         )
+        priority = self._may_request(msg, now)
         instruments = piece.instruments if wanted.instruments else ()
         place = await self._enqueue(
             msg, now, priority, style=piece.style, instruments=instruments, tempo=wanted.tempo, key=piece.key

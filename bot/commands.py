@@ -95,7 +95,8 @@ def seed_arg(args: tuple[str, ...]) -> int:
     if not args:
         raise CommandError("say which piece, e.g. !replay 123456789 (seeds are in !top and !np)")
     text = args[0].lstrip("#")
-    if not text.isdigit() or len(text) > MAX_SEED_DIGITS or int(text) >= 2**63:
+    # isascii: isdigit alone also takes "²" and "⒐", which int() then refuses.
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_SEED_DIGITS or int(text) >= 2**63:
         raise CommandError(f"'{args[0][:20]}' is not a seed; seeds are numbers like 123456789")
     return int(text)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from bot.chat import ChatMessage
 from bot.conductor import piece_request
+from bot.store import StoreUnavailable
 from bot.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
 from synth.render import FluidSynthRenderer, write_wav
@@ -23,7 +25,10 @@ if TYPE_CHECKING:
     from bot.conductor import Slot
     from bot.store import PieceRecord
 
+log = logging.getLogger(__name__)
+
 PUBLISH_EVERY = 0.5  # seconds
+RETRY_MAX = 5.0  # seconds between tries at most while updates fail: back within that long of Redis
 ROLL_AHEAD = 1.0  # seconds of notes sent ahead of the sound, so the roll draws them as they start
 WAV_CACHE = 8
 
@@ -142,7 +147,7 @@ class LiveConcertView:
 
     # Steering.
 
-    async def chat(self, user: str, text: str) -> list[str]:
+    async def chat(self, user: str, text: str, privileged: bool = False) -> list[str]:
         self._chat_count += 1
         msg = ChatMessage(
             user_id=f"local:{user.lower()}",
@@ -150,7 +155,7 @@ class LiveConcertView:
             display_name=user,
             text=text,
             message_id=f"web-{self._chat_count}",
-            is_broadcaster=user.lower() == "streamer",
+            is_broadcaster=privileged,  # the web checked the admin token; a name alone proves nothing
         )
         replies = await self.concert.chat(msg)
         return [f"@{r.mention} {r.text}" if r.mention else r.text for r in replies]
@@ -195,33 +200,57 @@ class LiveConcertView:
                 q.put_nowait(ConcertEvent(kind, data))
 
     async def publish_forever(self) -> None:
-        """Push what changed to the overlays; runs as one task for the whole concert."""
+        """Push what changed to the overlays; runs as one task for the whole concert.
+
+        A Redis outage pauses the updates (one warning when it starts, one line when it ends) and they retry
+        with a growing wait, up to `RETRY_MAX`; any other failure is logged with its traceback, once per run
+        of failures, and the updates go on.
+        """
         last: dict[str, object] = {}
+        failing: type[Exception] | None = None
+        wait = PUBLISH_EVERY
         while True:
-            now = await self.now()
-            queue = await self.queue()
-            self._queue_length = len(queue)
-            # Elapsed time and waits tick on their own in the page; a change of anything else is news.
-            steady: dict[str, object] = {
-                "now": None if now is None else asdict(now) | {"elapsed": None},
-                "queue": [asdict(q) | {"eta_seconds": None} for q in queue],
-                "votes": None if now is None else (now.seed, now.votes),
-            }
-            news: dict[str, dict] = {
-                "now": {"now": None if now is None else asdict(now)},
-                "queue": {"queue": [asdict(q) for q in queue]},
-                "votes": {} if now is None else {"seed": now.seed, "votes": now.votes},
-            }
-            for kind, value in steady.items():
-                if value != last.get(kind):
-                    self._publish(kind, news[kind])
-                    last[kind] = value
-            if self.concert.conductor.current is not None:
-                notes = self._upcoming_notes(self.concert.conductor.current)
-                if notes:
-                    seed = self.concert.conductor.current.record.seed
-                    self._publish("notes", {"seed": seed, "notes": [asdict(n) for n in notes]})
-            await asyncio.sleep(PUBLISH_EVERY)
+            try:
+                await self._publish_changes(last)
+            except StoreUnavailable as exc:
+                if failing is not StoreUnavailable:
+                    log.warning("overlay updates paused: %s; retrying", exc)
+                failing, wait = StoreUnavailable, min(wait * 2, RETRY_MAX)
+            except Exception as exc:
+                if failing is not type(exc):
+                    log.exception("overlay updates failed; retrying")
+                failing, wait = type(exc), min(wait * 2, RETRY_MAX)
+            else:
+                if failing is not None:
+                    log.info("overlay updates resumed")
+                failing, wait = None, PUBLISH_EVERY
+            await asyncio.sleep(wait)
+
+    async def _publish_changes(self, last: dict[str, object]) -> None:
+        """One round of `publish_forever`: publish what differs from `last` (and update it)."""
+        now = await self.now()
+        queue = await self.queue()
+        self._queue_length = len(queue)
+        # Elapsed time and waits tick on their own in the page; a change of anything else is news.
+        steady: dict[str, object] = {
+            "now": None if now is None else asdict(now) | {"elapsed": None},
+            "queue": [asdict(q) | {"eta_seconds": None} for q in queue],
+            "votes": None if now is None else (now.seed, now.votes),
+        }
+        news: dict[str, dict] = {
+            "now": {"now": None if now is None else asdict(now)},
+            "queue": {"queue": [asdict(q) for q in queue]},
+            "votes": {} if now is None else {"seed": now.seed, "votes": now.votes},
+        }
+        for kind, value in steady.items():
+            if value != last.get(kind):
+                self._publish(kind, news[kind])
+                last[kind] = value
+        if self.concert.conductor.current is not None:
+            notes = self._upcoming_notes(self.concert.conductor.current)
+            if notes:
+                seed = self.concert.conductor.current.record.seed
+                self._publish("notes", {"seed": seed, "notes": [asdict(n) for n in notes]})
 
     def _upcoming_notes(self, slot: Slot) -> list[LiveNote]:
         """Notes of the playing piece that start before `elapsed + ROLL_AHEAD` and were not sent yet."""

@@ -7,15 +7,16 @@ The clock is always an argument (`now`, seconds since the epoch); the store neve
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import zlib
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -37,6 +38,10 @@ POOL_WAIT = 30.0  # seconds a command may wait for a free connection
 
 class StoreError(ConcertbotError):
     """Redis cannot be reached; the message says which Redis (never its password)."""
+
+
+class StoreUnavailable(StoreError):
+    """Redis stopped answering mid-concert (restarting, unreachable); the same call may work again later."""
 
 
 class QueueRefused(ConcertbotError):
@@ -242,18 +247,41 @@ async def open_store(
             await client.ping()
         except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
             raise StoreError(f"cannot reach {where}: {error}") from error
-        yield Store(client, Keys(namespace), limits or QueueLimits())
+        yield Store(client, Keys(namespace), limits or QueueLimits(), where)
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _outage_is_unavailable(method: _Method) -> _Method:
+    """Turn Redis's connection errors into `StoreUnavailable`: no redis-py exception leaves the store."""
+
+    @functools.wraps(method)
+    async def guarded(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            # Idle connections to a server that went away fail once each when next used: drop them all now.
+            with suppress(redis.RedisError, OSError):
+                await self._redis.connection_pool.disconnect(inuse_connections=False)
+            raise StoreUnavailable(f"{self.where} is not answering ({error})") from error
+
+    return cast(_Method, guarded)
 
 
 class Store:
-    """Queue, now playing, votes, leaderboards, pieces and flags of one namespace; made by `open_store`."""
+    """Queue, now playing, votes, leaderboards, pieces and flags of one namespace; made by `open_store`.
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, limits: QueueLimits) -> None:
+    Every method raises `StoreUnavailable` while Redis does not answer.
+    """
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, limits: QueueLimits, where: str = "Redis") -> None:
         # Any: redis-py types one command set for its sync and async clients and for decoded and raw replies,
         # so every reply is typed as a union this client (async, bytes) never returns.
         self._redis: Any = client
         self.keys = keys
         self.limits = limits
+        self.where = where  # "Redis at redis://host:6379/0", never with its password
         k = keys
         self._lanes = [k.queue_normal, k.queue_priority, k.queue_items, k.queue_viewers, k.queue_logins]
         self._enqueue = client.register_script(lua.ENQUEUE)
@@ -267,6 +295,7 @@ class Store:
 
     # The request queue
 
+    @_outage_is_unavailable
     async def enqueue(self, request: SongRequest) -> QueueEntry:
         """Queue `request` (its `id` is ignored) and return it with its id and position.
 
@@ -299,6 +328,7 @@ class Store:
             raise QueueRefused("full", f"the queue is full ({int(value)} requests); try again in a few minutes")
         return QueueEntry(int(rest[0]), replace(request, id=int(value)))
 
+    @_outage_is_unavailable
     async def queue(self) -> list[QueueEntry]:
         """Every queued request in the order it will play, with its position (1 plays next)."""
         k = self.keys
@@ -308,6 +338,7 @@ class Store:
         order = [*priority, *normal]
         return [QueueEntry(i + 1, _request_from(rid, items[rid])) for i, rid in enumerate(order)]
 
+    @_outage_is_unavailable
     async def pop_next(self, now: float) -> SongRequest | None:
         """Take the request that plays next and make it the now-playing record, in one step; None if empty."""
         k = self.keys
@@ -316,17 +347,20 @@ class Store:
         )
         return None if popped is None else _request_from(popped[0], popped[1])
 
+    @_outage_is_unavailable
     async def cancel_latest(self, user_id: str) -> SongRequest | None:
         """Withdraw the viewer's most recent queued request; None if they have none."""
         removed = await self._cancel_latest(keys=self._lanes, args=[token(user_id)])
         return None if removed is None else _request_from(removed[0], removed[1])
 
+    @_outage_is_unavailable
     async def remove_viewer(self, login: str) -> int:
         """Remove every queued request of `login`; return how many there were."""
         return int(
             await self._remove_login(keys=[*self._lanes, self.keys.blocked], args=[_text(login.lower()), 0])
         )
 
+    @_outage_is_unavailable
     async def clear_queue(self) -> int:
         """Empty both lanes; return how many requests were dropped."""
         k = self.keys
@@ -337,25 +371,30 @@ class Store:
 
     # The block list
 
+    @_outage_is_unavailable
     async def block(self, login: str) -> int:
         """Ignore `login` from now on and drop their queued requests; return how many were dropped."""
         return int(
             await self._remove_login(keys=[*self._lanes, self.keys.blocked], args=[_text(login.lower()), 1])
         )
 
+    @_outage_is_unavailable
     async def unblock(self, login: str) -> bool:
         """Take `login` off the block list; False if it was not on it."""
         return bool(await self._redis.srem(self.keys.blocked, _text(login.lower())))
 
+    @_outage_is_unavailable
     async def is_blocked(self, login: str) -> bool:
         return bool(await self._redis.sismember(self.keys.blocked, _text(login.lower())))
 
+    @_outage_is_unavailable
     async def blocked(self) -> list[str]:
         """The blocked logins, sorted."""
         return sorted(m.decode("utf-8", "surrogatepass") for m in await self._redis.smembers(self.keys.blocked))
 
     # What is playing
 
+    @_outage_is_unavailable
     async def now_playing(self) -> NowPlaying | None:
         raw = await self._redis.hgetall(self.keys.playing)
         if not raw:
@@ -368,17 +407,20 @@ class Store:
             started_at=float(raw[b"started_at"]) if b"started_at" in raw else None,
         )
 
+    @_outage_is_unavailable
     async def start_playing(self, seed: int, now: float) -> None:
         """Record that the piece `seed` starts playing at `now`: now playing, and its voting window opens."""
         k = self.keys
         await self._start_playing(keys=[k.playing, k.played(seed)], args=[str(seed), repr(float(now))])
 
+    @_outage_is_unavailable
     async def finish_playing(self, seed: int, now: float) -> bool:
         """Record that `seed` ended at `now` and clear now playing; False if it never started."""
         k = self.keys
         done = await self._finish_playing(keys=[k.playing, k.played(seed)], args=[str(seed), repr(float(now))])
         return bool(done)
 
+    @_outage_is_unavailable
     async def play_window(self, seed: int) -> PlayWindow | None:
         """When `seed` last started and ended playing; None if it never started."""
         raw = await self._redis.hgetall(self.keys.played(seed))
@@ -389,6 +431,7 @@ class Store:
 
     # Votes and leaderboards
 
+    @_outage_is_unavailable
     async def vote(self, seed: int, user_id: str, stream_id: str, now: float) -> VoteOutcome:
         """Count one vote of the viewer for the piece, on the stream, week (of `now`, UTC) and all-time boards.
 
@@ -402,10 +445,12 @@ class Store:
         )
         return VoteOutcome(outcome.decode())
 
+    @_outage_is_unavailable
     async def votes(self, seed: int) -> int:
         """How many viewers voted for the piece."""
         return int(await self._redis.scard(self.keys.votes(seed)))
 
+    @_outage_is_unavailable
     async def top(self, period: Period, stream_id: str, now: float, n: int = 10) -> list[BoardEntry]:
         """The `n` most voted pieces of this stream, this week (of `now`, UTC) or all time, most votes first.
 
@@ -418,6 +463,7 @@ class Store:
 
     # Pieces
 
+    @_outage_is_unavailable
     async def save_piece(self, piece: PieceRecord) -> None:
         """Store `piece` under its seed. Saving with no tokens claims the seed; saving again adds the tokens.
 
@@ -436,6 +482,7 @@ class Store:
         if outcome == b"conflict":
             raise SeedConflictError(f"seed {piece.seed} already belongs to another piece")
 
+    @_outage_is_unavailable
     async def load_piece(self, seed: int) -> PieceRecord | None:
         recipe, packed, encoding = await self._redis.hmget(
             self.keys.piece(seed), ["recipe", "tokens", "encoding"]
@@ -448,9 +495,11 @@ class Store:
 
     # Flags
 
+    @_outage_is_unavailable
     async def flags(self) -> Flags:
         return _flags(await self._redis.hgetall(self.keys.state))
 
+    @_outage_is_unavailable
     async def set_flags(
         self, *, paused: bool | None = None, autoplay: bool | None = None, stream_id: str | None = None
     ) -> Flags:

@@ -1,7 +1,8 @@
 """What the web side may ask of the running concert, and the plain data it gets back.
 
 The conductor implements `ConcertView`; the web app (overlay, pages, API, metrics) only ever talks to this
-protocol, so it never touches Redis, the engine or the model directly.
+protocol, so it never touches Redis, the engine or the model directly. Any method that reads the concert's
+records may raise `bot.store.StoreUnavailable` while Redis does not answer.
 """
 
 from __future__ import annotations
@@ -107,8 +108,11 @@ class ConcertView(Protocol):
         """The piece rendered to WAV (slow: the implementation renders off the event loop and caches)."""
         ...
 
-    async def chat(self, user: str, text: str) -> list[str]:
-        """A line from the local web chat box, through the same command path as Twitch; returns the replies."""
+    async def chat(self, user: str, text: str, privileged: bool = False) -> list[str]:
+        """A line from the local web chat box, through the same command path as Twitch; returns the replies.
+
+        `privileged` speaks as the broadcaster (moderator commands allowed); otherwise as a plain viewer.
+        """
         ...
 
     async def skip(self) -> None: ...

@@ -17,8 +17,8 @@ Routes:
 from __future__ import annotations
 
 import hmac
-import json
-from collections.abc import Awaitable, Callable, Iterator
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bot import web_overlay, web_pages
+from bot.store import StoreUnavailable
 from bot.view import ConcertView
 from bot.web_data import (
     WebInputError,
@@ -33,17 +34,24 @@ from bot.web_data import (
     now_json,
     parse_chat,
     parse_count,
+    parse_json_body,
     parse_period,
     parse_seed,
     piece_json,
     queue_json,
+    same_site,
 )
 from bot.web_pages import VIEW
 from synth.http_audio import AudioBroadcast
 from synth.http_audio import add_routes as add_audio_routes
 
+log = logging.getLogger(__name__)
+
 STATIC = web_overlay.STATIC
 ADMIN_TOKEN = web.AppKey("admin_token", str)
+HOSTS: web.AppKey[tuple[str, ...]] = web.AppKey("hosts", tuple)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNAVAILABLE = "state unavailable: Redis is not answering"
 REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 # No inline script or style anywhere, and nothing fetched from elsewhere: OBS may be offline anyway.
 # ws:/wss: are listed because older Chromium (OBS's CEF) does not count a same-host WebSocket as 'self'.
@@ -60,6 +68,7 @@ def make_app(
     admin_token: str | None,
     broadcast: AudioBroadcast | None = None,
     local_chat: bool = False,
+    hosts: Collection[str] = (),
 ) -> web.Application:
     """The web app for one concert.
 
@@ -69,11 +78,14 @@ def make_app(
             None turns those endpoints off (they always answer 401).
         broadcast: the live audio; when given, `/stream.mp3` and `/stream.wav` are served and the overlay's
             `?audio=1` plays the MP3 stream.
-        local_chat: serve the `/chat` page and `POST /api/chat`, which speak to the bot as any user name:
-            only for a server that strangers cannot reach.
+        local_chat: serve the `/chat` page and `POST /api/chat`, which speak to the bot as any viewer (as the
+            broadcaster only with the admin token): only for a server that strangers cannot reach.
+        hosts: the address the server listens on besides localhost, 127.0.0.1 and [::1] (`concert.http_host`);
+            a POST whose `Host` or `Origin` names anything else is refused with 403.
     """
-    app = web.Application(middlewares=[error_pages])
+    app = web.Application(middlewares=[error_pages, same_site_only])
     app[VIEW] = view
+    app[HOSTS] = tuple(hosts)
     if admin_token:
         app[ADMIN_TOKEN] = admin_token
     app.on_response_prepare.append(security_headers)
@@ -114,6 +126,24 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
         response = web_pages.error_page(exc.status, title, "There is nothing like that here.")
         response.headers.update(_allow(exc))
         return response
+    except StoreUnavailable as exc:
+        # Expected while Redis restarts: one line, no traceback, and an answer that says to come back.
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        retry = {"Retry-After": "5"}
+        if request.path.startswith("/api/"):
+            return web.json_response({"error": UNAVAILABLE}, status=503, headers=retry)
+        response = web_pages.error_page(503, "Unavailable", "The concert's records cannot be read right now.")
+        response.headers.update(retry)
+        return response
+
+
+@web.middleware
+async def same_site_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse a state-changing request that names another host: a DNS-rebinding page's requests would."""
+    hosts: tuple[str, ...] = request.app[HOSTS]
+    if request.method not in SAFE_METHODS and not same_site(request.host, request.headers.get("Origin"), hosts):
+        return json_error(403, "this server answers only to its own address")
+    return await handler(request)
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str]:
@@ -187,21 +217,28 @@ def authorized(request: web.Request) -> bool:
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if token is None or scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    # surrogateescape: aiohttp hands bytes that are not UTF-8 over as lone surrogates; they are just wrong.
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
 
 async def api_chat(request: web.Request) -> web.Response:
-    """A line from the local chat box: `{"user", "text"}` in, `{"replies": [...]}` out."""
+    """A line from the local chat box: `{"user", "text"}` in, `{"replies": [...]}` out.
+
+    The line is a viewer's; with the admin token it is the broadcaster's, who may !skip, !pause or !block.
+    """
+    if "Authorization" in request.headers and not authorized(request):
+        return web.json_response(
+            {"error": "wrong admin token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+        )
     # A JSON content type makes a cross-site form or fetch need a CORS preflight, which this app never grants.
     if request.content_type != "application/json":
         return json_error(400, "send the line as JSON (Content-Type: application/json)")
     try:
-        line = parse_chat(await request.json())
-    except json.JSONDecodeError:
-        return json_error(400, "the body is not valid JSON")
+        line = parse_chat(parse_json_body(await request.read(), request.charset))
     except WebInputError as exc:
         return json_error(400, str(exc))
-    return web.json_response({"replies": await request.app[VIEW].chat(line.user, line.text)})
+    replies = await request.app[VIEW].chat(line.user, line.text, privileged=authorized(request))
+    return web.json_response({"replies": replies})
 
 
 # Operations

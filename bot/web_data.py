@@ -6,9 +6,13 @@ turn a `WebInputError` into a 400 (or a 404 for a seed).
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from bot.view import BoardView, LiveNote, NowView, Period, PieceView, QueueView
 
@@ -19,6 +23,8 @@ MAX_BOARD = 100
 MAX_CHAT_TEXT = 500  # Twitch's own limit on a chat message
 _SEED = re.compile(r"[0-9]{1,19}")  # not \d: that also matches other scripts' digits
 _LOGIN = re.compile(r"[A-Za-z0-9_]{1,25}")
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+ANY_HOST = frozenset({"", "0.0.0.0", "::"})  # listening on every address
 
 
 class WebInputError(ValueError):
@@ -56,6 +62,65 @@ def parse_panels(text: str | None) -> tuple[str, ...]:
     wanted = {word.strip().lower() for word in (text or "").split(",")}
     chosen = tuple(panel for panel in PANELS if panel in wanted)
     return chosen or PANELS
+
+
+def parse_json_body(body: bytes, charset: str | None) -> Any:
+    """A request body sent as `application/json` (UTF-8, as RFC 8259 requires), decoded.
+
+    `WebInputError` for another charset, bytes that are not UTF-8, text that is not JSON, or JSON nested
+    deeper than Python's decoder goes.
+    """
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise WebInputError(f"send JSON as UTF-8, not charset={charset[:20]!r}")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise WebInputError("the body is not UTF-8 text") from None
+    except (json.JSONDecodeError, RecursionError):
+        raise WebInputError("the body is not valid JSON") from None
+
+
+def host_name(host: str) -> str | None:
+    """The name a `Host` header gives ("127.0.0.1:8080" -> "127.0.0.1", "[::1]:80" -> "::1"), or None."""
+    if any(c in host for c in "@/?#\\"):  # with a user part or a path, it is no name of ours
+        return None
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return None
+    return name.rstrip(".") if name else None
+
+
+def same_site(host: str, origin: str | None, listening: Collection[str]) -> bool:
+    """Whether a request's `Host` (and `Origin`, when sent) name this server.
+
+    `listening` is the configured address besides `LOCAL_HOSTS`. A page that rebinds its own domain name to
+    127.0.0.1 still sends that name, so it is refused; an address typed as digits cannot be rebound, so on a
+    server listening on every address any IP address passes.
+    """
+    allowed = LOCAL_HOSTS | {name for h in listening if (name := host_name(h))}
+    any_address = any(h in ANY_HOST for h in listening)
+
+    def ours(name: str | None) -> bool:
+        if name is None:
+            return False
+        if name in allowed:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return any_address
+
+    if not ours(host_name(host)):
+        return False
+    if origin is None:
+        return True
+    try:
+        parts = urlsplit(origin)
+        return parts.scheme in ("http", "https") and ours(parts.hostname)
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from bot.store import StoreUnavailable
 from bot.view import ConcertEvent, ConcertView, NowView, Period
 from bot.web_data import (
     WebInputError,
@@ -106,6 +107,7 @@ class OverlayHub:
     async def run(self) -> None:
         """Forward the view's events until cancelled."""
         events = self.view.subscribe()
+        away = False  # Redis is not answering: said once, not at every try
         try:
             while True:
                 batch = await _next_batch(events, RESYNC)
@@ -115,9 +117,16 @@ class OverlayHub:
                 try:
                     async with self._lock:
                         await self._publish(batch, notes)
+                except StoreUnavailable as exc:
+                    if not away:
+                        log.warning("could not update the overlays: %s", exc)
+                    away = True
+                    await asyncio.sleep(RESYNC)
                 except Exception:
                     log.exception("could not update the overlays")
                     await asyncio.sleep(RESYNC)
+                else:
+                    away = False
         finally:
             self.view.unsubscribe(events)
 
@@ -240,7 +249,12 @@ async def overlay_socket(request: web.Request) -> web.StreamResponse:
     client = OverlayClient(ws, period)
     sender = asyncio.create_task(_drain(client))
     try:
-        await hub.join(client)
+        try:
+            await hub.join(client)
+        except StoreUnavailable as exc:
+            log.warning("an overlay could not join: %s", exc)
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"state unavailable")
+            return ws
         async for _ in ws:
             pass
     finally:

@@ -34,7 +34,8 @@ class Sampling(BaseModel):
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     seconds: float = Field(60.0, gt=0.0, le=3600.0)
-    tempo: int | None = Field(None, ge=20, le=300)
+    # The bounds every request is held to (generator.recipes.MIN_TEMPO, MAX_TEMPO; config imports no stage).
+    tempo: int | None = Field(None, ge=30, le=240)
 
 
 class Synth(BaseModel):

@@ -189,7 +189,8 @@ def _fit(lengths: list[int], bars: int) -> list[int]:
     if sum(out) < bars:
         out.append(bars - sum(out))
     if len(out) > 1 and out[-1] < MIN_SECTION_BARS and out[-1] < out[-2]:
-        out[-2] += out.pop()
+        tail = out.pop()
+        out[-1] += tail
     return out
 
 

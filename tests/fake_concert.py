@@ -199,12 +199,17 @@ class FakeConcert:
             return None
         return await asyncio.to_thread(wav_bytes, self.notes[seed])
 
-    async def chat(self, user: str, text: str) -> list[str]:
-        """A small part of the real command set: !compose <style> [instrument ...], !vote and !np."""
+    async def chat(self, user: str, text: str, privileged: bool = False) -> list[str]:
+        """A small part of the real command set: !compose <style> [instrument ...], !vote, !np and !skip."""
         self.chat_lines.append((user, text))
         words = text.split()
         if not words:
             return []
+        if words[0] == "!skip":
+            if not privileged:
+                return [f"@{user} !skip is for moderators"]
+            await self.skip()
+            return [f"@{user} skipped"]
         if words[0] == "!compose" and len(words) >= 2:
             self.request(user, words[1], tuple(words[2:]) or ("piano",))
             return [f"@{user} {words[1]} is number {len(self.requests)} in the queue"]

@@ -75,6 +75,10 @@ def test_seeds_periods_logins_and_switches():
     for bad in ((), ("abc",), ("1" * 20,), (str(2**63),), ("12e3",)):
         with pytest.raises(CommandError):
             seed_arg(bad)
+    # Characters that str.isdigit takes but int() does not, and other scripts' digits: not seeds the bot prints.
+    for bad in ("⒐", "²", "1²", "#⑨", "١٢٣", "１２３"):
+        with pytest.raises(CommandError, match="is not a seed"):
+            seed_arg((bad,))
     assert period_arg(()) == "stream" and period_arg(("WEEK",)) == "week"
     with pytest.raises(CommandError):
         period_arg(("year",))

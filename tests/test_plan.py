@@ -138,3 +138,11 @@ def test_a_users_midi_style_gets_a_plan_in_its_own_metre(tmp_path):
     assert forms["waltzes"]["bar"] == 24
     plan = draw_plan(forms["waltzes"], 30.0, 120.0, seed=2)
     assert plan.bar == 24 and plan.bars == 20  # 60 beats of 3/4
+
+
+def test_every_length_gets_a_plan_that_fills_it():
+    for seconds in (1.0, 3.0, 7.5, 30.0, 240.0):
+        for seed in range(20):
+            plan = draw_plan(REEL, seconds, 97.0, seed)
+            assert sum(p.bars for p in plan.phrases) == plan.bars == sum(s.bars for s in plan.sections)
+            assert all(p.bars >= 1 for p in plan.phrases)

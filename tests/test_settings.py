@@ -57,3 +57,23 @@ def test_a_recording_named_in_the_environment_becomes_an_output(monkeypatch, tmp
     monkeypatch.setenv("CONCERTBOT_RECORD", str(tmp_path / "concert.wav"))
     sinks = build_sinks(load_settings(), device="off")
     assert [s.name for s in sinks] == [f"recording {tmp_path / 'concert.wav'}"]
+
+
+@pytest.mark.parametrize("tempo", ["25", "29", "241", "300"])
+def test_a_tempo_no_request_may_have_stops_the_concert_at_start_up(monkeypatch, tmp_path, tempo):
+    from typer.testing import CliRunner
+
+    from bot.cli import app
+    from generator.recipes import MAX_TEMPO, MIN_TEMPO
+
+    monkeypatch.setenv("CONCERTBOT_SAMPLING__TEMPO", str(MIN_TEMPO))
+    assert load_settings().sampling.tempo == MIN_TEMPO
+    monkeypatch.setenv("CONCERTBOT_SAMPLING__TEMPO", str(MAX_TEMPO))
+    assert load_settings().sampling.tempo == MAX_TEMPO
+    monkeypatch.setenv("CONCERTBOT_SAMPLING__TEMPO", tempo)
+    with pytest.raises(ConfigError, match=rf"sampling.tempo = '{tempo}'"):
+        load_settings()
+    env = {"CONCERTBOT_PATHS__DATA_DIR": str(tmp_path), "CONCERTBOT_HTTP_PORT": "0"}
+    result = CliRunner().invoke(app, ["run", "--device", "off", "--seconds", "1"], env=env)
+    assert result.exit_code == 2 and f"sampling.tempo = '{tempo}'" in result.output
+    assert "Traceback" not in result.output

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import json
 import math
 import os
 import shutil
@@ -335,6 +336,131 @@ async def test_local_chat_refuses_what_a_cross_site_form_can_send() -> None:
         ) as r:
             assert r.status == 400 and "JSON" in (await r.json())["error"]
     assert concert.chat_lines == []
+
+
+async def raw_request(url: str, head: bytes) -> tuple[int, dict[str, Any]]:
+    """Send `head` (request line and headers, as bytes no client library would write) and read the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    body = rest.partition(b"\r\n\r\n")[2]
+    return int(status_line.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "reason"),
+    [
+        (b'{"user": "ann", "text": "!compose caf\xe9"}', "application/json", "UTF-8"),
+        (b'{"user": "ann", "text": "!np"}', "application/json; charset=bogus", "UTF-8"),
+        (b'{"user": "ann", "text": "!np"}', "application/json; charset=latin-1", "UTF-8"),
+        (b"[" * 50_000 + b"]" * 50_000, "application/json", "not valid JSON"),
+        (b'{"user": "ann", "text": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "application/json", "JSON"),
+    ],
+    ids=["not-utf-8", "bogus-charset", "latin-1", "nested-50000", "nested-in-text"],
+)
+async def test_local_chat_answers_a_malformed_body_with_a_short_400(
+    body: bytes, content_type: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    concert = FakeConcert()
+    async with (
+        client(concert, local_chat=True) as (url, http),
+        http.post(f"{url}/api/chat", data=body, headers={"Content-Type": content_type}) as r,
+    ):
+        assert r.status == 400
+        error = (await r.json())["error"]
+    assert reason in error and len(error) < 80
+    assert concert.chat_lines == []
+    assert not [record for record in caplog.records if record.exc_info]  # no traceback logged
+
+
+async def test_an_authorization_header_that_is_not_utf_8_is_a_401_not_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    concert = FakeConcert()
+    concert.start(1, "bach", ("organ",))
+    async with client(concert, local_chat=True) as (url, _):
+        for path in (b"/api/skip", b"/api/chat"):
+            head = b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cr\xe9t\xff\r\n"
+            status, answer = await raw_request(url, head)
+            assert status == 401 and "token" in answer["error"], (path, answer)
+    assert concert.playing is not None  # nothing was skipped
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_local_chat_speaks_as_the_broadcaster_only_with_the_admin_token() -> None:
+    concert = FakeConcert()
+    concert.start(1, "bach", ("organ",))
+    async with client(concert, local_chat=True) as (url, http):
+        line = {"user": "streamer", "text": "!skip"}
+        async with http.post(f"{url}/api/chat", json=line) as r:
+            assert r.status == 200 and (await r.json())["replies"] == ["@streamer !skip is for moderators"]
+        assert concert.playing is not None
+        wrong = {"Authorization": "Bearer wrong"}
+        async with http.post(f"{url}/api/chat", json=line, headers=wrong) as r:
+            assert r.status == 401
+        assert concert.playing is not None
+        right = {"Authorization": f"Bearer {TOKEN}"}
+        async with http.post(f"{url}/api/chat", json={"user": "ann", "text": "!skip"}, headers=right) as r:
+            assert r.status == 200 and (await r.json())["replies"] == ["@ann skipped"]
+        assert concert.playing is None
+
+
+@pytest.mark.parametrize(
+    ("host", "origin"),
+    [
+        ("evil.example", None),
+        ("evil.example:8080", None),
+        ("127.0.0.1.evil.example", None),
+        ("localhost@evil.example", None),
+        ("127.0.0.1", "http://evil.example"),
+        ("127.0.0.1", "null"),
+        ("127.0.0.1", "file://"),
+    ],
+)
+async def test_state_changing_requests_must_name_this_server(host: str, origin: str | None) -> None:
+    """A DNS-rebinding page reaches 127.0.0.1 under its own name, and says so in Host and Origin."""
+    concert = FakeConcert()
+    concert.start(1, "bach", ("organ",))
+    headers = {"Host": host} | ({"Origin": origin} if origin else {})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with client(concert, local_chat=True) as (url, http):
+        async with http.post(f"{url}/api/chat", json={"user": "ann", "text": "!np"}, headers=headers) as r:
+            assert r.status == 403 and "address" in (await r.json())["error"]
+        async with http.post(f"{url}/api/skip", headers=headers | auth) as r:
+            assert r.status == 403
+        async with http.get(f"{url}/api/now", headers=headers) as r:
+            assert r.status == 200  # reading is harmless: nothing secret, nothing changed
+    assert concert.chat_lines == [] and concert.playing is not None
+
+
+@pytest.mark.parametrize(
+    ("host", "origin", "hosts"),
+    [
+        ("127.0.0.1:8080", "http://127.0.0.1:8080", ()),
+        ("localhost:8080", "http://localhost:8080", ()),
+        ("[::1]:8080", None, ()),
+        ("LOCALHOST", None, ()),
+        ("stage.lan:8080", "https://stage.lan", ("stage.lan",)),
+        ("192.168.1.20:8080", "http://192.168.1.20:8080", ("0.0.0.0",)),
+    ],
+)
+async def test_state_changing_requests_under_the_servers_own_names_pass(
+    host: str, origin: str | None, hosts: tuple[str, ...]
+) -> None:
+    concert = FakeConcert()
+    headers = {"Host": host} | ({"Origin": origin} if origin else {})
+    async with (
+        client(concert, local_chat=True, hosts=hosts) as (url, http),
+        http.post(f"{url}/api/chat", json={"user": "ann", "text": "!np"}, headers=headers) as r,
+    ):
+        assert r.status == 200, await r.text()
+    assert concert.chat_lines == [("ann", "!np")]
 
 
 # Metrics

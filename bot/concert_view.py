@@ -18,6 +18,7 @@ from bot.conductor import piece_request
 from bot.store import StoreUnavailable
 from bot.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
+from generator.plan import Plan
 from synth.render import FluidSynthRenderer, write_wav
 
 if TYPE_CHECKING:
@@ -31,6 +32,34 @@ PUBLISH_EVERY = 0.5  # seconds
 RETRY_MAX = 5.0  # seconds between tries at most while updates fail: back within that long of Redis
 ROLL_AHEAD = 1.0  # seconds of notes sent ahead of the sound, so the roll draws them as they start
 WAV_CACHE = 8
+
+
+def plan_summary(plan: Plan, tempo: float) -> dict:
+    """What the piece page and the overlay show of a plan at `tempo`: bars, sections, each phrase's cadence.
+
+    Sections and phrases start and last whole bars; `cadence` is the root a phrase comes to rest on, in
+    semitones above the tonic, and `cadence_at` the seconds from the piece's start to its downbeat.
+    """
+    step = 60.0 / tempo / STEPS_PER_BEAT
+    return {
+        "form": plan.form,
+        "bars": plan.bars,
+        "metre": metre(plan.bar),
+        "bar_seconds": round(plan.bar * step, 6),
+        "sections": [{"label": s.label, "start": s.start, "bars": s.bars} for s in plan.sections],
+        "phrases": [
+            {"start": p.start, "bars": p.bars, "cadence": p.cadence, "cadence_at": round(at * step, 3)}
+            for p, at in zip(plan.phrases, plan.cadence_times(), strict=True)
+        ],
+    }
+
+
+def metre(bar: int) -> str:
+    """A bar of `bar` steps as a time signature in the longest note value that divides it: 16 -> "2/4"."""
+    for value, steps in ((4, STEPS_PER_BEAT), (8, STEPS_PER_BEAT // 2), (16, STEPS_PER_BEAT // 4)):
+        if bar % steps == 0:
+            return f"{bar // steps}/{value}"
+    return f"{bar}/32"
 
 
 class LiveConcertView:
@@ -51,6 +80,7 @@ class LiveConcertView:
         if slot is None:
             return None
         r = slot.record
+        plan = self.concert.conductor.plan_of(r)
         return NowView(
             seed=r.seed,
             style=r.style,
@@ -61,6 +91,8 @@ class LiveConcertView:
             elapsed=round(self.concert.conductor.elapsed(), 1),
             seconds=r.seconds,
             paused=self.concert.session.engine.paused,
+            form=plan.form if plan else None,
+            plan=plan_summary(plan, r.tempo) if plan else None,
         )
 
     async def queue(self) -> list[QueueView]:
@@ -100,6 +132,7 @@ class LiveConcertView:
         record = await self.concert.store.load_piece(seed)
         if record is None:
             return None
+        plan = self.concert.conductor.plan_of(record)
         return PieceView(
             seed=record.seed,
             style=record.style,
@@ -113,6 +146,9 @@ class LiveConcertView:
             created_at=record.created_at,
             votes=await self.concert.store.votes(seed),
             complete=bool(record.tokens),
+            key=self.concert.conductor.key_of(record),
+            form=plan.form if plan else None,
+            plan=plan_summary(plan, record.tempo) if plan else None,
         )
 
     async def piece_midi(self, seed: int) -> bytes | None:

@@ -23,8 +23,9 @@ from bot.store import PieceRecord, SeedConflictError, SongRequest, Store
 from config.errors import ConcertbotError
 from config.settings import Settings
 from generator.model import LoadedModel
+from generator.plan import Plan
 from generator.recipes import make_request, new_seed
-from generator.sampling import PieceRequest, chosen_key
+from generator.sampling import PieceRequest, chosen_key, piece_plan
 from synth.engine import EngineEvent
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,12 @@ class Conductor:
         if record.model_version != self.loaded.version:  # another model's seed would have picked another key
             return record.key
         return chosen_key(self.loaded, record.style, record.seed, record.key)
+
+    def plan_of(self, record: PieceRecord) -> Plan | None:
+        """The plan a piece follows, drawn again from its seed; None when another model made it."""
+        if record.model_version != self.loaded.version:  # another model's card would draw another plan
+            return None
+        return piece_plan(self.loaded, piece_request(record))
 
     def replayable(self, record: PieceRecord) -> bool:
         """Stored tokens replay anywhere; a piece cut short before it was saved, only on its own model."""

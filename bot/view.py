@@ -25,6 +25,8 @@ class NowView:
     elapsed: float  # seconds of the piece played so far
     seconds: float  # the piece's planned length
     paused: bool = False
+    form: str | None = None  # its sections as a listener names them, "A A B B"; None without a plan
+    plan: dict | None = None  # `bot.concert_view.plan_summary`: its bars, sections and cadences in seconds
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class PieceView:
     created_at: float  # unix time
     votes: int
     complete: bool  # False while the piece is still being generated
+    key: str | None = None  # the one asked for or the one its seed chose; None for a keyless model
+    form: str | None = None  # as in NowView
+    plan: dict | None = None  # as in NowView
 
 
 @dataclass(frozen=True)

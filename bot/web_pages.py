@@ -16,6 +16,10 @@ from bot.web_data import PERIODS, WebInputError, parse_period, parse_seed
 
 VIEW = web.AppKey("concert_view", ConcertView)
 PERIOD_NAMES = {"stream": "This stream", "week": "This week", "all": "All time"}
+# A cadence's root (semitones above the tonic) as a degree of the key, cased by the chord the sampler builds
+# on it from the key's scale (generator.steering: major, or harmonic minor); a root outside it gets a ♯ or ♭.
+MAJOR_DEGREES = ("I", "♭II", "ii", "♭III", "iii", "IV", "♯iv°", "V", "♭VI", "vi", "♭VII", "vii°")
+MINOR_DEGREES = ("i", "♭II", "ii°", "III", "♯III", "iv", "♯iv°", "V", "VI", "♯vi°", "VII", "vii°")
 
 
 def page(title: str, body: str, status: int = 200, scripts: tuple[str, ...] = ()) -> web.Response:
@@ -68,6 +72,29 @@ def _length(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
+def _key(name: str) -> str:
+    """ "F#m" -> "F♯ minor"."""
+    tonic, minor = (name[:-1], True) if name.endswith("m") else (name, False)
+    return html.escape(f"{tonic.replace('#', '♯').replace('b', '♭')} {'minor' if minor else 'major'}")
+
+
+def _bars(n: int) -> str:
+    return f"{n} bar" if n == 1 else f"{n} bars"
+
+
+def form_line(plan: dict, key: str | None) -> str:
+    """A plan (`bot.concert_view.plan_summary`) in a line: "A A B B · 24 bars of 2/4 · phrases of 4 bars,
+    cadences on I, V, I"."""
+    phrases = plan["phrases"]
+    lengths = sorted({p["bars"] for p in phrases})
+    span = _bars(lengths[0]) if len(lengths) == 1 else f"{lengths[0]}–{_bars(lengths[-1])}"
+    degrees = MINOR_DEGREES if key and key.endswith("m") else MAJOR_DEGREES
+    cadences = ", ".join(degrees[p["cadence"] % 12] for p in phrases)
+    many = len(phrases) > 1
+    said = f"{'phrases' if many else 'one phrase'} of {span}, {'cadences' if many else 'cadence'} on {cadences}"
+    return html.escape(f"{plan['form']} · {_bars(plan['bars'])} of {plan['metre']} · {said}")
+
+
 def piece_body(piece: PieceView) -> str:
     """The piece page's content: recipe, votes, player and downloads (once the piece is complete)."""
     seed = piece.seed
@@ -76,7 +103,9 @@ def piece_body(piece: PieceView) -> str:
         ("Style", html.escape(piece.style)),
         ("Instruments", _names(piece.instruments)),
         ("Tempo", f"{piece.tempo:g} bpm"),
+        *([("Key", _key(piece.key))] if piece.key else []),
         ("Length", _length(piece.seconds)),
+        *([("Form", form_line(piece.plan, piece.key))] if piece.plan else []),
         ("Temperature", f"{piece.temperature:g}"),
         ("Top-p", f"{piece.top_p:g}"),
         ("Model", html.escape(piece.model_version)),

@@ -6,6 +6,7 @@ A model directory holds `config.json` + `model.safetensors` (transformers' own f
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,17 @@ class LoadedModel:
 
     @property
     def version(self) -> str:
-        """Names the exact weights, so a stored recipe says which model made it."""
-        return str(self.card.get("version", self.path.name))
+        """Names the exact weights and the forms its pieces follow, so a stored recipe says what made it.
+
+        Forms learnt into a card after training (`concertbot data forms`) change every seed's notes, so they
+        are part of the name: a piece cut short under other forms is never regenerated as if it were the same.
+        """
+        name = str(self.card.get("version", self.path.name))
+        forms = {s: d["form"] for s, d in sorted(self.card.get("style_defaults", {}).items()) if d.get("form")}
+        if not forms:
+            return name
+        digest = hashlib.sha1(json.dumps(forms, sort_keys=True).encode()).hexdigest()[:6]
+        return f"{name}+forms-{digest}"
 
 
 def save_model(model: GPT2LMHeadModel, vocab: Vocab, directory: Path, card: dict[str, Any]) -> None:
@@ -66,20 +76,58 @@ def save_model(model: GPT2LMHeadModel, vocab: Vocab, directory: Path, card: dict
 
 
 def load_model(directory: Path | None = None, device: str = "cpu") -> LoadedModel:
-    """Load a saved model for sampling (eval mode, no dropout); None means the shipped default."""
+    """Load a saved model for sampling (eval mode, no dropout); None means the shipped default.
+
+    Raises:
+        ConfigError: the directory holds no model, or one of its files is broken (named in the message).
+    """
+    from safetensors import SafetensorError, safe_open
+
     path = Path(directory) if directory else DEFAULT_MODEL_DIR
     if not (path / "config.json").is_file():
         raise ConfigError(f"no concertbot model in {str(path)!r} (expected config.json and model.safetensors)")
+    # Each file is checked on its own first, so that a broken one is named, rather than shown as a traceback
+    # from deep inside transformers, MidiTok or safetensors.
+    for name in ("config.json", "vocab.json", "tokenizer.json", "card.json"):
+        if (path / name).is_file():
+            _read_json(path / name)
     vocab = Vocab.load(path)
-    model: Any = GPT2LMHeadModel.from_pretrained(path)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"no model.safetensors in {str(path)!r}: the model's weights are missing")
+    try:
+        with safe_open(str(weights), "pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"{str(weights)!r} is broken ({_first_line(exc)}); copy or export it again") from None
+    try:
+        model: Any = GPT2LMHeadModel.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        # The weights read as weights and the config as JSON, yet they do not fit together.
+        raise ConfigError(
+            f"{str(path / 'config.json')!r} does not describe the weights beside it ({_first_line(exc)})"
+        ) from None
     model = model.to(device).eval()
     if model.config.vocab_size != len(vocab):
         raise ConfigError(
             f"model in {str(path)!r} has {model.config.vocab_size} tokens, vocab has {len(vocab)}"
         )
     card_path = path / "card.json"
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card = _read_json(card_path) if card_path.is_file() else {}
     return LoadedModel(model, vocab, card, path)
+
+
+def _read_json(path: Path) -> Any:
+    """A model file's JSON; `ConfigError` naming the file if it is not JSON."""
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{str(path)!r} is broken ({_first_line(exc)}); copy or export it again") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def count_parameters(model: torch.nn.Module) -> int:

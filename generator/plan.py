@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from generator import metrics
+
 if TYPE_CHECKING:
     from generator.vocab import Vocab
 
@@ -31,6 +33,7 @@ DEFAULT_BAR = 4 * STEPS_PER_BEAT
 DEFAULT_PHRASE_BARS = 4  # a source that marks no phrases (a MIDI file, a motet) is read in four-bar phrases
 MAX_FORMS = 40  # piece shapes kept per style, the most common first
 MIN_SECTION_BARS = 2
+MAX_INTERVAL = 12  # melodic intervals learnt up to an octave either way; wider ones count as an octave
 MIN_CADENCE = 0.04  # share of a style's phrase endings a cadence root needs to be planned
 MAX_PIECES = 400  # training pieces read per style to learn its forms
 SINGLE_LINE_OVERLAP = 0.05  # an instrument whose notes overlap its own next note less often plays one line
@@ -211,13 +214,15 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
     Returns plain data for the model card: "bar" (steps per bar, the most common metre), "forms" (piece shapes
     as [[[bars, repeated], ...], count], most common first), "phrase_bars" ({bars: count}), "cadences" ({root
     above the tonic: count} where phrases end), "pitch_classes" ({"major"|"minor": 12 shares from the tonic up})
-    and "single_line" (programs whose notes rarely overlap their own next note).
+    "intervals" (shares of each melodic interval from -12 to +12 semitones, as metrics.interval_histogram
+    measures them) and "single_line" (programs whose notes rarely overlap their own next note).
     """
     bars: Counter[int] = Counter()
     forms: Counter[tuple] = Counter()
     phrase_bars: Counter[int] = Counter()
     cadences: Counter[int] = Counter()
     pcs = {"major": np.zeros(12), "minor": np.zeros(12)}
+    intervals = np.zeros(2 * MAX_INTERVAL + 1)
     overlaps: dict[int, list[int]] = {}
     for row, notes in zip(rows, notes_of, strict=True):
         pitched = notes[notes[:, 3] >= 0]
@@ -227,6 +232,7 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         bars[bar] += 1
         tonic, minor = _key(row.get("key"))
         pcs["minor" if minor else "major"] += np.bincount((pitched[:, 1] - tonic) % 12, minlength=12)
+        intervals += metrics.interval_counts(pitched, MAX_INTERVAL)
         sections = [(s // TICKS_PER_STEP, e // TICKS_PER_STEP, r) for s, e, r in row.get("sections") or []]
         end = int((pitched[:, 0] + pitched[:, 2]).max())
         if not sections:
@@ -260,6 +266,7 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         # A root a phrase seldom rests on is more likely a misread key than a cadence the style makes.
         "cadences": {str(k): v for k, v in sorted(cadences.items()) if v >= MIN_CADENCE * cadences.total()},
         "pitch_classes": {mode: [round(float(x), 5) for x in v / max(1.0, v.sum())] for mode, v in pcs.items()},
+        "intervals": [round(float(x), 5) for x in intervals / max(1.0, intervals.sum())],
         "single_line": sorted(p for p, (over, total) in overlaps.items() if over < SINGLE_LINE_OVERLAP * total),
         "programs": sorted(overlaps),
     }

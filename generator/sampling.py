@@ -142,12 +142,7 @@ class Composer:
         )
 
     def plan(self, request: PieceRequest) -> Plan | None:
-        """The piece's plan, drawn by its seed from its style's form (None when the request plays without)."""
-        if not request.plan:
-            return None
-        return draw_plan(
-            form_profile(self.loaded.card, request.style), request.seconds, request.tempo, request.seed
-        )
+        return piece_plan(self.loaded, request)
 
     def compose(self, request: PieceRequest) -> Composition:
         comp = Composition(request, self.prefix(request), [], plan=self.plan(request))
@@ -252,7 +247,7 @@ class Composer:
                 mask = mask & (self.pitch_of != banned)
             if follow is not None:
                 mask = follow.pitch_mask(mask, state.program, time)
-                scores = follow.pitch_bias(scores, time)
+                scores = follow.pitch_bias(scores, state.program, time)
             leading = voices.allowed(state.program, time)
             # Only while it leaves a pitch to play: an instrument's range may hold no allowed leap.
             if leading is not None and bool((mask & leading & self.is_pitch).any()):
@@ -311,6 +306,14 @@ class Composer:
             cache = self.fast
             cache.reset()
         return cache.forward(ids).to("cpu"), cache
+
+
+def piece_plan(loaded: LoadedModel, request: PieceRequest) -> Plan | None:
+    """The piece's plan, drawn by its seed from its style's form (None when the request plays without one)."""
+    if not request.plan:
+        return None
+    profile = form_profile(loaded.card, request.style)
+    return draw_plan(profile, request.seconds, request.tempo, request.seed)
 
 
 def chosen_key(loaded: LoadedModel, style: str, seed: int, asked: str | None) -> str | None:

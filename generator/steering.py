@@ -30,6 +30,10 @@ STEPS_PER_BEAT = 8
 CHORDAL = frozenset({0, 6, 19, 24, 46, 48})  # piano, harpsichord, organ, guitar, harp, string ensemble
 KEY_WEIGHT = 1.0  # how hard the style's pitch classes in the key pull: a log-prior, as a product of experts
 KEY_FLOOR = 0.002  # a pitch class the style never uses in a key is unlikely, not impossible
+# The model puts too little weight on steps (29 % of its probability on Bach's held-out voices against 59 % of
+# real notes): the style's own intervals, as a second log-prior, pull each voice back to how the style moves.
+INTERVAL_WEIGHT = 0.5
+INTERVAL_FLOOR = 0.001
 CHORD_BONUS = 1.5  # logits added to a pitch that makes a chord with the notes already sounding
 FAIR_BONUS = 2.0  # logits added to an instrument under half its fair share of the notes
 FAIR_AFTER = 3  # notes per instrument before its share is judged
@@ -90,6 +94,15 @@ class PlanFollower:
             by_pc = torch.tensor(np.roll(prior, self.tonic), dtype=torch.float32)
             pcs = (vt.pitch_of % 12).clamp(min=0)
             self.key_bias = torch.where(vt.is_pitch, KEY_WEIGHT * by_pc[pcs], torch.zeros(()))
+        self.interval_bias: torch.Tensor | None = None  # over intervals -127..127 from the voice's last note
+        if profile.get("intervals"):
+            shares = np.asarray(profile["intervals"], dtype=np.float64)
+            widest = (len(shares) - 1) // 2
+            prior = np.log(np.maximum(shares, INTERVAL_FLOOR))
+            prior -= prior.max()
+            table = prior[np.clip(np.arange(-127, 128), -widest, widest) + widest]
+            self.interval_bias = INTERVAL_WEIGHT * torch.tensor(table, dtype=torch.float32)
+        self.melody: dict[int, tuple[int, int]] = {}  # program -> (latest onset, highest pitch there)
         learnt = set(profile.get("single_line") or [])
         mostly = bool(learnt) and len(learnt) >= SINGLE_LINE_STYLE * len(profile.get("programs") or learnt)
         self.single = {p for p in self.programs if p in learnt or (mostly and p not in CHORDAL and p >= 0)}
@@ -169,9 +182,14 @@ class PlanFollower:
         narrowed = mask & torch.isin(self.vt.pitch_of % 12, torch.tensor(allowed)) & self.vt.is_pitch
         return narrowed if bool(narrowed.any()) else mask
 
-    def pitch_bias(self, scores: torch.Tensor, time: int) -> torch.Tensor:
+    def pitch_bias(self, scores: torch.Tensor, program: int, time: int) -> torch.Tensor:
         if self.key_bias is not None:
             scores = scores + self.key_bias
+        onset, top = self.melody.get(program, (-1, -1))
+        # The voice's next melody note (not a chord note under one it struck at this onset).
+        if self.interval_bias is not None and onset >= 0 and onset != time:
+            moves = (self.vt.pitch_of - top).clamp(-127, 127) + 127
+            scores = scores + torch.where(self.vt.is_pitch, self.interval_bias[moves], torch.zeros(()))
         sounding = frozenset(p % 12 for end, p in self.sounding if end > time)
         if sounding:
             fits = torch.tensor(sorted(consonant_with(sounding)) or [-1])
@@ -201,6 +219,8 @@ class PlanFollower:
         if start != self.struck_at:
             self.struck_at, self.struck = start, set()
         self.struck.add(program)
+        onset, top = self.melody.get(program, (-1, -1))
+        self.melody[program] = (start, max(top, pitch) if onset == start else pitch)
         self.sounding = [(e, p) for e, p in self.sounding if e > start]
         self.sounding.append((start + duration, pitch))
 

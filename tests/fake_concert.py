@@ -85,9 +85,15 @@ class FakeConcert:
         tempo: float = 96.0,
         seconds: float = 90.0,
         elapsed: float = 0.0,
+        key: str | None = None,
+        plan: dict | None = None,
     ) -> PieceView:
-        """A piece starts sounding (already `elapsed` seconds in); the one before it is over."""
+        """A piece starts sounding (already `elapsed` seconds in); the one before it is over.
+
+        `plan` is what `bot.concert_view.plan_summary` makes of the piece's plan.
+        """
         piece = recipe(seed, style, instruments, requester, tempo, seconds)
+        piece = replace(piece, key=key, form=plan["form"] if plan else None, plan=plan)
         self.pieces[seed] = piece
         self.notes[seed] = []
         self.voters[seed] = set()
@@ -159,6 +165,8 @@ class FakeConcert:
             piece.votes,
             elapsed,
             piece.seconds,
+            form=piece.form,
+            plan=piece.plan,
         )
 
     async def queue(self) -> list[QueueView]:

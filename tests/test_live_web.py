@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import time
 import uuid
@@ -15,6 +16,8 @@ from browser import find_chromium, launch_chromium
 from serving import free_port
 
 from bot.app import Concert, run_concert
+from bot.concert_view import plan_summary
+from bot.conductor import piece_request
 from config import load_settings
 
 pytestmark = [
@@ -70,6 +73,15 @@ async def test_overlay_and_api_follow_the_real_concert(tmp_path: Path):
             now = await (await http.get(f"{base}/api/now")).json()
             assert (now["seed"], now["style"], now["requester"]) == (seed, "bach", "ann")
             assert now["instruments"] == ["violin", "cello"]
+            # The plan shown is the one the composer follows; a piece of another model has none known.
+            followed = concert.session.worker.composer.plan(piece_request(slot.record))
+            assert followed is not None and now["form"] == followed.form
+            assert now["plan"] == plan_summary(followed, slot.record.tempo)
+            assert concert.conductor.plan_of(dataclasses.replace(slot.record, model_version="other")) is None
+            sections = await page.evaluate("document.getElementById('now-sections').textContent")
+            assert sections == followed.form.replace(" ", "")
+            cadence = "document.getElementById('now-cadence').textContent"
+            await page.wait_for(f"{cadence}.includes('cadence')", timeout=2)
 
             # Once the piece is generated, its MIDI and WAV can be downloaded from its page.
             while not slot.saved:
@@ -81,6 +93,8 @@ async def test_overlay_and_api_follow_the_real_concert(tmp_path: Path):
             assert wav.status == 200 and (await wav.read())[:4] == b"RIFF"
             page_html = await (await http.get(f"{base}/p/{seed}")).text()
             assert str(seed) in page_html and "bach" in page_html.lower()
+            assert f"<th>Form</th><td>{followed.form} · " in page_html
+            assert concert.conductor.key_of(slot.record) and "<th>Key</th>" in page_html  # the seed's key
 
             assert (await http.get(f"{base}/p/not-a-seed")).status == 404
             assert (await http.get(f"{base}/p/424242")).status == 404

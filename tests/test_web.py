@@ -28,10 +28,13 @@ from PIL import Image
 from serving import running
 from tones import RATE, writing
 
+from bot.concert_view import metre, plan_summary
 from bot.view import LiveNote, NowView
 from bot.web import make_app
 from bot.web_data import parse_panels, parse_seed, seeds_as_text
 from bot.web_overlay import OUTBOX, OverlayClient, PlayClock
+from bot.web_pages import form_line
+from generator.plan import Phrase, Plan, Section, draw_plan
 from synth.http_audio import AudioBroadcast
 
 pytestmark = pytest.mark.anyio
@@ -44,6 +47,14 @@ UPDATE_DOCS = os.environ.get("CONCERTBOT_UPDATE_DOCS") == "1"
 CHROMIUM = find_chromium()
 FFMPEG = shutil.which("ffmpeg")
 BIG_SEED = 2**53 + 1  # a JavaScript number would show it as ...992
+# A reel's shape: two four-bar strains, each played twice, in 2/4; its phrases end on V and I in turn.
+REEL = Plan(
+    bar=16,
+    bars=16,
+    sections=(Section("A", 0, 4), Section("A", 4, 4, 0), Section("B", 8, 4), Section("B", 12, 4, 2)),
+    phrases=(Phrase(0, 4, 7, 0), Phrase(4, 4, 0, 1), Phrase(8, 4, 7, 2), Phrase(12, 4, 0, 3)),
+)
+REEL_TEMPO = 96.0  # a 2/4 bar lasts 1.25 s
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +100,42 @@ def test_panels_default_to_all_and_keep_their_order() -> None:
     assert parse_panels("bogus") == ("now", "queue", "top", "roll")
 
 
+def test_a_plan_is_summed_up_in_bars_and_seconds() -> None:
+    assert plan_summary(REEL, REEL_TEMPO) == {
+        "form": "A A B B",
+        "bars": 16,
+        "metre": "2/4",
+        "bar_seconds": 1.25,
+        "sections": [
+            {"label": "A", "start": 0, "bars": 4},
+            {"label": "A", "start": 4, "bars": 4},
+            {"label": "B", "start": 8, "bars": 4},
+            {"label": "B", "start": 12, "bars": 4},
+        ],
+        "phrases": [
+            {"start": 0, "bars": 4, "cadence": 7, "cadence_at": 3.75},
+            {"start": 4, "bars": 4, "cadence": 0, "cadence_at": 8.75},
+            {"start": 8, "bars": 4, "cadence": 7, "cadence_at": 13.75},
+            {"start": 12, "bars": 4, "cadence": 0, "cadence_at": 18.75},
+        ],
+    }
+    assert [metre(steps) for steps in (32, 24, 12, 36, 6)] == ["4/4", "3/4", "3/8", "9/8", "3/16"]
+
+
+def test_a_form_reads_as_a_line_with_cadences_as_degrees_of_the_key() -> None:
+    reel = plan_summary(REEL, REEL_TEMPO)
+    assert form_line(reel, "D") == "A A B B · 16 bars of 2/4 · phrases of 4 bars, cadences on V, I, V, I"
+    air = {
+        "form": "A B",
+        "bars": 9,
+        "metre": "3/4",
+        "phrases": [{"bars": 4, "cadence": 7}, {"bars": 5, "cadence": 8}, {"bars": 1, "cadence": 0}],
+    }
+    assert form_line(air, "F#m") == "A B · 9 bars of 3/4 · phrases of 1–5 bars, cadences on V, VI, i"
+    one = {"form": "A", "bars": 1, "metre": "4/4", "phrases": [{"bars": 1, "cadence": 0}]}
+    assert form_line(one, None) == "A · 1 bar of 4/4 · one phrase of 1 bar, cadence on I"
+
+
 def test_play_clock_stops_when_elapsed_stands_still() -> None:
     clock = PlayClock()
 
@@ -125,6 +172,16 @@ async def test_now_is_null_when_silent_then_describes_the_piece() -> None:
     assert now["seed"] == 123456789 and now["style"] == "irish" and now["instruments"] == ["flute", "harp"]
     assert now["requester"] == "ann" and now["votes"] == 1 and now["url"] == "/p/123456789"
     assert 5.0 <= now["elapsed"] < 7.0 and now["seconds"] == 80
+    assert now["form"] is None and now["plan"] is None  # a piece whose plan is not known
+
+
+async def test_now_carries_the_form_and_plan() -> None:
+    concert = FakeConcert()
+    reel = plan_summary(REEL, REEL_TEMPO)
+    concert.start(77, "irish", ("flute",), "ann", tempo=REEL_TEMPO, seconds=20, key="D", plan=reel)
+    async with client(concert) as (url, http), http.get(f"{url}/api/now") as r:
+        now = await r.json()
+    assert now["form"] == "A A B B" and now["plan"] == reel
 
 
 async def test_queue_lists_requests_next_first_with_their_estimated_start() -> None:
@@ -185,6 +242,24 @@ async def test_piece_page_shows_the_recipe_and_escapes_what_chat_wrote() -> None
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert 'src="/p/31337.wav"' in page and 'href="/p/31337.mid"' in page and "!replay 31337" in page
     assert "violin" in page and "ann" in page
+
+
+async def test_piece_page_and_api_show_the_key_and_form() -> None:
+    concert = FakeConcert()
+    reel = plan_summary(REEL, REEL_TEMPO)
+    concert.start(5150, "irish", ("flute", "harp"), "ann", tempo=REEL_TEMPO, seconds=20, key="Bbm", plan=reel)
+    concert.start(5151, "bach", ("organ",), "bob")  # made by another model: no plan, no key known
+    async with client(concert) as (url, http):
+        async with http.get(f"{url}/p/5150") as r:
+            page = await r.text()
+        async with http.get(f"{url}/p/5151") as r:
+            other = await r.text()
+        async with http.get(f"{url}/api/pieces/5150") as r:
+            piece = await r.json()
+    assert "<th>Key</th><td>B♭ minor</td>" in page
+    assert "<th>Form</th><td>A A B B · 16 bars of 2/4 · phrases of 4 bars, cadences on V, i, V, i</td>" in page
+    assert "<th>Form</th>" not in other and "<th>Key</th>" not in other
+    assert piece["key"] == "Bbm" and piece["form"] == "A A B B" and piece["plan"] == reel
 
 
 async def test_piece_downloads_are_real_midi_and_wav_and_wav_seeks() -> None:
@@ -656,6 +731,42 @@ async def test_overlay_follows_the_concert_within_a_second(browser: Browser) -> 
     assert 1.0 <= ticked < 2.5
 
 
+CURRENT_SECTION = "[...document.querySelectorAll('#now-sections b')].findIndex(b => b.matches('.current'))"
+
+
+@needs_chromium
+async def test_overlay_shows_the_form_and_counts_down_to_the_next_cadence(browser: Browser) -> None:
+    concert = FakeConcert()
+    reel = plan_summary(REEL, 60.0)  # bars of 2 s; cadences at 6, 14, 22 and 30 s
+
+    def play(seed: int, elapsed: float, plan: dict | None = reel) -> None:
+        concert.start(seed, "irish", ("flute",), tempo=60.0, seconds=40, elapsed=elapsed, plan=plan)
+
+    def cadence_is(text: str) -> str:
+        return f"{text_of('now-cadence')} === {text!r}"
+
+    visibility = "getComputedStyle(document.getElementById('now-form')).visibility"
+    async with running(make_app(concert, None)) as url, overlay(browser, f"{url}/") as page:
+        play(1, 8.2)  # in the second A, 2.9 bars before its cadence; at 10 s the page counts down by itself
+        await page.wait_for(cadence_is("cadence in 3 bars"), timeout=1.5)
+        assert await page.evaluate(text_of("now-sections")) == "AABB"
+        assert await page.evaluate(CURRENT_SECTION) == 1 and await page.evaluate(visibility) == "visible"
+        await page.wait_for(cadence_is("cadence in 2 bars"), timeout=3.0)
+        play(2, 12.5)
+        await page.wait_for(cadence_is("cadence in 1 bar"), timeout=1.5)
+        play(3, 14.5)  # the cadence's bar
+        await page.wait_for(cadence_is("cadence now"), timeout=1.5)
+        assert await page.evaluate(CURRENT_SECTION) == 1
+        play(4, 27.0)
+        await page.wait_for(cadence_is("final cadence in 2 bars"), timeout=1.5)
+        assert await page.evaluate(CURRENT_SECTION) == 3
+        play(5, 31.0)
+        await page.wait_for(cadence_is("final cadence"), timeout=1.5)
+        play(6, 0.0, plan=None)  # no plan known: the line goes
+        await page.wait_for(f"{text_of('now-seed')} === '6'", timeout=1.5)
+        assert await page.evaluate(visibility) == "hidden"
+
+
 def chorale(elapsed: float, tempo: float) -> list[LiveNote]:
     """Four string voices around `elapsed`: a D major progression in half notes, the top voice in eighths."""
     beat = 60 / tempo
@@ -687,7 +798,11 @@ def stage_a_concert(concert: FakeConcert) -> None:
     ]
     for seed, style, instruments, requester, votes in past:
         concert.add_past_piece(seed, style, instruments, requester, votes, "stream")
-    concert.start(482913075, "bach", ("violin", "viola", "cello", "contrabass"), "quartet_fan", 84, 150, 47.3)
+    bar_form = {"bar": 32, "forms": [[[[8, True], [12, False]], 1]], "cadences": {"0": 2, "7": 2, "9": 1}}
+    plan = plan_summary(draw_plan(bar_form, 150, 84, 482913075), 84)  # A A B A A B, 52 bars of 4/4
+    concert.start(
+        482913075, "bach", ("violin", "viola", "cello", "contrabass"), "quartet_fan", 84, 150, 47.3, plan=plan
+    )
     for i in range(14):
         concert.vote(f"viewer{i}")
     concert.request("lofi_lena", "irish", ("flute", "harp"), 75)
@@ -698,6 +813,7 @@ def stage_a_concert(concert: FakeConcert) -> None:
 
 STAGED = (
     f"{text_of('now-seed')} === '482913075'"
+    f" && {text_of('now-cadence')}.startsWith('cadence in')"
     " && document.querySelectorAll('#queue-list li').length === 4"
     " && document.querySelectorAll('#top-list li').length === 6"
 )

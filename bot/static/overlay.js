@@ -27,11 +27,44 @@ const state = {
   ticking: true,
   queue: [],
   queueAt: 0,
+  plan: null, // the piece's plan (sections, phrases, cadence times), or null
   notes: [], // {pitch, program, start, duration} of the piece playing
   shownSecond: -1,
+  shownSection: -1,
 };
 
 // Formatting
+
+function bars(n) {
+  return n === 1 ? "1 bar" : `${n} bars`;
+}
+
+// Where `t` seconds fall in a plan (bot.concert_view.plan_summary): the section playing, and how far the next
+// cadence is. A phrase's cadence is the downbeat of its last bar; that bar is "cadence now".
+function planAt(plan, t) {
+  const bar = plan.bar_seconds;
+  const eps = 1e-6;
+  let section = 0;
+  plan.sections.forEach((s, i) => {
+    if (t >= s.start * bar - eps) section = i;
+  });
+  const phrases = plan.phrases;
+  let cadence = "";
+  for (let i = 0; i < phrases.length; i++) {
+    const at = phrases[i].cadence_at;
+    const final = i === phrases.length - 1;
+    const name = final ? "final cadence" : "cadence";
+    if (t < at - eps) {
+      cadence = `${name} in ${bars(Math.max(1, Math.ceil((at - t) / bar - eps)))}`;
+      break;
+    }
+    if (final || t < at + bar - eps) {
+      cadence = final ? name : `${name} now`;
+      break;
+    }
+  }
+  return { section, cadence };
+}
 
 function clock(seconds) {
   const s = Math.max(0, Math.floor(seconds));
@@ -113,6 +146,7 @@ function showNow(message) {
     $("now-length").textContent = clock(now.seconds);
     state.shownSecond = -1;
   }
+  if (changed || JSON.stringify(now.plan) !== JSON.stringify(state.plan)) showPlan(now.plan);
   $("now-votes").textContent = now.votes;
   $("now-votes-label").textContent = now.votes === 1 ? "vote" : "votes";
   if (!changed && votesBefore !== null && now.votes > votesBefore) {
@@ -124,6 +158,26 @@ function showNow(message) {
   tickNow();
 }
 
+function showPlan(plan) {
+  state.plan = plan || null;
+  state.shownSection = -1;
+  $("now").dataset.plan = state.plan ? "1" : "0";
+  const letters = state.plan ? state.plan.sections.map((s) => el("b", "", s.label)) : [];
+  $("now-sections").replaceChildren(...letters);
+  $("now-cadence").textContent = "";
+}
+
+function tickPlan(t) {
+  const { section, cadence } = planAt(state.plan, t);
+  if (section !== state.shownSection) {
+    const letters = $("now-sections").children;
+    if (letters[state.shownSection]) letters[state.shownSection].classList.remove("current");
+    if (letters[section]) letters[section].classList.add("current");
+    state.shownSection = section;
+  }
+  setText($("now-cadence"), cadence);
+}
+
 function tickNow() {
   if (!state.now) return;
   const t = elapsed();
@@ -132,6 +186,7 @@ function tickNow() {
     state.shownSecond = second;
     setText($("now-elapsed"), clock(t));
   }
+  if (state.plan) tickPlan(t);
   const share = state.now.seconds > 0 ? Math.min(1, t / state.now.seconds) : 0;
   $("now-bar").style.width = `${(share * 100).toFixed(2)}%`;
 }

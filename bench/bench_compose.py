@@ -2,8 +2,9 @@
 
     python bench/bench_compose.py [--model DIR] [--seconds 60] [--pieces 3] [--device cpu|cuda]
 
-Runs each 4-part request through our sampler twice, once on the lean forward pass (generator/fastgpt.py,
-what `Composer` uses) and once on transformers' own GPT-2 with its KV cache, so the two are compared in one
+Runs each 4-part request through our sampler three times: on the lean forward pass (generator/fastgpt.py,
+what `Composer` uses) following the piece's plan (generator/steering.py), the same without a plan (what the
+plan's masks and biases cost), and on transformers' own GPT-2 with its KV cache, so they are compared in one
 run on one machine. Real-time factor = seconds of music made per second of wall time (5x means a one-minute
 piece takes 12 s).
 """
@@ -38,12 +39,14 @@ class TransformersComposer(Composer):
         return out.logits[0, -1].to("cpu"), out.past_key_values
 
 
-def run(composer: Composer, style: str, instruments: tuple[str, ...], seconds: float, pieces: int) -> dict:
+def run(
+    composer: Composer, style: str, instruments: tuple[str, ...], seconds: float, pieces: int, plan: bool = True
+) -> dict:
     tempo = style_defaults(composer.loaded, style)[1]
     tokens = music = wall = 0.0
     for seed in range(pieces):
         start = time.perf_counter()
-        piece = composer.compose(PieceRequest(style, instruments, tempo, seconds, seed))
+        piece = composer.compose(PieceRequest(style, instruments, tempo, seconds, seed, plan=plan))
         wall += time.perf_counter() - start
         tokens += len(piece.tokens)
         music += max(n.end() for n in piece.notes) / 8 * 60 / tempo
@@ -67,8 +70,12 @@ def main() -> None:
     for style, instruments in REQUESTS:
         if style not in loaded.vocab.styles:
             continue
-        for name, cls in (("lean (used)", Composer), ("transformers", TransformersComposer)):
-            r = run(cls(loaded, args.device), style, instruments, args.seconds, args.pieces)
+        for name, cls, plan in (
+            ("lean, plan (used)", Composer, True),
+            ("lean, no plan", Composer, False),
+            ("transformers, plan", TransformersComposer, True),
+        ):
+            r = run(cls(loaded, args.device), style, instruments, args.seconds, args.pieces, plan)
             table.add_row(f"{style}: {' '.join(instruments)}", name, f"{r['tokens_per_s']:.0f}",
                           f"{r['music_tokens_per_s']:.1f}", f"{r['rtf']:.1f}x")  # fmt: skip
     Console().print(table)

@@ -34,7 +34,9 @@ DEFAULT_PHRASE_BARS = 4  # a source that marks no phrases (a MIDI file, a motet)
 MAX_FORMS = 40  # piece shapes kept per style, the most common first
 MIN_SECTION_BARS = 2
 MAX_INTERVAL = 12  # melodic intervals learnt up to an octave either way; wider ones count as an octave
-MIN_CADENCE = 0.04  # share of a style's phrase endings a cadence root needs to be planned
+MIN_SHARE = 0.04  # share of a style's phrases a phrase length or cadence root needs to be planned
+MIN_FERMATAS = 3  # fewer in a piece are a final chord or a pause, not phrase marks (a chorale has 4-10)
+MAX_STRAIN_BARS = 16
 MAX_PIECES = 400  # training pieces read per style to learn its forms
 SINGLE_LINE_OVERLAP = 0.05  # an instrument whose notes overlap its own next note less often plays one line
 _MINOR_KEY = "m"
@@ -113,9 +115,11 @@ def draw_plan(profile: dict, seconds: float, tempo: float, seed: int) -> Plan:
     through). The last section is cut to fit.
     """
     rng = np.random.default_rng([seed, 0x706C616E])  # "plan": apart from the sampler's and the key's draws
-    bar = int(profile.get("bar", DEFAULT_BAR))
+    forms = profile.get("forms") or [{"bar": int(profile.get("bar", DEFAULT_BAR)), "sections": [], "count": 1}]
+    form = _choose(rng, [(f, f["count"]) for f in forms])
+    bar = int(form["bar"])
     bars = max(MIN_SECTION_BARS, round(seconds * tempo / 60.0 * STEPS_PER_BEAT / bar))
-    shape = _choose(rng, profile.get("forms") or [[[[bars, False]], 1]])
+    shape = form["sections"] or [[bars, False]]
     sections = _sections(shape, bars)
     phrase_bars = {int(k): v for k, v in (profile.get("phrase_bars") or {DEFAULT_PHRASE_BARS: 1}).items()}
     cadences = {int(k): v for k, v in (profile.get("cadences") or {0: 1, 7: 1}).items()}
@@ -211,8 +215,9 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
     "sections" and "fermatas" in ticks, and "key") and each piece's note array (steps, as
     generator.decode.notes_array), in the same order.
 
-    Returns plain data for the model card: "bar" (steps per bar, the most common metre), "forms" (piece shapes
-    as [[[bars, repeated], ...], count], most common first), "phrase_bars" ({bars: count}), "cadences" ({root
+    Returns plain data for the model card: "bar" (steps per bar, the most common metre), "forms" (the pieces'
+    shapes, most common first: {"bar": steps per bar, "sections": [[bars, repeated], ...], "count": pieces}),
+    "phrase_bars" ({bars: count}, the lengths a style's phrases commonly take), "cadences" ({root
     above the tonic: count} where phrases end), "pitch_classes" ({"major"|"minor": 12 shares from the tonic up})
     "intervals" (shares of each melodic interval from -12 to +12 semitones, as metrics.interval_histogram
     measures them) and "single_line" (programs whose notes rarely overlap their own next note).
@@ -237,18 +242,21 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         end = int((pitched[:, 0] + pitched[:, 2]).max())
         if not sections:
             sections = [(0, end, False)]
-        forms[tuple((max(1, round((e - s) / bar)), bool(r)) for s, e, r in sections)] += 1
+        forms[(bar, tuple((max(1, round((e - s) / bar)), bool(r)) for s, e, r in sections))] += 1
         fermatas = sorted({f // TICKS_PER_STEP for f in row.get("fermatas") or []})
         ends = fermatas or sorted({e for _, e, _ in sections})
         # Phrases are read where a score marks them: between fermatas (a chorale), else in its sections (a
         # tune's strains, whose eight bars are two phrases). A mark only at the very end says nothing.
-        if len(fermatas) >= 2:
+        if len(fermatas) >= MIN_FERMATAS:
             starts = [0, *fermatas[:-1]]
             phrase_bars.update(max(1, round((b - a) / bar)) for a, b in zip(starts, fermatas, strict=True))
         elif len(sections) >= 2:
             for s, e, _ in sections:
-                length = max(1, round((e - s) / bar))
-                phrase_bars[length // 2 if length >= 8 and length % 2 == 0 else length] += 1
+                length = round((e - s) / bar)
+                if (
+                    MIN_SECTION_BARS <= length <= MAX_STRAIN_BARS
+                ):  # a long section is a movement's, not a phrase
+                    phrase_bars[length // 2 if length >= 8 and length % 2 == 0 else length] += 1
         for tick in ends:
             root = _resting_root(pitched, tick)
             if root is not None:
@@ -261,15 +269,23 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         return {}
     return {
         "bar": bars.most_common(1)[0][0],
-        "forms": [[[list(u) for u in shape], n] for shape, n in forms.most_common(MAX_FORMS)],
-        "phrase_bars": {str(k): v for k, v in sorted(phrase_bars.items())} or {str(DEFAULT_PHRASE_BARS): 1},
+        "forms": [
+            {"bar": b, "sections": [list(u) for u in shape], "count": n}
+            for (b, shape), n in forms.most_common(MAX_FORMS)
+        ],
+        "phrase_bars": _common(phrase_bars) or {str(DEFAULT_PHRASE_BARS): 1},
         # A root a phrase seldom rests on is more likely a misread key than a cadence the style makes.
-        "cadences": {str(k): v for k, v in sorted(cadences.items()) if v >= MIN_CADENCE * cadences.total()},
+        "cadences": _common(cadences),
         "pitch_classes": {mode: [round(float(x), 5) for x in v / max(1.0, v.sum())] for mode, v in pcs.items()},
         "intervals": [round(float(x), 5) for x in intervals / max(1.0, intervals.sum())],
         "single_line": sorted(p for p, (over, total) in overlaps.items() if over < SINGLE_LINE_OVERLAP * total),
         "programs": sorted(overlaps),
     }
+
+
+def _common(counts: Counter[int]) -> dict[str, int]:
+    """The counts of the values that make up at least MIN_SHARE of all, as card data."""
+    return {str(k): v for k, v in sorted(counts.items()) if v >= MIN_SHARE * counts.total()}
 
 
 def _key(name: str | None) -> tuple[int, bool]:

@@ -17,7 +17,7 @@ from generator.vocab import KEYS, Vocab
 
 REEL = {
     "bar": 16,  # 2/4
-    "forms": [[[[4, True], [4, True]], 3]],
+    "forms": [{"bar": 16, "sections": [[4, True], [4, True]], "count": 3}],
     "phrase_bars": {"2": 5},
     "cadences": {"0": 3, "7": 2},
     "pitch_classes": {"major": [0.2, 0, 0.15, 0, 0.15, 0.1, 0, 0.2, 0, 0.1, 0, 0.1], "minor": [1 / 12] * 12},
@@ -43,7 +43,7 @@ def test_a_tune_plays_each_strain_twice_then_again_from_the_top():
     assert plan.form == "A A B B A"
     a, a2, b, b2, a3 = plan.sections
     assert (a.returns, a2.returns, b.returns, b2.returns, a3.returns) == (None, 0, None, 2, 0)
-    through = draw_plan({"bar": 32, "forms": [[[[4, False]], 1]]}, 30.0, 120.0, seed=1)
+    through = draw_plan({"forms": [{"bar": 32, "sections": [[4, False]], "count": 1}]}, 30.0, 120.0, seed=1)
     assert through.form == "A B C D"  # music written straight through never returns
 
 
@@ -57,7 +57,7 @@ def test_learns_metre_shape_phrases_cadences_and_single_lines_from_real_pieces()
     rows = [_row(288, [[0, 2304, True], [2304, 4608, True]]) for _ in range(2)]
     profile = learn_form(rows, [tune, tune])
     assert profile["bar"] == 24
-    assert profile["forms"] == [[[[8, True], [8, True]], 2]]
+    assert profile["forms"] == [{"bar": 24, "sections": [[8, True], [8, True]], "count": 2}]
     assert profile["phrase_bars"] == {"4": 4}  # an eight-bar strain is two phrases
     assert profile["cadences"]["0"] >= 2  # a strain that ends on G in G rests on the tonic
     assert profile["single_line"] == [73]
@@ -70,6 +70,13 @@ def test_learns_metre_shape_phrases_cadences_and_single_lines_from_real_pieces()
 
 def _tonic(key: str) -> int:
     return KEYS.index(key) % 12
+
+
+def _passage(notes: np.ndarray, plan: Plan, section) -> list[tuple]:
+    """A section's notes, but its last bar, timed from its start."""
+    begin, end = section.start * plan.bar, (section.start + section.bars - 1) * plan.bar
+    inside = notes[(notes[:, 0] >= begin) & (notes[:, 0] < end)]
+    return [(s - begin, p, d, g) for s, p, d, g in inside.tolist()]
 
 
 @pytest.fixture(scope="module")
@@ -86,28 +93,36 @@ def test_the_notes_follow_the_plan(reel_composer):
     plan = piece.plan
     assert plan is not None and plan.form == "A A B B A"
     notes = notes_array(piece.notes)
-    bar = plan.bar
     # It ends on a downbeat at its requested length, every instrument striking a long tonic chord.
     last = notes[notes[:, 0] == notes[:, 0].max()]
-    assert notes[:, 0].max() == (plan.bars - 1) * bar
+    assert notes[:, 0].max() == (plan.bars - 1) * plan.bar
     assert sorted(last[:, 3].tolist()) == [42, 73]
     assert (last[:, 2] >= 8).all()
     assert int(last[last[:, 3] == 42, 1][0]) % 12 == _tonic("G")  # the cello, the bass, on G
     assert int(last[last[:, 3] == 73, 1][0]) % 12 in {7, 11, 2}  # the flute in the G major chord
-    # The second A plays the first again, all but its last bar (a second ending of its own).
-    a, a2 = plan.sections[0], plan.sections[1]
-
-    def passage(section) -> list[tuple]:
-        begin, end = section.start * bar, (section.start + section.bars - 1) * bar
-        inside = notes[(notes[:, 0] >= begin) & (notes[:, 0] < end)]
-        return [(s - begin, p, d, g) for s, p, d, g in inside.tolist()]
-
-    assert passage(a) and passage(a2) == passage(a)
+    # The second A plays the first again, all but its last bar (a second ending of its own), and the strain
+    # after the first round comes back as it was first played too.
+    a = plan.sections[0]
+    assert _passage(notes, plan, a) and _passage(notes, plan, plan.sections[1]) == _passage(notes, plan, a)
+    assert _passage(notes, plan, plan.sections[4]) == _passage(notes, plan, a)
     # Both instruments play single lines: no note still sounds when its instrument's next note starts.
     for program in (42, 73):
         mine = notes[notes[:, 3] == program]
         assert (mine[:-1, 0] + mine[:-1, 2] <= mine[1:, 0]).all()
         assert len(np.unique(mine[:, 0])) == len(mine)
+
+
+def test_a_four_minute_piece_keeps_its_form_to_the_end(reel_composer):
+    piece = reel_composer.compose(PieceRequest("irish", ("flute",), 120.0, 240.0, seed=8, key="D"))
+    plan = piece.plan
+    assert plan is not None and plan.bars == 240
+    assert plan.form.startswith("A A B B A A B B A A B B")
+    notes = notes_array(piece.notes)
+    assert notes[:, 0].max() == (plan.bars - 1) * plan.bar  # still ends on its last downbeat, on the tonic
+    assert int(notes[notes[:, 0] == notes[:, 0].max(), 1][0]) % 12 == _tonic("D")
+    for section in plan.sections:
+        if section.returns is not None and section.bars == plan.sections[section.returns].bars:
+            assert _passage(notes, plan, section) == _passage(notes, plan, plan.sections[section.returns])
 
 
 def test_a_planned_piece_is_the_same_for_the_same_seed(reel_composer):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from bot.live import LivePiece
 from bot.player import LiveSession
-from bot.store import PieceRecord, SeedConflictError, SongRequest, Store
+from bot.store import PieceRecord, SeedConflictError, SongRequest, Store, StoreUnavailable
 from config.errors import ConcertbotError
 from config.settings import Settings
 from generator.model import LoadedModel
@@ -77,6 +77,8 @@ class Conductor:
         self.upcoming: Slot | None = None
         self.last: Slot | None = None  # the piece that ended most recently: votes still count for a while
         self.autoplay_index = 0
+        self._store_away = False  # Redis stopped answering: said once, not every second
+        self._autoplay_on = settings.concert.autoplay  # as the store last said; used while it cannot
         self.changed = asyncio.Event()  # set whenever what plays changes; the web side listens
         self._events: asyncio.Queue[EngineEvent] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,8 +122,17 @@ class Conductor:
                 await self._save_finished()
                 if self.upcoming is None and self._time_for_next():
                     await self._schedule_next()
+            except StoreUnavailable as exc:
+                # Redis restarting: the music plays on from memory. Once what was queued has played, the bot
+                # plays pieces of its own (as autoplay would), saved once Redis is back: no dead air.
+                if not self._store_away:
+                    log.warning("the conductor cannot reach its state (%s); the music plays on", exc)
+                    self._store_away = True
+                if self.upcoming is None and self._time_for_next() and self._autoplay_on:
+                    self._hand_over(self._unclaimed(self._next_autoplay()), None, None)
+                await asyncio.sleep(1.0)
             except Exception:
-                # Redis restarting, a full disk, a bug: the music already queued plays on while this retries.
+                # A full disk, a bug: the music already queued plays on while this retries.
                 log.exception("the conductor stumbled; retrying in a second")
                 await asyncio.sleep(1.0)
 
@@ -135,6 +146,8 @@ class Conductor:
 
     async def _schedule_next(self) -> None:
         flags = await self.store.flags()
+        self._store_answered()
+        self._autoplay_on = flags.autoplay and not flags.paused
         if flags.paused:
             return
         request = await self.store.pop_next(self.wall())
@@ -169,10 +182,14 @@ class Conductor:
                 if record is not None and self.replayable(record):
                     self._hand_over(record, None, record.tokens or None)
                     return
+        self._hand_over(await self._claim(self._next_autoplay(), ""), None, None)
+
+    def _next_autoplay(self) -> PieceRequest:
+        """A new piece of the bot's own choosing, the styles in turn."""
         styles = self.loaded.vocab.styles
         style = styles[self.autoplay_index % len(styles)]
         self.autoplay_index += 1
-        self._hand_over(await self._claim(self._new_piece(style), ""), None, None)
+        return self._new_piece(style)
 
     def _new_piece(
         self,
@@ -199,24 +216,27 @@ class Conductor:
     async def _claim(self, piece: PieceRequest, requester: str) -> PieceRecord:
         """Reserve a fresh seed for the piece in the store (a seed names one piece forever)."""
         while True:
-            record = PieceRecord(
-                seed=piece.seed,
-                style=piece.style,
-                instruments=piece.instruments,
-                tempo=piece.tempo,
-                seconds=piece.seconds,
-                temperature=piece.temperature,
-                top_p=piece.top_p,
-                key=piece.key,
-                model_version=self.loaded.version,
-                requester=requester,
-                created_at=self.wall(),
-            )
+            record = self._unclaimed(piece, requester)
             try:
                 await self.store.save_piece(record)
                 return record
             except SeedConflictError:
                 piece = dataclasses.replace(piece, seed=new_seed())
+
+    def _unclaimed(self, piece: PieceRequest, requester: str = "") -> PieceRecord:
+        return PieceRecord(
+            seed=piece.seed,
+            style=piece.style,
+            instruments=piece.instruments,
+            tempo=piece.tempo,
+            seconds=piece.seconds,
+            temperature=piece.temperature,
+            top_p=piece.top_p,
+            key=piece.key,
+            model_version=self.loaded.version,
+            requester=requester,
+            created_at=self.wall(),
+        )
 
     def key_of(self, record: PieceRecord) -> str | None:
         """The key a piece is in: the one asked for, or the one its seed chose; None for a keyless model."""
@@ -244,10 +264,10 @@ class Conductor:
 
     async def _on_event(self, event: EngineEvent) -> None:
         slot = self.upcoming if self.upcoming and event.piece_id == str(self.upcoming.record.seed) else None
+        # What plays changes in memory first, the store last: during a Redis outage the concert goes on.
         if event.kind == "start" and slot is not None:
             self.current, self.upcoming = slot, None
             slot.started = event.at
-            await self.store.start_playing(slot.record.seed, self.wall())
             who = f", asked for by @{slot.request.login}" if slot.request else ""
             self.announce(
                 f"now playing {_describe(slot.record, self.key_of(slot.record))}{who}: seed {slot.record.seed} "
@@ -255,15 +275,17 @@ class Conductor:
                 slot.request.login if slot.request else None,
             )
             self.changed.set()
+            await self.store.start_playing(slot.record.seed, self.wall())
         elif (
             event.kind in ("end", "skip", "error")
             and self.current
             and event.piece_id == str(self.current.record.seed)
         ):
-            self.current.ended = event.at
-            await self.store.finish_playing(self.current.record.seed, self.wall())
-            self.last, self.current = self.current, None
+            ended = self.current
+            ended.ended = event.at
+            self.last, self.current = ended, None
             self.changed.set()
+            await self.store.finish_playing(ended.record.seed, self.wall())
         elif event.kind in ("skip", "error") and slot is not None:
             self.upcoming = None  # cut before it started
         elif event.kind == "underrun":
@@ -272,10 +294,17 @@ class Conductor:
     async def _save_finished(self) -> None:
         for slot in (self.current, self.upcoming, self.last):
             if slot is not None and not slot.saved and slot.live.complete:
-                slot.saved = True
+                # Marked saved once written: a piece finished during a Redis outage is saved when it is back.
                 await self.store.save_piece(
                     PieceRecord(**{**slot.record.__dict__, "tokens": tuple(slot.live.tokens)})
                 )
+                slot.saved = True
+                self._store_answered()
+
+    def _store_answered(self) -> None:
+        if self._store_away:
+            log.info("Redis answers again; the conductor is back on the queue")
+            self._store_away = False
 
     # Asked by commands.
 

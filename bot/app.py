@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -19,6 +20,7 @@ from bot.chat import ChatMessage
 from bot.chatbot import ChatCommands, Reply
 from bot.concert_view import LiveConcertView
 from bot.conductor import Conductor
+from bot.lock import data_folder_lock
 from bot.player import LiveSession, build_sinks
 from bot.sendqueue import Importance, Sender, SendQueue
 from bot.store import QueueLimits, Store, open_store
@@ -74,8 +76,30 @@ async def run_concert(
         namespace: the first part of every Redis key, so that several bots can share one server.
     """
     c = settings.concert
-    loaded = load_model(settings.paths.model_dir)
     redis_url = c.redis_url.get_secret_value() if c.redis_url else None
+    with contextlib.ExitStack() as claimed:
+        # What another program can hold is claimed first, so that nothing plays or starts before it fails.
+        if redis_url is None:
+            claimed.enter_context(data_folder_lock(settings.paths.data_dir))
+        listener = claimed.enter_context(listen(c.http_host, c.http_port)) if c.http_port else None
+        await _run_concert(
+            settings, twitch, redis_url, listener, local_input, sinks, seconds, started, namespace
+        )
+
+
+async def _run_concert(
+    settings: Settings,
+    twitch: TwitchSettings | None,
+    redis_url: str | None,
+    listener: socket.socket | None,
+    local_input: TextIO | None,
+    sinks: list[AudioSink] | None,
+    seconds: float | None,
+    started: Callable[[Concert], Awaitable[None] | None] | None,
+    namespace: str,
+) -> None:
+    c = settings.concert
+    loaded = load_model(settings.paths.model_dir)
     limits = QueueLimits(c.max_per_viewer, c.max_queue)
     async with open_store(redis_url, settings.paths.data_dir, namespace, limits=limits) as store:
         if not c.autoplay:
@@ -125,10 +149,10 @@ async def run_concert(
                     speak = speak_local
                 await conductor.start()
                 tasks = [asyncio.create_task(conductor.run(), name="conductor")]
-                if c.http_port:
+                if listener is not None:
                     # The web chat box speaks as anyone, the streamer included: only on a local-only server.
                     local = twitch is None and c.http_host in ("127.0.0.1", "localhost", "::1")
-                    view = await stack.enter_async_context(_web(concert, broadcast, local=local))
+                    view = await stack.enter_async_context(_web(concert, broadcast, listener, local=local))
                     tasks.append(asyncio.create_task(view.publish_forever(), name="overlay updates"))
                 if twitch is None and local_input is not None:
                     tasks.append(asyncio.create_task(_read_local_chat(local_input, concert), name="local chat"))
@@ -145,7 +169,9 @@ async def run_concert(
 
 
 @contextlib.asynccontextmanager
-async def _web(concert: Concert, broadcast: AudioSink | None, local: bool) -> AsyncIterator[LiveConcertView]:
+async def _web(
+    concert: Concert, broadcast: AudioSink | None, listener: socket.socket, local: bool
+) -> AsyncIterator[LiveConcertView]:
     """The overlay, pages, API and metrics on `concert.http_host:http_port`, for as long as the concert runs."""
     from aiohttp import web
 
@@ -154,21 +180,39 @@ async def _web(concert: Concert, broadcast: AudioSink | None, local: bool) -> As
     c = concert.settings.concert
     view = LiveConcertView(concert)
     token = c.admin_token.get_secret_value() if c.admin_token else None
-    app = make_app(view, token, broadcast, local_chat=local, hosts=[c.http_host])  # type: ignore[arg-type]
+    runners = concert.session.engine.runners
+    app = make_app(
+        view,  # type: ignore[arg-type]
+        token,
+        broadcast,  # type: ignore[arg-type]
+        local_chat=local,
+        hosts=[c.http_host],
+        outputs=lambda: [r.status() for r in runners],
+    )
     runner = web.AppRunner(app)
     await runner.setup()
-    try:
-        await web.TCPSite(runner, c.http_host, c.http_port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise ConfigError(
-            f"concert.http_port = {c.http_port}: cannot listen on {c.http_host} ({exc})"
-        ) from None
+    await web.SockSite(runner, listener).start()
     log.info("overlay: http://%s:%d/overlay  (add ?audio=1 to carry the sound)", c.http_host, c.http_port)
     try:
         yield view
     finally:
         await runner.cleanup()
+
+
+@contextlib.contextmanager
+def listen(host: str, port: int) -> Iterator[socket.socket]:
+    """A socket listening on `host:port` for the web side; `ConfigError` if the port is taken."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.create_server(address, family=family, backlog=128)
+    except OSError as exc:
+        raise ConfigError(
+            f"concert.http_port = {port}: cannot listen on {host} ({exc.strerror or exc}); "
+            "is another program (or another concertbot) using it?"
+        ) from None
+    sock.setblocking(False)
+    with sock:
+        yield sock
 
 
 async def _read_local_chat(stream: TextIO, concert: Concert) -> None:

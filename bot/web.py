@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -44,6 +44,7 @@ from bot.web_data import (
 from bot.web_pages import VIEW
 from synth.http_audio import AudioBroadcast
 from synth.http_audio import add_routes as add_audio_routes
+from synth.outputs import OutputStatus
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def make_app(
     broadcast: AudioBroadcast | None = None,
     local_chat: bool = False,
     hosts: Collection[str] = (),
+    outputs: Callable[[], Sequence[OutputStatus]] | None = None,
 ) -> web.Application:
     """The web app for one concert.
 
@@ -82,6 +84,7 @@ def make_app(
             broadcaster only with the admin token): only for a server that strangers cannot reach.
         hosts: the address the server listens on besides localhost, 127.0.0.1 and [::1] (`concert.http_host`);
             a POST whose `Host` or `Origin` names anything else is refused with 403.
+        outputs: the engine's outputs as they are now, for `/metrics` (failures and state of each).
     """
     app = web.Application(middlewares=[error_pages, same_site_only])
     app[VIEW] = view
@@ -93,6 +96,8 @@ def make_app(
     hub = web_overlay.add_routes(app, view, has_audio=broadcast is not None)
     app[REGISTRY] = CollectorRegistry(auto_describe=True)  # one per app: two apps in a process never clash
     app[REGISTRY].register(ConcertCollector(view, hub))
+    if outputs is not None:
+        app[REGISTRY].register(OutputsCollector(outputs))
     web_pages.add_routes(app, local_chat)
     app.router.add_get("/api/now", api_now)
     app.router.add_get("/api/queue", api_queue)
@@ -269,6 +274,39 @@ class ConcertCollector(Collector):
             requests.add_metric([style], count)
         yield requests
         yield GaugeMetricFamily("concertbot_overlay_clients", "Overlays connected now.", len(self._hub.clients))
+
+
+class OutputsCollector(Collector):
+    """Each output's failures and state (`name` is free of stream keys), read at each scrape."""
+
+    STATES = ("starting", "ok", "failing", "stopped")
+
+    def __init__(self, outputs: Callable[[], Sequence[OutputStatus]]) -> None:
+        self._outputs = outputs
+
+    def collect(self) -> Iterator[Metric]:
+        outputs = self._outputs()
+        failures = CounterMetricFamily(
+            "concertbot_output_failures", "Times an output failed to open or write.", labels=["output"]
+        )
+        state = GaugeMetricFamily(
+            "concertbot_output_state", "1 for the state each output is in now.", labels=["output", "state"]
+        )
+        retry = GaugeMetricFamily(
+            "concertbot_output_retry_seconds",
+            "The wait before a failing output is tried again (doubling, capped); 0 when it works.",
+            labels=["output"],
+        )
+        dropped = CounterMetricFamily(
+            "concertbot_output_dropped_blocks", "Audio blocks an output was too slow for.", labels=["output"]
+        )
+        for o in outputs:
+            failures.add_metric([o.name], o.failures)
+            for name in self.STATES:
+                state.add_metric([o.name, name], float(o.state == name))
+            retry.add_metric([o.name], o.retry_delay)
+            dropped.add_metric([o.name], o.dropped_blocks)
+        yield from (failures, state, retry, dropped)
 
 
 async def metrics(request: web.Request) -> web.Response:

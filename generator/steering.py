@@ -35,7 +35,7 @@ KEY_FLOOR = 0.002  # a pitch class the style never uses in a key is unlikely, no
 INTERVAL_WEIGHT = 0.5
 INTERVAL_FLOOR = 0.001
 CHORD_BONUS = 1.5  # logits added to a pitch that makes a chord with the notes already sounding
-FAIR_BONUS = 2.0  # logits added to an instrument under half its fair share of the notes
+FAIR_BONUS = 3.5  # logits added to an instrument under half its fair share of the notes
 FAIR_AFTER = 3  # notes per instrument before its share is judged
 SINGLE_LINE_STYLE = 0.75  # a style whose instruments are this often single lines makes any wind or string one
 

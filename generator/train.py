@@ -130,66 +130,87 @@ def train(
         disable=not accelerator.is_main_process,
         mininterval=0.5 if sys.stderr.isatty() else 30,
     )
-    while step < cfg.max_steps:
-        model.train()
-        rng = np.random.default_rng([cfg.seed, step, accelerator.process_index])
-        batch = train_set.sample(rng, cfg.batch_size)
-        ids, labels = _tensors(batch, accelerator.device)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr(step, cfg)
-        with accelerator.autocast():
-            logits = model(input_ids=ids, attention_mask=ids != vocab.pad).logits
-        _, acc, loss = _loss_acc(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step += 1
-        tokens_seen += int((labels != IGNORE).sum()) * accelerator.num_processes
-        running.append((loss.item(), acc.mean().item()))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            valid_loss, valid_acc, per_style = _evaluate(model, eval_batches, accelerator, vocab.pad)
-            row = {
-                "step": step,
-                "tokens": tokens_seen,
-                "elapsed_s": round(elapsed_before + time.time() - started, 1),
-                "lr": _lr(step - 1, cfg),
-                "train_loss": float(np.mean([r[0] for r in running])),
-                "train_acc": float(np.mean([r[1] for r in running])),
-                "valid_loss": valid_loss,
-                "valid_acc": valid_acc,
-            }
-            running = []
-            history.append(row)
-            if accelerator.is_main_process:
-                _write_history(run_dir, history)
-                log(
-                    f"step {step}: train loss {row['train_loss']:.3f}, held-out loss {valid_loss:.3f}, "
-                    f"accuracy {valid_acc:.3f}"
-                )
-                if valid_loss < best:
-                    best = valid_loss
-                    card = _card(cfg, dataset_dir, row, per_style, accelerator, model, started_from, styles)
-                    save_model(accelerator.unwrap_model(model), vocab, run_dir / "best", card)
-        if accelerator.is_main_process and (step % cfg.save_every == 0 or step == cfg.max_steps):
-            path = ckpt_dir / f"step-{step:06d}"
-            save_model(accelerator.unwrap_model(model), vocab, path, {"step": step})
-            torch.save(
-                {
-                    "optimizer": optimizer.state_dict(),
+    saved = step  # the step of the newest checkpoint (a resumed run starts from one)
+    try:
+        while step < cfg.max_steps:
+            model.train()
+            rng = np.random.default_rng([cfg.seed, step, accelerator.process_index])
+            batch = train_set.sample(rng, cfg.batch_size)
+            ids, labels = _tensors(batch, accelerator.device)
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(step, cfg)
+            with accelerator.autocast():
+                logits = model(input_ids=ids, attention_mask=ids != vocab.pad).logits
+            _, acc, loss = _loss_acc(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            tokens_seen += int((labels != IGNORE).sum()) * accelerator.num_processes
+            running.append((loss.item(), acc.mean().item()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                valid_loss, valid_acc, per_style = _evaluate(model, eval_batches, accelerator, vocab.pad)
+                row = {
                     "step": step,
-                    "best": best,
-                    "elapsed": elapsed_before + time.time() - started,
-                },
-                path / "trainer.pt",
-            )
-            for old in sorted(ckpt_dir.glob("step-*"))[: -cfg.keep_checkpoints]:
-                shutil.rmtree(old)
+                    "tokens": tokens_seen,
+                    "elapsed_s": round(elapsed_before + time.time() - started, 1),
+                    "lr": _lr(step - 1, cfg),
+                    "train_loss": float(np.mean([r[0] for r in running])),
+                    "train_acc": float(np.mean([r[1] for r in running])),
+                    "valid_loss": valid_loss,
+                    "valid_acc": valid_acc,
+                }
+                running = []
+                history.append(row)
+                if accelerator.is_main_process:
+                    _write_history(run_dir, history)
+                    log(
+                        f"step {step}: train loss {row['train_loss']:.3f}, held-out loss {valid_loss:.3f}, "
+                        f"accuracy {valid_acc:.3f}"
+                    )
+                    if valid_loss < best:
+                        best = valid_loss
+                        card = _card(cfg, dataset_dir, row, per_style, accelerator, model, started_from, styles)
+                        save_model(accelerator.unwrap_model(model), vocab, run_dir / "best", card)
+            if accelerator.is_main_process and (step % cfg.save_every == 0 or step == cfg.max_steps):
+                elapsed = elapsed_before + time.time() - started
+                saved = _save_checkpoint(accelerator, model, optimizer, vocab, ckpt_dir, step, best, elapsed)
+                for old in sorted(ckpt_dir.glob("step-*"))[: -cfg.keep_checkpoints]:
+                    shutil.rmtree(old)
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what was learnt, and say how to go on from it.
+        bar.close()
+        if accelerator.is_main_process:
+            if step == 0:
+                log("interrupted before the first step; nothing to save")
+            else:
+                elapsed = elapsed_before + time.time() - started
+                if saved != step:
+                    _save_checkpoint(accelerator, model, optimizer, vocab, ckpt_dir, step, best, elapsed)
+                log(
+                    f"interrupted at step {step}: checkpoint saved in {ckpt_dir / f'step-{step:06d}'}; "
+                    f"continue with `concertbot train --run-dir {run_dir} --resume`"
+                )
+        raise
     bar.close()
     elapsed = elapsed_before + time.time() - started
     return TrainResult(step, best, per_style, elapsed, run_dir, accelerator.is_main_process)
+
+
+def _save_checkpoint(
+    accelerator, model, optimizer, vocab: Vocab, ckpt_dir: Path, step: int, best: float, elapsed: float
+) -> int:
+    """Save the weights and the optimizer's state as `ckpt_dir/step-NNNNNN`, for `--resume`; the step."""
+    path = ckpt_dir / f"step-{step:06d}"
+    save_model(accelerator.unwrap_model(model), vocab, path, {"step": step})
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "step": step, "best": best, "elapsed": elapsed},
+        path / "trainer.pt",
+    )
+    return step
 
 
 def _tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,12 +344,13 @@ def plot_curves(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in history]
+    # Markers: a line through one evaluation draws nothing at all.
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(steps, [r["train_loss"] for r in history], label="train")
-    ax1.plot(steps, [r["valid_loss"] for r in history], label="held-out")
+    ax1.plot(steps, [r["train_loss"] for r in history], label="train", marker="o", markersize=3)
+    ax1.plot(steps, [r["valid_loss"] for r in history], label="held-out", marker="o", markersize=3)
     ax1.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
-    ax2.plot(steps, [r["train_acc"] for r in history], label="train")
-    ax2.plot(steps, [r["valid_acc"] for r in history], label="held-out")
+    ax2.plot(steps, [r["train_acc"] for r in history], label="train", marker="o", markersize=3)
+    ax2.plot(steps, [r["valid_acc"] for r in history], label="held-out", marker="o", markersize=3)
     ax2.set(xlabel="step", ylabel="next-token accuracy", title="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)

@@ -88,7 +88,7 @@ class LiveEngine:
         gap_seconds: float = 0.5,
         hold_seconds: float = 0.5,
         leveler: Leveler | None = None,
-        sink_backoff: tuple[float, float] = (1.0, 30.0),
+        sink_backoff: tuple[float, float] = (1.0, 60.0),
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[EngineEvent], None] | None = None,
     ) -> None:

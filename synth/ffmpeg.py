@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -65,6 +65,41 @@ def secrets_in(url: str) -> list[str]:
     return sorted({s for s in found if s}, key=len, reverse=True)
 
 
+def hide_secrets(url: str) -> tuple[str, dict[str, str]]:
+    """`url` without its stream key or password, and the ffmpeg protocol options that carry them instead.
+
+    `rtmp://host/app/<key>` becomes `rtmp://host/app` and `rtmp_playpath=<key>`; `icecast://source:<pw>@host/m`
+    becomes `icecast://source@host/m` and `password=<pw>`. Anything else comes back as it is.
+    """
+    parts = urlsplit(url)
+    if parts.scheme in RTMP_SCHEMES:
+        app, _, key = parts.path.lstrip("/").partition("/")
+        if key:
+            # ffmpeg takes whatever follows the application name, query and all, as the stream name.
+            playpath = key + (f"?{parts.query}" if parts.query else "")
+            return urlunsplit((parts.scheme, parts.netloc, f"/{app}", "", "")), {"rtmp_playpath": playpath}
+    if parts.scheme == "icecast" and parts.password:
+        netloc = f"{parts.username or 'source'}@{parts.netloc.rpartition('@')[2]}"
+        return urlunsplit(parts._replace(netloc=netloc)), {"password": parts.password}
+    return url, {}
+
+
+def options_pipe(options: dict[str, str]) -> int:
+    """A pipe holding `options` as an ffmpeg preset file (`key=value` lines); the end that ffmpeg reads.
+
+    `-fpre /dev/fd/N` makes ffmpeg read its output's protocol options from there, so that a stream key or a
+    password is never on its command line, where any local user can read it (`ps -eo args`).
+    """
+    # No value holds a line break: urlsplit drops them from URLs.
+    text = "".join(f"{key}={value}\n" for key, value in options.items())
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, text.encode())  # a few bytes: far below a pipe's capacity, so this never waits
+    finally:
+        os.close(write_end)
+    return read_end
+
+
 def redact(text: str, secrets: Sequence[str]) -> str:
     """`text` with every secret replaced by `***`."""
     for secret in secrets:
@@ -84,9 +119,17 @@ class FfmpegProcess:
     """
 
     def __init__(
-        self, args: Sequence[str], label: str, secrets: Sequence[str] = (), stdout: bool = False
+        self,
+        args: Sequence[str],
+        label: str,
+        secrets: Sequence[str] = (),
+        stdout: bool = False,
+        pass_fds: Sequence[int] = (),
     ) -> None:
-        """Start `args` (ffmpeg first); `label` names it in errors; `stdout` keeps its stdout as a pipe."""
+        """Start `args` (ffmpeg first); `label` names it in errors; `stdout` keeps its stdout as a pipe.
+
+        `pass_fds` are handed to ffmpeg under the same numbers (see `options_pipe`).
+        """
         self.label = label
         self._secrets = list(secrets)
         # A file, not a pipe: nobody has to drain it, and its tail is still there after ffmpeg exits.
@@ -99,6 +142,7 @@ class FfmpegProcess:
                 stderr=self._stderr,
                 # Ctrl-C in a terminal must not kill ffmpeg mid-stream: closing stdin ends it cleanly.
                 start_new_session=True,
+                pass_fds=tuple(pass_fds),
             )
         except OSError as exc:
             self._stderr.close()
@@ -259,8 +303,8 @@ class FfmpegPush:
     - anything else ffmpeg can write (`out.mp3`, `srt://...`): format from the name or `format`.
 
     `name` is the URL with the stream key, password and query replaced by `***`; ffmpeg's messages quoted in
-    errors are cleaned the same way. (The full URL is on ffmpeg's command line, so local users who can list
-    processes can still read it.)
+    errors are cleaned the same way. The stream key and the Icecast password are not on ffmpeg's command line
+    either (which any local user can list): ffmpeg reads them from a pipe, as protocol options.
     """
 
     def __init__(
@@ -306,15 +350,28 @@ class FfmpegPush:
             video_color=video_color,
             format=format,
         )
+        self._public_url, self._protocol_options = hide_secrets(url)
         self._process: FfmpegProcess | None = None
+        self._opens = 0
 
     def open(self, sample_rate: int) -> None:
         """Start ffmpeg; a refused connection shows up as an `FfmpegError` from the next `write`s."""
         self.close()
         args = [self._ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error"]
-        args += ["-f", "s16le", "-ar", str(sample_rate), "-ac", "2", "-i", "pipe:0", *self._output]
-        self._process = FfmpegProcess(args, self.name, self._secrets)
-        log.info("pushing audio to %s", self.name)
+        args += ["-f", "s16le", "-ar", str(sample_rate), "-ac", "2", "-i", "pipe:0", *self._output[:-1]]
+        fds: list[int] = []
+        if self._protocol_options:
+            fds.append(options_pipe(self._protocol_options))
+            args += ["-fpre", f"/dev/fd/{fds[0]}"]
+        args.append(self._public_url)
+        try:
+            self._process = FfmpegProcess(args, self.name, self._secrets, pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._opens += 1
+        # Said once: a push that keeps failing is reopened with backoff, and the runner reports that.
+        log.log(logging.INFO if self._opens == 1 else logging.DEBUG, "pushing audio to %s", self.name)
 
     def write(self, block: np.ndarray) -> None:
         """Hand one block to ffmpeg, waiting at most `stall_timeout` s; `FfmpegError` if it died or stalled."""

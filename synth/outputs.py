@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from config.errors import ConcertbotError
 from synth.sinks import AudioSink
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,27 @@ class SinkStats:
     dropped_blocks: int = 0
     failures: int = 0
     last_error: str = ""
+    retry_delay: float = 0.0  # the wait before the next reopen while failing; 0 once the output works
+
+
+@dataclass(frozen=True)
+class OutputStatus:
+    """One output as `/metrics` and summaries show it: plain data, read from any thread."""
+
+    name: str
+    state: str  # "starting", "ok", "failing" or "stopped"
+    failures: int
+    dropped_blocks: int
+    written_seconds: float
+    retry_delay: float
 
 
 class SinkRunner:
-    """Feeds one sink from its own thread; `submit` never blocks in live mode."""
+    """Feeds one sink from its own thread; `submit` never blocks in live mode.
+
+    A failing sink is retried with exponential backoff, and logged once when it starts failing and once when it
+    works again, however often it is retried in between: a full disk must not fill the log as well.
+    """
 
     def __init__(
         self,
@@ -42,7 +60,8 @@ class SinkRunner:
         sample_rate: int,
         max_queue_blocks: int = 200,
         lossless: bool = False,
-        backoff_seconds: tuple[float, float] = (1.0, 30.0),
+        backoff_seconds: tuple[float, float] = (1.0, 60.0),
+        healthy_seconds: float = 10.0,
     ) -> None:
         """Prepare (but do not start) the thread for `sink`.
 
@@ -52,16 +71,23 @@ class SinkRunner:
             max_queue_blocks: blocks waiting before the oldest is dropped (live) or `submit` waits (lossless).
             lossless: wait for the sink instead of dropping blocks: for rendering faster than real time.
             backoff_seconds: first and longest wait before reopening a failed sink; it doubles in between.
+            healthy_seconds: audio a reopened sink must take before it counts as working again (and the
+                backoff starts over): an ffmpeg that cannot connect takes audio into its pipe for a moment
+                before it exits, and a full disk takes a block whenever a page of it is freed.
         """
         self.sink = sink
         self.rate = sample_rate
         self.lossless = lossless
         self.backoff = backoff_seconds
+        self.healthy_frames = round(healthy_seconds * sample_rate)
         self.stats = SinkStats()
+        self.state = "starting"
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue_blocks)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sink {sink.name}", daemon=True)
         self.is_open = False
+        self._frames_since_open = 0
+        self._failed_at = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -85,6 +111,11 @@ class SinkRunner:
         self._queue.put(_STOP)
         self._thread.join(timeout)
 
+    def status(self) -> OutputStatus:
+        s = self.stats
+        seconds = s.written_frames / self.rate
+        return OutputStatus(self.sink.name, self.state, s.failures, s.dropped_blocks, seconds, s.retry_delay)
+
     def _run(self) -> None:
         delay = self.backoff[0]
         while True:
@@ -94,7 +125,9 @@ class SinkRunner:
                 try:
                     self.sink.open(self.rate)
                     self.is_open = True
-                    delay = self.backoff[0]
+                    self._frames_since_open = 0
+                    if self.state == "starting":
+                        self.state = "ok"
                     self._discard_backlog()  # a live output resumes with the music as it is now
                 except Exception as exc:
                     self._failed("could not open", exc, delay)
@@ -107,26 +140,67 @@ class SinkRunner:
                 break
             try:
                 self.sink.write(item)
-                self.stats.written_frames += len(item)
             except Exception as exc:
                 self._failed("failed", exc, delay)
                 self.is_open = False
                 if self._stopping.wait(delay):
                     break
                 delay = min(delay * 2, self.backoff[1])
-        self._close()
+                continue
+            self.stats.written_frames += len(item)
+            self._frames_since_open += len(item)
+            if self.state != "ok" and self._frames_since_open >= self.healthy_frames:
+                # Only a sink that has kept working resets the backoff: one that opens and then fails at once
+                # (a full disk, an RTMP server that refuses) waits longer each time.
+                delay = self.backoff[0]
+                self._recovered()
+        self._close(quiet=False)
+        self.state = "stopped"
 
     def _failed(self, what: str, exc: Exception, delay: float) -> None:
         self.stats.failures += 1
-        self.stats.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning("output %s %s (%s); retrying in %.0f s", self.sink.name, what, self.stats.last_error, delay)
-        self._close()
+        self.stats.retry_delay = delay
+        error = f"{type(exc).__name__}: {exc}"
+        if self.state != "failing":
+            self._failed_at = time.monotonic()
+            # Our own errors and the system's are expected here and say enough in one line; anything else is a
+            # bug, and its traceback is worth showing, once.
+            expected = isinstance(exc, (OSError, ConcertbotError))
+            log.log(
+                logging.WARNING if expected else logging.ERROR,
+                "output %s %s (%s); retrying with backoff (%g s, doubling up to %g s) until it works",
+                self.sink.name,
+                what,
+                error,
+                delay,
+                self.backoff[1],
+                exc_info=None if expected else exc,
+            )
+        elif error != self.stats.last_error:
+            log.debug("output %s still failing: %s", self.sink.name, error)
+        self.stats.last_error = error
+        self.state = "failing"
+        self._close(quiet=True)
 
-    def _close(self) -> None:
+    def _recovered(self) -> None:
+        if self.state == "failing":
+            log.info(
+                "output %s works again after %d failures over %.0f s",
+                self.sink.name,
+                self.stats.failures,
+                time.monotonic() - self._failed_at,
+            )
+        self.state = "ok"
+        self.stats.retry_delay = 0.0
+
+    def _close(self, quiet: bool) -> None:
         try:
             self.sink.close()
-        except Exception:
-            log.exception("output %s did not close cleanly", self.sink.name)
+        except Exception as exc:
+            if quiet:  # closing what just failed fails for the same reason (a file that cannot be flushed)
+                log.debug("output %s did not close cleanly: %s", self.sink.name, exc)
+            else:
+                log.exception("output %s did not close cleanly", self.sink.name)
 
     def _discard_backlog(self) -> None:
         if self.lossless:
@@ -145,19 +219,33 @@ class SinkRunner:
 class FileSink:
     """Records the whole concert: WAV through the standard library, FLAC through soundfile."""
 
+    keep_seconds = 1.0  # what a file must hold to be kept when the recording is reopened after a failure
+
     def __init__(self, path: Path) -> None:
         suffix = path.suffix.lower()
         if suffix not in (".wav", ".flac"):
             raise ValueError(f"cannot record to '{path}': use a .wav or .flac file name")
         self.path = path
         self.name = f"recording {path}"
-        self._opens = 0
+        self._number = 0  # of the file being written: 1 is `path`, then `path-2`, `path-3`...
+        self._frames = 0  # written to that file
+        self._rate = 0
         self._out: Any = None
 
+    @property
+    def current_path(self) -> Path:
+        """The file the recording goes to now (or went to last)."""
+        return self.path if self._number <= 1 else self.path.with_stem(f"{self.path.stem}-{self._number}")
+
     def open(self, sample_rate: int) -> None:
-        # A reopened recording goes to a new file rather than overwriting what was saved before the failure.
-        path = self.path if self._opens == 0 else self.path.with_stem(f"{self.path.stem}-{self._opens + 1}")
-        self._opens += 1
+        # A reopened recording goes to a new file rather than overwriting what was saved before the failure;
+        # but one that holds next to nothing (a disk still full, that took a block and no more) is reused, so
+        # that retrying does not leave a trail of empty files.
+        if self._number == 0 or self._frames >= self.keep_seconds * self._rate:
+            self._number += 1
+        self._frames = 0
+        self._rate = sample_rate
+        path = self.current_path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix.lower() == ".flac":
             import soundfile
@@ -176,6 +264,7 @@ class FileSink:
             self._out.writeframes(block.astype("<i2", copy=False).tobytes())
         else:
             self._out.write(block)
+        self._frames += len(block)
 
     def close(self) -> None:
         if self._out is not None:

@@ -37,3 +37,15 @@ def listening(port: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def listening_quietly(port: int) -> bool:
+    """Whether a local TCP socket listens on `port`, read from /proc so that no probe connection is made: a
+    probe would be taken as the one client that `ffmpeg -listen 1` serves."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    return True
+    return False

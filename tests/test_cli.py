@@ -182,3 +182,46 @@ def test_eval_measures_every_style_against_its_real_held_out_pieces(tiny_model, 
         assert result.exit_code != 0 and named in " ".join(result.output.split())
     result = runner.invoke(app, [*args, "--style", "zydeco"])
     assert result.exit_code != 0 and "zydeco" in result.output
+
+
+def _broken_copy(model, tmp_path, name):
+    """A copy of `model` whose file `name` is cut short, as an interrupted download or copy leaves it."""
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    data = (copy / name).read_bytes()
+    (copy / name).write_bytes(data[: len(data) // 3])
+    return copy
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+@pytest.mark.parametrize("command", ["compose", "play", "eval", "run"])
+def test_a_broken_model_file_is_named_in_one_line_and_exits_2(tiny_model, tmp_path, name, command):
+    model = _broken_copy(tiny_model / "best", tmp_path, name)
+    args = {
+        "compose": ["compose", "bach", "--model", str(model), "--out", str(tmp_path / "x.mid")],
+        "play": ["play", "bach", "--model", str(model), "--device", "off"],
+        "eval": ["eval", "--model", str(model)],
+        "run": ["run", "--local", "--device", "off", "--seconds", "5"],
+    }[command]
+    env = {
+        "CONCERTBOT_PATHS__MODEL_DIR": str(model),
+        "CONCERTBOT_PATHS__DATA_DIR": str(tmp_path / "data"),
+        "CONCERTBOT_HTTP_PORT": "0",
+    }
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and str(model / name) in errors[0] and "broken" in errors[0]
+
+
+def test_compose_with_a_missing_soundfont_says_so_before_composing(tiny_model, tmp_path):
+    out = tmp_path / "piece.wav"
+    missing = tmp_path / "gone.sf2"
+    args = ["compose", "bach", "--model", str(tiny_model / "best"), "--out", str(out)]
+    result = runner.invoke(app, args, env={"CONCERTBOT_SYNTH__SOUNDFONT": str(missing)})
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [f"error: synth.soundfont = '{missing}' does not exist"]
+    assert not out.exists()

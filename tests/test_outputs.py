@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from browser import find_chromium, launch_chromium, wait_until_playing
-from serving import free_port, running
+from serving import free_port, listening_quietly, running
 from tones import BLOCK, RATE, TONE_HZ, tone, writing
 
 from synth.ffmpeg import FfmpegError, FfmpegPush, output_args, redact_url
@@ -49,18 +49,6 @@ def dominant_hz(data: bytes | Path, fmt: str | None = None) -> tuple[float, floa
     mono = np.frombuffer(out.stdout, dtype="<i2").astype(np.float64)
     spectrum = np.abs(np.fft.rfft(mono))
     return float(np.argmax(spectrum) * RATE / len(mono)), len(mono) / RATE
-
-
-def listening(port: int) -> bool:
-    """Whether a local TCP socket listens on `port`; read from /proc so that no probe connection is made."""
-    # A probe would be taken as the one client that `ffmpeg -listen 1` serves.
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                    return True
-    return False
 
 
 # Pure parts
@@ -112,7 +100,7 @@ def test_rtmp_push_reaches_a_server_with_audio_and_video(tmp_path: Path) -> None
     )
     try:
         deadline = time.monotonic() + 10
-        while not listening(port):
+        while not listening_quietly(port):
             assert server.poll() is None and time.monotonic() < deadline, "the RTMP server did not start"
             time.sleep(0.02)
         push = FfmpegPush(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 
@@ -125,3 +126,77 @@ def test_fine_tuning_refuses_a_model_of_another_shape(tiny_model, dataset, tmp_p
     cfg = Train(n_layer=2, n_embd=16, n_head=2, context=96, batch_size=2, max_steps=2, eval_every=2)
     with pytest.raises(ConfigError, match="n_embd"):
         train(dataset, tmp_path, cfg, log=lambda _: None, init=tiny_model / "best")
+
+
+def test_ctrl_c_saves_a_checkpoint_says_how_to_resume_and_exits_130(dataset, tmp_path):
+    """A real `concertbot train` interrupted with SIGINT once it has taken a step, then resumed from there."""
+    import os
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    tiny = {"N_LAYER": "1", "N_EMBD": "16", "N_HEAD": "2", "CONTEXT": "64", "BATCH_SIZE": "2"}
+    env = {f"CONCERTBOT_TRAIN__{k}": v for k, v in tiny.items()}
+    # An evaluation after every step says when one is done; no checkpoint is due for a long while.
+    env |= {"CONCERTBOT_TRAIN__EVAL_EVERY": "1", "CONCERTBOT_TRAIN__SAVE_EVERY": "100000"}
+    env |= {"CONCERTBOT_PATHS__DATA_DIR": str(dataset.parent), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env["COLUMNS"] = "500"  # rich folds long paths at 80 columns when it does not write to a terminal
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "bot.cli", "train", "--run-dir", str(run)]
+    trainer = subprocess.Popen(
+        [*command, "--max-steps", "100000"],
+        cwd=Path(__file__).parent.parent,
+        env=os.environ | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    said: list[str] = []
+
+    def read() -> None:
+        assert trainer.stdout is not None
+        for line in trainer.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("step 1:" in line for line in said):  # after the progress bar's text, on its line
+            assert trainer.poll() is None and time.monotonic() < deadline, "".join(said)[-3000:]
+            with contextlib.suppress(queue.Empty):
+                said.append(lines.get(timeout=0.5))
+        trainer.send_signal(signal.SIGINT)
+        code = trainer.wait(timeout=120)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+    while True:  # what it said after the signal
+        try:
+            said.append(lines.get(timeout=5))
+        except queue.Empty:
+            break
+    output = " ".join("".join(said).split())
+    assert code == 130, output[-3000:]
+    assert "Traceback" not in output
+    checkpoints = sorted((run / "checkpoints").glob("step-*"))
+    assert checkpoints, output[-3000:]
+    assert (checkpoints[-1] / "trainer.pt").is_file() and (checkpoints[-1] / "model.safetensors").is_file()
+    assert f"checkpoint saved in {checkpoints[-1]}" in output and "--resume" in output
+
+    step = int(checkpoints[-1].name.split("-")[1])
+    resumed = subprocess.run(
+        [*command, "--resume", "--max-steps", str(step + 1)],
+        cwd=Path(__file__).parent.parent,
+        env=os.environ | env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {checkpoints[-1]} at step {step}" in " ".join(resumed.stdout.split())

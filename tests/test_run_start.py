@@ -1,0 +1,96 @@
+"""`concertbot run` refuses, in one line and before anything plays, what another program already holds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from serving import free_port
+
+BOT = [sys.executable, "-m", "bot.cli", "run", "--local", "--device", "off"]
+
+
+def env(data_dir: Path, port: int) -> dict[str, str]:
+    return os.environ | {
+        "CONCERTBOT_PATHS__DATA_DIR": str(data_dir),
+        "CONCERTBOT_HTTP_PORT": str(port),
+        "CONCERTBOT_SAMPLING__SECONDS": "20",
+    }
+
+
+def run_to_the_end(data_dir: Path, port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BOT, "--seconds", "30"],
+        env=env(data_dir, port),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def start(data_dir: Path, port: int) -> subprocess.Popen[str]:
+    """A bot that plays until stopped, once its web side answers."""
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    bot = subprocess.Popen(BOT, env=env(data_dir, port), stdin=subprocess.PIPE, text=True, **quiet)
+    deadline = time.monotonic() + 90
+    while True:
+        assert bot.poll() is None, f"the bot exited with {bot.returncode}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return bot
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the bot's web side never answered"
+        time.sleep(0.2)
+
+
+def stop(bot: subprocess.Popen[str], sig: int = signal.SIGINT) -> None:
+    bot.send_signal(sig)
+    try:
+        bot.wait(30)
+    except subprocess.TimeoutExpired:
+        bot.kill()
+        bot.wait()
+
+
+def test_a_taken_http_port_fails_in_one_line_before_anything_plays(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = run_to_the_end(tmp_path / "data", port)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "now playing" not in done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [errors[0]] and f"concert.http_port = {port}" in errors[0]
+    assert "Address already in use" in errors[0]
+    assert not (tmp_path / "data" / "redis").exists()  # no Redis was started for it either
+
+
+def test_a_second_bot_on_the_same_data_folder_is_refused_and_a_dead_ones_lock_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    first = start(data, free_port())
+    try:
+        second = run_to_the_end(data, free_port())
+        assert first.poll() is None  # the first one plays on
+    finally:
+        stop(first, signal.SIGKILL)  # as a crash leaves it: the lock file still names this pid
+    assert second.returncode == 2, second.stderr
+    assert "Traceback" not in second.stderr
+    errors = [line for line in second.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and f"another concertbot (pid {first.pid})" in errors[0]
+    assert (data / "concertbot.lock").read_text().strip() == str(first.pid)
+
+    third = start(data, free_port())  # the dead bot's lock is no obstacle
+    try:
+        assert (data / "concertbot.lock").read_text().strip() == str(third.pid)
+    finally:
+        stop(third)

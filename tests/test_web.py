@@ -798,7 +798,10 @@ def stage_a_concert(concert: FakeConcert) -> None:
     ]
     for seed, style, instruments, requester, votes in past:
         concert.add_past_piece(seed, style, instruments, requester, votes, "stream")
-    bar_form = {"bar": 32, "forms": [[[[8, True], [12, False]], 1]], "cadences": {"0": 2, "7": 2, "9": 1}}
+    bar_form = {
+        "forms": [{"bar": 32, "sections": [[8, True], [12, False]], "count": 1}],
+        "cadences": {"0": 2, "7": 2, "9": 1},
+    }
     plan = plan_summary(draw_plan(bar_form, 150, 84, 482913075), 84)  # A A B A A B, 52 bars of 4/4
     concert.start(
         482913075, "bach", ("violin", "viola", "cello", "contrabass"), "quartet_fan", 84, 150, 47.3, plan=plan

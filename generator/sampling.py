@@ -273,6 +273,7 @@ class Composer:
             return []
         # All but the last bar: the return closes with a cadence of its own (a second ending).
         steps = (section.bars - 1) * plan.bar
+        durations = sorted((int(vocab.value[t]), int(t)) for t in np.flatnonzero(vocab.kind == KIND_DURATION))
         out: list[int] = []
         moved = 0
         for token in music[begin:]:
@@ -283,7 +284,10 @@ class Composer:
                 if moved == steps:
                     out.append(token)
                     break
-            out.append(token)
+            elif vocab.kind[token] == KIND_DURATION and int(vocab.value[token]) > steps - moved:
+                # A return cut shorter than its source: a note held past the cut would sound over the cadence.
+                token = max((d for d in durations if d[0] <= steps - moved), default=durations[0])[1]
+            out.append(int(token))
         # Never stop between a note's tokens: end on a note boundary.
         while out and vocab.kind[out[-1]] not in (KIND_TIMESHIFT, KIND_DURATION):
             out.pop()

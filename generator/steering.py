@@ -30,6 +30,7 @@ STEPS_PER_BEAT = 8
 CHORDAL = frozenset({0, 6, 19, 24, 46, 48})  # piano, harpsichord, organ, guitar, harp, string ensemble
 KEY_WEIGHT = 1.0  # how hard the style's pitch classes in the key pull: a log-prior, as a product of experts
 KEY_FLOOR = 0.002  # a pitch class the style never uses in a key is unlikely, not impossible
+SCALE_DEGREES = 7  # a style's seven commonest pitch classes in a key are left alone
 # The model puts too little weight on steps (29 % of its probability on Bach's held-out voices against 59 % of
 # real notes): the style's own intervals, as a second log-prior, pull each voice back to how the style moves.
 INTERVAL_WEIGHT = 0.5
@@ -84,13 +85,16 @@ class PlanFollower:
         self.cadence_root = {t: p.cadence for t, p in zip(self.cadences, plan.phrases, strict=True)}
         self.boundaries = sorted({*self.cadences, *plan.phrase_starts(), plan.end()})
         self.final = self.cadences[-1]
+        self.returns = sorted(sec.start * plan.bar for sec in plan.sections if sec.returns is not None)
         self.keyed = key is not None
         self.tonic, self.minor = key_of(key)
         shares = (profile.get("pitch_classes") or {}).get("minor" if self.minor else "major")
         self.key_bias: torch.Tensor | None = None
         if shares is not None and self.keyed:
+            # Only pitch classes the style seldom uses in the key are pushed down: the model already knows the
+            # key from its prefix, and a pull towards the commonest ones made folk tunes circle the tonic.
             prior = np.log(np.maximum(np.asarray(shares, dtype=np.float64), KEY_FLOOR))
-            prior -= prior.max()
+            prior = np.minimum(prior - np.sort(prior)[-SCALE_DEGREES], 0.0)
             by_pc = torch.tensor(np.roll(prior, self.tonic), dtype=torch.float32)
             pcs = (vt.pitch_of % 12).clamp(min=0)
             self.key_bias = torch.where(vt.is_pitch, KEY_WEIGHT * by_pc[pcs], torch.zeros(()))
@@ -200,18 +204,25 @@ class PlanFollower:
         return scores
 
     def duration_mask(self, mask: torch.Tensor, time: int) -> torch.Tensor:
-        """Notes end by the next cadence; a cadence's notes last at least a beat, the final chord a bar."""
+        """Notes end by the next cadence (or return); a cadence's notes last a beat or more, up to the phrase's
+        end, the final chord a bar."""
         vt = self.vt
         if time in self.cadence_root:
             if time == self.final:
                 low = min(self.plan.bar, 4 * STEPS_PER_BEAT)
                 narrowed = mask & (vt.duration_of >= max(STEPS_PER_BEAT, low))
             else:
-                room = self.next_cadence(time) - time
+                room = self.next_boundary(time) - time  # held to the phrase's end at most
                 narrowed = mask & (vt.duration_of >= STEPS_PER_BEAT) & (vt.duration_of <= room)
         else:
-            narrowed = mask & (vt.duration_of <= self.next_cadence(time) - time)
+            narrowed = mask & (vt.duration_of <= self._free_by(time) - time)
         return narrowed if bool(narrowed.any()) else mask
+
+    def _free_by(self, time: int) -> int:
+        """When every voice must be free again: the next cadence, or a returning section's start (its notes
+        come back as they were, and would otherwise sound over notes still held)."""
+        returns = [r for r in self.returns if r > time]
+        return min([self.next_cadence(time), *returns])
 
     # --- following the notes ----------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from config import ConcertbotError, Settings, load_settings
@@ -33,7 +34,8 @@ def _settings() -> Settings:
 
 def fail(exc: Exception) -> typer.Exit:
     """Say what the operator must fix (a ConcertbotError, or a ValueError about a file name) and exit 2."""
-    err.print(f"[red]error:[/red] {exc}")
+    # One line however long (a path is never folded), and brackets in the message are text, not markup.
+    err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -149,8 +151,8 @@ def data_forms(
     for col in ("style", "bar (beats)", "commonest shape", "phrase bars", "cadence roots"):
         table.add_column(col)
     for style, form in sorted(forms.items()):
-        shapes = form.get("forms") or [[[]]]
-        shape = " ".join(f"{b}{'x2' if r else ''}" for b, r in shapes[0][0]) or "-"
+        shapes = form.get("forms") or [{"sections": []}]
+        shape = " ".join(f"{b}{'x2' if r else ''}" for b, r in shapes[0]["sections"]) or "-"
         phrases = max(form.get("phrase_bars", {"-": 0}).items(), key=lambda kv: kv[1])[0]
         cadences = ", ".join(k for k, _ in sorted(form.get("cadences", {}).items(), key=lambda kv: -kv[1])[:3])
         table.add_row(style, f"{form.get('bar', 32) / 8:g}", shape, phrases, cadences)
@@ -189,6 +191,8 @@ def train_cmd(
         )
     except ConcertbotError as exc:
         raise fail(exc) from None
+    except KeyboardInterrupt:  # train() has saved a checkpoint and said how to resume from it
+        raise typer.Exit(130) from None
     if not result.main_process:
         return
     console.print(
@@ -288,21 +292,29 @@ def compose_cmd(
     suffix = out.suffix.lower()
     if suffix not in (".mid", ".midi", ".wav"):
         raise fail(ConcertbotError(f"--out {str(out)!r}: the file name must end in .mid or .wav"))
+    from synth.render import FluidSynthRenderer, write_wav
+
+    renderer = None
     try:
         loaded = _load_model(settings, model)
         request = _request(settings, loaded, style, instrument, tempo, seconds, seed, temperature, top_p, key)
+        if suffix == ".wav":  # a missing or broken SoundFont is said before the wait for the piece, not after
+            renderer = FluidSynthRenderer.from_settings(settings.synth)
     except ConcertbotError as exc:
         raise fail(exc) from None
     if seed is None:
         err.print(f"seed {request.seed} (use --seed {request.seed} to make this piece again)")
     started = time.perf_counter()
-    piece = Composer(loaded).compose(request)
+    try:
+        piece = Composer(loaded).compose(request)
+    except BaseException:
+        if renderer is not None:
+            renderer.close()
+        raise
     took = time.perf_counter() - started
     out.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".wav":
-        from synth.render import FluidSynthRenderer, write_wav
-
-        with FluidSynthRenderer.from_settings(settings.synth) as renderer:
+    if renderer is not None:
+        with renderer:
             err.print(f"soundfont: {renderer.soundfont.path} ({renderer.soundfont.origin})")
             messages = list(timed_messages(piece.notes, request.tempo, request.programs()))
             # A piece may end on a rest: the file lasts the whole requested length, then the reverb's tail.
@@ -439,6 +451,9 @@ def eval_cmd(
     voice_leading: Annotated[
         bool, typer.Option(help="Give each voice only its style's leaps, as concerts do (off: to compare).")
     ] = True,
+    plan: Annotated[
+        bool, typer.Option(help="Follow a plan of phrases, returns and cadences, as concerts do.")
+    ] = True,
     markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
 ) -> None:
     """Measure the model per style against real held-out pieces: style, then form and texture.
@@ -468,6 +483,7 @@ def eval_cmd(
             top_p=top_p,
             only=style or (),
             voice_leading=voice_leading,
+            plan=plan,
         )
     except ConcertbotError as exc:
         raise fail(exc) from None
@@ -484,7 +500,7 @@ def eval_cmd(
         ("else taken for", lambda v: v["mistaken_for"]),
         ("real openings recognised", lambda v: f"{v['recognised_real_openings']:.0%}"),
         ("key-free pitch-class JS (real)", pair("key_free_pitch_class_js", ".3f")),
-        ("key-free recognised (real)", pair("key_free_recognised", ".0%")),
+        ("real re-orchestrated recognised", lambda v: f"{v['recognised_real_reorchestrated']:.0%}"),
     ]
     values = [asdict(r) for r in reports]
     form_keys = {*FORM_FIELDS, *(f"{k}_real" for k in FORM_FIELDS)}
@@ -499,7 +515,7 @@ def eval_cmd(
     means |= _form_means(values, form_keys)
     title = (
         f"{loaded.version}: {pieces} pieces of {seconds:g} s per style, temperature {temperature:g}, "
-        f"top-p {top_p:g}, voice leading {'on' if voice_leading else 'off'}"
+        f"top-p {top_p:g}, voice leading {'on' if voice_leading else 'off'}, plan {'on' if plan else 'off'}"
     )
     header, rows = _eval_rows(columns, values, means)
     _print_table(title, header, rows)

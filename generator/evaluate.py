@@ -4,9 +4,11 @@ Per style: held-out loss (from the model card), then over N generated pieces: Je
 pitch-class and interval histograms to the real held-out pieces (next to the same distance between the real
 training and held-out pieces, the floor a perfect model would reach), notes per second, share of degenerate
 pieces, share of notes on the requested instruments when the prefix alone asks for them, and how often a
-classifier trained on real pieces recognises the requested style (and which style it most often takes the
-others for, to say where a model falls short), next to how often it recognises the real held-out pieces, whole
-and cut to the generated pieces' length.
+classifier trained on real pieces (generator.style_classifier) recognises the requested style (and which style
+it most often takes the others for, to say where a model falls short), next to how often it recognises the real
+held-out pieces: whole, cut to the generated pieces' length, and played by other styles' ensembles, each part
+moved by octaves into its new instrument's range. The classifier hears pitch classes from the tonic, melodic
+moves, rhythm against the beat and texture, never instruments, register or tempo; the last figure shows it.
 
 Then form and texture (generator.form_metrics), generated next to real: how pieces end (on a strong beat, held,
 on the tonic), how chordal and leapy they are, whether passages recur, whether the asked key is kept, how
@@ -18,7 +20,7 @@ off rather than ended.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,10 +30,14 @@ from config.errors import ConcertbotError
 from generator import form_metrics, metrics, plan
 from generator.data import read_index
 from generator.decode import decode, notes_array
+from generator.disguises import reorchestrated
+from generator.instruments import DRUMS, find_instrument
 from generator.model import LoadedModel
+from generator.plan import bar_steps  # by name: evaluate's `plan` argument hides the module
 from generator.recipes import style_defaults
 from generator.sampling import Composer, PieceRequest, chosen_key
-from generator.vocab import KEYS
+from generator.style_classifier import StyleClassifier, features
+from generator.vocab import KEYS, Vocab
 
 MAX_REAL_PER_STYLE = 150  # enough for stable histograms and a classifier; keeps eval quick
 
@@ -55,9 +61,14 @@ class StyleReport:
     # The held-out pieces cut to their first `seconds`, as long as the generated ones: the like-for-like
     # control, since a whole piece shows the classifier more than a generated opening can.
     recognised_real_openings: float
-    # The same two measures with each piece's key rotated to its tonic, since training transposes on purpose.
+    # The held-out pieces played by the other styles' default ensembles in turn, each part moved by octaves
+    # into its new instrument's range: near recognised_real when the classifier hears music, not instruments.
+    recognised_real_reorchestrated: float
+    # The pitch-class distance with each piece's key rotated to its tonic, since training transposes on purpose.
     key_free_pitch_class_js: float
     key_free_pitch_class_js_real: float
+    # The classifier is key-free itself now, so these equal recognised and recognised_real; kept while the
+    # eval table still has its "key-free recognised" column.
     key_free_recognised: float
     key_free_recognised_real: float
     # Form and texture, from `form_summary`: generated pieces, then the real held-out ones.
@@ -115,16 +126,19 @@ def row_form(row: dict) -> tuple[int, int, tuple[int, bool] | None]:
     return (bar, pickup % bar, tonality) if bar > 0 else (plan.DEFAULT_BAR, 0, tonality)
 
 
-def _real(dataset: Path, loaded: LoadedModel, split: str) -> dict[str, list[RealPiece]]:
+def real_pieces(
+    dataset: Path, vocab: Vocab, split: str, per_style: int = MAX_REAL_PER_STYLE
+) -> dict[str, list[RealPiece]]:
+    """The first `per_style` pieces of each of the vocabulary's styles in one split ("train" or "valid")."""
     tokens = np.load(dataset / "tokens.npy", mmap_mode="r")
     out: dict[str, list[RealPiece]] = {}
     for row in read_index(dataset):
-        if row["split"] != split or row["style"] not in loaded.vocab.styles:
+        if row["split"] != split or row["style"] not in vocab.styles:
             continue
         mine = out.setdefault(row["style"], [])
-        if len(mine) < MAX_REAL_PER_STYLE:
+        if len(mine) < per_style:
             ids = tokens[row["offset"] : row["offset"] + row["length"]].tolist()
-            notes = notes_array(decode(loaded.vocab, ids))
+            notes = notes_array(decode(vocab, ids))
             bar, pickup, tonality = row_form(row)
             tonality = tonality or metrics.key(metrics.pitch_class_histogram(notes))
             mine.append(RealPiece(notes, row["tempo"], bar, pickup, tonality))
@@ -140,9 +154,28 @@ def _programs(notes: np.ndarray) -> list[int]:
     return sorted(set(notes[:, metrics.PROGRAM].tolist()))
 
 
-def _opening(notes: np.ndarray, tempo: float, seconds: float) -> np.ndarray:
+def opening(notes: np.ndarray, tempo: float, seconds: float) -> np.ndarray:
     """The notes that start in a piece's first `seconds`."""
     return notes[notes[:, metrics.START] < seconds * tempo / 60.0 * metrics.STEPS_PER_BEAT]
+
+
+def _default_programs(loaded: LoadedModel, style: str) -> list[int]:
+    return [find_instrument(name).program for name in style_defaults(loaded, style)[0]]
+
+
+def other_ensembles(
+    pieces: Sequence[np.ndarray], style: str, ensembles: Mapping[str, Sequence[int]]
+) -> list[np.ndarray]:
+    """Each piece of `style` re-orchestrated for another style's ensemble (programs), taking them in turn.
+
+    The ensembles of the styles after `style` in `ensembles`' order come first, wrapping round, so piece i
+    is played by the (i mod n)-th other ensemble; with no other style, each piece keeps its own notes.
+    """
+    names = list(ensembles)
+    others = names[names.index(style) + 1 :] + names[: names.index(style)] if style in names else names
+    if not others:
+        return list(pieces)
+    return [reorchestrated(notes, ensembles[others[i % len(others)]]) for i, notes in enumerate(pieces)]
 
 
 def _pooled(
@@ -244,44 +277,50 @@ def evaluate(
     top_p: float = 0.95,
     only: Sequence[str] = (),
     voice_leading: bool = True,
+    plan: bool = True,
 ) -> list[StyleReport]:
     """Report on each style with real training and held-out pieces, or on the styles in `only`.
 
     The classifier always learns every style, so leaving styles out changes no figure of those kept.
     """
-    train = {s: _timed(pieces) for s, pieces in _real(dataset, loaded, "train").items()}
-    valid_pieces = _real(dataset, loaded, "valid")
+    train = {s: _timed(pieces) for s, pieces in real_pieces(dataset, loaded.vocab, "train").items()}
+    valid_pieces = real_pieces(dataset, loaded.vocab, "valid")
     valid = {s: _timed(pieces) for s, pieces in valid_pieces.items()}
     styles = [s for s in loaded.vocab.styles if s in train and s in valid]
     unknown = sorted(set(only) - set(styles))
     if unknown:
         raise ConcertbotError(f"no real training and held-out pieces to compare with for {', '.join(unknown)}")
     labels = [s for s in styles for _ in train[s]]
-    classifier = metrics.StyleClassifier().fit(
-        np.array([metrics.features(n, t) for s in styles for n, t in train[s]]), labels
-    )
-    key_free_classifier = metrics.StyleClassifier().fit(
-        np.array([metrics.features(n, t, key_free=True) for s in styles for n, t in train[s]]), labels
-    )
+    classifier = StyleClassifier().fit(np.array([features(n) for s in styles for n, _ in train[s]]), labels)
+    # A style of drums alone (a user's MIDI folder) lends its pieces to a piano instead.
+    ensembles = {s: [p for p in _default_programs(loaded, s) if p != DRUMS] or [0] for s in styles}
 
-    def guesses(model: metrics.StyleClassifier, pieces: list, key_free: bool) -> list[str]:
-        return model.predict(np.array([metrics.features(n, t, key_free=key_free) for n, t in pieces]))
+    def guesses(pieces: Sequence[np.ndarray]) -> list[str]:
+        return classifier.predict(np.array([features(n) for n in pieces])) if pieces else []
 
     def share(found: list[str], style: str) -> float:
         return sum(g == style for g in found) / len(found) if found else 0.0
 
-    def recognised(model: metrics.StyleClassifier, pieces: list, style: str, key_free: bool) -> float:
-        return share(guesses(model, pieces, key_free), style)
+    def recognised(pieces: Sequence[np.ndarray], style: str) -> float:
+        return share(guesses(pieces), style)
 
     composer = Composer(loaded)
     reports = []
     for style in [s for s in styles if s in only] if only else styles:
         instruments, tempo = style_defaults(loaded, style)
-        bar = plan.bar_steps(loaded.card, style)
+        bar = bar_steps(loaded.card, style)
         made, made_forms, on_instruments, total_notes = [], [], 0, 0
         for i in range(pieces_per_style):
             request = PieceRequest(
-                style, instruments, tempo, seconds, seed + i, temperature, top_p, voice_leading=voice_leading
+                style,
+                instruments,
+                tempo,
+                seconds,
+                seed + i,
+                temperature,
+                top_p,
+                voice_leading=voice_leading,
+                plan=plan,
             )
             piece = composer.compose(request)
             notes = notes_array(piece.notes)
@@ -289,7 +328,14 @@ def evaluate(
             asked = chosen_key(loaded, style, request.seed, request.key)
             # A generated piece starts on a downbeat, and its opening is all of it.
             made_forms.append(
-                piece_form(notes, notes, bar, 0, key_of(asked) if asked else None, request.programs())
+                piece_form(
+                    notes,
+                    notes,
+                    piece.plan.bar if piece.plan else bar,  # a plan draws its metre from the style's
+                    0,
+                    key_of(asked) if asked else None,
+                    request.programs(),
+                )
             )
             loose = composer.compose(replace(request, strict_instruments=False))
             wanted = set(request.programs())
@@ -298,7 +344,7 @@ def evaluate(
         progress(style)
         real_valid, real_train = valid[style], train[style]
         real_forms = [
-            piece_form(_opening(p.notes, p.tempo, seconds), p.notes, p.bar, p.pickup, p.key, _programs(p.notes))
+            piece_form(opening(p.notes, p.tempo, seconds), p.notes, p.bar, p.pickup, p.key, _programs(p.notes))
             for p in valid_pieces[style]
         ]
 
@@ -306,7 +352,9 @@ def evaluate(
         iv = _distances(metrics.interval_histogram, made, real_train, real_valid)
         kf = _distances(metrics.key_free_pitch_class_histogram, made, real_train, real_valid)
         card_loss = loaded.card.get("valid_per_style", {}).get(style, {}).get("loss")
-        made_guesses = guesses(classifier, made, key_free=False)
+        made_guesses = guesses([n for n, _ in made])
+        made_recognised = share(made_guesses, style)
+        real_recognised = recognised([n for n, _ in real_valid], style)
         wrong = Counter(g for g in made_guesses if g != style).most_common(1)
         reports.append(
             StyleReport(
@@ -321,16 +369,17 @@ def evaluate(
                 notes_per_second_real=float(np.mean([metrics.notes_per_second(n, t) for n, t in real_valid])),
                 degenerate_share=float(np.mean([metrics.loop_report(n).degenerate for n, _ in made])),
                 on_instruments_share=on_instruments / max(1, total_notes),
-                recognised=share(made_guesses, style),
-                recognised_real=recognised(classifier, real_valid, style, False),
+                recognised=made_recognised,
+                recognised_real=real_recognised,
                 mistaken_for=wrong[0][0] if wrong else "-",
-                recognised_real_openings=recognised(
-                    classifier, [(_opening(n, t, seconds), t) for n, t in real_valid], style, False
+                recognised_real_openings=recognised([opening(n, t, seconds) for n, t in real_valid], style),
+                recognised_real_reorchestrated=recognised(
+                    other_ensembles([n for n, _ in real_valid], style, ensembles), style
                 ),
                 key_free_pitch_class_js=kf[0],
                 key_free_pitch_class_js_real=kf[1],
-                key_free_recognised=recognised(key_free_classifier, made, style, True),
-                key_free_recognised_real=recognised(key_free_classifier, real_valid, style, True),
+                key_free_recognised=made_recognised,
+                key_free_recognised_real=real_recognised,
                 **_paired(form_summary(made_forms), form_summary(real_forms)),
             )
         )

@@ -1,4 +1,6 @@
-"""Music metrics for `concertbot eval`: histograms, distances, loop detection and a small style classifier.
+"""Music metrics for `concertbot eval`: histograms, distances, loop detection and key finding.
+
+The style classifier built on them is generator.style_classifier.
 
 Every function takes a note array as made by `generator.decode.notes_array`: int [N, 4] of
 (start, pitch, duration, program), times in ticks of 1/8 beat, program DRUMS (-1) for percussion.
@@ -22,10 +24,6 @@ DEGENERATE_BAR_REPEAT = 8  # eight identical bars in a row is a stuck loop, not 
 DEGENERATE_PITCH_RUN = 16  # a melody rarely strikes one pitch this often without moving
 
 MAX_INTERVAL = 12
-# Lower edges of register bands in MIDI pitch: bass, tenor, alto, soprano, high and very high.
-REGISTER_BANDS = (0, 48, 60, 72, 84, 96)
-FEATURES = 12 + (2 * MAX_INTERVAL + 1) + 1 + 2 + 1 + 1 + len(REGISTER_BANDS)
-"""Length of `features`: pitch classes, intervals, notes/s, pitch mean and std, duration, polyphony, bands."""
 
 
 def _checked(notes: np.ndarray) -> np.ndarray:
@@ -181,15 +179,6 @@ def loop_report(notes: np.ndarray, bar_steps: int = 4 * STEPS_PER_BEAT) -> LoopR
     return LoopReport(bar_repeat, pitch_run, degenerate)
 
 
-def _mean_polyphony(notes: np.ndarray) -> float:
-    """Mean number of notes sounding at each distinct onset (a note sounds over [start, end))."""
-    starts = np.sort(notes[:, START])
-    ends = np.sort(notes[:, START] + notes[:, DURATION])
-    onsets = np.unique(starts)
-    sounding = np.searchsorted(starts, onsets, side="right") - np.searchsorted(ends, onsets, side="right")
-    return float(sounding.mean())
-
-
 # Krumhansl-Kessler key profiles (major, minor), tonic first.
 _MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 _MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
@@ -217,112 +206,3 @@ def key_free_pitch_class_histogram(notes: np.ndarray) -> np.ndarray:
     """The pitch-class histogram rotated so its estimated tonic comes first: the same in every key."""
     histogram = pitch_class_histogram(notes)
     return np.roll(histogram, -tonic(histogram))
-
-
-def features(notes: np.ndarray, tempo_bpm: float, key_free: bool = False) -> np.ndarray:
-    """A style fingerprint of a piece: float [FEATURES], all zeros for a piece with no notes.
-
-    Args:
-        notes: note array [N, 4].
-        tempo_bpm: quarter notes per minute the piece is played at.
-        key_free: rotate the pitch-class histogram to the estimated tonic, for comparing pieces whose key
-            was changed on purpose (training transposes).
-
-    Returns:
-        Concatenation of the pitch-class histogram (12; absolute unless `key_free`), the interval
-        histogram (25), notes per second (1), mean and standard deviation of pitch / 128 (2), log1p of the
-        mean duration in beats (1), mean polyphony (1) and the share of notes in each REGISTER_BANDS band (6).
-        Everything but notes per second counts pitched notes only.
-    """
-    notes = _checked(notes)
-    pitched = _pitched(notes)
-    if len(pitched) == 0:
-        out = np.zeros(FEATURES)
-        out[12 + 2 * MAX_INTERVAL + 1] = notes_per_second(notes, tempo_bpm)
-        return out
-    pitches = pitched[:, PITCH].astype(np.float64)
-    band = np.searchsorted(REGISTER_BANDS, pitched[:, PITCH], side="right") - 1
-    out = np.concatenate(
-        [
-            key_free_pitch_class_histogram(pitched) if key_free else pitch_class_histogram(pitched),
-            interval_histogram(pitched, MAX_INTERVAL),
-            [notes_per_second(notes, tempo_bpm)],
-            [pitches.mean() / 128, pitches.std() / 128],
-            [np.log1p(pitched[:, DURATION].mean() / STEPS_PER_BEAT)],
-            [_mean_polyphony(pitched)],
-            _normalised(np.bincount(band, minlength=len(REGISTER_BANDS)).astype(np.float64)),
-        ]
-    )
-    assert out.shape == (FEATURES,)
-    return out
-
-
-class StyleClassifier:
-    """Multinomial logistic regression on standardised feature vectors, fitted by full-batch gradient descent.
-
-    Starts from zero weights and takes fixed steps, so the same data always gives the same model.
-
-    Args:
-        l2: weight of the squared-norm penalty on the weights (the biases are not penalised).
-        iterations: gradient steps taken by `fit`.
-    """
-
-    def __init__(self, l2: float = 1e-2, iterations: int = 500) -> None:
-        self.l2 = l2
-        self.iterations = iterations
-        self.classes: list[str] = []
-        self.mean = np.zeros(0)
-        self.scale = np.ones(0)
-        self.weights = np.zeros((0, 0))  # [features + 1 (bias), classes]
-
-    def _design(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != len(self.mean):
-            raise ValueError(f"expected features of shape [N, {len(self.mean)}], got shape {X.shape}")
-        Z = (X - self.mean) / self.scale
-        return np.hstack([Z, np.ones((len(Z), 1))])
-
-    def fit(self, X: np.ndarray, y: Sequence[str]) -> StyleClassifier:
-        """Learn the styles in `y` from feature rows `X` [N, F]; returns self."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or len(X) != len(y) or len(y) == 0:
-            raise ValueError(f"need a non-empty [N, F] feature array and N labels, got {X.shape} and {len(y)}")
-        self.classes = sorted(set(y))
-        index = {c: i for i, c in enumerate(self.classes)}
-        targets = np.zeros((len(y), len(self.classes)))
-        targets[np.arange(len(y)), [index[c] for c in y]] = 1.0
-        self.mean = X.mean(axis=0)
-        std = X.std(axis=0)
-        # A feature constant over the training set (an interval never used) must not divide by zero.
-        self.scale = np.where(std > 1e-12, std, 1.0)
-        A = self._design(X)  # [N, F + 1]
-        n = len(A)
-        # The softmax Hessian's eigenvalues are at most 1/2, so the loss gradient is Lipschitz with constant
-        # below L = |A|^2 / 2n + l2, and a step of 1/L descends every time without any tuning.
-        step = 1.0 / (0.5 * np.linalg.norm(A, 2) ** 2 / n + self.l2)
-        W = np.zeros((A.shape[1], len(self.classes)))
-        penalised = np.ones((A.shape[1], 1))
-        penalised[-1] = 0.0
-        for _ in range(self.iterations):
-            grad = A.T @ (_softmax(A @ W) - targets) / n + self.l2 * penalised * W
-            W -= step * grad
-        self.weights = W
-        return self
-
-    def predict(self, X: np.ndarray) -> list[str]:
-        """The most likely style of each feature row."""
-        if not self.classes:
-            raise RuntimeError("StyleClassifier.predict called before fit")
-        logits = self._design(X) @ self.weights
-        return [self.classes[i] for i in np.argmax(logits, axis=1)]
-
-    def accuracy(self, X: np.ndarray, y: Sequence[str]) -> float:
-        """Share of rows whose predicted style is the one in `y`."""
-        if len(y) == 0:
-            return 0.0
-        return float(np.mean([p == t for p, t in zip(self.predict(X), y, strict=True)]))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)

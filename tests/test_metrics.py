@@ -23,11 +23,8 @@ from generator.instruments import DRUMS
 from generator.metrics import (
     DEGENERATE_BAR_REPEAT,
     DEGENERATE_PITCH_RUN,
-    FEATURES,
     MAX_INTERVAL,
     STEPS_PER_BEAT,
-    StyleClassifier,
-    features,
     interval_histogram,
     js_distance,
     loop_report,
@@ -148,78 +145,6 @@ def test_pitch_run_counts_within_one_program():
     # Two instruments alternating on one pitch: neither voice repeats a note more than 8 times.
     notes = np.concatenate([melody([60] * 8, PIANO, step=8), melody([60] * 8, FLUTE, step=8, offset=4)])
     assert loop_report(notes).longest_pitch_run == 8
-
-
-def test_features_shape_and_key_sensitivity():
-    scale = melody(C_MAJOR)
-    up_a_tone = scale.copy()
-    up_a_tone[:, 1] += 2
-    f, g = features(scale, 120), features(up_a_tone, 120)
-    assert f.shape == g.shape == (FEATURES,)
-    assert np.isfinite(f).all()
-    assert not np.allclose(f[:12], g[:12])  # the key is kept, not transposed away
-    assert np.allclose(f[12:37], g[12:37])  # intervals do not change
-    assert not features(notes_array([]), 120).any()
-
-
-def scale_piece(rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """A fast flute line walking up and down a major scale, high up."""
-    degrees = [0, 2, 4, 5, 7, 9, 11]
-    tonic = int(rng.integers(0, 12))
-    scale = sorted(p for p in range(72, 97) if (p - tonic) % 12 in degrees)
-    at = int(rng.integers(0, len(scale)))
-    pitches = []
-    for _ in range(int(rng.integers(32, 64))):
-        at = int(np.clip(at + rng.choice([-1, 1, 1, 2]), 0, len(scale) - 1))
-        pitches.append(scale[at])
-    return melody(pitches, FLUTE, step=int(rng.choice([1, 2]))), float(rng.uniform(110, 160))
-
-
-def arpeggio_piece(rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Slow cello arpeggios over a held root, low down."""
-    notes = []
-    for bar in range(int(rng.integers(4, 8))):
-        root = int(rng.integers(36, 48))
-        third = root + int(rng.choice([3, 4]))
-        notes.append(Note(32 * bar, root - 12, 32, CELLO))
-        notes += [Note(32 * bar + 8 * i, p, 8, CELLO) for i, p in enumerate([root, third, root + 7, third])]
-    return notes_array(notes), float(rng.uniform(50, 90))
-
-
-def synthetic_set(seed: int, per_style: int) -> tuple[np.ndarray, list[str]]:
-    rng = np.random.default_rng(seed)
-    rows, labels = [], []
-    for _ in range(per_style):
-        for label, make in (("scales", scale_piece), ("arpeggios", arpeggio_piece)):
-            notes, tempo = make(rng)
-            rows.append(features(notes, tempo))
-            labels.append(label)
-    return np.array(rows), labels
-
-
-def test_style_classifier_separates_synthetic_styles():
-    X_train, y_train = synthetic_set(seed=0, per_style=30)
-    X_test, y_test = synthetic_set(seed=1, per_style=20)
-    classifier = StyleClassifier().fit(X_train, y_train)
-    assert classifier.accuracy(X_test, y_test) > 0.9
-    assert set(classifier.predict(X_test)) == {"scales", "arpeggios"}
-
-
-def test_style_classifier_is_deterministic():
-    X_train, y_train = synthetic_set(seed=0, per_style=10)
-    X_test, _ = synthetic_set(seed=2, per_style=10)
-    first = StyleClassifier().fit(X_train, y_train)
-    second = StyleClassifier().fit(X_train, y_train)
-    assert np.array_equal(first.weights, second.weights)
-    assert first.predict(X_test) == second.predict(X_test) == first.predict(X_test)
-
-
-def test_style_classifier_learns_labels_not_order():
-    # Swapping the labels must swap the predictions: the classifier follows the data, not a fixed class.
-    X, y = synthetic_set(seed=0, per_style=10)
-    swapped = ["scales" if label == "arpeggios" else "arpeggios" for label in y]
-    assert StyleClassifier().fit(X, swapped).accuracy(X, swapped) == 1.0
-    assert StyleClassifier().fit(X, y).accuracy(X, swapped) == 0.0
 
 
 def test_key_free_histogram_is_the_same_in_every_key():

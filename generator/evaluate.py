@@ -37,7 +37,7 @@ from generator.plan import bar_steps  # by name: evaluate's `plan` argument hide
 from generator.recipes import style_defaults
 from generator.sampling import Composer, PieceRequest, chosen_key
 from generator.style_classifier import StyleClassifier, features
-from generator.vocab import KEYS, Vocab
+from generator.vocab import Vocab, key_of
 
 MAX_REAL_PER_STYLE = 150  # enough for stable histograms and a classifier; keeps eval quick
 
@@ -106,12 +106,6 @@ class RealPiece:
     pickup: int  # steps before the first downbeat
     # (tonic pitch class, minor): the row's, else estimated from the notes as the data set estimates it.
     key: tuple[int, bool]
-
-
-def key_of(name: str) -> tuple[int, bool]:
-    """(tonic pitch class, minor) of a key name in generator.vocab.KEYS (`F#m` is (6, True))."""
-    index = KEYS.index(name)
-    return index % 12, index >= 12
 
 
 def row_form(row: dict) -> tuple[int, int, tuple[int, bool] | None]:

@@ -235,7 +235,7 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
             continue
         bar = int(row.get("bar") or 0) // TICKS_PER_STEP or DEFAULT_BAR
         bars[bar] += 1
-        tonic, minor = _key(row.get("key"))
+        tonic, minor = key_of(row.get("key"))
         pcs["minor" if minor else "major"] += np.bincount((pitched[:, 1] - tonic) % 12, minlength=12)
         intervals += metrics.interval_counts(pitched, MAX_INTERVAL)
         sections = [(s // TICKS_PER_STEP, e // TICKS_PER_STEP, r) for s, e, r in row.get("sections") or []]
@@ -288,15 +288,6 @@ def _common(counts: Counter[int]) -> dict[str, int]:
     return {str(k): v for k, v in sorted(counts.items()) if v >= MIN_SHARE * counts.total()}
 
 
-def _key(name: str | None) -> tuple[int, bool]:
-    from generator.vocab import KEYS  # the key names; imported late to keep this module light
-
-    if not name or name not in KEYS:
-        return 0, False
-    index = KEYS.index(name)
-    return index % 12, index >= 12
-
-
 def _resting_root(notes: np.ndarray, tick: int) -> int | None:
     """The lowest pitch struck at the last onset before `tick`: where a phrase comes to rest."""
     before = notes[notes[:, 0] < tick]
@@ -325,8 +316,10 @@ def _overlaps(notes: np.ndarray) -> dict[int, tuple[int, int]]:
 
 
 def key_of(name: str | None) -> tuple[int, bool]:
-    """(tonic pitch class, minor) of a key name such as "F#m"; C major for None."""
-    return _key(name)
+    """(tonic pitch class, minor) of a key name such as "F#m"; C major for None (a model without keys)."""
+    from generator import vocab  # imported late: vocab brings in MidiTok, and this module stays light
+
+    return vocab.key_of(name) if name in vocab.KEYS else (0, False)
 
 
 def learn_forms(dataset_dir: Path, vocab: Vocab, per_style: int = MAX_PIECES) -> dict[str, dict]:

@@ -137,7 +137,6 @@ class Composer:
             is_timeshift=self.is_timeshift,
             shift_of=self.shift_of,
             program_of=torch.from_numpy(np.where(kind == KIND_PROGRAM, value, -2)),
-            is_duration=torch.from_numpy(kind == KIND_DURATION),
             duration_of=torch.from_numpy(np.where(kind == KIND_DURATION, value, 0)),
         )
 
@@ -171,27 +170,28 @@ class Composer:
         context = self.loaded.context
         window = list(prefix)
         music: list[int] = []  # the music tokens so far, for a returning section to play again
+        starts = {s.start * plan.bar for s in plan.sections} if plan is not None else set()
         section_at: dict[int, int] = {}  # a section's start step -> index in `music` where it began
         replay: list[int] = []  # tokens of a returning section still to play
         logits, cache = self._forward(window, None)
         while True:
-            if follow is not None and state.phase == AT_BOUNDARY:
-                if follow.finished(decoder.time):
-                    yield vocab.eos
-                    break
-                if decoder.time not in section_at:
-                    section_at[decoder.time] = len(music)
-                    if not replay and plan is not None:
-                        replay = self._returning(plan, decoder.time, section_at, music, vocab)
-            elif follow is None:
-                at_end = decoder.time >= target and state.notes > 0
-                if at_end and state.phase == AT_BOUNDARY:
-                    yield vocab.eos
-                    break
+            at_end = follow is None and decoder.time >= target and state.notes > 0
+            if state.phase == AT_BOUNDARY and (
+                at_end or (follow is not None and follow.finished(decoder.time))
+            ):
+                yield vocab.eos
+                break
+            fresh = decoder.time in starts and decoder.time not in section_at  # a section begins
+            if plan is not None and fresh and state.phase == AT_BOUNDARY:
+                section_at[decoder.time] = len(music)
+                if not replay:
+                    replay = self._returning(plan, decoder.time, section_at, music, vocab)
             if replay:
                 token = replay.pop(0)
             else:
-                token = self._choose(logits, state, grammar, decoder, guard, voices, follow, request, generator)
+                token = self._choose(
+                    logits, state, grammar, decoder, guard, voices, follow, request, at_end, generator
+                )
             state = grammar.advance(state, token)
             note = decoder.feed(token)
             guard.on_time(decoder.time)
@@ -222,11 +222,11 @@ class Composer:
         voices: VoiceLeading,
         follow: PlanFollower | None,
         request: PieceRequest,
+        at_end: bool,
         generator: torch.Generator,
     ) -> int:
         """Sample the next token under the grammar, the guards, voice leading and the plan."""
         time = decoder.time
-        at_end = follow is None and time >= request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT
         mask = torch.from_numpy(grammar.allowed(state, may_end=False))
         scores = logits.float()
         if state.phase == AT_BOUNDARY and (at_end or guard.onset_notes >= MAX_NOTES_PER_ONSET):

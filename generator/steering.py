@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from generator.form_metrics import CHORDS
-from generator.plan import Plan, key_of
+from generator.instruments import BY_PROGRAM
+from generator.plan import STEPS_PER_BEAT, Plan, key_of
 
-STEPS_PER_BEAT = 8
 CHORDAL = frozenset({0, 6, 19, 24, 46, 48})  # piano, harpsichord, organ, guitar, harp, string ensemble
 KEY_WEIGHT = 1.0  # how hard the style's pitch classes in the key pull: a log-prior, as a product of experts
 KEY_FLOOR = 0.002  # a pitch class the style never uses in a key is unlikely, not impossible
@@ -55,7 +55,6 @@ class VocabTensors:
     is_timeshift: torch.Tensor
     shift_of: torch.Tensor  # steps, or 0
     program_of: torch.Tensor  # GM program of a Program token, or -2
-    is_duration: torch.Tensor
     duration_of: torch.Tensor  # steps, or 0
 
 
@@ -118,7 +117,9 @@ class PlanFollower:
         self.struck_at = -1
         self.struck: set[int] = set()  # programs that struck at time `struck_at`
         self.sounding: list[tuple[int, int]] = []  # (end, pitch) of notes that may still sound
-        self.done = False
+        # The bass: the instrument whose range lies lowest; it takes the cadence chord's root.
+        ranged = [p for p in self.programs if p in BY_PROGRAM and p >= 0]
+        self.bass = min(ranged, key=lambda p: (BY_PROGRAM[p].low + BY_PROGRAM[p].high, p), default=None)
 
     # --- what the plan asks -----------------------------------------------------------------------------
 
@@ -184,7 +185,7 @@ class PlanFollower:
         root = (self.tonic + degree) % 12
         chord = [root, (root + third) % 12, (root + fifth) % 12]
         # The bass takes the root; a single line is its own bass only at the very end, on the tonic.
-        is_bass = program == self._bass() and (len(self.programs) > 1 or time == self.final)
+        is_bass = program == self.bass and (len(self.programs) > 1 or time == self.final)
         allowed = [root] if is_bass else chord
         narrowed = mask & torch.isin(self.vt.pitch_of % 12, torch.tensor(allowed)) & self.vt.is_pitch
         return narrowed if bool(narrowed.any()) else mask
@@ -237,12 +238,3 @@ class PlanFollower:
         self.melody[program] = (start, max(top, pitch) if onset == start else pitch)
         self.sounding = [(e, p) for e, p in self.sounding if e > start]
         self.sounding.append((start + duration, pitch))
-
-    def _bass(self) -> int | None:
-        """The instrument that plays lowest: the one whose latest notes were lowest, else the lowest range."""
-        from generator.instruments import BY_PROGRAM
-
-        pitched = [p for p in self.programs if p >= 0 and p in BY_PROGRAM]
-        if not pitched:
-            return None
-        return min(pitched, key=lambda p: (BY_PROGRAM[p].low + BY_PROGRAM[p].high, p))

@@ -68,9 +68,15 @@ def find_key(name: str) -> str:
     return key_name(spelled[text], minor)
 
 
-def transpose_key(name: str, semitones: int) -> str:
+def key_of(name: str) -> tuple[int, bool]:
+    """(tonic pitch class, minor) of a key name in KEYS: `F#m` is (6, True); the inverse of `key_name`."""
     index = KEYS.index(name)
-    return key_name(index % 12 + semitones, index >= 12)
+    return index % 12, index >= 12
+
+
+def transpose_key(name: str, semitones: int) -> str:
+    tonic, minor = key_of(name)
+    return key_name(tonic + semitones, minor)
 
 
 @dataclass

@@ -1,10 +1,14 @@
-"""Serving an aiohttp app on a free local port, for tests that talk to it over real HTTP."""
+"""Serving an aiohttp app on a free local port for tests that talk to it over real HTTP, and waiting for a
+local listener (an ffmpeg RTMP server) without connecting to it."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -49,3 +53,22 @@ def listening_quietly(port: int) -> bool:
                 if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
                     return True
     return False
+
+
+def rtmp_listener(
+    ffmpeg: str, url: str, port: int, out: Path, stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen:
+    """`ffmpeg -listen 1` receiving `url` (served on `port`) into `out`, returned once it listens."""
+    server = subprocess.Popen(
+        [ffmpeg, "-v", "error", "-listen", "1", "-i", url, "-c", "copy", "-y", str(out)], stderr=stderr
+    )
+    deadline = time.monotonic() + 10
+    try:
+        while not listening_quietly(port):
+            assert server.poll() is None and time.monotonic() < deadline, "the RTMP server did not start"
+            time.sleep(0.02)
+    except BaseException:
+        server.kill()
+        server.wait()
+        raise
+    return server

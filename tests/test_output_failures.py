@@ -22,7 +22,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from fake_concert import FakeConcert
-from serving import free_port, listening_quietly, running
+from serving import free_port, rtmp_listener, running
 from tones import BLOCK, RATE, tone
 
 from bot.web import make_app
@@ -218,14 +218,9 @@ class Tap:
 def test_the_stream_key_reaches_the_server_but_not_ffmpegs_command_line(tmp_path: Path) -> None:
     port = free_port()
     received = tmp_path / "received.flv"
-    listen = [str(FFMPEG), "-v", "error", "-listen", "1", "-i", f"rtmp://127.0.0.1:{port}/live/{KEY}"]
-    server = subprocess.Popen([*listen, "-c", "copy", "-y", str(received)], stderr=subprocess.DEVNULL)
+    server = rtmp_listener(str(FFMPEG), f"rtmp://127.0.0.1:{port}/live/{KEY}", port, received)
     tap = Tap(port)
     try:
-        deadline = time.monotonic() + 10
-        while not listening_quietly(port):
-            assert server.poll() is None and time.monotonic() < deadline, "the RTMP server did not start"
-            time.sleep(0.02)
         push = FfmpegPush(f"rtmp://127.0.0.1:{tap.port}/live/{KEY}")
         push.open(RATE)
         try:

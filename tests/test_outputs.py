@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from browser import find_chromium, launch_chromium, wait_until_playing
-from serving import free_port, listening_quietly, running
+from serving import free_port, rtmp_listener, running
 from tones import BLOCK, RATE, TONE_HZ, tone, writing
 
 from synth.ffmpeg import FfmpegError, FfmpegPush, output_args, redact_url
@@ -94,15 +94,8 @@ def test_rtmp_push_reaches_a_server_with_audio_and_video(tmp_path: Path) -> None
     port = free_port()
     received = tmp_path / "received.flv"
     url = f"rtmp://127.0.0.1:{port}/app/{KEY}"
-    server = subprocess.Popen(
-        [str(FFMPEG), "-v", "error", "-listen", "1", "-i", url, "-c", "copy", "-y", str(received)],
-        stderr=subprocess.PIPE,
-    )
+    server = rtmp_listener(str(FFMPEG), url, port, received, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 10
-        while not listening_quietly(port):
-            assert server.poll() is None and time.monotonic() < deadline, "the RTMP server did not start"
-            time.sleep(0.02)
         push = FfmpegPush(url)
         assert push.name == f"rtmp://127.0.0.1:{port}/app/***"
         push.open(RATE)

@@ -3,8 +3,14 @@
 Twitch accepts 20 chat messages per 30 s from an account (100 when it is a moderator or the broadcaster) and
 blocks the bot for 30 minutes when it sends more, so the queue keeps a sliding window of its own sends with a
 safety margin and holds everything else back. When replies pile up it drops the least important, merges
-similar acknowledgements into one line, and forgets replies too old to mean anything. `SendQueue` is pure
-(time comes in as `now`); `Sender` is the small task that drains it into chat with a real clock.
+similar acknowledgements into one line, and forgets replies too old to mean anything.
+
+Twitch also drops a line identical to one the same (non-moderator) account sent within the last 30 s. So
+every line for a viewer starts with their @name, reply thread or not ("you already voted for 87" to five
+viewers is five different lines), and a line that would still repeat one sent within the window is not
+sent: that viewer, or the whole chat, read those very words moments ago. `SendQueue.repeats` counts them.
+`SendQueue` is pure (time comes in as `now`); `Sender` is the small task that drains it into chat with a real
+clock.
 """
 
 from __future__ import annotations
@@ -62,12 +68,11 @@ class _Pending:
     mentions: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        # A single reply shows its parent in Twitch's reply thread; a merged one names everyone instead.
-        if not self.mentions or (len(self.mentions) == 1 and self.reply_to):
-            return self.body
-        return " ".join(f"@{m}" for m in self.mentions) + " " + self.body
+        # The @name even in a reply thread: it is what makes the same answer to two viewers two lines.
+        return " ".join([*(f"@{m}" for m in self.mentions), self.body])
 
     def outgoing(self) -> Outgoing:
+        # One viewer's line keeps its reply thread; a merged one has no single parent.
         return Outgoing(_clip(self.line()), self.importance, self.reply_to if len(self.mentions) <= 1 else None)
 
 
@@ -104,8 +109,10 @@ class SendQueue:
         self._budgets = tuple(max(1, n - max(1, n // 10)) for n in limits)
         self._pending: list[_Pending] = []
         self._sent: deque[float] = deque()  # times of sends still inside the span, oldest first
+        self._recent: dict[str, float] = {}  # text of each line sent within the span -> when, oldest first
         self._seq = 0
         self.dropped = 0  # lines dropped for space or age since the queue was made
+        self.repeats = 0  # lines not sent because the same text went out within the span
 
     @property
     def budget(self) -> int:
@@ -138,6 +145,9 @@ class SendQueue:
             return None
         if mention and importance in MERGEABLE and self._merge(body, importance, mention):
             return None
+        if any(p.body == body and p.mentions == ([mention] if mention else []) for p in self._pending):
+            self.repeats += 1  # the very line is already waiting: it would be dropped as a repeat anyway
+            return None
         self._seq += 1
         new = _Pending(body, importance, now, self._seq, reply_to, [mention] if mention else [])
         self._pending.append(new)
@@ -166,15 +176,26 @@ class SendQueue:
         return self.budget // 2 if importance == Importance.ACK else self.budget
 
     def pop_ready(self, now: float) -> Outgoing | None:
-        """The most important line if the rate limit allows a send at `now` (counted as sent), else None."""
+        """The most important line if the rate limit allows a send at `now` (counted as sent), else None.
+
+        A line whose text was sent within the last `window` (plus the margin) is skipped and counted in
+        `repeats`: Twitch would drop it, and whoever it is for has just read the same words.
+        """
         self._expire(now)
-        allowed = [p for p in self._pending if len(self._sent) < self._limit(p.importance)]
-        if not allowed:
-            return None
-        best = max(allowed, key=lambda p: (p.importance, -p.seq))
-        self._pending.remove(best)
-        self._sent.append(now)
-        return best.outgoing()
+        while True:
+            allowed = [p for p in self._pending if len(self._sent) < self._limit(p.importance)]
+            if not allowed:
+                return None
+            best = max(allowed, key=lambda p: (p.importance, -p.seq))
+            self._pending.remove(best)
+            line = best.outgoing()
+            if line.text in self._recent:
+                self.repeats += 1
+                logger.debug("not repeating within %.0f s: %r", self.span, line.text)
+                continue
+            self._sent.append(now)
+            self._recent[line.text] = now
+            return line
 
     def next_ready_at(self, now: float) -> float | None:
         """When `pop_ready` will next return a line: `now` if it would now, None while the queue is empty."""
@@ -191,6 +212,11 @@ class SendQueue:
         # Written as next_ready_at computes it, so that a line is ready exactly at the time promised.
         while self._sent and self._sent[0] + self.span <= now:
             self._sent.popleft()
+        # Insertion order is sending order, so the stale texts are at the front.
+        for text, at in list(self._recent.items()):
+            if at + self.span > now:
+                break
+            del self._recent[text]
         if self.max_age is not None:
             fresh = [p for p in self._pending if now - p.queued_at <= self.max_age]
             self.dropped += len(self._pending) - len(fresh)

@@ -1,11 +1,14 @@
 """A fake Twitch on 127.0.0.1 that speaks Twitch's real protocols, so tests run the real, unmodified twitchio.
 
-It serves the OAuth endpoints (`/oauth2/token`, `/oauth2/validate`), the Helix endpoints a chat bot uses
-(`/helix/users`, `/helix/eventsub/subscriptions`, `/helix/chat/messages`) and the EventSub WebSocket (`/ws`):
+It serves the OAuth endpoints (`/oauth2/token`, `/oauth2/validate`, and `/oauth2/device` for the device code
+flow, whose codes a test approves, denies or lets expire), the Helix endpoints a chat bot uses
+(`/helix/users`, `/helix/eventsub/subscriptions`, `/helix/chat/messages`, `/helix/moderation/channels`) and
+the EventSub WebSocket (`/ws`):
 welcome, keepalives, notifications with every field twitchio reads, `session_reconnect`, and abrupt drops.
 It checks what Twitch checks where a bot can get it wrong: tokens and their scopes, the 409 on a duplicate
 subscription, subscriptions of a dead session turning `websocket_disconnected`, 500-character lines, and
-the chat rate limit (20 lines per 30 s, 100 for a moderator or the broadcaster; more are dropped).
+the chat rate limit (20 lines per 30 s, 100 for a moderator or the broadcaster; more are dropped) and a
+non-moderator's line identical to one it sent within the window (dropped as a duplicate).
 
     async with FakeTwitch() as fake:
         async with TwitchChat(fake.settings(), on_message) as chat:
@@ -39,6 +42,7 @@ CHAT = "channel.chat.message"
 REDEMPTION = "channel.channel_points_custom_reward_redemption.add"
 BOT_SCOPES = ("user:read:chat", "user:write:chat", "user:bot", "channel:read:redemptions")
 JSON = dict[str, Any]
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,18 @@ class _Token:
 
 
 @dataclass
+class DeviceCode:
+    """A code handed out by `/oauth2/device`, waiting for the streamer at twitch.tv/activate."""
+
+    device_code: str
+    user_code: str
+    scopes: tuple[str, ...]
+    state: str = "pending"  # then "approved", "denied", "expired" or "used"
+    user_id: str | None = None  # who approved it
+    polls: int = 0  # token requests made with it
+
+
+@dataclass
 class _Session:
     id: str
     ws: web.WebSocketResponse
@@ -95,6 +111,9 @@ class FakeTwitch:
         bot_scopes: the scopes of the bot's user token.
         keepalive: seconds between `session_keepalive` frames.
         rate_window: the seconds over which chat lines are counted (Twitch: 30); shrink it with the bot's queue.
+        public_client: the app is registered as a public client: it has no secret, so no app token, and
+            refreshes with its client id alone (a confidential client must send its secret to refresh).
+        device_interval: the seconds between polls that `/oauth2/device` asks for (Twitch: 5).
     """
 
     def __init__(
@@ -106,11 +125,16 @@ class FakeTwitch:
         bot_scopes: tuple[str, ...] = BOT_SCOPES,
         keepalive: float = 2.0,
         rate_window: float = 30.0,
+        public_client: bool = False,
+        device_interval: float = 0.05,
     ) -> None:
         self.client_id = "fake" + secrets.token_hex(8)
         self.client_secret = "secret" + secrets.token_hex(12)
         self.keepalive = keepalive
         self.rate_window = rate_window
+        self.public_client = public_client
+        self.device_interval = device_interval
+        self.device_codes: list[DeviceCode] = []
         self._ids = itertools.count(1001)
         self._users: dict[str, User] = {}
         self.broadcaster = self.user(channel)
@@ -133,12 +157,14 @@ class FakeTwitch:
     async def __aenter__(self) -> Self:
         app = web.Application()
         app.router.add_post("/oauth2/token", self._oauth_token)
+        app.router.add_post("/oauth2/device", self._oauth_device)
         app.router.add_get("/oauth2/validate", self._oauth_validate)
         app.router.add_get("/helix/users", self._helix_users)
         app.router.add_post("/helix/eventsub/subscriptions", self._subscribe)
         app.router.add_get("/helix/eventsub/subscriptions", self._list_subscriptions)
         app.router.add_delete("/helix/eventsub/subscriptions", self._unsubscribe)
         app.router.add_post("/helix/chat/messages", self._chat_message)
+        app.router.add_get("/helix/moderation/channels", self._moderated_channels)
         app.router.add_get("/ws", self._websocket)
         # No access log: request lines carry the client secret in their query, as they do at Twitch.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -166,7 +192,7 @@ class FakeTwitch:
         """Settings that point the bot at this fake, as its bot account; `overrides` replace fields."""
         values: JSON = {
             "client_id": self.client_id,
-            "client_secret": self.client_secret,
+            "client_secret": "" if self.public_client else self.client_secret,
             "bot_id": self.bot.id,
             "channel": self.broadcaster.login,
             "bot_token": self.bot_token.value,
@@ -325,6 +351,41 @@ class FakeTwitch:
         """Ids of the EventSub sessions whose connection is open."""
         return [s.id for s in self._sessions.values() if s.open]
 
+    async def wait_for_device_code(self, timeout: float = 5.0) -> DeviceCode:
+        """The first device code still pending (handed out already or within `timeout`)."""
+        await self._wait(lambda: any(c.state == "pending" for c in self.device_codes), timeout)
+        return next(c for c in self.device_codes if c.state == "pending")
+
+    def approve_device(self, user_code: str, login: str = "concertbot") -> None:
+        """`login` types `user_code` at twitch.tv/activate and authorises the scopes asked for."""
+        code = self._device(user_code)
+        code.state, code.user_id = "approved", self.user(login).id
+
+    def deny_device(self, user_code: str) -> None:
+        """The streamer types `user_code` and then declines."""
+        self._device(user_code).state = "denied"
+
+    def expire_device(self, user_code: str) -> None:
+        """Nobody typed `user_code` in time (Twitch: 30 minutes)."""
+        self._device(user_code).state = "expired"
+
+    def expire_token(self, value: str) -> None:
+        """The access token `value` runs out: it no longer validates, but its refresh token still works."""
+        token = self._tokens.pop(value)
+        self._tokens["expired-" + value] = token  # kept only so that its refresh token is found
+
+    def revoke(self, value: str) -> None:
+        """The user disconnects the app: the access token `value` and its refresh token stop working."""
+        self._tokens.pop(value, None)
+
+    def token_named(self, value: str) -> tuple[str | None, tuple[str, ...]] | None:
+        """The user id and scopes of a valid access token, or None."""
+        token = self._tokens.get(value)
+        return None if token is None else (token.user_id, token.scopes)
+
+    def _device(self, user_code: str) -> DeviceCode:
+        return next(c for c in self.device_codes if c.user_code == user_code)
+
     # --- OAuth -----------------------------------------------------------------------------------------------
 
     def _issue(
@@ -342,22 +403,30 @@ class FakeTwitch:
         fields = dict(request.query) | dict(await request.post())
         if fields.get("client_id") != self.client_id:
             return _error(400, "invalid client")
-        if fields.get("client_secret") != self.client_secret:
-            return _error(403, "invalid client secret")
         grant = fields.get("grant_type")
+        if grant == DEVICE_GRANT:
+            # The device code grant needs no secret, whatever the client's type.
+            return self._device_grant(fields.get("device_code", ""))
+        if self.public_client:
+            if "client_secret" in fields:
+                return _error(400, "a public client has no client secret")
+            if grant == "client_credentials":
+                return _error(400, "a public client cannot get an app access token")
+        elif fields.get("client_secret") != self.client_secret:
+            return _error(403, "invalid client secret")
         if grant == "client_credentials":
             app = self._issue(None, (), refresh=False, expires_in=5_000_000)
             return web.json_response(
                 {"access_token": app.value, "expires_in": app.expires_in, "token_type": "bearer"}
             )
         if grant == "refresh_token":
-            old = next(
-                (t for t in self._tokens.values() if t.refresh and t.refresh == fields.get("refresh_token")),
+            key = next(
+                (k for k, t in self._tokens.items() if t.refresh and t.refresh == fields.get("refresh_token")),
                 None,
             )
-            if old is None:
+            if key is None:
                 return _error(400, "Invalid refresh token")
-            del self._tokens[old.value]
+            old = self._tokens.pop(key)  # a refresh token works once; the old access token stops too
             new = self._issue(old.user_id, old.scopes, refresh=True)
             return web.json_response(
                 {
@@ -369,6 +438,53 @@ class FakeTwitch:
                 }
             )
         return _error(400, "unsupported grant type")
+
+    async def _oauth_device(self, request: web.Request) -> web.Response:
+        fields = dict(request.query) | dict(await request.post())
+        if fields.get("client_id") != self.client_id:
+            return _error(400, "invalid client")
+        scopes = tuple(str(fields.get("scopes", "")).split())
+        if not scopes:
+            return _error(400, "missing scopes")
+        user_code = "".join(secrets.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(8))
+        code = DeviceCode(secrets.token_hex(20), user_code, scopes)
+        self.device_codes.append(code)
+        self._issued.append(_Token(code.device_code, None, (), 0))  # a secret too, for secrets()
+        await self._notify_changed()
+        return web.json_response(
+            {
+                "device_code": code.device_code,
+                "expires_in": 1800,
+                "interval": self.device_interval,
+                "user_code": user_code,
+                "verification_uri": f"https://www.twitch.tv/activate?public=true&device-code={user_code}",
+            }
+        )
+
+    def _device_grant(self, device_code: str) -> web.Response:
+        code = next((c for c in self.device_codes if c.device_code == device_code), None)
+        if code is not None:
+            code.polls += 1
+        # Twitch answers 400 with its reason as the message; for a declined request RFC 8628's name is used
+        # (Twitch documents no text of its own for it).
+        if code is None or code.state in ("expired", "used"):
+            return _error(400, "invalid device code")
+        if code.state == "pending":
+            return _error(400, "authorization_pending")
+        if code.state == "denied":
+            return _error(400, "access_denied")
+        code.state = "used"
+        assert code.user_id is not None
+        token = self._issue(code.user_id, code.scopes, refresh=True)
+        return web.json_response(
+            {
+                "access_token": token.value,
+                "refresh_token": token.refresh,
+                "expires_in": token.expires_in,
+                "scope": list(token.scopes),
+                "token_type": "bearer",
+            }
+        )
 
     async def _oauth_validate(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")
@@ -397,6 +513,22 @@ class FakeTwitch:
             ids = [token.user_id]
         found = [u for u in self._users.values() if u.id in ids or u.login in logins]
         return web.json_response({"data": [_user_json(u) for u in found]})
+
+    async def _moderated_channels(self, request: web.Request) -> web.Response:
+        token = self._bearer(request)
+        if token is None:
+            return _error(401, "Invalid OAuth token")
+        if token.user_id is None or token.user_id != request.query.get("user_id"):
+            return _error(400, "user_id must be the user of the token")
+        if "user:read:moderated_channels" not in token.scopes:
+            return _error(401, "Missing scope: user:read:moderated_channels")
+        b = self.broadcaster
+        channels = [b] if token.user_id in self.moderators else []
+        data = [
+            {"broadcaster_id": u.id, "broadcaster_login": u.login, "broadcaster_name": u.display_name}
+            for u in channels
+        ]
+        return web.json_response({"data": data, "pagination": {}})
 
     async def _subscribe(self, request: web.Request) -> web.Response:
         self.subscription_posts += 1
@@ -476,6 +608,8 @@ class FakeTwitch:
         ]
         privileged = sender_id in self.moderators or sender == self.broadcaster
         drop = "msg_rate_limit" if len(recent) >= (100 if privileged else 20) else None
+        if drop is None and not privileged and any(m.text == text for m in recent):
+            drop = "msg_duplicate"  # Twitch drops a non-moderator's line identical to one in the window
         message_id = str(uuid.uuid4())
         self.sent.append(
             SentChat(
@@ -497,7 +631,7 @@ class FakeTwitch:
             if sender == self.broadcaster:
                 badges = [{"set_id": "broadcaster", "id": "1", "info": ""}]
             await self._notify(CHAT, self._chat_event(sender, text.strip(), message_id, badges, reply_to, None))
-        reason = None if drop is None else {"code": drop, "message": "Your message was not sent: rate limit."}
+        reason = None if drop is None else {"code": drop, "message": f"Your message was not sent: {drop}."}
         return web.json_response(
             {"data": [{"message_id": message_id, "is_sent": drop is None, "drop_reason": reason}]}
         )

@@ -104,9 +104,9 @@ def test_similar_acks_merge_into_one_line_and_replies_keep_their_thread() -> Non
     queue.push("unknown style", Importance.ERROR_REPLY, now=4.0, reply_to="m6", mention="eve")
     lines = [line for _, line in drain(queue, 4.0, 4.0)]
     assert lines == [
-        Outgoing("your piece is #2", Importance.REQUEST_ACK, "m4"),
-        Outgoing("your piece is #3", Importance.REQUEST_ACK, "m5"),
-        Outgoing("unknown style", Importance.ERROR_REPLY, "m6"),
+        Outgoing("@cy your piece is #2", Importance.REQUEST_ACK, "m4"),
+        Outgoing("@dee your piece is #3", Importance.REQUEST_ACK, "m5"),
+        Outgoing("@eve unknown style", Importance.ERROR_REPLY, "m6"),
         Outgoing("@ada @bob your vote is counted", Importance.ACK, None),
     ]
 
@@ -152,3 +152,68 @@ def test_the_sender_drains_in_order_at_the_allowed_pace_and_survives_failures() 
     times = [t for t, _ in posted]
     assert most_in_any_window(times, window=0.3) <= 2
     assert times[-1] - times[0] >= 2 * 0.3
+
+
+def test_the_same_answer_to_five_viewers_is_five_different_lines() -> None:
+    # Each reply is popped as soon as it is pushed (an idle queue): nothing merges, the @name tells them apart.
+    queue = SendQueue()
+    lines = []
+    for i, login in enumerate(["ada", "bob", "cy", "dee", "eve"]):
+        queue.push("you already voted for 874824834", Importance.ERROR_REPLY, i * 0.01, f"m{i}", login)
+        lines.append(queue.pop_ready(i * 0.01))
+    assert [line.text for line in lines if line] == [
+        f"@{login} you already voted for 874824834" for login in ["ada", "bob", "cy", "dee", "eve"]
+    ]
+    assert [line.reply_to for line in lines if line] == [f"m{i}" for i in range(5)]  # threads kept
+
+
+def test_a_line_identical_to_one_sent_within_30_s_is_not_sent_again() -> None:
+    queue = SendQueue(max_age=None)
+    queue.push("the audience has spoken: skipping", Importance.NOW_PLAYING, now=0.0)
+    assert queue.pop_ready(0.0) == Outgoing("the audience has spoken: skipping", Importance.NOW_PLAYING)
+    queue.push("the audience has spoken: skipping", Importance.NOW_PLAYING, now=10.0)
+    queue.push("skip votes 1/3", Importance.ACK, now=10.0, mention="ada")
+    # The repeat is passed over, and the line behind it still goes out in the same call.
+    assert queue.pop_ready(10.0) == Outgoing("@ada skip votes 1/3", Importance.ACK)
+    assert queue.repeats == 1 and len(queue) == 0
+    queue.push("skip votes 1/3", Importance.ACK, now=20.0, mention="ada")
+    assert queue.pop_ready(20.0) is None and queue.repeats == 2
+    # Once the first line has left Twitch's window (31 s with the margin) the same words may go out again.
+    queue.push("the audience has spoken: skipping", Importance.NOW_PLAYING, now=31.0)
+    assert queue.pop_ready(31.0) == Outgoing("the audience has spoken: skipping", Importance.NOW_PLAYING)
+
+
+def test_the_same_line_queued_twice_waits_once() -> None:
+    queue = SendQueue()
+    queue.push("now playing irish", Importance.NOW_PLAYING, now=0.0)
+    queue.push("now playing irish", Importance.NOW_PLAYING, now=0.5)
+    queue.push("your piece is #1", Importance.REQUEST_ACK, now=0.5, reply_to="m1", mention="ada")
+    queue.push("your piece is #1", Importance.REQUEST_ACK, now=0.6, reply_to="m2", mention="ada")
+    assert len(queue) == 2 and queue.repeats == 2
+
+
+def test_500_viewers_at_once_are_all_answered_and_no_line_repeats_within_30_s() -> None:
+    # What the issue saw: a crowd votes in 40 ms, many of them for the second time, others ask for the queue
+    # and for help; every one of them gets a line that names them, and Twitch sees no repeat.
+    queue = SendQueue()  # as the bot runs it: 50 lines at most, 120 s before a line is stale
+    seed = 874824834
+    replies = {
+        0: ("your vote for {seed} is counted", Importance.ACK),
+        1: ("you already voted for {seed}", Importance.ERROR_REPLY),
+        2: ("3 requests in the queue", Importance.INFO),
+        3: ("one request at a time: try again in 2 s", Importance.ERROR_REPLY),
+    }
+    logins = [f"viewer_{i:03d}" for i in range(500)]
+    for i, login in enumerate(logins):
+        text, importance = replies[i % 4]
+        queue.push(text.format(seed=seed), importance, now=i * 0.00008, reply_to=f"m{i}", mention=login)
+    sent = drain(queue, start=0.0, until=200.0)
+    last_seen: dict[str, float] = {}
+    for at, line in sent:
+        assert line.text not in last_seen or at - last_seen[line.text] >= 30.0, line.text
+        last_seen[line.text] = at
+        assert len(line.text) <= MAX_CHARS
+    named = {word[1:] for _, line in sent for word in line.text.split() if word.startswith("@")}
+    assert named == set(logins)
+    assert queue.dropped == 0
+    assert len(sent) < 60  # merged: at most 18 lines per 31 s left room for all of them within 2 min

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from generator import metrics
+from generator import harmony, metrics
 
 if TYPE_CHECKING:
     from generator.vocab import Vocab
@@ -68,6 +68,19 @@ class Plan:
     bars: int
     sections: tuple[Section, ...]
     phrases: tuple[Phrase, ...]
+    # One chord per span (generator.harmony.span_steps: half a 4/4 bar, else a bar) as harmony states above
+    # the tonic; empty for a model without keys or a card without learnt harmony.
+    chords: tuple[int, ...] = ()
+
+    @property
+    def span(self) -> int:
+        return harmony.span_steps(self.bar)
+
+    def chord_at(self, time: int) -> int | None:
+        """The planned chord sounding at step `time`, if the plan has chords."""
+        if not self.chords:
+            return None
+        return self.chords[min(max(0, time) // self.span, len(self.chords) - 1)]
 
     @property
     def form(self) -> str:
@@ -84,8 +97,14 @@ class Plan:
     def end(self) -> int:
         return self.bars * self.bar
 
+    def progression(self) -> list[str]:
+        """The chords bar by bar as Roman numerals, a bar's two halves joined by a space: ["I", "IV V", ...]."""
+        per_bar = self.bar // self.span
+        names = [harmony.roman(c) for c in self.chords]
+        return [" ".join(dict.fromkeys(names[i : i + per_bar])) for i in range(0, len(names), per_bar)]
+
     def to_dict(self) -> dict:
-        return asdict(self) | {"form": self.form}
+        return asdict(self) | {"form": self.form, "progression": self.progression()}
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
@@ -94,6 +113,7 @@ class Plan:
             int(data["bars"]),
             tuple(Section(**s) for s in data["sections"]),
             tuple(Phrase(**p) for p in data["phrases"]),
+            tuple(int(c) for c in data.get("chords") or ()),
         )
 
 
@@ -106,13 +126,14 @@ def form_profile(card: dict, style: str) -> dict:
     return card.get("style_defaults", {}).get(style, {}).get("form") or {}
 
 
-def draw_plan(profile: dict, seconds: float, tempo: float, seed: int) -> Plan:
+def draw_plan(profile: dict, seconds: float, tempo: float, seed: int, minor: bool | None = None) -> Plan:
     """The plan of a piece of about `seconds` at `tempo`, drawn by `seed` from a style's learnt profile.
 
     The piece lasts a whole number of bars, the nearest to the length asked for. Its shape is one of the
     style's real pieces' shapes; a shape shorter than the piece plays again from the top when its sections
     repeat (a set of dance tunes), else goes on with new sections of the same lengths (music written straight
-    through). The last section is cut to fit.
+    through). The last section is cut to fit. With the key's mode (`minor`) and a profile with learnt
+    harmony, it also plans a chord per span that reaches each phrase's cadence.
     """
     rng = np.random.default_rng([seed, 0x706C616E])  # "plan": apart from the sampler's and the key's draws
     forms = profile.get("forms") or [{"bar": int(profile.get("bar", DEFAULT_BAR)), "sections": [], "count": 1}]
@@ -141,7 +162,39 @@ def draw_plan(profile: dict, seconds: float, tempo: float, seed: int) -> Plan:
             start += length
     final = phrases[-1]
     phrases[-1] = Phrase(final.start, final.bars, 0, final.section)  # a piece ends on its tonic
-    return Plan(bar, bars, tuple(sections), tuple(phrases))
+    plan = Plan(bar, bars, tuple(sections), tuple(phrases))
+    if minor is None or not profile.get("harmony"):
+        return plan
+    # Its own draws: a card that learns harmony keeps every seed's form as it was.
+    chords = _chords(plan, profile["harmony"], minor, np.random.default_rng([seed, 0x63686F72]))
+    return Plan(bar, bars, plan.sections, plan.phrases, tuple(chords))
+
+
+def _chords(plan: Plan, learnt: dict, minor: bool, rng: np.random.Generator) -> list[int]:
+    """A chord per span, section by section: the tonic first, each phrase's cadence chord from its last
+    downbeat to its end, and a returning section's source chords (its notes replay them) but its last bar."""
+    per_bar = plan.bar // plan.span
+    out: list[int] = []
+    for index, section in enumerate(plan.sections):
+        first = section.start * per_bar
+        spans = section.bars * per_bar
+        pins: dict[int, int] = {}
+        if section.returns is not None:
+            source = plan.sections[section.returns].start * per_bar
+            pins.update({i: out[source + i] for i in range(spans - per_bar) if source + i < first})
+        for p in plan.phrases:
+            if p.section == index:
+                chord = harmony.cadence_chord(p.cadence, minor)
+                pins.update(
+                    {
+                        i - first: chord
+                        for i in range((p.start + p.bars - 1) * per_bar, (p.start + p.bars) * per_bar)
+                    }
+                )
+        if not out:
+            pins.setdefault(0, harmony.state(0, harmony.MINOR if minor else harmony.MAJOR))
+        out += harmony.draw_chords(learnt, minor, spans, pins, rng, out[-1] if out else None)
+    return out
 
 
 def _sections(shape: list, bars: int) -> list[Section]:
@@ -220,7 +273,8 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
     "phrase_bars" ({bars: count}, the lengths a style's phrases commonly take), "cadences" ({root
     above the tonic: count} where phrases end), "pitch_classes" ({"major"|"minor": 12 shares from the tonic up})
     "intervals" (shares of each melodic interval from -12 to +12 semitones, as metrics.interval_histogram
-    measures them) and "single_line" (programs whose notes rarely overlap their own next note).
+    measures them), "single_line" (programs whose notes rarely overlap their own next note) and "harmony"
+    (its chords and their moves in each mode, generator.harmony.learn_harmony, from the pieces with a key).
     """
     bars: Counter[int] = Counter()
     forms: Counter[tuple] = Counter()
@@ -229,6 +283,7 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
     pcs = {"major": np.zeros(12), "minor": np.zeros(12)}
     intervals = np.zeros(2 * MAX_INTERVAL + 1)
     overlaps: dict[int, list[int]] = {}
+    keyed: list[tuple[np.ndarray, int, int, int, bool]] = []  # for the style's harmony
     for row, notes in zip(rows, notes_of, strict=True):
         pitched = notes[notes[:, 3] >= 0]
         if len(pitched) == 0:
@@ -236,6 +291,8 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         bar = int(row.get("bar") or 0) // TICKS_PER_STEP or DEFAULT_BAR
         bars[bar] += 1
         tonic, minor = key_of(row.get("key"))
+        if row.get("key"):
+            keyed.append((pitched, bar, (int(row.get("pickup") or 0) // TICKS_PER_STEP) % bar, tonic, minor))
         pcs["minor" if minor else "major"] += np.bincount((pitched[:, 1] - tonic) % 12, minlength=12)
         intervals += metrics.interval_counts(pitched, MAX_INTERVAL)
         sections = [(s // TICKS_PER_STEP, e // TICKS_PER_STEP, r) for s, e, r in row.get("sections") or []]
@@ -280,6 +337,7 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         "intervals": [round(float(x), 5) for x in intervals / max(1.0, intervals.sum())],
         "single_line": sorted(p for p, (over, total) in overlaps.items() if over < SINGLE_LINE_OVERLAP * total),
         "programs": sorted(overlaps),
+        "harmony": harmony.learn_harmony(keyed),
     }
 
 

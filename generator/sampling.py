@@ -18,7 +18,7 @@ from generator.fastgpt import FastGPT2
 from generator.grammar import AFTER_PITCH, AFTER_PROGRAM, AT_BOUNDARY, Grammar, GrammarState
 from generator.instruments import DRUMS, PROGRAMS, find_instrument
 from generator.model import LoadedModel
-from generator.plan import Plan, draw_plan, form_profile
+from generator.plan import Plan, draw_plan, form_profile, key_of
 from generator.steering import PlanFollower, VocabTensors
 from generator.vocab import KIND_DURATION, KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT, Vocab
 from generator.voice_leading import VoiceLeading
@@ -317,7 +317,9 @@ def piece_plan(loaded: LoadedModel, request: PieceRequest) -> Plan | None:
     if not request.plan:
         return None
     profile = form_profile(loaded.card, request.style)
-    return draw_plan(profile, request.seconds, request.tempo, request.seed)
+    key = chosen_key(loaded, request.style, request.seed, request.key)
+    minor = None if key is None else key_of(key)[1]  # a model without keys plans no chords
+    return draw_plan(profile, request.seconds, request.tempo, request.seed, minor)
 
 
 def chosen_key(loaded: LoadedModel, style: str, seed: int, asked: str | None) -> str | None:

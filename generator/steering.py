@@ -10,8 +10,9 @@ piece. What it asks of each token:
   Notes end by the next cadence, so a line is free to take it.
 - At a cadence (the downbeat of a phrase's last bar) every instrument strikes a note of the cadence chord, the
   lowest one its root, held at least a beat; the last cadence is the tonic, held a bar, and ends the piece.
-- Pitches lean towards the style's own pitch classes in the key (learnt from its real pieces), and towards
-  notes that make a chord with what already sounds.
+- Pitches lean towards the style's own pitch classes in the key (learnt from its real pieces), towards the
+  plan's chord of the moment (its progression, learnt from the style's), and towards notes that make a chord
+  with what already sounds.
 - An instrument that plays one line in the style (a chorale voice, a wind part) plays one note at a time.
 - An instrument left behind (under half its fair share of the notes) is favoured until it catches up.
 """
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from generator.form_metrics import CHORDS
+from generator.harmony import chord_pitch_classes
 from generator.instruments import BY_PROGRAM
 from generator.plan import STEPS_PER_BEAT, Plan, key_of
 
@@ -36,6 +38,11 @@ SCALE_DEGREES = 7  # a style's seven commonest pitch classes in a key are left a
 INTERVAL_WEIGHT = 0.5
 INTERVAL_FLOOR = 0.001
 CHORD_BONUS = 1.5  # logits added to a pitch that makes a chord with the notes already sounding
+# The plan's chord (generator.harmony): its tones are favoured where the ear hears harmony, on the chord's first
+# step and less on its other beats; between beats passing notes are free. The bass takes the root as it changes.
+PLANNED_STRONG = 2.0
+PLANNED_BEAT = 1.0
+PLANNED_ROOT = 2.0
 FAIR_BONUS = 3.5  # logits added to an instrument under half its fair share of the notes
 FAIR_AFTER = 3  # notes per instrument before its share is judged
 SINGLE_LINE_STYLE = 0.75  # a style whose instruments are this often single lines makes any wind or string one
@@ -108,6 +115,16 @@ class PlanFollower:
             prior -= prior.max()
             table = prior[np.clip(np.arange(-127, 128), -widest, widest) + widest]
             self.interval_bias = INTERVAL_WEIGHT * torch.tensor(table, dtype=torch.float32)
+        # Per planned chord: its tones (and its root), as masks over the vocabulary.
+        self.chord_tones: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.keyed:
+            pcs = vt.pitch_of % 12
+            for chord in set(plan.chords):
+                tones = chord_pitch_classes(chord, self.tonic)
+                self.chord_tones[chord] = (
+                    torch.isin(pcs, torch.tensor(tones)) & vt.is_pitch,
+                    (pcs == tones[0]) & vt.is_pitch,
+                )
         self.melody: dict[int, tuple[int, int]] = {}  # program -> (latest onset, highest pitch there)
         learnt = set(profile.get("single_line") or [])
         mostly = bool(learnt) and len(learnt) >= SINGLE_LINE_STYLE * len(profile.get("programs") or learnt)
@@ -198,6 +215,13 @@ class PlanFollower:
         if self.interval_bias is not None and onset >= 0 and onset != time:
             moves = (self.vt.pitch_of - top).clamp(-127, 127) + 127
             scores = scores + torch.where(self.vt.is_pitch, self.interval_bias[moves], torch.zeros(()))
+        chord = self.plan.chord_at(time)
+        if chord is not None and chord in self.chord_tones and time % STEPS_PER_BEAT == 0:
+            tones, root = self.chord_tones[chord]
+            changes = time % self.plan.span == 0
+            scores = scores + (PLANNED_STRONG if changes else PLANNED_BEAT) * tones
+            if changes and program == self.bass and len(self.programs) > 1:
+                scores = scores + PLANNED_ROOT * root
         sounding = frozenset(p % 12 for end, p in self.sounding if end > time)
         if sounding:
             fits = torch.tensor(sorted(consonant_with(sounding)) or [-1])

@@ -65,7 +65,7 @@ def data_build(
                 if name not in CORPUS_BY_NAME:
                     from config.errors import UnknownNameError
 
-                    raise UnknownNameError("corpus style", name, CORPUS_BY_NAME)
+                    raise UnknownNameError("corpus style", name, CORPUS_BY_NAME, owner="the corpus")
             sources += data.corpus_sources(wanted)
         for folder in midi or []:
             sources += data.midi_sources(folder)
@@ -95,27 +95,38 @@ def data_build(
         raise fail(exc) from None
     rows = data.summarize(data.read_index(out_dir))
     table = Table(title=f"data set in {out_dir} ({report.from_cache} of {len(sources)} sources from cache)")
-    for col in ("style", "pieces", "valid", "notes", "tokens", "hours"):
+    # Each header says what it counts: "valid" read as a count of good files, but it is the held-out pieces.
+    for col in ("style", "pieces", "held out (pieces)", "notes", "tokens", "hours of music"):
         table.add_column(col, justify="left" if col == "style" else "right")
     for r in rows:
         table.add_row(
             r["style"],
             str(r["pieces"]),
-            str(r["valid"]),
+            str(r["held_out"]),
             f"{r['notes']:,}",
             f"{r['tokens']:,}",
             f"{r['hours']:.2f}",
         )
     console.print(table)
     if report.skipped:
+        _print_broken_files(report.skipped, {s.rel for s in sources if s.kind == "midi"})
         reasons: dict[str, int] = {}
         for _, _, why in report.skipped:
-            key = why.split(":")[0]
+            key = why.split(":")[0].split(" (")[0]  # "truncated (track 1 of 1 is 9 bytes short)": "truncated"
             reasons[key] = reasons.get(key, 0) + 1
         summary = ", ".join(f"{n} {k}" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
         console.print(
             f"skipped {len(report.skipped)} pieces ({summary}); details in {out_dir / 'skipped.jsonl'}"
         )
+
+
+def _print_broken_files(skipped: list[tuple[str, str, str]], midi_files: set[str], most: int = 10) -> None:
+    """Name the user's own MIDI files that were left out and why: those are theirs to fix or remove."""
+    mine = [(source, why) for source, _, why in skipped if source in midi_files]
+    for source, why in mine[:most]:
+        console.print(f"skipped {escape(source)}: {escape(why)}", soft_wrap=True)
+    if len(mine) > most:
+        console.print(f"... and {len(mine) - most} more of your MIDI files")
 
 
 @data_app.command("forms")

@@ -14,15 +14,23 @@ class ConfigError(ConcertbotError):
     """The operator's settings are wrong; the message quotes the bad value."""
 
 
+MAX_LISTED = 200  # characters of names an UnknownNameError lists at most: a chat reply must stay short
+
+
 class UnknownNameError(ConcertbotError):
     """A style or instrument name nobody knows; carries the closest known names."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+    def __init__(self, kind: str, name: str, known: Iterable[str], owner: str | None = None) -> None:
+        """`owner` ("this model") names what the known names belong to; with it, they are listed when short."""
+        known = list(known)
         self.kind = kind
         self.name = name
         self.suggestions = closest(name, known)
         hint = f" Did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
-        super().__init__(f"unknown {kind} {name!r}.{hint}")
+        listed = ", ".join(sorted(known))
+        # A model of a few styles names them all: the user learns what there is, not only what is near.
+        head = f": {owner} has {listed}." if owner and known and len(listed) <= MAX_LISTED else "."
+        super().__init__(f"unknown {kind} {name!r}{head}{hint}")
 
 
 def closest(name: str, known: Iterable[str], n: int = 3) -> list[str]:

@@ -315,7 +315,13 @@ def extract_midi(path: str, rel: str, style: str) -> SourceResult:
     try:
         score = symusic.Score(path)
     except Exception as exc:
-        return SourceResult(rel, [], [(pid, _reason(exc))])
+        # The library's own words ("MiniMidi: Invaild midi file! ...") say little to a user; the bytes say more.
+        try:
+            with open(path, "rb") as f:
+                problem = midi_problem(f.read())
+        except OSError as error:
+            problem = f"unreadable ({error.strerror or error})"
+        return SourceResult(rel, [], [(pid, problem or f"damaged MIDI data ({_reason(exc)})")])
     try:
         piece = _midi_piece(score, pid, style)
     except Exception as exc:
@@ -324,6 +330,36 @@ def extract_midi(path: str, rel: str, style: str) -> SourceResult:
         return SourceResult(rel, [], [(pid, f"only {len(piece.notes)} notes")])
     tokenize([piece])
     return SourceResult(rel, [piece], [])
+
+
+def midi_problem(data: bytes) -> str | None:
+    """What is wrong with a MIDI file's bytes, in plain words, read from its header and chunk lengths alone;
+    None when they look whole (the trouble, if any, is inside a track).
+
+    A standard MIDI file is a 14-byte header chunk ("MThd", length 6, format, track count, division), then
+    chunks of a 4-letter type and a 4-byte big-endian length: the tracks ("MTrk") and any others to skip.
+    """
+    if not data:
+        return "empty file"
+    if not data.startswith(b"MThd"):
+        return "not a MIDI file (it does not start with MThd)"
+    if len(data) < 14:
+        return f"truncated (the file ends {14 - len(data)} bytes into its header)"
+    header = int.from_bytes(data[4:8], "big")
+    tracks = int.from_bytes(data[10:12], "big")
+    at, found = 8 + header, 0
+    while at < len(data):
+        kind, length = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "big")
+        if len(kind) < 4 or not kind.isalpha():
+            return f"damaged (no chunk starts at byte {at}, where one should)"
+        if at + 8 + length > len(data):
+            missing = at + 8 + length - len(data)
+            return f"truncated (track {found + 1} of {tracks} is {missing} bytes short)"
+        found += kind == b"MTrk"
+        at += 8 + length
+    if found < tracks:
+        return f"truncated (the header names {tracks} track{'s' * (tracks != 1)}, the file holds {found})"
+    return None
 
 
 def _midi_piece(score: Any, pid: str, style: str) -> Piece:
@@ -364,6 +400,7 @@ __all__ = [
     "abc_tunes",
     "extract_midi",
     "extract_music21",
+    "midi_problem",
     "nearest_tempo_bin",
     "to_score",
 ]

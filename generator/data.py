@@ -31,6 +31,8 @@ from generator.vocab import Vocab, key_name
 # 2: ABC tunes one by one, Josquin's voices merged, tempo in the metre's beat; 3: one program per part;
 # 4: each piece's form (metre, anacrusis, sections, fermatas)
 CACHE_VERSION = 4
+# A user's MIDI files only: 1, a broken file's reason in plain words (the corpus's cached results stay good)
+MIDI_REVISION = 1
 CORPUS_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
 MIDI_SUFFIXES = (".mid", ".midi")
 
@@ -108,7 +110,8 @@ def _extract(source: Source) -> SourceResult:
 
 def _cache_path(cache_dir: Path, source: Source) -> Path:
     stat = os.stat(source.path)
-    parts = (CACHE_VERSION, source.kind, source.style, source.rel, source.tune, stat.st_size, stat.st_mtime_ns)
+    version = f"{CACHE_VERSION}.{MIDI_REVISION}" if source.kind == "midi" else CACHE_VERSION
+    parts = (version, source.kind, source.style, source.rel, source.tune, stat.st_size, stat.st_mtime_ns)
     key = "|".join(map(str, parts))
     return cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.pkl"
 
@@ -276,20 +279,20 @@ def read_index(dataset_dir: Path) -> list[dict]:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Pieces, notes, tokens and hours of music per style (and a total row)."""
+    """Pieces (and how many of them are held out), notes, tokens and hours of music per style, and a total."""
     table: dict[str, dict] = {}
     for r in rows:
         s = table.setdefault(
-            r["style"], {"style": r["style"], "pieces": 0, "valid": 0, "notes": 0, "tokens": 0, "hours": 0.0}
+            r["style"], {"style": r["style"], "pieces": 0, "held_out": 0, "notes": 0, "tokens": 0, "hours": 0.0}
         )
         s["pieces"] += 1
-        s["valid"] += r["split"] == "valid"
+        s["held_out"] += r["split"] == "valid"
         s["notes"] += r["notes"]
         s["tokens"] += r["length"]
         s["hours"] += r["seconds"] / 3600
     out = [table[k] for k in sorted(table)]
     total = {
         "style": "total",
-        **{k: sum(s[k] for s in out) for k in ("pieces", "valid", "notes", "tokens", "hours")},
+        **{k: sum(s[k] for s in out) for k in ("pieces", "held_out", "notes", "tokens", "hours")},
     }
     return [*out, total]

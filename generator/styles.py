@@ -87,4 +87,4 @@ def resolve_style(name: str, known: list[str], aliases: dict[str, str] | None = 
             table.setdefault(alias, style.name)
     if key in table and table[key] in known:
         return table[key]
-    raise UnknownNameError("style", name, known)
+    raise UnknownNameError("style", name, known, owner="this model")

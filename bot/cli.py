@@ -20,6 +20,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Build the training data set.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+from bot.cli_twitch import twitch_app  # noqa: E402 (its commands live in bot/cli_twitch.py)
+
+app.add_typer(twitch_app, name="twitch")
 console = Console()
 err = Console(stderr=True)
 
@@ -418,13 +421,13 @@ def run_cmd(
 
     from bot.app import run_concert, stdin_if_interactive
     from bot.player import build_sinks
-    from config.twitch import twitch_settings
+    from bot.twitch_auth import run_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every overlay poll is not news
     settings = _settings()
     try:
-        twitch = None if local else twitch_settings()
+        twitch = None if local else run_settings(settings.paths.data_dir)
         sinks = build_sinks(settings, record, device, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
     except (ConcertbotError, ValueError) as exc:
         raise fail(exc) from None

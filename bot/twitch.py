@@ -24,8 +24,9 @@ from typing import Self
 import aiohttp
 
 from bot.chat import ChatMessage
+from bot.twitch_auth import renewed
 from config.errors import ConcertbotError, ConfigError
-from config.twitch import TwitchSettings
+from config.twitch import CHAT_SCOPES, TwitchSettings
 
 # aiohttp 3.14 deprecates subclassing web.Application and setting attributes on it, which twitchio's web
 # adapter does at import and in every Client. This bot never runs that adapter, so the warnings are silenced
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 OnMessage = Callable[[ChatMessage], Awaitable[None]]
 
-CHAT_SCOPES = ("user:read:chat", "user:write:chat", "user:bot")
 MODERATOR_BADGES = frozenset({"moderator", "lead_moderator"})
 
 
@@ -119,9 +119,11 @@ class TwitchChat:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", AIOHTTP_DEPRECATIONS, DeprecationWarning)
             client = twitchio.Client(
-                client_id=s.client_id, client_secret=s.client_secret.get_secret_value(), bot_id=s.bot_id
+                client_id=s.client_id, client_secret=s.client_secret.get_secret_value() or None, bot_id=s.bot_id
             )
         client.add_listener(self._on_chat, event="event_message")
+        if s.token_file is not None:
+            client.add_listener(self._on_token_renewed, event="event_token_refreshed")
         client.add_listener(self._on_redemption, event="event_custom_redemption_add")
         self._client = client
         try:
@@ -144,24 +146,45 @@ class TwitchChat:
             await self._client.close(save_tokens=False)
             self._client = None
 
+    @property
+    def _as_user(self) -> str | None:
+        """Whose user token does what the app token does for a confidential client: None for the app token.
+
+        A public client (no secret, as the device code flow registers it) has no app token, so the bot's user
+        token looks users up and sends chat; Twitch then shows no chat-bot badge.
+        """
+        return None if self._settings.client_secret.get_secret_value() else self._settings.bot_id
+
     async def _connect(self, client: twitchio.Client) -> None:
         s = self._settings
-        # login() is what start(with_adapter=False, load_tokens=False, save_tokens=False) runs before it
-        # idles; calling it directly lets its errors surface here. It mints the app token that sends chat.
-        with _translated("log in with TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET", s.id_url):
-            await client.login(load_tokens=False, save_tokens=False)
-        with _translated("check TWITCH_BOT_TOKEN", s.id_url):
+        token_name = "the token stored by `concertbot twitch login`" if s.token_file else "TWITCH_BOT_TOKEN"
+        renew = (
+            "run `concertbot twitch login` again" if s.token_file else "make a new token for the bot account"
+        )
+        if self._as_user is None:
+            # login() is what start(with_adapter=False, load_tokens=False, save_tokens=False) runs before it
+            # idles; calling it directly lets its errors surface here. It mints the app token that sends chat.
+            with _translated("log in with TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET", s.id_url):
+                await client.login(load_tokens=False, save_tokens=False)
+        with _translated(f"check {token_name}", s.id_url, renew):
             token = await client.add_token(
                 s.bot_token.get_secret_value(), s.bot_refresh_token.get_secret_value()
             )
         if token.user_id != s.bot_id:
             owner = f"user {token.login} ({token.user_id})" if token.user_id else "the app, not a user"
-            raise ConfigError(f"TWITCH_BOT_TOKEN belongs to {owner}, not to TWITCH_BOT_ID={s.bot_id}")
+            raise ConfigError(f"{token_name} belongs to {owner}, not to TWITCH_BOT_ID={s.bot_id}")
         if missing := [scope for scope in CHAT_SCOPES if scope not in token.scopes]:
-            raise ConfigError(f"TWITCH_BOT_TOKEN lacks the scopes {', '.join(missing)}; make a new token")
+            raise ConfigError(f"{token_name} lacks the scopes {', '.join(missing)}; {renew}")
+        if self._as_user is not None:
+            # As twitchio's own device code flow does: the user token (renewed, if it had to be) stands in for
+            # the app token, which twitchio's requests otherwise look for even when they name a user's token.
+            with _translated(f"check {token_name}", s.id_url, renew):
+                await client.login(
+                    token=client.tokens[token.user_id]["token"], load_tokens=False, save_tokens=False
+                )
 
         with _translated(f"look up TWITCH_CHANNEL={s.channel!r}", s.helix_url):
-            users = await client.fetch_users(logins=[s.channel])
+            users = await client.fetch_users(logins=[s.channel], token_for=self._as_user)
         if not users:
             raise ConfigError(f"TWITCH_CHANNEL={s.channel!r} is not a Twitch account")
         self._broadcaster_id = users[0].id
@@ -204,8 +227,10 @@ class TwitchChat:
         self._echoes.append(echo)
         channel = self._client.create_partialuser(self._broadcaster_id)
         try:
-            # No token_for: the app token sends, so Twitch shows the bot with its chat-bot badge.
-            sent = await channel.send_message(text, self._settings.bot_id, reply_to_message_id=reply_to or None)
+            # The app token sends when there is one, so Twitch shows the bot with its chat-bot badge.
+            sent = await channel.send_message(
+                text, self._settings.bot_id, token_for=self._as_user, reply_to_message_id=reply_to or None
+            )
         except twitchio.MessageRejectedError as exc:
             self._forget_echo(echo)
             raise TwitchError(f"Twitch dropped the chat line ({exc.code}: {exc.message})") from None
@@ -257,6 +282,25 @@ class TwitchChat:
         except Exception:
             logger.exception("could not read a chat notification")
 
+    async def _on_token_renewed(self, payload: twitchio.TokenRefreshedPayload) -> None:
+        """twitchio renewed a token: keep the new pair in the token file, or the next start could not log in."""
+        path = self._settings.token_file
+        if path is None:
+            return
+        try:
+            renewed(
+                path,
+                payload.user_id,
+                payload.token,
+                payload.refresh_token,
+                payload.expires_in,
+                payload.scopes.selected,
+            )
+        except Exception:
+            logger.exception("could not write the renewed Twitch token to %s", path)
+        else:
+            logger.info("the Twitch token was renewed and saved to %s", path)
+
     async def _on_redemption(self, payload: twitchio.ChannelPointsRedemptionAdd) -> None:
         try:
             user = payload.user
@@ -285,14 +329,13 @@ class TwitchChat:
 
 
 @contextmanager
-def _translated(what: str, url: str) -> Iterator[None]:
+def _translated(what: str, url: str, renew: str = "make a new token for the bot account") -> Iterator[None]:
     """Turns twitchio's and aiohttp's errors during `what` into ours, without their secret-bearing text."""
     try:
         yield
     except twitchio.InvalidTokenException:
         raise ConfigError(
-            f"could not {what}: Twitch rejected the token and TWITCH_BOT_REFRESH_TOKEN could not renew it; "
-            "make a new token for the bot account"
+            f"could not {what}: Twitch rejected the token and its refresh token could not renew it; {renew}"
         ) from None
     except twitchio.HTTPException as exc:
         error = ConfigError if exc.status in (400, 401, 403, 404) else TwitchError

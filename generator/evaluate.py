@@ -94,6 +94,12 @@ class StyleReport:
     most_simultaneous_real: float
     self_overlap_share: float
     self_overlap_share_real: float
+    fifth_moves: float
+    fifth_moves_real: float
+    diatonic_share: float
+    diatonic_share_real: float
+    chord_changes_per_bar: float
+    chord_changes_per_bar_real: float
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,7 @@ class PieceForm:
     smallest_instrument_share: float
     most_simultaneous: int
     self_overlap_share: float  # nan: no note followed by another of its program
+    harmony: form_metrics.Harmony
 
 
 def piece_form(
@@ -222,6 +229,7 @@ def piece_form(
         smallest_instrument_share=form_metrics.smallest_instrument_share(texture, programs),
         most_simultaneous=form_metrics.most_simultaneous(texture),
         self_overlap_share=form_metrics.self_overlap_share(texture),
+        harmony=form_metrics.harmony_of(texture, bar, pickup, tonic, minor),
     )
 
 
@@ -249,6 +257,9 @@ def form_summary(forms: list[PieceForm]) -> dict[str, float]:
         "smallest_instrument_share": _nanmean(f.smallest_instrument_share for f in forms),
         "most_simultaneous": max((f.most_simultaneous for f in forms), default=0),
         "self_overlap_share": _nanmean(f.self_overlap_share for f in forms),
+        "fifth_moves": _nanmean(f.harmony.fifth_moves for f in forms),
+        "diatonic_share": _nanmean(f.harmony.diatonic for f in forms),
+        "chord_changes_per_bar": _nanmean(f.harmony.changes_per_bar for f in forms),
     }
 
 

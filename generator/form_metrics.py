@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
+from generator import harmony
 from generator.metrics import (
     DURATION,
     PITCH,
@@ -204,6 +206,41 @@ def key_kept(notes: np.ndarray, tonic: int, minor: bool) -> bool:
     """Whether the piece's estimated key (`generator.metrics.key`) is the asked one; False without pitches."""
     histogram = pitch_class_histogram(notes)
     return bool(histogram.any()) and key(histogram) == (tonic % 12, bool(minor))
+
+
+# The chords of a key (generator.harmony states above its tonic): major's seven; minor's natural and harmonic.
+_DIATONIC = {
+    False: {harmony.state(d, q) for d, q in ((0, 0), (2, 1), (4, 1), (5, 0), (7, 0), (9, 1), (11, 2))},
+    True: {
+        harmony.state(d, q)
+        for d, q in ((0, 1), (2, 2), (3, 0), (5, 1), (7, 0), (7, 1), (8, 0), (10, 0), (11, 2))
+    },
+}
+
+
+@dataclass(frozen=True)
+class Harmony:
+    """How a piece's chords move, span by span as generator.harmony hears them."""
+
+    fifth_moves: float  # of the chord changes, the share whose root moves a fourth or fifth; nan: none
+    diatonic: float  # share of spans on a chord of the key; nan: no span
+    changes_per_bar: float
+
+
+def harmony_of(notes: np.ndarray, bar: int, pickup: int, tonic: int, minor: bool) -> Harmony:
+    """The chords a listener hears in the piece: whether they move as tonal music does (roots by fourths and
+    fifths: V-I, ii-V), stay in the key, and how often they change."""
+    chords = harmony.recognise(_pitched(_checked(notes)), bar, pickup, tonic, minor)
+    if not chords:
+        return Harmony(float("nan"), float("nan"), float("nan"))
+    changes = [(a, b) for a, b in pairwise(chords) if a != b]
+    fifths = [(harmony.degree_of(b) - harmony.degree_of(a)) % 12 in (5, 7) for a, b in changes]
+    per_bar = bar / harmony.span_steps(bar)
+    return Harmony(
+        float(np.mean(fifths)) if fifths else float("nan"),
+        float(np.mean([c in _DIATONIC[bool(minor)] for c in chords])),
+        len(changes) / max(1.0, len(chords) / per_bar),
+    )
 
 
 def smallest_instrument_share(notes: np.ndarray, programs: Iterable[int]) -> float:

@@ -140,3 +140,15 @@ def test_the_notes_follow_the_planned_chords(planned_composer, monkeypatch):
         _agreement(notes_array(planned_composer.compose(r).notes), planned_composer.plan(r)) for r in requests
     ]
     assert np.mean(followed) > np.mean(unsteered) + 0.1
+
+
+def test_eval_hears_a_progression_that_moves_by_fifths_in_the_key():
+    from generator.form_metrics import harmony_of
+
+    heard = harmony_of(_circle(5), 32, 0, 0, False)
+    # I-IV, IV-V, V-I: two of three changes move the root a fourth or fifth; I to I is no change.
+    assert heard.fifth_moves == pytest.approx(2 / 3)
+    assert heard.diatonic == 1.0
+    assert heard.changes_per_bar == pytest.approx(15 / 10)
+    chromatic = _block([(48 + i, 52 + i, 55 + i) for i in range(0, 12)])  # triads a semitone apart
+    assert harmony_of(chromatic, 32, 0, 0, False).fifth_moves == 0.0

@@ -85,7 +85,7 @@ class DeviceCode:
     device_code: str
     user_code: str
     scopes: tuple[str, ...]
-    state: str = "pending"  # then "approved", "denied", "expired" or "used"
+    state: str = "pending"  # then "approved", "denied", "expired" or "used"; "slow_down" for one poll
     user_id: str | None = None  # who approved it
     polls: int = 0  # token requests made with it
 
@@ -365,6 +365,10 @@ class FakeTwitch:
         """The streamer types `user_code` and then declines."""
         self._device(user_code).state = "denied"
 
+    def slow_down_device(self, user_code: str) -> None:
+        """The next poll with `user_code`'s device code is told to slow down (RFC 8628: poll 5 s less often)."""
+        self._device(user_code).state = "slow_down"
+
     def expire_device(self, user_code: str) -> None:
         """Nobody typed `user_code` in time (Twitch: 30 minutes)."""
         self._device(user_code).state = "expired"
@@ -471,6 +475,9 @@ class FakeTwitch:
             return _error(400, "invalid device code")
         if code.state == "pending":
             return _error(400, "authorization_pending")
+        if code.state == "slow_down":
+            code.state = "pending"
+            return _error(400, "slow_down")
         if code.state == "denied":
             return _error(400, "access_denied")
         code.state = "used"

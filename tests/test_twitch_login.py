@@ -9,6 +9,7 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from click.testing import Result
 from fake_twitch import FakeTwitch
@@ -19,9 +20,11 @@ from bot.cli import app
 from bot.twitch import TwitchChat
 from bot.twitch_auth import (
     SLOW_DOWN_STEP,
+    DeviceCode,
     Grant,
     StoredToken,
     TwitchLoginError,
+    device_login,
     load_token,
     read_token_answer,
     run_settings,
@@ -175,6 +178,50 @@ def test_each_answer_to_a_poll_means_what_rfc_8628_and_twitch_say() -> None:
     ]:
         with pytest.raises(TwitchLoginError, match=says):
             read_token_answer(400, body, 5.0)
+
+
+async def test_polling_waits_the_interval_twitch_asks_for_and_longer_after_slow_down(fake: FakeTwitch) -> None:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # the streamer acts while the client waits
+        waits.append(seconds)
+        code = fake.device_codes[-1]
+        if len(waits) == 1:
+            fake.slow_down_device(code.user_code)
+        elif len(waits) == 3:
+            fake.approve_device(code.user_code)
+
+    shown: list[DeviceCode] = []
+    async with aiohttp.ClientSession() as session:
+        token = await device_login(
+            session, f"{fake.url}/", fake.client_id, LOGIN_SCOPES, shown.append, sleep=sleep
+        )
+    interval = fake.device_interval
+    assert waits == [interval, interval + SLOW_DOWN_STEP, interval + SLOW_DOWN_STEP]
+    assert fake.device_codes[-1].polls == 3 and [c.user_code for c in shown] == [
+        fake.device_codes[-1].user_code
+    ]
+    assert token.login == "concertbot"
+
+
+async def test_the_code_runs_out_on_our_clock_too(fake: FakeTwitch) -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += 1000.0  # Twitch's codes last 1800 s
+
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TwitchLoginError, match="the code expired"):
+            await device_login(
+                session,
+                f"{fake.url}/",
+                fake.client_id,
+                LOGIN_SCOPES,
+                lambda c: None,
+                sleep=sleep,
+                clock=lambda: now[0],
+            )
+    assert fake.device_codes[-1].polls == 1  # asked once at 1000 s, not again after 1800 s
 
 
 def test_saving_replaces_the_file_atomically_at_mode_0600(tmp_path: Path) -> None:

@@ -607,6 +607,12 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+from bot.doctor_cli import doctor_cmd, soundfonts_cmd  # noqa: E402 (registered here, written there)
+
+app.command("doctor")(doctor_cmd)
+app.command("soundfonts")(soundfonts_cmd)
+
+
 def main() -> None:
     app()
 

@@ -81,7 +81,7 @@ class FluidSynthRenderer:
         self.reset()
 
     @classmethod
-    def from_settings(cls, settings: SynthSettings, search_dir: Path = Path("soundfonts")) -> Self:
+    def from_settings(cls, settings: SynthSettings, search_dir: Path | None = None) -> Self:
         """A renderer for the `[synth]` settings, its SoundFont chosen by `find_soundfont`."""
         return cls(
             find_soundfont(settings.soundfont, search_dir),

@@ -306,6 +306,7 @@ def compose_cmd(
     suffix = out.suffix.lower()
     if suffix not in (".mid", ".midi", ".wav"):
         raise fail(ConcertbotError(f"--out {str(out)!r}: the file name must end in .mid or .wav"))
+    from synth.loudness import leveler_for
     from synth.render import FluidSynthRenderer, write_wav
 
     renderer = None
@@ -333,7 +334,10 @@ def compose_cmd(
             messages = list(timed_messages(piece.notes, request.tempo, request.programs()))
             # A piece may end on a rest: the file lasts the whole requested length, then the reverb's tail.
             last = messages[-1][0] if messages else 0.0
-            audio = renderer.render(messages, tail_seconds=max(request.seconds, last) - last + 1.5)
+            tail = max(request.seconds, last) - last + 1.5
+            # Levelled as the stream is, so the file sounds as loud as the piece would live.
+            leveler = leveler_for(settings.loudness, settings.synth.sample_rate)
+            audio = renderer.render(messages, tail_seconds=tail, leveler=leveler)
         write_wav(out, audio, settings.synth.sample_rate)
     else:
         out.write_bytes(midi_bytes(to_midi(piece.notes, request.tempo)))

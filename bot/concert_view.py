@@ -19,6 +19,7 @@ from bot.store import StoreUnavailable
 from bot.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
 from generator.plan import Plan
+from synth.loudness import leveler_for
 from synth.render import FluidSynthRenderer, write_wav
 
 if TYPE_CHECKING:
@@ -176,7 +177,11 @@ class LiveConcertView:
         settings = self.concert.settings
         with FluidSynthRenderer.from_settings(settings.synth) as renderer:
             programs = piece_request(record).programs()
-            audio = renderer.render(timed_messages(self._notes(record), record.tempo, programs))
+            # Levelled as the stream is: the download sounds as loud as the piece did live.
+            leveler = leveler_for(settings.loudness, settings.synth.sample_rate)
+            audio = renderer.render(
+                timed_messages(self._notes(record), record.tempo, programs), leveler=leveler
+            )
         out = io.BytesIO()
         write_wav(out, audio, settings.synth.sample_rate)
         return out.getvalue()

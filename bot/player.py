@@ -20,7 +20,7 @@ from config.settings import Settings
 from generator.model import LoadedModel
 from generator.sampling import Composer, PieceRequest
 from synth.engine import EngineEvent, LiveEngine
-from synth.loudness import Leveler
+from synth.loudness import leveler_for
 from synth.outputs import DeviceSink, FileSink, sound_device_problem
 from synth.render import FluidSynthRenderer
 from synth.sinks import AudioSink
@@ -92,17 +92,7 @@ class LiveSession:
         self._changed = threading.Condition()
         e = settings.engine
         self.renderer = FluidSynthRenderer.from_settings(settings.synth)
-        loud = settings.loudness
-        leveler = (
-            Leveler(
-                settings.synth.sample_rate,
-                target_dbfs=loud.target_dbfs,
-                limit_dbfs=loud.limit_dbfs,
-                max_boost_db=loud.max_boost_db,
-            )
-            if loud.enabled
-            else None
-        )
+        leveler = leveler_for(settings.loudness, settings.synth.sample_rate)
         self.engine = LiveEngine(
             self.renderer,
             sinks,

@@ -119,7 +119,6 @@ class LiveEngine:
         self.gap = round(gap_seconds * self.rate)
         self.hold = round(hold_seconds * self.rate)
         self.leveler = leveler
-        self._base_gain = renderer.gain  # what the leveler's gain multiplies
         self.clock = clock
         self.on_event = on_event
         self.runners = [
@@ -259,8 +258,7 @@ class LiveEngine:
                 log.exception("rendering failed; the piece is cut and the concert goes on")
                 block = self._cut(error=True)
             if self.leveler is not None:
-                level = self.leveler.observe(block, self.renderer.gain / self._base_gain)
-                self.renderer.set_gain(self._base_gain * level)
+                self.renderer.level(block, self.leveler)
             self.stats.render_seconds += time.perf_counter() - started
             for runner in self.runners:
                 runner.submit(block)

@@ -1,20 +1,38 @@
 """Steady loudness on the stream: a slow gain toward a target level, then a peak limiter.
 
 A solo flute through TimGM6mb and a full quartet through FluidR3_GM differ by well over 10 dB straight out of
-the synth; viewers should not have to reach for the volume between pieces.
+the synth; viewers should not have to reach for the volume between pieces. The live stream, a downloaded
+`/p/<seed>.wav` and `concertbot compose --out x.wav` all level through `leveler_for` and
+`FluidSynthRenderer.level`, so a piece sounds as loud in a file as it did on stream.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from config.settings import Loudness
 
 FULL_SCALE = 32768.0
 
 
 def db_to_gain(db: float) -> float:
     return 10.0 ** (db / 20.0)
+
+
+def leveler_for(settings: Loudness, sample_rate: int) -> Leveler | None:
+    """The `[loudness]` settings' leveler for audio at `sample_rate`; None when levelling is off."""
+    if not settings.enabled:
+        return None
+    return Leveler(
+        sample_rate,
+        target_dbfs=settings.target_dbfs,
+        limit_dbfs=settings.limit_dbfs,
+        max_boost_db=settings.max_boost_db,
+    )
 
 
 class Leveler:
@@ -57,6 +75,31 @@ class Leveler:
         self.limiter_gain = 1.0
         self.clipped = 0  # samples the final safety clip had to touch
 
+    @property
+    def fresh(self) -> bool:
+        """Whether nothing loud enough to measure has passed yet (the gain is still where it started)."""
+        return self.mean_square is None
+
+    def prime(self, opening: np.ndarray, applied_gain: float = 1.0) -> None:
+        """Start at the gain the music's opening needs, as a stream that has been playing would be.
+
+        Offline a piece is rendered alone, with no music before it to settle the gain: without this its
+        first seconds would be the synth's raw level while the gain slews towards the target.
+        """
+        mean_square = self._mean_square(opening, applied_gain)
+        if mean_square > 0 and 10.0 * math.log10(mean_square) > self.gate:
+            self.mean_square = mean_square
+            self.gain_db = self._wanted_db(mean_square)
+
+    def _mean_square(self, block: np.ndarray, applied_gain: float) -> float:
+        # Every fourth frame is plenty to estimate a level, at a quarter of the cost.
+        sample = block[::4].astype(np.float32).reshape(-1)
+        return float(sample @ sample) / (sample.size * FULL_SCALE * FULL_SCALE) / applied_gain**2
+
+    def _wanted_db(self, mean_square: float) -> float:
+        wanted = self.target - 10.0 * math.log10(mean_square)
+        return min(self.max_boost, max(-self.max_cut, wanted))
+
     def observe(self, block: np.ndarray, applied_gain: float) -> float:
         """Measure a block that was rendered at `applied_gain`; return the gain for the blocks after it.
 
@@ -67,9 +110,7 @@ class Leveler:
         if n == 0:
             return applied_gain
         peak = max(int(block.max()), -int(block.min())) / FULL_SCALE
-        # Every fourth frame is plenty to estimate a level, at a quarter of the cost.
-        sample = block[::4].astype(np.float32).reshape(-1)
-        mean_square = float(sample @ sample) / (sample.size * FULL_SCALE * FULL_SCALE) / applied_gain**2
+        mean_square = self._mean_square(block, applied_gain)
         if mean_square > 0 and 10.0 * math.log10(mean_square) > self.gate:
             if self.mean_square is None:
                 self.mean_square = mean_square
@@ -77,8 +118,7 @@ class Leveler:
                 keep = math.exp(-n / (self.window * self.rate))
                 self.mean_square = keep * self.mean_square + (1.0 - keep) * mean_square
         if self.mean_square is not None:
-            wanted = self.target - 10.0 * math.log10(self.mean_square)
-            wanted = min(self.max_boost, max(-self.max_cut, wanted))
+            wanted = self._wanted_db(self.mean_square)
             step = self.slew * n / self.rate
             self.gain_db += min(step, max(-step, wanted - self.gain_db))
         if peak > self.limit:

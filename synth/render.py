@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import wave
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Self
@@ -16,18 +16,21 @@ import fluidsynth
 import numpy as np
 
 from config.errors import ConfigError
+from synth.loudness import db_to_gain
 from synth.soundfonts import SoundFont, find_soundfont
 
 if TYPE_CHECKING:
     import mido
 
     from config.settings import Synth as SynthSettings
+    from synth.loudness import Leveler
 
 CHANNELS = 16
 DRUM_CHANNEL = 9  # General MIDI's percussion channel (10, counted from 1)
 DRUM_BANK = 128  # where SoundFonts keep their drum kits
 SUSTAIN, SOSTENUTO = 64, 66
 FADE_BLOCK = 1024  # frames
+LEVEL_BLOCK = 2048  # frames between gain changes in a levelled offline render, as the engine's default block
 MAX_FADE_BLOCKS = 1000  # about 20 s at 48 kHz; a cut voice fades in well under one
 
 
@@ -59,6 +62,7 @@ class FluidSynthRenderer:
         self.soundfont = soundfont if isinstance(soundfont, SoundFont) else SoundFont(Path(soundfont), "given")
         self.sample_rate = sample_rate
         self.gain = gain
+        self.base_gain = gain  # the settings' gain, which a leveler's gain multiplies
         options = {
             "synth.verbose": 0,
             "synth.reverb.active": int(reverb),
@@ -106,7 +110,12 @@ class FluidSynthRenderer:
             self._fs.delete()
             self._fs = None
 
-    def render(self, messages: Iterable[tuple[float, mido.Message]], tail_seconds: float = 1.5) -> np.ndarray:
+    def render(
+        self,
+        messages: Iterable[tuple[float, mido.Message]],
+        tail_seconds: float = 1.5,
+        leveler: Leveler | None = None,
+    ) -> np.ndarray:
         """Play timed messages into an int16 array of shape [n_samples, 2].
 
         Args:
@@ -115,6 +124,9 @@ class FluidSynthRenderer:
                 pitchwheel are played; other types change nothing in a General MIDI piece and are skipped.
             tail_seconds: how long to keep rendering after the last message, once every note is released,
                 so that releases and reverb fade out instead of being cut.
+            leveler: the loudness control the live stream applies (`synth.loudness.leveler_for`), so that a
+                file sounds as loud as the stream; a fresh one is first primed on the piece's opening
+                (rendered twice: a few seconds of extra synth work). None renders the synth's raw level.
 
         Returns:
             `round(last_seconds * sample_rate) + round(tail_seconds * sample_rate)` stereo frames.
@@ -122,6 +134,34 @@ class FluidSynthRenderer:
         Raises:
             ValueError: a message is earlier than the one before it; call `reset()` before the next piece.
         """
+        if leveler is None:
+            return self._render(messages, tail_seconds, self.frames)
+        messages = list(messages)
+        if leveler.fresh:
+            opening = [(t, m) for t, m in messages if t < leveler.window]
+            leveler.prime(
+                self._render(opening, leveler.window - (opening[-1][0] if opening else 0.0), self.frames)
+            )
+            self.reset()
+        self.set_gain(self.base_gain * db_to_gain(leveler.gain_db) * leveler.limiter_gain)
+
+        def leveled(n: int) -> np.ndarray:
+            parts = [
+                self.level(self.frames(min(LEVEL_BLOCK, n - i)), leveler) for i in range(0, n, LEVEL_BLOCK)
+            ]
+            return np.concatenate(parts) if parts else np.empty((0, 2), dtype=np.int16)
+
+        try:
+            return self._render(messages, tail_seconds, leveled)
+        finally:
+            self.set_gain(self.base_gain)
+
+    def _render(
+        self,
+        messages: Iterable[tuple[float, mido.Message]],
+        tail_seconds: float,
+        frames: Callable[[int], np.ndarray],
+    ) -> np.ndarray:
         chunks: list[np.ndarray] = []
         done = 0  # frames rendered so far
         for seconds, msg in messages:
@@ -131,12 +171,21 @@ class FluidSynthRenderer:
                     f"{msg} at {seconds:.4f} s comes after a message at {done / self.sample_rate:.4f} s"
                 )
             # FluidSynth renders 64-frame blocks, so an event may land up to 63 frames (1.4 ms) late: inaudible.
-            chunks.append(self.frames(offset - done))
+            chunks.append(frames(offset - done))
             done = offset
             self.play(msg)
         self.release_all()
-        chunks.append(self.frames(round(tail_seconds * self.sample_rate)))
+        chunks.append(frames(round(tail_seconds * self.sample_rate)))
         return np.concatenate(chunks)
+
+    def level(self, block: np.ndarray, leveler: Leveler) -> np.ndarray:
+        """Pass a block just rendered through `leveler` (in place) and set the gain for the next one.
+
+        The gain is the synth's own master gain, so levelling costs no pass over the samples; the live
+        engine and the offline renders both level through here.
+        """
+        self.set_gain(self.base_gain * leveler.observe(block, self.gain / self.base_gain))
+        return block
 
     def reset(self) -> None:
         """Cut every sound and restore the default programs, ready for an unrelated piece."""

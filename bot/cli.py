@@ -440,6 +440,11 @@ def run_cmd(
             "local chat: type commands such as [bold]!compose bach violin cello[/bold] "
             "(or 'name: !vote' to speak as a viewer); Ctrl-C stops"
         )
+        web = settings.concert
+        if web.http_port:  # the same box in a browser, where the replies stay on screen
+            host = "127.0.0.1" if web.http_host in ("", "0.0.0.0", "::") else web.http_host
+            host = f"[{host}]" if ":" in host else host
+            err.print(f"local chat in a browser: http://{host}:{web.http_port}/chat", soft_wrap=True)
     # A service manager stops the bot with SIGTERM: close everything as after Ctrl-C, the embedded Redis too.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

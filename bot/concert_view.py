@@ -13,6 +13,8 @@ import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+import mido
+
 from bot.chat import ChatMessage
 from bot.conductor import piece_request
 from bot.store import StoreUnavailable
@@ -150,6 +152,7 @@ class LiveConcertView:
             key=self.concert.conductor.key_of(record),
             form=plan.form if plan else None,
             plan=plan_summary(plan, record.tempo) if plan else None,
+            title=getattr(record, "title", None) or None,  # records made before titles have none
         )
 
     async def piece_midi(self, seed: int) -> bytes | None:
@@ -157,6 +160,19 @@ class LiveConcertView:
         if record is None or not record.tokens:
             return None
         return midi_bytes(to_midi(self._notes(record), record.tempo))
+
+    async def piece_midi_so_far(self, seed: int) -> bytes | None:
+        conductor = self.concert.conductor
+        slot = next((s for s in (conductor.current, conductor.upcoming) if s and s.record.seed == seed), None)
+        if slot is None:
+            return None
+        # A copy: the generation thread appends to the list while this decodes it.
+        notes = decode(conductor.loaded.vocab, list(slot.live.tokens))
+        midi = to_midi(notes, slot.record.tempo)
+        # Marked inside the file too, so a saved copy still says it is not the whole piece.
+        text = f"partial: the first {len(notes)} notes of piece {seed}, composed so far"
+        midi.tracks[0].insert(0, mido.MetaMessage("marker", text=text, time=0))
+        return midi_bytes(midi)
 
     async def piece_wav(self, seed: int) -> bytes | None:
         if seed in self._wavs:

@@ -66,6 +66,7 @@ class PieceView:
     key: str | None = None  # the one asked for or the one its seed chose; None for a keyless model
     form: str | None = None  # as in NowView
     plan: dict | None = None  # as in NowView
+    title: str | None = None  # the piece's name, when its record has one
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ class ConcertView(Protocol):
 
     async def piece_midi(self, seed: int) -> bytes | None:
         """The piece as a standard MIDI file; None if there is no such piece (or it is not complete)."""
+        ...
+
+    async def piece_midi_so_far(self, seed: int) -> bytes | None:
+        """The notes composed so far of a piece still being composed, as a MIDI file marked partial (a marker
+        event); None when the piece is not being composed now."""
         ...
 
     async def piece_wav(self, seed: int) -> bytes | None:

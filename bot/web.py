@@ -9,6 +9,7 @@ Routes:
     /  /overlay ?panels=now,queue,top,roll &period= &audio=1    the OBS browser source
     /ws ?period=                    the overlay's live updates (JSON text messages)
     /p/<seed>  /p/<seed>.mid  /p/<seed>.wav  /top ?period=  /chat (local_chat only)
+                                    (.mid: the notes so far, marked partial, while the piece is composed)
     GET /api/now  /api/queue  /api/leaderboard ?period= &n=  /api/pieces/<seed>
     POST /api/chat (local_chat only)   POST /api/skip /api/pause /api/resume /api/clear (Bearer admin token)
     /metrics  /healthz  /stream.mp3  /stream.wav (with a broadcast)  /static/...
@@ -93,7 +94,7 @@ def make_app(
         app[ADMIN_TOKEN] = admin_token
     app.on_response_prepare.append(security_headers)
 
-    hub = web_overlay.add_routes(app, view, has_audio=broadcast is not None)
+    hub = web_overlay.add_routes(app, view, has_audio=broadcast is not None, local_chat=local_chat)
     app[REGISTRY] = CollectorRegistry(auto_describe=True)  # one per app: two apps in a process never clash
     app[REGISTRY].register(ConcertCollector(view, hub))
     if outputs is not None:
@@ -128,7 +129,8 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
         if request.path.startswith("/api/"):
             return web.json_response({"error": reason}, status=exc.status, headers=_allow(exc))
         title = "Not found" if exc.status == 404 else "Method not allowed"
-        response = web_pages.error_page(exc.status, title, "There is nothing like that here.")
+        chat = request.app.get(web_pages.LOCAL_CHAT, False)
+        response = web_pages.error_page(exc.status, title, "There is nothing like that here.", chat)
         response.headers.update(_allow(exc))
         return response
     except StoreUnavailable as exc:

@@ -44,6 +44,9 @@ OUTBOX = 512  # messages an overlay may have waiting before it counts as stalled
 PAUSE_AFTER = 1.0  # seconds the elapsed time must stand still before the overlay's clock stops
 REFRESH_KINDS = {"now": {"now", "queue", "top"}, "queue": {"queue"}, "votes": {"now", "top"}}
 AUDIO_TAG = '<audio id="audio" src="/stream.mp3" autoplay preload="auto"></audio>'
+# Hidden until overlay.js finds it is not in OBS: a browser source is the stream, and a link there is only
+# noise to viewers who cannot click it; the streamer who opens the overlay in a browser tab gets the way in.
+CHAT_TAG = '<a id="chat-link" class="chat-link" href="/chat" hidden>Local chat</a>'
 
 
 class PlayClock:
@@ -219,6 +222,7 @@ def _message(kind: str, **fields: Any) -> str:
 HUB = web.AppKey("overlay_hub", OverlayHub)
 HAS_AUDIO = web.AppKey("overlay_has_audio", bool)
 TEMPLATE = web.AppKey("overlay_template", Template)
+LOCAL_CHAT = web.AppKey("overlay_local_chat", bool)
 
 
 async def overlay_page(request: web.Request) -> web.Response:
@@ -232,6 +236,7 @@ async def overlay_page(request: web.Request) -> web.Response:
         panels=" ".join(parse_panels(request.query.get("panels"))),
         period=period,
         audio=AUDIO_TAG if audio else "",
+        chat=CHAT_TAG if request.app[LOCAL_CHAT] else "",
     )
     return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
@@ -272,11 +277,17 @@ async def _drain(client: OverlayClient) -> None:
         await client.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"overlay too slow")
 
 
-def add_routes(app: web.Application, view: ConcertView, has_audio: bool) -> OverlayHub:
-    """Serve the overlay at `/` and `/overlay`, its updates at `/ws`, and run their hub with the app."""
+def add_routes(
+    app: web.Application, view: ConcertView, has_audio: bool, local_chat: bool = False
+) -> OverlayHub:
+    """Serve the overlay at `/` and `/overlay`, its updates at `/ws`, and run their hub with the app.
+
+    `local_chat`: `/chat` is served, and the overlay links to it when it is not open in OBS.
+    """
     hub = OverlayHub(view)
     app[HUB] = hub
     app[HAS_AUDIO] = has_audio
+    app[LOCAL_CHAT] = local_chat
     app[TEMPLATE] = Template((STATIC / "overlay.html").read_text(encoding="utf-8"))
 
     async def run_hub(_: web.Application) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from bot.view import BoardView, ConcertView, PieceView
 from bot.web_data import PERIODS, WebInputError, parse_period, parse_seed
 
 VIEW = web.AppKey("concert_view", ConcertView)
+LOCAL_CHAT = web.AppKey("local_chat", bool)  # whether /chat is served: then every page links to it
 PERIOD_NAMES = {"stream": "This stream", "week": "This week", "all": "All time"}
 # A cadence's root (semitones above the tonic) as a degree of the key, cased by the chord the sampler builds
 # on it from the key's scale (generator.steering: major, or harmonic minor); a root outside it gets a ♯ or ♭.
@@ -22,9 +23,12 @@ MAJOR_DEGREES = ("I", "♭II", "ii", "♭III", "iii", "IV", "♯iv°", "V", "♭
 MINOR_DEGREES = ("i", "♭II", "ii°", "III", "♯III", "iv", "♯iv°", "V", "VI", "♯vi°", "VII", "vii°")
 
 
-def page(title: str, body: str, status: int = 200, scripts: tuple[str, ...] = ()) -> web.Response:
-    """A whole HTML page around `body` (already escaped)."""
+def page(
+    title: str, body: str, status: int = 200, scripts: tuple[str, ...] = (), chat: bool = False
+) -> web.Response:
+    """A whole HTML page around `body` (already escaped); `chat` adds the local chat box to its links."""
     tags = "".join(f'<script src="/static/{name}" defer></script>' for name in scripts)
+    chat_link = '<a href="/chat">Local chat</a>' if chat else ""
     text = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -34,7 +38,8 @@ def page(title: str, body: str, status: int = 200, scripts: tuple[str, ...] = ()
 <link rel="stylesheet" href="/static/pages.css">{tags}
 </head>
 <body>
-<header><a class="brand" href="/top">♪ concertbot</a><nav><a href="/top">Leaderboard</a></nav></header>
+<header><a class="brand" href="/top">♪ concertbot</a>
+<nav><a href="/top">Leaderboard</a>{chat_link}</nav></header>
 <main>
 {body}
 </main>
@@ -44,7 +49,7 @@ def page(title: str, body: str, status: int = 200, scripts: tuple[str, ...] = ()
     return web.Response(text=text, status=status, content_type="text/html")
 
 
-def error_page(status: int, title: str, detail: str) -> web.Response:
+def error_page(status: int, title: str, detail: str, chat: bool = False) -> web.Response:
     """An error as a page a person can read, with a way back."""
     body = f"""<section class="card error">
 <p class="status">{status}</p>
@@ -52,11 +57,11 @@ def error_page(status: int, title: str, detail: str) -> web.Response:
 <p>{html.escape(detail)}</p>
 <p><a href="/top">See the leaderboard</a></p>
 </section>"""
-    return page(title, body, status=status)
+    return page(title, body, status=status, chat=chat)
 
 
-def not_found(what: str = "There is nothing at this address.") -> web.Response:
-    return error_page(404, "Not found", what)
+def not_found(what: str = "There is nothing at this address.", chat: bool = False) -> web.Response:
+    return error_page(404, "Not found", what, chat)
 
 
 def _names(words: tuple[str, ...]) -> str:
@@ -95,8 +100,11 @@ def form_line(plan: dict, key: str | None) -> str:
     return html.escape(f"{plan['form']} · {_bars(plan['bars'])} of {plan['metre']} · {said}")
 
 
-def piece_body(piece: PieceView) -> str:
-    """The piece page's content: recipe, votes, player and downloads (once the piece is complete)."""
+def piece_body(piece: PieceView, chat: bool = False) -> str:
+    """The piece page's content: recipe, votes, player and downloads (the notes so far while it is composed).
+
+    `chat`: the local chat box is served, and the hint to replay the piece links to it.
+    """
     seed = piece.seed
     created = dt.datetime.fromtimestamp(piece.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = [
@@ -118,17 +126,21 @@ def piece_body(piece: PieceView) -> str:
 <p class="downloads"><a class="button" href="/p/{seed}.mid" download>Download MIDI</a>
 <a class="button" href="/p/{seed}.wav" download>Download WAV</a></p>"""
     else:
-        listen = '<p class="note">This piece is still being composed; come back when it has finished.</p>'
+        listen = f"""<p class="note">This piece is still being composed; come back when it has finished.</p>
+<p class="downloads"><a class="button" href="/p/{seed}.mid" download>Download the notes so far (MIDI)</a></p>"""
     votes = "vote" if piece.votes == 1 else "votes"
+    where = '<a href="/chat">the local chat</a>' if chat else "chat"
+    # A title names the piece; the style is then the line above it, as a programme prints them.
+    kicker = f"{html.escape(piece.style)} · " if piece.title else ""
     return f"""<section class="card piece">
-<p class="kicker">Piece <span class="seed">{seed}</span></p>
-<h1>{html.escape(piece.style)}</h1>
+<p class="kicker">{kicker}Piece <span class="seed">{seed}</span></p>
+<h1>{html.escape(piece.title or piece.style)}</h1>
 <p class="votes"><strong>{piece.votes}</strong> {votes}</p>
 {listen}
 <table class="recipe">
 {table}
 </table>
-<p class="hint">Play it again on stream: type <code>!replay {seed}</code> in chat.</p>
+<p class="hint">Play it again on stream: type <code>!replay {seed}</code> in {where}.</p>
 </section>"""
 
 
@@ -182,31 +194,46 @@ async def piece_route(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     stem, dot, kind = name.partition(".")
     seed = parse_seed(stem)
+    chat = request.app[LOCAL_CHAT]
     if seed is None or (dot and kind not in ("mid", "wav")):
-        return not_found("Seeds are whole numbers of up to 19 digits, like /p/123456789.")
+        return not_found("Seeds are whole numbers of up to 19 digits, like /p/123456789.", chat)
     view = request.app[VIEW]
     piece = await view.piece(seed)
     if piece is None:
-        return not_found(f"No piece has the seed {seed} (yet).")
+        return not_found(f"No piece has the seed {seed} (yet).", chat)
     if not dot:
-        return page(f"{piece.style} · {seed}", piece_body(piece))
+        return page(f"{piece.title or piece.style} · {seed}", piece_body(piece, chat), chat=chat)
     if not piece.complete:
-        return error_page(404, "Not ready", f"Piece {seed} is still being composed.")
+        so_far = await view.piece_midi_so_far(seed) if kind == "mid" else None
+        if so_far is None:
+            return error_page(404, "Not ready", f"Piece {seed} is still being composed.", chat)
+        # Generation runs only seconds ahead of the sound: the notes so far, said to be partial, and never
+        # cached, since the next request gets more of them.
+        disposition = f'attachment; filename="concertbot-{seed}-partial.mid"'
+        response = bytes_response(request, so_far, "audio/midi", disposition, cache="no-store")
+        response.headers["X-Concertbot-Partial"] = "1"
+        return response
     data = await (view.piece_midi(seed) if kind == "mid" else view.piece_wav(seed))
     if data is None:
-        return not_found(f"Piece {seed} has no {kind.upper()} file.")
+        return not_found(f"Piece {seed} has no {kind.upper()} file.", chat)
     content_type = "audio/midi" if kind == "mid" else "audio/wav"
     disposition = "attachment" if kind == "mid" else "inline"
     return bytes_response(request, data, content_type, f'{disposition}; filename="concertbot-{seed}.{kind}"')
 
 
-def bytes_response(request: web.Request, data: bytes, content_type: str, disposition: str) -> web.Response:
+def bytes_response(
+    request: web.Request,
+    data: bytes,
+    content_type: str,
+    disposition: str,
+    cache: str = "public, max-age=86400",  # a complete piece never changes
+) -> web.Response:
     """`data` whole, or the byte range asked for (so an audio player can seek); 416 for a range past the end."""
     headers = {
         "Content-Type": content_type,
         "Content-Disposition": disposition,
         "Accept-Ranges": "bytes",
-        "Cache-Control": "public, max-age=86400",  # a complete piece never changes
+        "Cache-Control": cache,
     }
     try:
         wanted = request.http_range
@@ -226,9 +253,9 @@ async def top_page(request: web.Request) -> web.Response:
     try:
         period = parse_period(request.query.get("period"))
     except WebInputError as exc:
-        return error_page(400, "Unknown period", str(exc))
+        return error_page(400, "Unknown period", str(exc), request.app[LOCAL_CHAT])
     board = await request.app[VIEW].leaderboard(period, 20)
-    return page(f"Leaderboard · {PERIOD_NAMES[period]}", top_body(period, board))
+    return page(f"Leaderboard · {PERIOD_NAMES[period]}", top_body(period, board), chat=request.app[LOCAL_CHAT])
 
 
 async def chat_page(_: web.Request) -> web.Response:
@@ -237,6 +264,7 @@ async def chat_page(_: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, local_chat: bool) -> None:
     """Serve the piece pages, the leaderboard and (if `local_chat`) the chat box page; needs `app[VIEW]`."""
+    app[LOCAL_CHAT] = local_chat
     app.router.add_get("/p/{name}", piece_route)
     app.router.add_get("/top", top_page)
     if local_chat:

@@ -200,6 +200,14 @@ class FakeConcert:
             return None
         return midi_bytes(self.notes[seed], piece.tempo)
 
+    async def piece_midi_so_far(self, seed: int) -> bytes | None:
+        """The notes played so far of the piece playing, as the real view gives those composed so far."""
+        self.lookups.append(seed)
+        piece = self.pieces.get(seed)
+        if piece is None or piece.complete or self.playing is None or self.playing.seed != seed:
+            return None
+        return midi_bytes(self.notes[seed], piece.tempo)
+
     async def piece_wav(self, seed: int) -> bytes | None:
         self.lookups.append(seed)
         piece = self.pieces.get(seed)

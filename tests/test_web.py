@@ -267,8 +267,10 @@ async def test_piece_downloads_are_real_midi_and_wav_and_wav_seeks() -> None:
     concert.start(4242, "folk", ("flute", "drums"), "ann", tempo=120)
     concert.play_notes([LiveNote(72, 73, 0.0, 0.5), LiveNote(74, 73, 0.5, 0.5), LiveNote(36, -1, 0.0, 0.25)])
     async with client(concert) as (url, http):
-        async with http.get(f"{url}/p/4242.mid") as r:
-            assert r.status == 404  # still playing: not complete yet
+        async with http.get(f"{url}/p/4242.mid") as r:  # still playing: the notes so far, said to be partial
+            assert r.status == 200 and r.headers["X-Concertbot-Partial"] == "1"
+        async with http.get(f"{url}/p/4242.wav") as r:
+            assert r.status == 404  # not complete yet
         concert.finish()
         async with http.get(f"{url}/p/4242.mid") as r:
             assert r.status == 200 and r.content_type == "audio/midi"

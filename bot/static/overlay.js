@@ -425,6 +425,10 @@ function frame() {
   requestAnimationFrame(frame);
 }
 
+// OBS's browser source defines window.obsstudio: there the link to the local chat would be on stream.
+const chatLink = $("chat-link");
+if (chatLink && !window.obsstudio) chatLink.hidden = false;
+
 const audio = $("audio");
 if (audio) keepAudioLive(audio);
 connect();

@@ -14,7 +14,7 @@ class ConfigError(ConcertbotError):
     """The operator's settings are wrong; the message quotes the bad value."""
 
 
-MAX_LISTED = 200  # characters of names an UnknownNameError lists at most: a chat reply must stay short
+MAX_LISTED = 100  # characters of names an UnknownNameError lists at most: chat replies stay under 200
 
 
 class UnknownNameError(ConcertbotError):

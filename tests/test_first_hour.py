@@ -25,7 +25,7 @@ from bot.app import Concert, run_concert
 from bot.cli import app
 from bot.view import LiveNote
 from bot.web import make_app
-from config import load_settings
+from config import UnknownNameError, load_settings
 from generator.corpus import midi_problem
 from generator.decode import decode
 from generator.model import load_model
@@ -66,6 +66,15 @@ def test_a_misspelt_style_is_still_offered_its_closest_name(tiny_model, tmp_path
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert "this model has anthems, bach, irish. Did you mean bach?" in _one_line(result.output)
+
+
+def test_a_model_of_many_styles_is_not_listed_in_full():
+    from generator.styles import resolve_style
+
+    many = [f"my_folder_style_{i}" for i in range(30)]  # a user's own folders, say
+    with pytest.raises(UnknownNameError) as caught:
+        resolve_style("my_folder_style_x", many)
+    assert "this model has" not in str(caught.value) and "Did you mean my_folder_style_" in str(caught.value)
 
 
 # Broken MIDI files in a data build
@@ -253,6 +262,11 @@ async def test_the_real_concert_offers_the_notes_composed_so_far_as_partial_midi
         concert = await asyncio.wait_for(ready, 60)
         async with aiohttp.ClientSession() as http:
             await http.post(f"{base}/api/chat", json={"user": "ann", "text": "!compose bach violin cello"})
+            # A style the model does not have: the reply in chat names those it has.
+            async with http.post(f"{base}/api/chat", json={"user": "bob", "text": "!compose zydeco"}) as r:
+                reply = (await r.json())["replies"][0]
+            styles = ", ".join(concert.conductor.loaded.vocab.styles)
+            assert f"unknown style 'zydeco': this model has {styles}." in reply and len(reply) <= 500
             while concert.conductor.current is None or len(concert.conductor.current.live.tokens) < 40:
                 await asyncio.sleep(0.05)
             slot = concert.conductor.current

@@ -126,7 +126,8 @@ def piece_body(piece: PieceView, chat: bool = False) -> str:
 <p class="downloads"><a class="button" href="/p/{seed}.mid" download>Download MIDI</a>
 <a class="button" href="/p/{seed}.wav" download>Download WAV</a></p>"""
     else:
-        listen = f"""<p class="note">This piece is still being composed; come back when it has finished.</p>
+        listen = f"""<p class="note">Still being composed: the WAV and the whole MIDI come when it has
+finished.</p>
 <p class="downloads"><a class="button" href="/p/{seed}.mid" download>Download the notes so far (MIDI)</a></p>"""
     votes = "vote" if piece.votes == 1 else "votes"
     where = '<a href="/chat">the local chat</a>' if chat else "chat"
@@ -206,7 +207,8 @@ async def piece_route(request: web.Request) -> web.StreamResponse:
     if not piece.complete:
         so_far = await view.piece_midi_so_far(seed) if kind == "mid" else None
         if so_far is None:
-            return error_page(404, "Not ready", f"Piece {seed} is still being composed.", chat)
+            detail = f"Piece {seed} has no notes to offer yet: it is composed as it plays."
+            return error_page(404, "Not ready", detail, chat)
         # Generation runs only seconds ahead of the sound: the notes so far, said to be partial, and never
         # cached, since the next request gets more of them.
         disposition = f'attachment; filename="concertbot-{seed}-partial.mid"'

@@ -23,6 +23,9 @@ app.add_typer(data_app, name="data")
 from bot.cli_twitch import twitch_app  # noqa: E402 (its commands live in bot/cli_twitch.py)
 
 app.add_typer(twitch_app, name="twitch")
+from bot.titles_cli import data_titles  # noqa: E402 (learns the title model: bot/titles_cli.py)
+
+data_app.command("titles")(data_titles)
 console = Console()
 err = Console(stderr=True)
 

@@ -89,7 +89,10 @@ def check_sound(device: str, devices: Sequence[dict[str, Any]] | None = None) ->
     if device == "auto":
         return Check(name, "OK", f"{len(outputs)} output(s): {shown}")
     wanted = int(device) if device.isdigit() else device
-    seen = wanted in outputs if isinstance(wanted, str) else 0 <= wanted < len(devices)
+    if isinstance(wanted, str):
+        seen = wanted in outputs
+    else:
+        seen = 0 <= wanted < len(devices) and devices[wanted].get("max_output_channels", 0) > 0
     if isinstance(wanted, str) and not seen:
         seen = any(wanted.lower() in o.lower() for o in outputs)  # PortAudio matches part of a name too
     if not seen:
@@ -272,7 +275,10 @@ def check_redis(redis_url: str | None, data_dir: Path) -> Check:
         where = (
             f"{parts.scheme}://{parts.hostname or ''}:{parts.port or 6379}" if parts.hostname else parts.scheme
         )
-        client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+        try:
+            client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+        except ValueError as exc:  # redis-py's word for a URL it cannot read
+            return Check(name, "FAIL", f"REDIS_URL is not a Redis URL: {exc}", "e.g. redis://127.0.0.1:6379/0")
         try:
             client.ping()
         except (redis.RedisError, OSError) as exc:

@@ -117,6 +117,7 @@ def test_redis_at_redis_url_must_answer(tmp_path):
     dead = doctor.check_redis(f"redis://:hunter2@127.0.0.1:{free_port()}/0", tmp_path)
     assert dead.status == "FAIL" and "does not answer" in dead.found
     assert "hunter2" not in dead.found + dead.fix
+    assert "not a Redis URL" in doctor.check_redis("http://127.0.0.1:6379", tmp_path).found
     embedded = doctor.check_redis(None, tmp_path)
     assert embedded.status == "OK" and "embedded" in embedded.found
 
@@ -224,6 +225,8 @@ def test_sound_devices_seen():
     assert doctor.check_sound("auto", [mic, speakers]).found == "1 output(s): Speakers"
     assert doctor.check_sound("speak", [speakers]).status == "OK"
     assert doctor.check_sound("USB DAC", [speakers]).status == "WARN"
+    assert doctor.check_sound("1", [speakers, mic]).status == "WARN"  # a number names a device, not an output
+    assert doctor.check_sound("0", [speakers, mic]).status == "OK"
     assert doctor.check_sound("off").status == "OK"
 
 

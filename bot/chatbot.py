@@ -20,7 +20,7 @@ from bot.commands import (
     on_off_arg,
     parse,
     period_arg,
-    seed_arg,
+    replay_arg,
 )
 from bot.conductor import Conductor
 from bot.fairness import Cooldowns, RecentChatters
@@ -127,7 +127,15 @@ class ChatCommands:
         return [Reply(text, Importance.REQUEST_ACK, msg.message_id or None, msg.login)]
 
     async def _replay(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
-        seed = seed_arg(args)
+        wanted = replay_arg(args)
+        if isinstance(wanted, str):
+            found = await self.store.seed_of_title(wanted)
+            if found is None:
+                raise CommandError(
+                    f"no piece is called '{wanted[:40]}' and it is not a seed; !top lists the favourites"
+                )
+            wanted = found
+        seed = wanted
         record = await self.store.load_piece(seed)
         if record is None:
             raise CommandError(f"no piece has seed {seed}; !top lists the favourites")
@@ -137,7 +145,8 @@ class ChatCommands:
             )
         priority = self._may_request(msg, now)
         place = await self._enqueue(msg, now, priority, style=record.style, seed=seed)
-        text = f"piece {seed} ({record.style}) plays again: {place}"
+        named = f"{record.title}, " if record.title else ""
+        text = f"piece {seed} ({named}{record.style}) plays again: {place}"
         return [Reply(text, Importance.REQUEST_ACK, msg.message_id or None, msg.login)]
 
     def _may_request(self, msg: ChatMessage, now: float) -> bool:
@@ -193,7 +202,8 @@ class ChatCommands:
         votes = await self.store.votes(r.seed)
         return self._info(
             msg,
-            f"{r.style} for {', '.join(r.instruments)}{who}: seed {r.seed}, {votes} votes (!replay {r.seed})",
+            f"{_named(self.conductor.title_of(r))}{r.style} for {', '.join(r.instruments)}{who}: "
+            f"seed {r.seed}, {votes} votes (!replay {r.seed})",
         )
 
     async def _cancel(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
@@ -244,7 +254,7 @@ class ChatCommands:
         return self._info(
             msg,
             "!compose <style> [instruments] [tempo] [in <key>] · !queue · !np · !vote · !voteskip · "
-            "!top [week|all] · !replay <seed> · !cancel · !styles · !instruments",
+            "!top [week|all] · !replay <seed or title> · !cancel · !styles · !instruments",
         )
 
     # Moderators and the broadcaster.
@@ -283,6 +293,10 @@ class ChatCommands:
         on = on_off_arg(args)
         await self.store.set_flags(autoplay=on)
         return self._info(msg, f"autoplay {'on' if on else 'off'}")
+
+
+def _named(title: str | None) -> str:
+    return f"{title}: " if title else ""
 
 
 def _minutes(seconds: float) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 PREFIX = "!"
 MAX_LINE = 500  # Twitch's own limit on a chat message
 MAX_SEED_DIGITS = 19  # seeds are below 2^63
+MAX_TITLE = 100  # characters of a title looked up; a piece's title has 2-6 words
 
 EVERYONE = frozenset(
     {"compose", "queue", "np", "cancel", "vote", "voteskip", "top", "replay", "styles", "instruments", "help"}
@@ -99,6 +100,15 @@ def seed_arg(args: tuple[str, ...]) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > MAX_SEED_DIGITS or int(text) >= 2**63:
         raise CommandError(f"'{args[0][:20]}' is not a seed; seeds are numbers like 123456789")
     return int(text)
+
+
+def replay_arg(args: tuple[str, ...]) -> int | str:
+    """What `!replay` names: a seed (digits, as the bot printed it) or a piece's title, as typed."""
+    if not args:
+        raise CommandError("say which piece, e.g. !replay 123456789 or !replay The Lark on the Hill")
+    if args[0].lstrip("#").isascii() and args[0].lstrip("#").isdigit():
+        return seed_arg(args)
+    return " ".join(args)[:MAX_TITLE]
 
 
 def period_arg(args: tuple[str, ...]) -> str:

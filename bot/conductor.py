@@ -26,6 +26,7 @@ from generator.model import LoadedModel
 from generator.plan import Plan
 from generator.recipes import make_request, new_seed
 from generator.sampling import PieceRequest, chosen_key, piece_plan
+from generator.titles import TitleError, TitleModel, titles_for
 from synth.engine import EngineEvent
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Conductor:
         self._events: asyncio.Queue[EngineEvent] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.underruns = 0
+        self.titles = _titles(loaded)
 
     # Wiring.
 
@@ -236,7 +238,14 @@ class Conductor:
             model_version=self.loaded.version,
             requester=requester,
             created_at=self.wall(),
+            title=self.titles.draw(piece.seed, piece.style) if self.titles else "",
         )
+
+    def title_of(self, record: PieceRecord) -> str | None:
+        """A piece's name: the one it was given, else (made before titles) the one its seed draws now."""
+        if record.title:
+            return record.title
+        return self.titles.draw(record.seed, record.style) if self.titles else None
 
     def key_of(self, record: PieceRecord) -> str | None:
         """The key a piece is in: the one asked for, or the one its seed chose; None for a keyless model."""
@@ -270,7 +279,8 @@ class Conductor:
             slot.started = event.at
             who = f", asked for by @{slot.request.login}" if slot.request else ""
             self.announce(
-                f"now playing {_describe(slot.record, self.key_of(slot.record))}{who}: seed {slot.record.seed} "
+                f"now playing {_named(self.title_of(slot.record))}"
+                f"{_describe(slot.record, self.key_of(slot.record))}{who}: seed {slot.record.seed} "
                 "(!vote if you like it)",
                 slot.request.login if slot.request else None,
             )
@@ -382,6 +392,20 @@ def piece_request(record: PieceRecord) -> PieceRequest:
         record.strict_instruments,
         record.key,
     )
+
+
+def _titles(loaded: LoadedModel) -> TitleModel | None:
+    """The model's title model, or none (pieces go untitled) when its file is broken: said once, at start."""
+    try:
+        return titles_for(loaded.path)
+    except TitleError as exc:
+        log.warning("pieces get no titles: %s", exc)
+        return None
+
+
+def _named(title: str | None) -> str:
+    """ "The Lark on the Hill, " before a piece's description, or nothing for an untitled piece."""
+    return f"{title}, " if title else ""
 
 
 def _describe(record: PieceRecord, key: str | None) -> str:

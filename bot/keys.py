@@ -66,6 +66,7 @@ class Keys:
         self.state = prefix + "state"  # hash: paused, autoplay, stream_id
         self.playing = prefix + "playing"  # hash: the now-playing record
         self.board_all = prefix + "board:all"  # zset: seed_part -> votes
+        self.titles = prefix + "titles"  # hash: normalised title -> seed_part of the first piece so named
 
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace and nothing else."""

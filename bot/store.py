@@ -30,6 +30,7 @@ from bot import store_scripts as lua
 from bot.embedded_redis import FsyncPolicy, embedded_redis
 from bot.keys import DEFAULT_NAMESPACE, Keys, seed_part, token
 from config.errors import ConcertbotError
+from generator.titles import normalised
 
 Period = Literal["stream", "week", "all"]
 POOL_SIZE = 16  # a burst of hundreds of votes waits for one of these instead of opening hundreds of sockets
@@ -133,6 +134,9 @@ class PieceRecord:
     created_at: float = 0.0
     strict_instruments: bool = True
     key: str | None = None  # asked for; None: the seed chose one of the style's keys
+    # Its name, drawn by its seed when it was claimed (generator.titles); kept so that a new title model
+    # never renames a piece viewers know. "" for pieces made before titles. Not part of `identity`.
+    title: str = ""
     tokens: tuple[int, ...] = field(default=(), repr=False)  # empty: the seed is claimed, the piece not done
 
     def identity(self) -> str:
@@ -481,6 +485,17 @@ class Store:
         )
         if outcome == b"conflict":
             raise SeedConflictError(f"seed {piece.seed} already belongs to another piece")
+        if piece.title:
+            # After the claim, never before: a seed refused as taken must not take a title either. The first
+            # piece of a title keeps it (!replay <title> plays that one); saving again changes nothing.
+            await self._redis.hsetnx(self.keys.titles, normalised(piece.title), seed_part(piece.seed))
+
+    @_outage_is_unavailable
+    async def seed_of_title(self, title: str) -> int | None:
+        """The seed of the first piece named `title` (any case, any punctuation), or None."""
+        wanted = normalised(title)
+        found = await self._redis.hget(self.keys.titles, wanted) if wanted else None
+        return int(found) if found is not None else None
 
     @_outage_is_unavailable
     async def load_piece(self, seed: int) -> PieceRecord | None:

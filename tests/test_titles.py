@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import music21
 import pytest
+from fake_twitch import FakeTwitch
+from serving import listening
 
+from bot.store import PieceRecord, Store, open_store
 from generator import titles
 from generator.model import DEFAULT_MODEL_DIR
 from generator.styles import CORPUS_STYLES
 
 SHIPPED = DEFAULT_MODEL_DIR / titles.FILE_NAME
 STYLES = [s.name for s in CORPUS_STYLES]
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +144,73 @@ def test_a_broken_model_file_is_named(tmp_path: Path) -> None:
         titles.load(broken)
     with pytest.raises(titles.TitleError, match="data titles"):
         titles.load(tmp_path / "missing.json")
+
+
+# The title in the store, in chat and in !replay: the real Redis, the real concert against the fake Twitch.
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    url = REDIS_URL if listening(6379) else None
+    async with open_store(url, tmp_path, namespace=namespace) as opened:
+        yield opened
+        keys = [key async for key in opened._redis.scan_iter(match=opened.keys.pattern())]
+        if keys:
+            await opened._redis.delete(*keys)
+
+
+def _record(seed: int, title: str) -> PieceRecord:
+    return PieceRecord(seed, "irish", ("flute",), 112.0, 30.0, 1.0, 0.95, "m", title=title)
+
+
+@pytest.mark.anyio
+async def test_a_title_finds_the_first_piece_of_that_name_in_any_case(store: Store) -> None:
+    await store.save_piece(_record(11, "The Lark on the Hill"))
+    await store.save_piece(_record(22, "The Lark on the Hill"))  # drawn again by another seed: 11 keeps it
+    await store.save_piece(_record(33, "Missa O Venus bant"))
+    assert await store.seed_of_title("the lark ON the hill") == 11
+    assert await store.seed_of_title("  The Lark on the Hill!  ") == 11
+    assert await store.seed_of_title("missa o venus bant") == 33
+    assert await store.seed_of_title("The Lark") is None
+    assert await store.seed_of_title("!!!") is None
+    assert (await store.load_piece(22)).title == "The Lark on the Hill"  # the record keeps its own name
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTwitch]:
+    async with FakeTwitch() as server:
+        yield server
+
+
+@pytest.mark.anyio
+async def test_a_piece_is_announced_by_its_title_and_replayed_by_it(fake: FakeTwitch, tmp_path: Path) -> None:
+    from test_concert import _start, _wait
+
+    task, concert = await _start(fake, tmp_path, REDIS_URL if listening(6379) else None)
+    try:
+        await fake.say("ada", "!compose irish flute")
+        playing = await fake.wait_for_sent(lambda m: "now playing" in m.text, timeout=30)
+        seed = int(re.search(r"seed (\d+)", playing.text).group(1))
+        record = await concert.store.load_piece(seed)
+        assert record is not None and record.title == titles.load(SHIPPED).draw(seed, "irish")
+        assert f"now playing {record.title}, irish in " in playing.text
+
+        await _wait(lambda: concert.conductor.last is not None and concert.conductor.last.saved, 30)
+        again = await fake.say("bob", f"!replay {record.title.upper()}")
+        ack = await fake.wait_for_sent(lambda m: m.reply_to == again, timeout=15)
+        assert f"piece {seed} ({record.title}, irish) plays again" in ack.text
+        await _wait(lambda: concert.conductor.current is not None, 30)
+        assert concert.conductor.current.record.seed == seed
+
+        unknown = await fake.say("cy", "!replay The Tune Nobody Wrote")
+        reply = await fake.wait_for_sent(lambda m: m.reply_to == unknown, timeout=15)
+        assert "no piece is called 'The Tune Nobody Wrote'" in reply.text and len(reply.text) <= 200
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

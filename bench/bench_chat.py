@@ -28,6 +28,7 @@ from fake_twitch import FakeTwitch
 
 from bot.app import Concert, run_concert
 from config import load_settings
+from generator.threads import use_torch_threads
 
 console = Console()
 
@@ -56,6 +57,7 @@ async def main(args: argparse.Namespace) -> None:
         concert={"viewer_cooldown_seconds": 0.0, "global_cooldown_seconds": 0.0, "error_reply_seconds": 0.0},
         outputs={"device": "off"},
     )
+    use_torch_threads("sample", settings.engine.torch_threads)  # as `concertbot run` samples
     handled: dict[str, float] = {}
     async with FakeTwitch(keepalive=5.0) as fake:
         ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()

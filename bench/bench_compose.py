@@ -19,9 +19,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from config import load_settings
 from generator.model import load_model
 from generator.recipes import style_defaults
 from generator.sampling import Composer, PieceRequest
+from generator.threads import use_torch_threads
 
 REQUESTS = [
     ("bach", ("violin", "viola", "cello", "contrabass")),
@@ -32,6 +34,10 @@ REQUESTS = [
 
 class TransformersComposer(Composer):
     """The same sampler on transformers' forward pass, for comparison only."""
+
+    def __init__(self, loaded, device: str = "cpu") -> None:
+        super().__init__(loaded, device)
+        self.model = loaded.transformers_model().to(device)
 
     def _forward(self, ids, cache):  # type: ignore[override]
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
@@ -60,6 +66,7 @@ def main() -> None:
     parser.add_argument("--pieces", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    use_torch_threads("sample", load_settings().engine.torch_threads)  # as `concertbot compose` samples
     loaded = load_model(args.model, device=args.device)
     device = (
         torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"

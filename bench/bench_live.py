@@ -26,6 +26,7 @@ from generator.decode import timed_messages
 from generator.model import load_model
 from generator.recipes import make_request
 from generator.sampling import Composer
+from generator.threads import use_torch_threads
 from synth.engine import LiveEngine
 from synth.feed import EventFeed
 from synth.loudness import Leveler
@@ -166,6 +167,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--long-minutes", type=float, default=0.0)
     args = parser.parse_args()
+    use_torch_threads("sample", load_settings().engine.torch_threads)  # as `concertbot run` samples
 
     ttfa = sorted(time_to_first_audio(args.requests))
     table = Table(title=f"time from request to first audio sample, {args.requests} requests")

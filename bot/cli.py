@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -30,12 +30,17 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _settings() -> Settings:
+def _settings(job: Literal["sample", "train"] | None = "sample") -> Settings:
+    """The settings; torch's threads set for `job` too (generator.threads), None for a command without torch."""
     try:
-        return load_settings()
+        settings = load_settings()
+        if job is not None:
+            from generator.threads import use_torch_threads
+
+            use_torch_threads(job, settings.engine.torch_threads)
+        return settings
     except ConcertbotError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        raise fail(exc) from None
 
 
 def fail(exc: Exception) -> typer.Exit:
@@ -62,7 +67,7 @@ def data_build(
     from generator import data
     from generator.styles import CORPUS_BY_NAME
 
-    settings = _settings()
+    settings = _settings(job=None)  # extraction and tokenizing: numpy, no torch
     try:
         sources: list[data.Source] = []
         if not no_corpus:
@@ -195,7 +200,7 @@ def train_cmd(
 
     from generator.train import train
 
-    settings = _settings()
+    settings = _settings("train")
     cfg = settings.train if max_steps is None else settings.train.model_copy(update={"max_steps": max_steps})
     try:
         result = train(

@@ -54,18 +54,17 @@ class GenerationWorker:
         composer: Composer,
         lookahead_seconds: float = 4.0,
         clock: Callable[[], float] = time.monotonic,
-        torch_threads: int | None = 1,
     ) -> None:
         """Args:
         composer: the loaded model; used only from the worker thread.
         lookahead_seconds: how far generation runs ahead of playback before it waits.
         clock: seconds, monotonic, the same clock as the engine's.
-        torch_threads: intra-op threads for sampling; one leaves a core to the synth on a small machine.
+
+        Torch's threads are the process's, set once by the command (generator.threads); this thread follows.
         """
         self.composer = composer
         self.lookahead = lookahead_seconds
         self.clock = clock
-        self.torch_threads = torch_threads
         self._jobs: queue.Queue[LivePiece | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="generator", daemon=True)
         self._thread.start()
@@ -90,10 +89,6 @@ class GenerationWorker:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        if self.torch_threads:
-            import torch
-
-            torch.set_num_threads(self.torch_threads)
         while (piece := self._jobs.get()) is not None:
             if piece.feed.cancelled:
                 piece.finished.set()

@@ -107,9 +107,7 @@ class LiveSession:
             clock=clock,
             on_event=self._on_event,
         )
-        self.worker = GenerationWorker(
-            Composer(loaded), e.lookahead_seconds, clock=clock, torch_threads=e.torch_threads or None
-        )
+        self.worker = GenerationWorker(Composer(loaded), e.lookahead_seconds, clock=clock)
 
     def __enter__(self) -> Self:
         log.info("soundfont: %s (%s)", self.renderer.soundfont.path, self.renderer.soundfont.origin)

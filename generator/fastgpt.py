@@ -2,58 +2,153 @@
 
 At batch size 1 a step of transformers' GPT-2 spends most of its time on generic machinery (cache objects,
 mask building, hooks), not arithmetic; `bench/bench_compose.py` measures both side by side. This module runs
-the same arithmetic on the same weights with a preallocated key/value buffer. The transformers model stays the
-format we train, save and load; `tests/test_fastgpt.py` checks that both give the same logits.
+the same arithmetic on the same weights with a preallocated key/value buffer. It reads the weights as
+transformers saves them (`model.safetensors` and `config.json`) without importing transformers, whose import
+(torch._dynamo and all) was most of a concert's start-up; `tests/test_fastgpt.py` checks that both give the same
+logits.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2LMHeadModel
+
+# The GPT-2 variants this decoder computes exactly; anything else in a config.json would be ignored silently.
+_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")  # both are gelu's tanh approximation
+_BLOCK = (
+    "ln_1.weight",
+    "ln_1.bias",
+    "attn.c_attn.weight",
+    "attn.c_attn.bias",
+    "attn.c_proj.weight",
+    "attn.c_proj.bias",
+    "ln_2.weight",
+    "ln_2.bias",
+    "mlp.c_fc.weight",
+    "mlp.c_fc.bias",
+    "mlp.c_proj.weight",
+    "mlp.c_proj.bias",
+)
+
+
+@dataclass(frozen=True)
+class GPT2Shape:
+    """What the decoder needs from a transformers GPT-2 `config.json`."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    context: int
+    vocab_size: int
+    eps: float
+    tied: bool  # the output layer is the token embedding (then the weights file holds it once)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> GPT2Shape:
+        """Raises ValueError for a config this decoder would compute differently from transformers."""
+        if config.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"model_type {config.get('model_type')!r} is not gpt2")
+        if config.get("activation_function", "gelu_new") not in _ACTIVATIONS:
+            raise ValueError(f"activation_function {config.get('activation_function')!r} is not supported")
+        for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+            if config.get(flag):
+                raise ValueError(f"{flag} is not supported")
+        if not config.get("scale_attn_weights", True):
+            raise ValueError("scale_attn_weights false is not supported")
+        try:
+            shape = cls(
+                n_layer=int(config["n_layer"]),
+                n_head=int(config["n_head"]),
+                n_embd=int(config["n_embd"]),
+                context=int(config["n_positions"]),
+                vocab_size=int(config["vocab_size"]),
+                eps=float(config.get("layer_norm_epsilon", 1e-5)),
+                tied=bool(config.get("tie_word_embeddings", True)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"no usable {exc} in the config") from None
+        if min(shape.n_layer, shape.n_head, shape.n_embd, shape.context, shape.vocab_size) < 1:
+            raise ValueError("a size in the config is below 1")
+        if shape.n_embd % shape.n_head:
+            raise ValueError(f"n_embd {shape.n_embd} is not a multiple of n_head {shape.n_head}")
+        return shape
+
+    def check(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Raises ValueError naming the first weight that is missing or not of the shape this config says."""
+        c, inner = self.n_embd, self._inner(weights)
+        want: dict[str, tuple[int, ...]] = {
+            "transformer.wte.weight": (self.vocab_size, c),
+            "transformer.wpe.weight": (self.context, c),
+        }
+        want |= {"transformer.ln_f.weight": (c,), "transformer.ln_f.bias": (c,)}
+        if not self.tied or "lm_head.weight" in weights:
+            want["lm_head.weight"] = (self.vocab_size, c)
+        sizes: dict[str, tuple[int, ...]] = {
+            "ln_1.weight": (c,),
+            "ln_1.bias": (c,),
+            "attn.c_attn.weight": (c, 3 * c),  # transformers' Conv1D: [in, out], used as x @ w
+            "attn.c_attn.bias": (3 * c,),
+            "attn.c_proj.weight": (c, c),
+            "attn.c_proj.bias": (c,),
+            "ln_2.weight": (c,),
+            "ln_2.bias": (c,),
+            "mlp.c_fc.weight": (c, inner),
+            "mlp.c_fc.bias": (inner,),
+            "mlp.c_proj.weight": (inner, c),
+            "mlp.c_proj.bias": (c,),
+        }
+        for layer in range(self.n_layer):
+            want |= {f"transformer.h.{layer}.{name}": size for name, size in sizes.items()}
+        for name, size in want.items():
+            if name not in weights:
+                raise ValueError(f"no {name} in the weights")
+            if tuple(weights[name].shape) != size:
+                raise ValueError(f"{name} is {tuple(weights[name].shape)}, the config makes it {size}")
+        if f"transformer.h.{self.n_layer}.ln_1.weight" in weights:
+            raise ValueError(f"the weights have more than the config's {self.n_layer} layers")
+
+    def _inner(self, weights: Mapping[str, torch.Tensor]) -> int:
+        # The MLP's width (n_inner, 4 x n_embd unless set) is read from the weights: they are what runs.
+        found = weights.get("transformer.h.0.mlp.c_fc.bias")
+        return int(found.shape[0]) if found is not None and found.dim() == 1 else 4 * self.n_embd
 
 
 class FastGPT2:
-    def __init__(self, model: GPT2LMHeadModel) -> None:
-        cfg = model.config
-        self.n_head = cfg.n_head
-        self.n_embd = cfg.n_embd
-        self.head_dim = cfg.n_embd // cfg.n_head
-        self.context = cfg.n_positions
-        self.eps = cfg.layer_norm_epsilon
-        t: Any = model.transformer  # typed loosely by transformers; these are GPT-2's modules
-        self.wte = t.wte.weight.detach()
-        self.wpe = t.wpe.weight.detach()
+    def __init__(self, shape: GPT2Shape, weights: Mapping[str, torch.Tensor]) -> None:
+        """Args:
+        shape: the model's sizes, from its config.json.
+        weights: its tensors by transformers' names (a `model.safetensors` read as it is, or a state dict),
+            on the device to compute on; checked against `shape` (ValueError naming what disagrees).
+        """
+        shape.check(weights)
+        self.n_head = shape.n_head
+        self.n_embd = shape.n_embd
+        self.head_dim = shape.n_embd // shape.n_head
+        self.context = shape.context
+        self.eps = shape.eps
+        self.wte = weights["transformer.wte.weight"].detach()
+        self.wpe = weights["transformer.wpe.weight"].detach()
         self.blocks = [
-            tuple(
-                p.detach()
-                for p in (
-                    b.ln_1.weight,
-                    b.ln_1.bias,
-                    b.attn.c_attn.weight,
-                    b.attn.c_attn.bias,
-                    b.attn.c_proj.weight,
-                    b.attn.c_proj.bias,
-                    b.ln_2.weight,
-                    b.ln_2.bias,
-                    b.mlp.c_fc.weight,
-                    b.mlp.c_fc.bias,
-                    b.mlp.c_proj.weight,
-                    b.mlp.c_proj.bias,
-                )
-            )
-            for b in t.h
+            tuple(weights[f"transformer.h.{layer}.{name}"].detach() for name in _BLOCK)
+            for layer in range(shape.n_layer)
         ]
-        self.ln_f = (t.ln_f.weight.detach(), t.ln_f.bias.detach())
-        self.lm_head = model.lm_head.weight.detach()
+        self.ln_f = (weights["transformer.ln_f.weight"].detach(), weights["transformer.ln_f.bias"].detach())
+        self.lm_head = weights.get("lm_head.weight", self.wte).detach()
         device, dtype = self.wte.device, self.wte.dtype
-        shape = (len(self.blocks), self.n_head, self.context, self.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        cache_shape = (len(self.blocks), self.n_head, self.context, self.head_dim)
+        self.keys = torch.zeros(cache_shape, device=device, dtype=dtype)
+        self.values = torch.zeros(cache_shape, device=device, dtype=dtype)
         self.length = 0
+
+    @classmethod
+    def from_model(cls, model: Any) -> FastGPT2:
+        """The decoder over a transformers `GPT2LMHeadModel`'s own parameters (training code and tests)."""
+        return cls(GPT2Shape.from_config(model.config.to_dict()), dict(model.state_dict()))
 
     def reset(self) -> None:
         self.length = 0

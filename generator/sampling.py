@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -121,11 +120,9 @@ class Composer:
 
     def __init__(self, loaded: LoadedModel, device: str = "cpu") -> None:
         self.loaded = loaded
-        model: Any = loaded.model
-        self.model = model.to(device).eval()
         self.vocab = loaded.vocab
         self.device = device
-        self.fast = FastGPT2(self.model)
+        self.fast = FastGPT2(loaded.shape, {name: w.to(device) for name, w in loaded.weights.items()})
         self.pitch_of = torch.from_numpy(np.where(self.vocab.kind == KIND_PITCH, self.vocab.value, -1))
         self.is_pitch = self.pitch_of >= 0
         self.is_timeshift = torch.from_numpy(self.vocab.kind == KIND_TIMESHIFT)

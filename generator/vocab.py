@@ -8,14 +8,18 @@ conditioning part depends on the styles a data set holds, so the whole vocabular
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from miditok import TSD, TokenizerConfig
 
 from config.errors import ConfigError
 from generator.instruments import BY_NAME, BY_PROGRAM, DRUMS, INSTRUMENTS, PROGRAMS
+
+if TYPE_CHECKING:  # MidiTok is imported where it is used: it took a second of every concert's start-up
+    from miditok import TSD, TokenizerConfig
 
 FORMAT = 1
 TPQ = 96  # ticks per quarter note of the pieces we build; MidiTok resamples to its own resolution
@@ -30,6 +34,8 @@ KIND_OTHER, KIND_TIMESHIFT, KIND_PROGRAM, KIND_PITCH, KIND_DURATION, KIND_EOS = 
 
 def tokenizer_config() -> TokenizerConfig:
     """The one MidiTok configuration every model of ours uses."""
+    from miditok import TokenizerConfig
+
     return TokenizerConfig(
         pitch_range=(21, 109),
         beat_res={(0, 4): 8, (4, 12): 4},
@@ -79,9 +85,39 @@ def transpose_key(name: str, semitones: int) -> str:
     return key_name(tonic + semitones, minor)
 
 
+class SavedTokenizer:
+    """A model's saved MidiTok tokenizer: its token names at once (from vocab.json), MidiTok only when used.
+
+    Sampling and playing need only the names; decoding to a score or saving again loads `tokenizer.json`
+    through MidiTok, and checks then that it makes the same tokens as vocab.json says.
+    """
+
+    def __init__(self, path: Path, tokens: Sequence[str]) -> None:
+        self.path = path
+        self.vocab = {token: i for i, token in enumerate(tokens)}
+        self._loaded: TSD | None = None
+
+    def load(self) -> TSD:
+        """MidiTok's tokenizer from the file; `ConfigError` if its vocabulary is not vocab.json's."""
+        if self._loaded is None:
+            from miditok import TSD
+
+            loaded = TSD(params=self.path)
+            if loaded.vocab != self.vocab:
+                raise ConfigError(f"{str(self.path)!r} does not match the vocab.json saved beside it")
+            self._loaded = loaded
+        return self._loaded
+
+    def decode(self, ids: Sequence[int]) -> Any:
+        return self.load().decode(list(ids))
+
+    def save(self, directory: Path, filename: str) -> None:
+        self.load().save(directory, filename=filename)
+
+
 @dataclass
 class Vocab:
-    tokenizer: TSD
+    tokenizer: TSD | SavedTokenizer
     styles: list[str]
     keyed: bool = True  # has Key_* tokens; models trained before keys were added have none
     tokens: list[str] = field(init=False)
@@ -155,13 +191,20 @@ class Vocab:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise ConfigError(f"{str(meta_path)!r} has format {meta.get('format')!r}, expected {FORMAT}")
-        vocab = cls(TSD(params=directory / "tokenizer.json"), list(meta["styles"]), bool(meta.get("keys")))
-        if vocab.tokens != meta["tokens"]:
-            raise ConfigError(f"{str(meta_path)!r} does not match the tokenizer saved beside it")
+        tokens = list(meta.get("tokens", []))
+        if "SEP_None" not in tokens:
+            raise ConfigError(f"{str(meta_path)!r} lists no SEP_None token: it is not a concertbot vocabulary")
+        # MidiTok's tokens come first, then ours from SEP_None on (see __post_init__).
+        saved = SavedTokenizer(directory / "tokenizer.json", tokens[: tokens.index("SEP_None")])
+        vocab = cls(saved, list(meta["styles"]), bool(meta.get("keys")))
+        if vocab.tokens != tokens:
+            raise ConfigError(f"{str(meta_path)!r} does not match the tokens this version of concertbot makes")
         return vocab
 
     @classmethod
     def build(cls, styles: list[str]) -> Vocab:
+        from miditok import TSD
+
         return cls(TSD(tokenizer_config()), sorted(styles))
 
 

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from generator import metrics
-from generator.data import read_index
 from generator.decode import Note, decode, notes_array
 from generator.instruments import DRUMS
 from generator.vocab import Vocab
@@ -35,6 +34,8 @@ MIN_REGISTER_NOTES = 200  # fewer notes of an instrument in a style say too litt
 def learn_voices(dataset_dir: Path, vocab: Vocab) -> dict[str, dict]:
     """Per style: "leaps", the melodic leaps in semitones (clipped to ±MAX_LEAP) its real training voices take,
     and "registers", the lowest and highest pitch of each instrument (a program, as a string) in its pieces."""
+    from generator.data import read_index  # training only: the data set's modules are no part of playing
+
     tokens = np.load(dataset_dir / "tokens.npy", mmap_mode="r")
     rows = [r for r in read_index(dataset_dir) if r["split"] == "train" and r["length"] > 0]
     out: dict[str, dict] = {}

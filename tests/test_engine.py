@@ -143,7 +143,7 @@ def test_a_piece_through_the_engine_into_a_file_equals_its_offline_render(compos
             timed_messages(offline_notes, request.tempo, request.programs()), tail_seconds=0.5
         )
     events: list[EngineEvent] = []
-    worker = GenerationWorker(composer, lookahead_seconds=2.0, torch_threads=None)
+    worker = GenerationWorker(composer, lookahead_seconds=2.0)
     path = tmp_path / "concert.wav"
     with engine(renderer, [FileSink(path)], events, realtime=False) as eng:
         piece = worker.submit("p", request)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -80,7 +82,7 @@ def test_loop_guard_breaks_a_model_that_hammers_one_note(tiny_model):
         favourite[vocab.index[token]] = 10.0
     favourite[vocab.kind == KIND_TIMESHIFT] += 1.0  # after a note, move on rather than stack a chord
     composer._forward = lambda ids, cache: (favourite.clone(), None)  # type: ignore[method-assign]
-    composer.loaded.model.config.n_positions = 10**6  # no sliding window needed for a fixed-logit model
+    composer.loaded.shape = replace(composer.loaded.shape, context=10**6)  # a fixed-logit model needs no window
     piece = composer.compose(PieceRequest("bach", ("violin",), 100.0, 60.0, seed=1, temperature=1.0, top_p=0.9))
     report = loop_report(notes_array(piece.notes))
     assert piece.steered > 0

@@ -143,7 +143,11 @@ def draw_plan(profile: dict, seconds: float, tempo: float, seed: int, minor: boo
     shape = form["sections"] or [[bars, False]]
     sections = _sections(shape, bars)
     phrase_bars = {int(k): v for k, v in (profile.get("phrase_bars") or {DEFAULT_PHRASE_BARS: 1}).items()}
-    cadences = {int(k): v for k, v in (profile.get("cadences") or {0: 1, 7: 1}).items()}
+    # A key's mode has cadences of its own (a minor piece rests on its relative major, bIII, a major one never).
+    by_mode = (
+        (profile.get("mode_cadences") or {}).get("minor" if minor else "major") if minor is not None else None
+    )
+    cadences = {int(k): v for k, v in (by_mode or profile.get("cadences") or {0: 1, 7: 1}).items()}
     phrases: list[Phrase] = []
     for index, section in enumerate(sections):
         if section.returns is not None:
@@ -271,7 +275,8 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
     Returns plain data for the model card: "bar" (steps per bar, the most common metre), "forms" (the pieces'
     shapes, most common first: {"bar": steps per bar, "sections": [[bars, repeated], ...], "count": pieces}),
     "phrase_bars" ({bars: count}, the lengths a style's phrases commonly take), "cadences" ({root
-    above the tonic: count} where phrases end), "pitch_classes" ({"major"|"minor": 12 shares from the tonic up})
+    above the tonic: count} where phrases end; "mode_cadences" the same per mode, from pieces with a key),
+    "pitch_classes" ({"major"|"minor": 12 shares from the tonic up})
     "intervals" (shares of each melodic interval from -12 to +12 semitones, as metrics.interval_histogram
     measures them), "single_line" (programs whose notes rarely overlap their own next note) and "harmony"
     (its chords and their moves in each mode, generator.harmony.learn_harmony, from the pieces with a key).
@@ -280,6 +285,7 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
     forms: Counter[tuple] = Counter()
     phrase_bars: Counter[int] = Counter()
     cadences: Counter[int] = Counter()
+    mode_cadences: dict[str, Counter[int]] = {"major": Counter(), "minor": Counter()}
     pcs = {"major": np.zeros(12), "minor": np.zeros(12)}
     intervals = np.zeros(2 * MAX_INTERVAL + 1)
     overlaps: dict[int, list[int]] = {}
@@ -318,6 +324,8 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
             root = _resting_root(pitched, tick)
             if root is not None:
                 cadences[(root - tonic) % 12] += 1
+                if row.get("key"):
+                    mode_cadences["minor" if minor else "major"][(root - tonic) % 12] += 1
         for program, share in _overlaps(pitched).items():
             overlaps.setdefault(program, [0, 0])
             overlaps[program][0] += share[0]
@@ -333,6 +341,7 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         "phrase_bars": _common(phrase_bars) or {str(DEFAULT_PHRASE_BARS): 1},
         # A root a phrase seldom rests on is more likely a misread key than a cadence the style makes.
         "cadences": _common(cadences),
+        "mode_cadences": {mode: _common(c) for mode, c in mode_cadences.items() if c},
         "pitch_classes": {mode: [round(float(x), 5) for x in v / max(1.0, v.sum())] for mode, v in pcs.items()},
         "intervals": [round(float(x), 5) for x in intervals / max(1.0, intervals.sum())],
         "single_line": sorted(p for p, (over, total) in overlaps.items() if over < SINGLE_LINE_OVERLAP * total),

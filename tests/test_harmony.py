@@ -152,3 +152,25 @@ def test_eval_hears_a_progression_that_moves_by_fifths_in_the_key():
     assert heard.changes_per_bar == pytest.approx(15 / 10)
     chromatic = _block([(48 + i, 52 + i, 55 + i) for i in range(0, 12)])  # triads a semitone apart
     assert harmony_of(chromatic, 32, 0, 0, False).fifth_moves == 0.0
+
+
+def test_a_key_cadences_as_pieces_in_its_mode_do():
+    from generator.plan import learn_form
+
+    def chorale(key: str, rests: list[int]) -> tuple[dict, np.ndarray]:
+        # Four two-bar phrases marked by fermatas, each resting on a chord whose bass is `rests[i]`.
+        notes = [(t, 72, 16, 40) for t in range(0, 256, 16)]
+        notes += [(i * 64 + t, rests[i] if t == 48 else 48, 16, 42) for i in range(4) for t in range(0, 64, 16)]
+        row = {"bar": 384, "pickup": 0, "sections": [[0, 3072, False]], "fermatas": [768, 1536, 2304, 3072]}
+        return row | {"key": key}, np.array(notes, dtype=np.int32)
+
+    # Minor pieces (A minor) rest on C, the relative major; major ones (C major) on G and C.
+    pieces = [chorale("Am", [48, 48, 45, 45]) for _ in range(3)] + [
+        chorale("C", [43, 43, 48, 48]) for _ in range(3)
+    ]
+    profile = learn_form([r for r, _ in pieces], [n for _, n in pieces])
+    assert profile["mode_cadences"]["minor"] == {"0": 6, "3": 6}
+    assert profile["mode_cadences"]["major"] == {"0": 6, "7": 6}
+    for seed in range(30):
+        major = draw_plan(profile, 30.0, 90.0, seed, minor=False)
+        assert {p.cadence for p in major.phrases} <= {0, 7}  # never the minor mode's bIII

@@ -96,6 +96,7 @@ class LiveConcertView:
             paused=self.concert.session.engine.paused,
             form=plan.form if plan else None,
             plan=plan_summary(plan, r.tempo) if plan else None,
+            title=self.concert.conductor.title_of(r),
         )
 
     async def queue(self) -> list[QueueView]:
@@ -152,7 +153,7 @@ class LiveConcertView:
             key=self.concert.conductor.key_of(record),
             form=plan.form if plan else None,
             plan=plan_summary(plan, record.tempo) if plan else None,
-            title=getattr(record, "title", None) or None,  # records made before titles have none
+            title=self.concert.conductor.title_of(record),  # one made before titles: the one its seed draws
         )
 
     async def piece_midi(self, seed: int) -> bytes | None:

@@ -27,6 +27,7 @@ class NowView:
     paused: bool = False
     form: str | None = None  # its sections as a listener names them, "A A B B"; None without a plan
     plan: dict | None = None  # `bot.concert_view.plan_summary`: its bars, sections and cadences in seconds
+    title: str | None = None  # the piece's name (generator.titles); None when it has none
 
 
 @dataclass(frozen=True)

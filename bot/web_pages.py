@@ -13,6 +13,8 @@ from aiohttp import web
 
 from bot.view import BoardView, ConcertView, PieceView
 from bot.web_data import PERIODS, WebInputError, parse_period, parse_seed
+from bot.web_score import KINDS as SCORE_KINDS
+from bot.web_score import add_cache, score_response
 
 VIEW = web.AppKey("concert_view", ConcertView)
 LOCAL_CHAT = web.AppKey("local_chat", bool)  # whether /chat is served: then every page links to it
@@ -124,8 +126,13 @@ def piece_body(piece: PieceView, chat: bool = False) -> str:
     if piece.complete:
         listen = f"""<audio controls preload="none" src="/p/{seed}.wav"></audio>
 <p class="downloads"><a class="button" href="/p/{seed}.mid" download>Download MIDI</a>
-<a class="button" href="/p/{seed}.wav" download>Download WAV</a></p>"""
+<a class="button" href="/p/{seed}.wav" download>Download WAV</a>
+<a class="button" href="/p/{seed}.musicxml" download>Download MusicXML</a></p>"""
+        # The engraving is its own request: the page comes at once, the score when Verovio has drawn it.
+        score = f"""<figure class="score">
+<img src="/p/{seed}.svg" alt="The score of piece {seed}" loading="lazy"></figure>"""
     else:
+        score = ""
         listen = f"""<p class="note">Still being composed: the WAV and the whole MIDI come when it has
 finished.</p>
 <p class="downloads"><a class="button" href="/p/{seed}.mid" download>Download the notes so far (MIDI)</a></p>"""
@@ -141,6 +148,7 @@ finished.</p>
 <table class="recipe">
 {table}
 </table>
+{score}
 <p class="hint">Play it again on stream: type <code>!replay {seed}</code> in {where}.</p>
 </section>"""
 
@@ -191,12 +199,12 @@ e.g. <code>!compose bach</code>.</p>
 
 
 async def piece_route(request: web.Request) -> web.StreamResponse:
-    """`/p/<seed>`, `/p/<seed>.mid` and `/p/<seed>.wav`."""
+    """`/p/<seed>`, `/p/<seed>.mid`, `/p/<seed>.wav`, and the score: `/p/<seed>.musicxml`, `/p/<seed>.svg`."""
     name = request.match_info["name"]
     stem, dot, kind = name.partition(".")
     seed = parse_seed(stem)
     chat = request.app[LOCAL_CHAT]
-    if seed is None or (dot and kind not in ("mid", "wav")):
+    if seed is None or (dot and kind not in ("mid", "wav", *SCORE_KINDS)):
         return not_found("Seeds are whole numbers of up to 19 digits, like /p/123456789.", chat)
     view = request.app[VIEW]
     piece = await view.piece(seed)
@@ -215,6 +223,8 @@ async def piece_route(request: web.Request) -> web.StreamResponse:
         response = bytes_response(request, so_far, "audio/midi", disposition, cache="no-store")
         response.headers["X-Concertbot-Partial"] = "1"
         return response
+    if kind in SCORE_KINDS:
+        return await score_response(request, view, piece, kind)
     data = await (view.piece_midi(seed) if kind == "mid" else view.piece_wav(seed))
     if data is None:
         return not_found(f"Piece {seed} has no {kind.upper()} file.", chat)
@@ -267,6 +277,7 @@ async def chat_page(_: web.Request) -> web.Response:
 def add_routes(app: web.Application, local_chat: bool) -> None:
     """Serve the piece pages, the leaderboard and (if `local_chat`) the chat box page; needs `app[VIEW]`."""
     app[LOCAL_CHAT] = local_chat
+    add_cache(app)
     app.router.add_get("/p/{name}", piece_route)
     app.router.add_get("/top", top_page)
     if local_chat:

@@ -167,6 +167,7 @@ class FakeConcert:
             piece.seconds,
             form=piece.form,
             plan=piece.plan,
+            title=piece.title,
         )
 
     async def queue(self) -> list[QueueView]:

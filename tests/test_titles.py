@@ -214,3 +214,28 @@ async def test_a_piece_is_announced_by_its_title_and_replayed_by_it(fake: FakeTw
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.anyio
+async def test_the_overlay_shows_the_title_of_the_piece_playing() -> None:
+    from dataclasses import replace
+
+    from browser import find_chromium, launch_chromium
+    from fake_concert import FakeConcert
+    from serving import running
+
+    from bot.web import make_app
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium installed (apt-get install chromium)")
+    concert = FakeConcert()
+    concert.start(31, "irish", ("flute",), "ann")
+    concert.pieces[31] = replace(concert.pieces[31], title="The Lark on the Hill")
+    async with running(make_app(concert, None)) as url, launch_chromium() as browser:
+        page = await browser.new_page(f"{url}/overlay")
+        await page.wait_for("document.body.dataset.live === '1'", timeout=15)
+        title = "document.getElementById('now-title').textContent"
+        await page.wait_for(f"{title} === 'The Lark on the Hill'", timeout=10)
+        concert.start(32, "bach", ("organ",))  # a piece without a title: the line is empty, not stale
+        await page.wait_for(f"{title} === ''", timeout=10)
+        await page.close()

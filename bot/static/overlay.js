@@ -132,6 +132,7 @@ function showNow(message) {
     state.notes = state.notes.filter((note) => note.seed === now.seed);
     $("now-seed").textContent = now.seed;
     $("now-style").textContent = pretty(now.style);
+    $("now-title").textContent = now.title || ""; // pieces made before titles have none
     const chips = counted(now.instruments).map(({ name, n }) => {
       const chip = el("li");
       const dot = el("i");

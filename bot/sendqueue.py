@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ MAX_CHARS = 500  # Twitch's limit for one chat message
 WINDOW = 30.0  # seconds over which Twitch counts messages
 LIMIT = 20
 MODERATOR_LIMIT = 100
+# Marks that reorder the text around them: echoed from a viewer's line, they would turn the bot's reply around.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class Importance(IntEnum):
@@ -140,7 +143,8 @@ class SendQueue:
             mention: the login this line is for. Queued lines of a mergeable importance with the same text and a
                 mention merge into one "@a @b text" line while it fits in 500 characters.
         """
-        body = " ".join(text.split())
+        body = plain(text)
+        mention = plain(mention) if mention else None
         if not body:
             return None
         if mention and importance in MERGEABLE and self._merge(body, importance, mention):
@@ -221,6 +225,18 @@ class SendQueue:
             fresh = [p for p in self._pending if now - p.queued_at <= self.max_age]
             self.dropped += len(self._pending) - len(fresh)
             self._pending = fresh
+
+
+def plain(text: str) -> str:
+    """One line of plain text: each run of whitespace one space; no controls, direction marks, half characters.
+
+    Replies quote what viewers typed ("'\x1b[31m' is not a seed"); chat shows the bot's line as it is sent.
+    """
+    words = (
+        "".join(c for c in word if c not in BIDI_CONTROLS and unicodedata.category(c) not in ("Cc", "Cs"))
+        for word in text.split()
+    )
+    return " ".join(word for word in words if word)
 
 
 def _clip(text: str) -> str:

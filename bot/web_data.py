@@ -68,7 +68,7 @@ def parse_json_body(body: bytes, charset: str | None) -> Any:
     """A request body sent as `application/json` (UTF-8, as RFC 8259 requires), decoded.
 
     `WebInputError` for another charset, bytes that are not UTF-8, text that is not JSON, or JSON nested
-    deeper than Python's decoder goes.
+    deeper than Python's decoder goes or holding a number too long to convert.
     """
     if charset is not None and charset.lower() not in ("utf-8", "utf8"):
         raise WebInputError(f"send JSON as UTF-8, not charset={charset[:20]!r}")
@@ -76,7 +76,8 @@ def parse_json_body(body: bytes, charset: str | None) -> Any:
         return json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise WebInputError("the body is not UTF-8 text") from None
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
+        # ValueError beyond JSONDecodeError: a number of more than 4300 digits is refused by int() itself.
         raise WebInputError("the body is not valid JSON") from None
 
 
@@ -140,6 +141,9 @@ def parse_chat(body: Any) -> ChatLine:
         raise WebInputError("text must be a non-empty string")
     if len(text) > MAX_CHAT_TEXT:
         raise WebInputError(f"text must be at most {MAX_CHAT_TEXT} characters")
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        # JSON's "\ud800" escape decodes to half a character, which no reply quoting it could be sent as.
+        raise WebInputError("text must be Unicode characters (it holds half of a surrogate pair)")
     return ChatLine(user, text)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
+from chat_rig import HAS_REDIS, playing, running_concert, viewer
 
 from bot.sendqueue import MAX_CHARS, Importance, Outgoing, Sender, SendQueue
 
@@ -217,3 +219,45 @@ def test_500_viewers_at_once_are_all_answered_and_no_line_repeats_within_30_s() 
     assert named == set(logins)
     assert queue.dropped == 0
     assert len(sent) < 60  # merged: at most 18 lines per 31 s left room for all of them within 2 min
+
+
+def test_a_line_is_plain_text_whatever_it_quotes() -> None:
+    # Replies quote viewers ("'\x1b[31m' is not a seed"): no control, direction mark or half character
+    # reaches chat, where a right-to-left override would turn the rest of the bot's line around.
+    queue = SendQueue()
+    queue.push("'\u202e\x1b[31m\ud800⒐' is not a seed\n\n", Importance.ERROR_REPLY, 0.0, "m1", "\u2066ada\x00")
+    assert queue.pop_ready(0.0) == Outgoing("@ada '[31m⒐' is not a seed", Importance.ERROR_REPLY, "m1")
+    assert queue.push("\u200f\x07", Importance.INFO, now=0.0) is None and len(queue) == 0
+
+
+@pytest.mark.skipif(not HAS_REDIS, reason="needs the Redis server on 127.0.0.1:6379")
+def test_500_viewers_through_the_real_commands_get_lines_that_name_them_and_never_repeat(
+    tmp_path: Path,
+) -> None:
+    # The real handlers, store and conductor answer; the queue, on its own clock, says it in chat. A fifth of
+    # the crowd had voted already ("you already voted for <seed>" to each of them), others vote, ask for the
+    # queue or help, or request a piece inside the global cooldown.
+    async def scenario() -> tuple[SendQueue, list[tuple[float, Outgoing]], list[str]]:
+        async with running_concert(tmp_path) as concert:
+            seed = await playing(concert)
+            logins = [f"viewer_{i:03d}" for i in range(500)]
+            commands = ["!vote", "!vote", "!queue", "!help", "!compose bach"]
+            for login in logins[::5]:
+                await concert.store.vote(
+                    seed, f"id-{login}", concert.conductor.stream_id, concert.conductor.wall()
+                )
+            queue = SendQueue()  # as the bot runs it
+            for i, login in enumerate(logins):
+                for reply in await concert.commands.handle(viewer(login, commands[i % 5])):
+                    queue.push(reply.text, reply.importance, i * 0.00008, reply.reply_to, reply.mention)
+            return queue, drain(queue, start=0.0, until=200.0), logins
+
+    queue, sent, logins = asyncio.run(asyncio.wait_for(scenario(), timeout=120))
+    last_seen: dict[str, float] = {}
+    for at, line in sent:
+        assert line.text not in last_seen or at - last_seen[line.text] >= 30.0, line.text
+        last_seen[line.text] = at
+    assert any("you already voted for" in line.text for _, line in sent)
+    named = {word[1:] for _, line in sent for word in line.text.split() if word.startswith("@")}
+    assert named == set(logins) and queue.dropped == 0
+    print(f"500 viewers answered in {len(sent)} lines")

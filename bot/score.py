@@ -154,7 +154,7 @@ class ScoreCache:
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
         self._scores: OrderedDict[int, Score] = OrderedDict()
-        self._building: dict[int, asyncio.Future[Score]] = {}
+        self._building: dict[int, asyncio.Future[Score | None]] = {}
 
     async def get(
         self, seed: int, source: Callable[[], Awaitable[tuple[bytes, ScoreSpec] | None]]
@@ -165,23 +165,25 @@ class ScoreCache:
             return self._scores[seed]
         if seed in self._building:  # two visitors at once build it once
             return await asyncio.shield(self._building[seed])
-        found = await source()
-        if found is None:
-            return None
-        future: asyncio.Future[Score] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Score | None] = asyncio.get_running_loop().create_future()
         self._building[seed] = future
         try:
-            score = await asyncio.to_thread(build, *found)
-        except BaseException as exc:
+            found = await source()
+            score = None if found is None else await asyncio.to_thread(build, *found)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
             future.set_exception(exc)
             future.exception()  # read, so that a failure nobody else waits for is not reported twice
             raise
         finally:
             del self._building[seed]
         future.set_result(score)
-        self._scores[seed] = score
-        while len(self._scores) > self.size:
-            self._scores.popitem(last=False)
+        if score is not None:
+            self._scores[seed] = score
+            while len(self._scores) > self.size:
+                self._scores.popitem(last=False)
         return score
 
 

@@ -53,6 +53,9 @@ STYLE_FAMILIES = {
     "medieval": "renaissance",
 }
 DEFAULT_FAMILY = "irish"
+# How a family's words are cased: English tune books in title case, German by the casing its mixed-case titles
+# use (nouns capitalised), the rest as written (Italian and Latin capitalise only the first word).
+CASING = {"irish": "title", "scottish": "title", "german": "german", "chorale": "german"}
 
 # The corpus's ABC books, by family. Essen's German books only: han* are Chinese, irl Irish, and lot/lux
 # lost their umlauts ("Knigin") and carry page references.
@@ -264,7 +267,7 @@ def learn(titles: dict[str, list[str]]) -> dict[str, Any]:
     learnt_from = {family: len(raw) for family, raw in sorted(titles.items())}
     for family, raw in sorted(titles.items()):
         taught = [t.split() for t in raw if not blocked(t)]
-        families[family] = _bigrams(taught, german=family in ("german", "chorale"))
+        families[family] = _bigrams(taught, CASING.get(family, "written"))
     if "nickname" not in families and "irish" in titles:
         # The quartets' nicknames ("The Lark", "The Emperor") in the words of the English tune titles.
         english = [t for f in ("irish", "scottish") for t in titles.get(f, [])]
@@ -276,7 +279,7 @@ def learn(titles: dict[str, list[str]]) -> dict[str, Any]:
             and len(t.split()) <= 4
             and not any(_bare(w) in _TUNE_TYPES for w in t.split())
         ]
-        families["nickname"] = _bigrams(short, german=False)
+        families["nickname"] = _bigrams(short, "title")
         learnt_from["nickname"] = len(short)
     return {
         "format": FORMAT,
@@ -290,11 +293,11 @@ def learn(titles: dict[str, list[str]]) -> dict[str, Any]:
     }
 
 
-def _bigrams(titles: list[list[str]], german: bool) -> dict[str, Any]:
+def _bigrams(titles: list[list[str]], casing_rule: str) -> dict[str, Any]:
     """One family's words (as they are cased inside a title) and their successors, as flat count lists."""
     keys = [[w.casefold() for w in t] for t in titles]
     counts = Counter(w for t in keys for w in t)
-    casing = _casing(titles, german)
+    casing = _casing(titles, casing_rule)
     least = 1 + (len(titles) > PRUNE_ABOVE) + (len(titles) > 5 * PRUNE_ABOVE)
     words = sorted(w for w, n in counts.items() if n >= least)
     index = {w: i for i, w in enumerate(words)}
@@ -320,8 +323,9 @@ def _flat(counter: Counter[int]) -> list[int]:
     return [x for item, n in sorted(counter.items()) for x in (item, n)]
 
 
-def _casing(titles: list[list[str]], german: bool) -> dict[str, str]:
-    """Each word as it is most often written inside a mixed-case title (not first, where all are capitals)."""
+def _casing(titles: list[list[str]], rule: str) -> dict[str, str]:
+    """Each word as it is most often written inside a mixed-case title (not first, where all are capitals);
+    under the "title" rule with a capital unless it is a small word ("The Girl of My Heart")."""
     seen: dict[str, Counter[str]] = {}
     for t in titles:
         if not any(c.islower() for w in t for c in w):
@@ -333,7 +337,9 @@ def _casing(titles: list[list[str]], german: bool) -> dict[str, str]:
         for w in t:
             k = w.casefold()
             if k not in out:
-                out[k] = _guess_case(k, german)
+                out[k] = _guess_case(k, rule == "german")
+    if rule == "title":
+        out = {k: w if k in _SMALL else w[:1].upper() + w[1:] for k, w in out.items()}
     return out
 
 

@@ -3,6 +3,7 @@ served beside the piece and seen on its page in a real browser."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from fake_concert import FakeConcert
 from music21 import converter, stream
 from serving import running
 
-from bot.score import ScoreSpec, _speller, build, midi_notes, musicxml, svg_pages
+from bot.score import ScoreCache, ScoreSpec, _speller, build, midi_notes, musicxml, svg_pages
 from bot.web import make_app
 from generator.decode import STEPS_PER_BEAT, Note, midi_bytes, to_midi
 from generator.model import load_model
@@ -183,3 +184,26 @@ async def test_a_browser_sees_the_engraved_score_on_the_piece_page() -> None:
         box = await page.evaluate(f"JSON.stringify({shown}.getBoundingClientRect())")
         assert '"width":' in box and await page.evaluate(f"{shown}.getBoundingClientRect().height > 100")
         await page.close()
+
+
+@pytest.mark.anyio
+async def test_two_visitors_at_once_build_the_score_once_and_later_ones_get_it_from_the_cache() -> None:
+    cache = ScoreCache(size=1)
+    asked: list[int] = []
+    midi = midi_bytes(to_midi(NOTES, SPEC.tempo))
+
+    def source(seed: int):
+        async def give() -> tuple[bytes, ScoreSpec] | None:
+            asked.append(seed)
+            await asyncio.sleep(0)  # the second visitor arrives while the first one's build is under way
+            return (midi, SPEC) if seed != 404 else None
+
+        return give
+
+    first, second = await asyncio.gather(cache.get(1, source(1)), cache.get(1, source(1)))
+    assert first is second and first is not None and asked == [1]
+    assert await cache.get(1, source(1)) is first and asked == [1]
+    assert await cache.get(404, source(404)) is None
+    await cache.get(2, source(2))  # the cache keeps one: piece 1 is built again when asked for
+    await cache.get(1, source(1))
+    assert asked == [1, 404, 2, 1]

@@ -95,7 +95,8 @@ def musicxml(notes: list[ScoreNote], spec: ScoreSpec) -> bytes:
     score.insert(0, metadata.Metadata(title=spec.title, composer="concertbot"))
     signature = _key(spec.key)
     spell = _speller(spec.key)
-    bar = meter.TimeSignature(spec.metre or "4/4").barDuration.quarterLength
+    metre = heard_metre(notes, spec.metre or "4/4")
+    bar = meter.TimeSignature(metre).barDuration.quarterLength
     last = max((Fraction(n.end(), STEPS_PER_BEAT) for n in notes), default=Fraction(0))
     length = max(1, math.ceil(last / Fraction(bar))) * Fraction(bar)  # every part to the last bar's end
     for n, (name, lane) in enumerate(_parts(notes, spec.instruments)):
@@ -105,7 +106,7 @@ def musicxml(notes: list[ScoreNote], spec: ScoreSpec) -> bytes:
         if n == 0:
             part.insert(0, tempo.MetronomeMark(number=round(spec.tempo)))
         part.insert(0, key.KeySignature(signature.sharps) if signature else key.KeySignature(0))
-        part.insert(0, meter.TimeSignature(spec.metre or "4/4"))
+        part.insert(0, meter.TimeSignature(metre))
         for group in lane:
             part.insert(Fraction(group[0].start, STEPS_PER_BEAT), _sounding(group, spell))
         part.insert(0, clef.bestClef(part, recurse=True))
@@ -113,6 +114,29 @@ def musicxml(notes: list[ScoreNote], spec: ScoreSpec) -> bytes:
         part.makeNotation(inPlace=True)
         score.insert(0, part)
     return GeneralObjectExporter(score).parse()
+
+
+def heard_metre(notes: list[ScoreNote], metre: str) -> str:
+    """`metre` as the notes move in it: a plan's 3/4 (or 6/4) bar is 6/8 (12/8) when they move in dotted
+    quarters (a jig), which the plan cannot say, since it counts a bar's steps only.
+
+    A metre's beats are where notes seldom sound through: a jig's quarter-eighth figures hold over 3/4's second
+    and third beats but never over 6/8's second, a waltz's half notes the other way round.
+    """
+    compound = {"3/4": "6/8", "6/4": "12/8"}
+    if metre not in compound:
+        return metre
+    bar = 3 * STEPS_PER_BEAT * (1 if metre == "3/4" else 2)
+    dotted, plain = STEPS_PER_BEAT * 3 // 2, STEPS_PER_BEAT
+    only_compound = [at for at in range(dotted, bar, dotted) if at % plain]
+    only_simple = [at for at in range(plain, bar, plain) if at % dotted]
+
+    def held_over(points: list[int]) -> float:
+        return sum(n.start % bar < at < n.start % bar + n.duration for n in notes for at in points) / len(
+            points
+        )
+
+    return compound[metre] if held_over(only_compound) < held_over(only_simple) else metre
 
 
 def svg_pages(xml: bytes, width: int = 2100) -> list[str]:

@@ -17,7 +17,7 @@ from fake_concert import FakeConcert
 from music21 import converter, stream
 from serving import running
 
-from bot.score import ScoreCache, ScoreSpec, _speller, build, midi_notes, musicxml, svg_pages
+from bot.score import ScoreCache, ScoreSpec, _speller, build, heard_metre, midi_notes, musicxml, svg_pages
 from bot.web import make_app
 from generator.decode import STEPS_PER_BEAT, Note, midi_bytes, to_midi
 from generator.model import load_model
@@ -51,7 +51,7 @@ def sounding(score: stream.Score) -> Counter[tuple[int, Fraction]]:
     return out
 
 
-def heard(notes: list[Note]) -> Counter[tuple[int, Fraction]]:
+def heard_notes(notes: list[Note]) -> Counter[tuple[int, Fraction]]:
     return Counter((n.pitch, Fraction(n.start, STEPS_PER_BEAT)) for n in notes)
 
 
@@ -62,7 +62,7 @@ def parsed(xml: bytes) -> stream.Score:
 def test_the_musicxml_reads_back_as_the_midi_notes_in_parts_keys_and_bars() -> None:
     midi = midi_bytes(to_midi(NOTES, SPEC.tempo))
     score = parsed(musicxml(midi_notes(midi), SPEC))
-    assert sounding(score) == heard(NOTES)
+    assert sounding(score) == heard_notes(NOTES)
     assert [p.partName for p in score.parts] == ["Violin 1", "Violin 2", "Cello 1", "Cello 2"]
     first = score.parts[0]
     assert first.recurse().getElementsByClass("KeySignature").first().sharps == -1
@@ -106,7 +106,7 @@ def test_a_real_piece_reads_back_with_every_note_and_verovio_engraves_it(
     notes, spec = real_piece
     assert len(notes) > 40
     score = build(midi_bytes(to_midi(notes, spec.tempo)), spec)
-    assert sounding(parsed(score.musicxml)) == heard(notes)
+    assert sounding(parsed(score.musicxml)) == heard_notes(notes)
     assert len(score.svg) >= 1 and all(page.startswith("<svg") for page in score.svg)
     assert "Lobt Gott" in score.svg[0] and "Violin" in score.svg[0]
     assert score.svg[0].count('class="note"') > 20  # notes engraved, not an empty staff
@@ -149,7 +149,7 @@ async def test_the_piece_page_links_the_score_and_its_musicxml_download() -> Non
         async with session.get(f"{url}/p/77.mid") as got:
             midi = await got.read()
         score = parsed(xml)
-        assert sounding(score) == heard(sorted(midi_notes(midi)))  # type: ignore[arg-type]
+        assert sounding(score) == heard_notes(sorted(midi_notes(midi)))  # type: ignore[arg-type]
         assert score.metadata.bestTitle == "The Lark on the Hill"
 
         lookups = concert.lookups.count(77)
@@ -207,3 +207,20 @@ async def test_two_visitors_at_once_build_the_score_once_and_later_ones_get_it_f
     await cache.get(2, source(2))  # the cache keeps one: piece 1 is built again when asked for
     await cache.get(1, source(1))
     assert asked == [1, 404, 2, 1]
+
+
+def test_a_jig_is_written_in_six_eight_and_a_waltz_in_three_four() -> None:
+    # Quarter-eighth figures over a 24-step bar: a jig. Half note then quarter: a waltz.
+    jig = [
+        Note(bar * 24 + at, 67, length, VIOLIN)
+        for bar in range(4)
+        for at, length in ((0, 8), (8, 4), (12, 8), (20, 4))
+    ]
+    waltz = [Note(bar * 24 + at, 67, length, VIOLIN) for bar in range(4) for at, length in ((0, 16), (16, 8))]
+    for notes, heard in ((jig, "6/8"), (waltz, "3/4")):
+        spec = replace(SPEC, instruments=("violin",), metre="3/4")
+        xml = musicxml(midi_notes(midi_bytes(to_midi(notes, spec.tempo))), spec)
+        score = parsed(xml)
+        assert score.parts[0].recurse().getElementsByClass("TimeSignature").first().ratioString == heard
+        assert sounding(score) == heard_notes(notes)
+    assert heard_metre([], "2/4") == "2/4"

@@ -224,3 +224,53 @@ def test_a_jig_is_written_in_six_eight_and_a_waltz_in_three_four() -> None:
         assert score.parts[0].recurse().getElementsByClass("TimeSignature").first().ratioString == heard
         assert sounding(score) == heard_notes(notes)
     assert heard_metre([], "2/4") == "2/4"
+
+
+@pytest.mark.anyio
+async def test_the_real_concert_serves_the_score_of_the_piece_it_played(tmp_path) -> None:
+    import uuid
+
+    from serving import free_port
+
+    from bot.app import Concert, run_concert
+    from config import load_settings
+    from generator.decode import decode
+
+    port = free_port()
+    settings = load_settings(
+        paths={"data_dir": str(tmp_path)},
+        sampling={"seconds": 6.0},
+        concert={"autoplay": False, "http_port": port, "admin_token": "s3cret"},
+        outputs={"device": "off"},
+    )
+    ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        run_concert(
+            settings, None, sinks=[], started=ready.set_result, namespace=f"score-{uuid.uuid4().hex[:6]}"
+        )
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        concert = await asyncio.wait_for(ready, 30)
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"{base}/api/chat", json={"user": "ann", "text": "!compose irish flute"})
+            async with asyncio.timeout(60):
+                while concert.conductor.last is None or not concert.conductor.last.saved:
+                    await asyncio.sleep(0.05)
+            record = await concert.store.load_piece(concert.conductor.last.record.seed)
+            assert record is not None and record.tokens and record.title
+            async with http.get(f"{base}/p/{record.seed}") as got:
+                page = await got.text()
+            assert f"<h1>{record.title}</h1>" in page.replace("&#x27;", "'")
+            assert f'<img src="/p/{record.seed}.svg"' in page
+            async with http.get(f"{base}/p/{record.seed}.musicxml") as got:
+                assert got.status == 200
+                score = parsed(await got.read())
+            assert sounding(score) == heard_notes(decode(concert.conductor.loaded.vocab, record.tokens))
+            assert score.metadata.bestTitle == record.title
+            assert [p.partName for p in score.parts] == ["Flute"]
+            async with http.get(f"{base}/p/{record.seed}.svg") as got:
+                assert got.status == 200 and (await got.text()).count('class="note"') > 5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -159,6 +159,7 @@ DANGLING = _words(
     "der die das des dem den ein eine einen und von vom im am an auf mit zu zum zur in aus "
     "il la le lo i gli e di del della de da a per con et in ad"
 )
+_ADDRESSES = _words("mr. mrs. mr mrs dr. dr st. st miss honble sir lord lady captain capt. major col.")
 _SMALL = _words("the a an of and in on at to for with by from o' wi' or")
 _PAGE_REF = re.compile(r"\s*(\([^)]*\)|,?\s*S\.\s*\d+\w*)")
 _SUFFIX = re.compile(r"\s+--\s+")  # Ryan's "Miss Plaudy's -- Reel"
@@ -315,8 +316,16 @@ def _bigrams(titles: list[list[str]], casing_rule: str) -> dict[str, Any]:
     return {
         "words": [casing.get(w, w) for w in words],
         "start": _flat(start),
-        "next": [_flat(c) for c in follow],
+        "next": [_flat(_sure_ends(c, least)) for c in follow],
     }
+
+
+def _sure_ends(follow: Counter[int], least: int) -> Counter[int]:
+    """A word's successors, without the end of a title when only one title ended there in a large family:
+    "A Lovely" ended no real title, and "The Lads of Lovely" only one."""
+    if least > 1 and follow[END] == 1:
+        return Counter({word: n for word, n in follow.items() if word != END})
+    return follow
 
 
 def _flat(counter: Counter[int]) -> list[int]:
@@ -412,8 +421,8 @@ class TitleModel:
             words = _walk(family, rng, MAX_WORDS - 1 if prefix else MAX_WORDS, 1 if prefix else MIN_WORDS)
             if words is None:
                 continue
+            words[0] = words[0][:1].upper() + words[0][1:]  # "Missa Per illud", not "Missa per illud"
             title = " ".join([prefix, *words] if prefix else words)
-            title = title[:1].upper() + title[1:]
             if _digest(title) not in self.known:
                 return title
         return f"Piece {seed % 10_000:04d}"  # a family too small to say anything new; never met in practice
@@ -440,6 +449,10 @@ def _walk(family: _Family, rng: random.Random, most: int, least: int) -> list[st
     words = [family.words[i] for i in out]
     if words[-1].casefold() in DANGLING or len(set(out)) < len(out):  # "the Lass of the Lass"
         return None
+    if words[-1].endswith(".") or any(
+        w.casefold() in _ADDRESSES and not n[:1].isupper() for w, n in itertools.pairwise(words)
+    ):
+        return None  # "Mr. a Favourite Air": a name must follow
     if family.refused and not family.refused.isdisjoint(out):
         return None
     return words

@@ -41,16 +41,16 @@ def viewer(login: str, text: str, moderator: bool = False) -> ChatMessage:
 
 
 @asynccontextmanager
-async def running_concert(tmp_path: Path, **concert: Any) -> AsyncIterator[Concert]:
+async def running_concert(tmp_path: Path, seconds: float = 240.0, **concert: Any) -> AsyncIterator[Concert]:
     """The concert with local chat, no outputs and no web server, until the block ends.
 
-    `concert` overrides `[concert]` settings (`http_port` starts the web side on 127.0.0.1); autoplay is on,
+    `seconds` is the length of each piece; `concert` overrides `[concert]` settings (`http_port` starts the web side on 127.0.0.1); autoplay is on,
     so a piece plays (and can be voted for) soon.
     """
     namespace = f"rig-{uuid.uuid4().hex[:10]}"
     settings = load_settings(
         paths={"data_dir": str(tmp_path / "data")},
-        sampling={"seconds": 240.0},  # one piece outlasts the test: nothing else is composed meanwhile
+        sampling={"seconds": seconds},  # by default one piece outlasts the test: nothing else is composed
         concert={"redis_url": REDIS_URL, "http_port": 0, **concert},
         outputs={"device": "off"},
     )

@@ -115,10 +115,15 @@ class Bot:
         """A clean stop, as a service manager's SIGTERM: the embedded Redis goes down with it."""
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(60)
+            code = self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait()
+            code = self.proc.wait()
+        if code != 0:  # not a start-up figure, but worth seeing: a stop that did not go cleanly
+            time.sleep(0.2)  # its last lines, still in the reader's queue
+            while not self.lines.empty():
+                self.said.append(self.lines.get()[1])
+            print(f"warning: the bot exited {code} after SIGTERM: {self.said[-1:]}", file=sys.stderr)
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -208,7 +213,7 @@ def main() -> None:
         if args.before:
             row.append(f"{median('this tree', key) / median('before', key):.2f}")
         table.add_row(*row)
-    Console().print(table)
+    Console(width=140).print(table)
 
 
 if __name__ == "__main__":

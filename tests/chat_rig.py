@@ -44,8 +44,8 @@ def viewer(login: str, text: str, moderator: bool = False) -> ChatMessage:
 async def running_concert(tmp_path: Path, seconds: float = 240.0, **concert: Any) -> AsyncIterator[Concert]:
     """The concert with local chat, no outputs and no web server, until the block ends.
 
-    `seconds` is the length of each piece; `concert` overrides `[concert]` settings (`http_port` starts the web side on 127.0.0.1); autoplay is on,
-    so a piece plays (and can be voted for) soon.
+    `seconds` is the length of each piece; `concert` overrides `[concert]` settings (`http_port` starts the
+    web side on 127.0.0.1); autoplay is on, so a piece plays (and can be voted for) soon.
     """
     namespace = f"rig-{uuid.uuid4().hex[:10]}"
     settings = load_settings(

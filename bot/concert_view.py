@@ -102,7 +102,8 @@ class LiveConcertView:
     async def queue(self) -> list[QueueView]:
         entries = await self.concert.store.queue()
         etas = self.concert.conductor.queue_eta(len(entries))
-        return [
+        # Read after the store, with no wait in between: a request the conductor takes meanwhile is in `next`.
+        return self._next_up() + [
             QueueView(
                 position=e.position,
                 requester=e.request.login,
@@ -113,6 +114,33 @@ class LiveConcertView:
             )
             for e, eta in zip(entries, etas, strict=True)
         ]
+
+    def _next_up(self) -> list[QueueView]:
+        """The piece the conductor has taken from the queue but not yet started, as position 0 (or nothing).
+
+        A request leaves the store's queue when the conductor takes it, seconds before it plays: read from the
+        store alone, the overlay said "Nothing queued" meanwhile, and "The stage is quiet" between two pieces.
+        """
+        c = self.concert.conductor
+        slot = c.upcoming
+        if slot is not None and slot.started is None:
+            e = self.concert.settings.engine
+            left = c.current.record.seconds - c.elapsed() + e.tail_seconds + e.gap_seconds if c.current else 0.0
+            request = slot.request
+            return [
+                QueueView(
+                    position=0,
+                    requester=request.login if request else "",  # "" when the bot chose it
+                    style=slot.record.style,
+                    instruments=tuple(slot.record.instruments),
+                    eta_seconds=round(max(0.0, left)),
+                    replay_seed=request.seed if request else None,
+                )
+            ]
+        if c.preparing is not None:
+            r = c.preparing
+            return [QueueView(0, r.login, r.style, tuple(r.instruments), 0, r.seed)]
+        return []
 
     async def leaderboard(self, period: Period, n: int = 10) -> list[BoardView]:
         c = self.concert
@@ -288,7 +316,7 @@ class LiveConcertView:
         """One round of `publish_forever`: publish what differs from `last` (and update it)."""
         now = await self.now()
         queue = await self.queue()
-        self._queue_length = len(queue)
+        self._queue_length = sum(1 for q in queue if q.position > 0)  # waiting, not the one being composed
         # Elapsed time and waits tick on their own in the page; a change of anything else is news.
         steady: dict[str, object] = {
             "now": None if now is None else asdict(now) | {"elapsed": None},

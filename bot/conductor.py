@@ -76,6 +76,8 @@ class Conductor:
         self.stream_id = ""
         self.current: Slot | None = None
         self.upcoming: Slot | None = None
+        # A request popped from the store and not yet handed over: still the next piece for the overlay.
+        self.preparing: SongRequest | None = None
         self.last: Slot | None = None  # the piece that ended most recently: votes still count for a while
         self.autoplay_index = 0
         self._store_away = False  # Redis stopped answering: said once, not every second
@@ -154,7 +156,11 @@ class Conductor:
             return
         request = await self.store.pop_next(self.wall())
         if request is not None:
-            await self._play_request(request)
+            self.preparing = request
+            try:
+                await self._play_request(request)
+            finally:
+                self.preparing = None
         elif flags.autoplay:
             await self._autoplay()
 

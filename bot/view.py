@@ -32,8 +32,8 @@ class NowView:
 
 @dataclass(frozen=True)
 class QueueView:
-    position: int  # 1 plays next
-    requester: str
+    position: int  # 1 plays next; 0 is the piece the conductor is composing to play next
+    requester: str  # login; "" for a piece the bot chose itself (only ever at position 0)
     style: str
     instruments: tuple[str, ...]
     eta_seconds: float  # estimated wait until it starts

@@ -176,12 +176,19 @@ class OverlayHub:
     async def _read(self, kinds: set[str], periods: set[Period]) -> tuple[list[str], dict[Period, str]]:
         """Fresh messages for `kinds`, and for "top" one leaderboard message per period."""
         state = []
+        now = await self.view.now() if "now" in kinds else None
+        queue = await self.view.queue() if "queue" in kinds else []
+        for _ in range(3):
+            # A piece that starts between the two reads would be in neither (no longer next, not yet playing):
+            # read again until both describe one moment.
+            if "now" not in kinds or "queue" not in kinds or _seed(await self.view.now()) == _seed(now):
+                break
+            now, queue = await self.view.now(), await self.view.queue()
         if "now" in kinds:
-            now = await self.view.now()
             ticking = self._clock.observe(now, time.monotonic())
             state.append(_message("now", now=now_json(now), ticking=ticking))
         if "queue" in kinds:
-            state.append(_message("queue", queue=queue_json(await self.view.queue())))
+            state.append(_message("queue", queue=queue_json(queue)))
         boards = {}
         if "top" in kinds:
             for period in periods:
@@ -189,6 +196,10 @@ class OverlayHub:
                     "top", period=period, top=board_json(await self.view.leaderboard(period))
                 )
         return state, boards
+
+
+def _seed(now: NowView | None) -> int | None:
+    return None if now is None else now.seed
 
 
 def _deliver(

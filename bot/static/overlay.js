@@ -125,6 +125,7 @@ function showNow(message) {
   if (!now) {
     panel.dataset.state = "idle";
     state.notes = [];
+    showIdle();
     return;
   }
   panel.dataset.state = "playing";
@@ -210,6 +211,21 @@ function keyed(list, rows, keyOf, render) {
   list.replaceChildren(...items);
 }
 
+// Between two pieces the next one is already known: the queue's first row (position 0 once the conductor has
+// taken it to compose). Say what comes; "The stage is quiet" only when nothing does.
+function showIdle() {
+  const next = state.queue[0];
+  const what = next ? `${pretty(next.style)} for ${instrumentsText(next.instruments)}` : "";
+  setText($("idle-title"), next ? `Next: ${what}` : "The stage is quiet");
+  $("idle-hint").hidden = Boolean(next);
+  const line = $("idle-next");
+  line.hidden = !next;
+  if (next) {
+    const who = next.requester ? `requested by ${next.requester}` : "chosen by the bot";
+    setText(line, `${who} · ${next.position === 0 ? "composing the next piece" : "starting soon"}`);
+  }
+}
+
 function showQueue(message) {
   state.queue = message.queue;
   state.queueAt = performance.now();
@@ -223,13 +239,15 @@ function showQueue(message) {
       const item = el("li");
       const what = el("span", "what");
       const title = q.replay_seed ? `${pretty(q.style)} · replay` : pretty(q.style);
-      what.append(el("span", "title", title), el("span", "sub", `${q.requester} · ${instrumentsText(q.instruments)}`));
+      const who = q.requester || "the bot";
+      what.append(el("span", "title", title), el("span", "sub", `${who} · ${instrumentsText(q.instruments)}`));
       const side = el("span", "side eta");
       side.dataset.eta = q.eta_seconds;
-      item.append(el("span", "pos", q.position), what, side);
+      item.append(el("span", "pos", q.position === 0 ? "▸" : q.position), what, side);
       return item;
     },
   );
+  showIdle();
   tickQueue();
 }
 

@@ -308,6 +308,7 @@ def compose_cmd(
     import time
 
     from generator.decode import midi_bytes, timed_messages, to_midi
+    from generator.performance import planned
     from generator.sampling import Composer
 
     settings = _settings()
@@ -339,7 +340,8 @@ def compose_cmd(
     if renderer is not None:
         with renderer:
             err.print(f"soundfont: {renderer.soundfont.path} ({renderer.soundfont.origin})")
-            messages = list(timed_messages(piece.notes, request.tempo, request.programs()))
+            played = planned(piece.plan, request.tempo, request.programs())
+            messages = list(timed_messages(piece.notes, request.tempo, request.programs(), played))
             # A piece may end on a rest: the file lasts the whole requested length, then the reverb's tail.
             last = messages[-1][0] if messages else 0.0
             tail = max(request.seconds, last) - last + 1.5
@@ -348,7 +350,8 @@ def compose_cmd(
             audio = renderer.render(messages, tail_seconds=tail, leveler=leveler)
         write_wav(out, audio, settings.synth.sample_rate)
     else:
-        out.write_bytes(midi_bytes(to_midi(piece.notes, request.tempo)))
+        played = planned(piece.plan, request.tempo, request.programs())
+        out.write_bytes(midi_bytes(to_midi(piece.notes, request.tempo, played)))
     err.print(
         f"{request.style} for {', '.join(request.instruments)} at {request.tempo:g} BPM, seed {request.seed}: "
         f"{len(piece.notes)} notes, {len(piece.tokens)} tokens in {took:.1f} s "

@@ -188,7 +188,8 @@ class LiveConcertView:
         record = await self.concert.store.load_piece(seed)
         if record is None or not record.tokens:
             return None
-        return midi_bytes(to_midi(self._notes(record), record.tempo))
+        performance = self.concert.conductor.performance_of(record)
+        return midi_bytes(to_midi(self._notes(record), record.tempo, performance))
 
     async def piece_midi_so_far(self, seed: int) -> bytes | None:
         conductor = self.concert.conductor
@@ -197,7 +198,7 @@ class LiveConcertView:
             return None
         # A copy: the generation thread appends to the list while this decodes it.
         notes = decode(conductor.loaded.vocab, list(slot.live.tokens))
-        midi = to_midi(notes, slot.record.tempo)
+        midi = to_midi(notes, slot.record.tempo, conductor.performance_of(slot.record))
         # Marked inside the file too, so a saved copy still says it is not the whole piece.
         text = f"partial: the first {len(notes)} notes of piece {seed}, composed so far"
         midi.tracks[0].insert(0, mido.MetaMessage("marker", text=text, time=0))
@@ -225,7 +226,10 @@ class LiveConcertView:
             # Levelled as the stream is: the download sounds as loud as the piece did live.
             leveler = leveler_for(settings.loudness, settings.synth.sample_rate)
             audio = renderer.render(
-                timed_messages(self._notes(record), record.tempo, programs), leveler=leveler
+                timed_messages(
+                    self._notes(record), record.tempo, programs, self.concert.conductor.performance_of(record)
+                ),
+                leveler=leveler,
             )
         out = io.BytesIO()
         write_wav(out, audio, settings.synth.sample_rate)

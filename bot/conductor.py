@@ -23,6 +23,7 @@ from bot.store import PieceRecord, SeedConflictError, SongRequest, Store, StoreU
 from config.errors import ConcertbotError
 from config.settings import Settings
 from generator.model import LoadedModel
+from generator.performance import Performance, planned
 from generator.plan import Plan
 from generator.recipes import make_request, new_seed
 from generator.sampling import PieceRequest, chosen_key, piece_plan
@@ -272,8 +273,16 @@ class Conductor:
     def _hand_over(
         self, record: PieceRecord, request: SongRequest | None, tokens: tuple[int, ...] | None
     ) -> None:
-        live = self.session.request(str(record.seed), piece_request(record), tokens=tokens)
+        recipe = piece_request(record)
+        if record.model_version != self.loaded.version:
+            # Another model's piece replays its tokens as written: this card's plan is not the one it followed.
+            recipe = dataclasses.replace(recipe, plan=False)
+        live = self.session.request(str(record.seed), recipe, tokens=tokens)
         self.upcoming = Slot(record, live, request, saved=tokens is not None)
+
+    def performance_of(self, record: PieceRecord) -> Performance:
+        """How a stored piece is played (its plan's dynamics and ritardando), as it was live."""
+        return planned(self.plan_of(record), record.tempo, piece_request(record).programs())
 
     # Engine events.
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from generator.events import piece_events
+from generator.performance import planned
 from generator.sampling import Composer, PieceRequest
 from synth.feed import EventFeed, FeedCancelled
 
@@ -109,7 +110,9 @@ class GenerationWorker:
         # A replay plays the stored tokens: the same notes even if the model has been retrained since.
         source = iter(piece.replay) if piece.replay is not None else self.composer.stream(request)
         tokens = self._timed(piece, source)
-        for batch in piece_events(self.composer.vocab, tokens, request.tempo, request.programs()):
+        # Played as its plan shapes it: the same dynamics and ritardando as its download and its replays.
+        played = planned(self.composer.plan(request), request.tempo, request.programs())
+        for batch in piece_events(self.composer.vocab, tokens, request.tempo, request.programs(), played):
             piece.music_seconds = batch.until
             piece.feed.put(batch.until, batch.events, batch.done)
 

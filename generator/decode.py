@@ -14,11 +14,11 @@ import mido
 import numpy as np
 
 from generator.instruments import DRUMS
+from generator.performance import Performance, flat
 from generator.vocab import KIND_DURATION, KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT, Vocab
 
 STEPS_PER_BEAT = 8
 MIDI_TPQ = 480
-VELOCITY = 80  # the corpus carries no dynamics; the synth's loudness control evens pieces out
 
 
 @dataclass(frozen=True, order=True)
@@ -81,16 +81,21 @@ NoteEvent = tuple[int, int, int, int]
 
 
 def timed_messages(
-    notes: Iterable[Note], tempo: float, programs: Iterable[int] | None = None
+    notes: Iterable[Note],
+    tempo: float,
+    programs: Iterable[int] | None = None,
+    performance: Performance | None = None,
 ) -> Iterator[tuple[float, mido.Message]]:
     """(seconds, message) pairs in time order: program changes first, note-offs before note-ons at a tick.
 
     `programs` gives channels to the requested instruments rather than to those that happen to play, as a
     live stream must before it knows the notes; every note's program must then be among them.
+    `performance` shapes loudness and time (generator.performance); None plays the notes as written.
     """
     notes = sorted(notes)
     chans = channels(n.program for n in notes) if programs is None else channels(programs)
-    seconds_per_step = 60.0 / tempo / STEPS_PER_BEAT
+    played = performance or flat(tempo)
+    voices = played.by_channel(chans)
     yield from program_changes(chans)
     events: list[NoteEvent] = []
     for n in notes:
@@ -98,13 +103,17 @@ def timed_messages(
         events.append((n.start, 1, chan, n.pitch))
         events.append((n.end(), 0, chan, n.pitch))
     for event in sorted(events):
-        yield timed_message(event, seconds_per_step)
+        yield timed_message(event, played, voices)
 
 
-def timed_message(event: NoteEvent, seconds_per_step: float) -> tuple[float, mido.Message]:
+def timed_message(
+    event: NoteEvent, performance: Performance, voices: dict[int, int]
+) -> tuple[float, mido.Message]:
+    """The event as a message at its time; `voices` gives each channel's role in the loudness."""
     step, on, chan, pitch = event
     kind = "note_on" if on else "note_off"
-    return step * seconds_per_step, mido.Message(kind, channel=chan, note=pitch, velocity=VELOCITY if on else 0)
+    velocity = performance.velocity(step, voices.get(chan, 0)) if on else 0
+    return performance.seconds(step), mido.Message(kind, channel=chan, note=pitch, velocity=velocity)
 
 
 def program_changes(chans: dict[int, int]) -> list[tuple[float, mido.Message]]:
@@ -116,17 +125,34 @@ def program_changes(chans: dict[int, int]) -> list[tuple[float, mido.Message]]:
     ]
 
 
-def to_midi(notes: Iterable[Note], tempo: float) -> mido.MidiFile:
-    """A type-0 MIDI file of the notes at `tempo`; the same notes always give the same bytes."""
+def to_midi(notes: Iterable[Note], tempo: float, performance: Performance | None = None) -> mido.MidiFile:
+    """A type-0 MIDI file of the notes at `tempo`, shaped by `performance` as the stream plays them (its
+    ritardando as tempo changes, the notes on the beat grid); the same notes always give the same bytes."""
+    played = performance or flat(tempo)
     midi = mido.MidiFile(type=0, ticks_per_beat=MIDI_TPQ)
     track = mido.MidiTrack()
     midi.tracks.append(track)
-    track.append(mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo), time=0))
     ticks_per_step = MIDI_TPQ // STEPS_PER_BEAT
-    seconds_per_tick = 60.0 / tempo / MIDI_TPQ
+    notes = sorted(notes)
+    chans = channels(n.program for n in notes)
+    # (step, order, message): tempo changes come first at a step, then note-offs, then note-ons.
+    timeline: list[tuple[int, int, mido.Message]] = [
+        (0, 0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(tempo)))
+    ]
+    timeline += [
+        (step, 0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm)))
+        for step, bpm in played.tempo_changes()
+    ]
+    timeline += [(0, 1, msg) for _, msg in program_changes(chans)]
+    events = sorted(
+        [(n.start, 1, chans[n.program], n.pitch) for n in notes]
+        + [(n.end(), 0, chans[n.program], n.pitch) for n in notes]
+    )
+    voices = played.by_channel(chans)
+    timeline += [(event[0], 2, timed_message(event, played, voices)[1]) for event in events]
     last = 0
-    for seconds, msg in timed_messages(notes, tempo):
-        tick = round(seconds / seconds_per_tick / ticks_per_step) * ticks_per_step
+    for step, _, msg in sorted(timeline, key=lambda item: (item[0], item[1])):
+        tick = step * ticks_per_step
         track.append(msg.copy(time=tick - last))
         last = tick
     track.append(mido.MetaMessage("end_of_track", time=0))

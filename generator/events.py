@@ -14,7 +14,6 @@ from typing import NamedTuple
 import mido
 
 from generator.decode import (
-    STEPS_PER_BEAT,
     NoteDecoder,
     NoteEvent,
     channels,
@@ -22,6 +21,7 @@ from generator.decode import (
     timed_message,
 )
 from generator.instruments import DRUMS
+from generator.performance import Performance, flat
 from generator.vocab import Vocab
 
 TimedMessage = tuple[float, mido.Message]
@@ -36,7 +36,11 @@ class EventBatch(NamedTuple):
 
 
 def piece_events(
-    vocab: Vocab, tokens: Iterable[int], tempo: float, programs: Sequence[int]
+    vocab: Vocab,
+    tokens: Iterable[int],
+    tempo: float,
+    programs: Sequence[int],
+    performance: Performance | None = None,
 ) -> Iterator[EventBatch]:
     """Batches of timed events as tokens arrive; the last has `done` set and ends at the last note-off.
 
@@ -46,9 +50,10 @@ def piece_events(
         tempo: beats per minute.
         programs: the instruments the piece may use, each given its channel up front as the offline render
             does; a program outside them still plays, on the next free channel.
+        performance: its dynamics and tempo map (generator.performance); None plays the notes as written.
     """
     chans = channels(programs)
-    seconds_per_step = 60.0 / tempo / STEPS_PER_BEAT
+    played = performance or flat(tempo)
     yield EventBatch(0.0, program_changes(chans), False)
     decoder = NoteDecoder(vocab)
     pending: list[NoteEvent] = []  # a heap: it pops in the order the offline render sorts into
@@ -60,26 +65,26 @@ def piece_events(
             if note.program not in chans:
                 chans[note.program] = _free_channel(chans, note.program)
                 if note.program != DRUMS:
-                    late = [(note.start * seconds_per_step, _program_change(chans, note.program))]
+                    late = [(played.seconds(note.start), _program_change(chans, note.program))]
             chan = chans[note.program]
             heapq.heappush(pending, (note.start, 1, chan, note.pitch))
             heapq.heappush(pending, (note.end(), 0, chan, note.pitch))
             if late:
-                yield EventBatch(note.start * seconds_per_step, late, False)
+                yield EventBatch(played.seconds(note.start), late, False)
         if decoder.time > committed:
             # A note still to come starts at decoder.time or later, so everything before it is final.
             committed = decoder.time
-            yield EventBatch(
-                committed * seconds_per_step, _pop_before(pending, committed, seconds_per_step), False
-            )
+            yield EventBatch(played.seconds(committed), _pop_before(pending, committed, played, chans), False)
     end = max((step for step, *_ in pending), default=committed)
-    yield EventBatch(end * seconds_per_step, _pop_before(pending, end + 1, seconds_per_step), True)
+    yield EventBatch(played.seconds(end), _pop_before(pending, end + 1, played, chans), True)
 
 
-def _pop_before(pending: list[NoteEvent], step: int, seconds_per_step: float) -> list[TimedMessage]:
+def _pop_before(
+    pending: list[NoteEvent], step: int, played: Performance, chans: dict[int, int]
+) -> list[TimedMessage]:
     out = []
     while pending and pending[0][0] < step:
-        out.append(timed_message(heapq.heappop(pending), seconds_per_step))
+        out.append(timed_message(heapq.heappop(pending), played, played.by_channel(chans)))
     return out
 
 

@@ -17,6 +17,7 @@ from bot.live import GenerationWorker
 from generator.decode import timed_messages
 from generator.events import piece_events
 from generator.model import load_model
+from generator.performance import planned
 from generator.sampling import Composer, PieceRequest
 from synth.engine import EngineEvent, LiveEngine
 from synth.feed import EventFeed, FeedCancelled
@@ -100,9 +101,12 @@ def first(events: list[EngineEvent], kind: str) -> EngineEvent:
 def test_live_events_equal_the_offline_timing_of_the_same_seed(composer):
     request = PieceRequest("bach", ("violin", "cello"), 100.0, 15.0, seed=11)
     offline = composer.compose(request)
-    batches = list(piece_events(composer.vocab, composer.stream(request), request.tempo, request.programs()))
+    # Played as its plan shapes it (accents, swells, the final ritardando), live and offline alike.
+    played = planned(offline.plan, request.tempo, request.programs())
+    stream = composer.stream(request)
+    batches = list(piece_events(composer.vocab, stream, request.tempo, request.programs(), played))
     live = [e for b in batches for e in b.events]
-    expected = list(timed_messages(offline.notes, request.tempo, request.programs()))
+    expected = list(timed_messages(offline.notes, request.tempo, request.programs(), played))
     assert [(t, m.bytes()) for t, m in live] == [(t, m.bytes()) for t, m in expected]
     # Watermarks only move forward, and every event lands before its own batch's watermark.
     previous = 0.0
@@ -137,10 +141,12 @@ def test_live_playback_equals_the_offline_render_sample_for_sample(renderer):
 
 def test_a_piece_through_the_engine_into_a_file_equals_its_offline_render(composer, renderer, tmp_path: Path):
     request = PieceRequest("irish", ("flute", "harp"), 120.0, 8.0, seed=3)
-    offline_notes = composer.compose(request).notes
+    offline_piece = composer.compose(request)
+    offline_notes = offline_piece.notes
+    played = planned(offline_piece.plan, request.tempo, request.programs())  # as the live worker plays it
     with FluidSynthRenderer(find_soundfont(None), sample_rate=RATE) as other:
         offline = other.render(
-            timed_messages(offline_notes, request.tempo, request.programs()), tail_seconds=0.5
+            timed_messages(offline_notes, request.tempo, request.programs(), played), tail_seconds=0.5
         )
     events: list[EngineEvent] = []
     worker = GenerationWorker(composer, lookahead_seconds=2.0)

@@ -14,7 +14,7 @@ from generator.model import load_model
 from generator.plan import Plan, draw_plan
 from generator.sampling import Composer, PieceRequest
 
-I, IV, V, VI = state(0, MAJOR), state(5, MAJOR), state(7, MAJOR), state(9, MINOR)
+I, IV, V, VI = state(0, MAJOR), state(5, MAJOR), state(7, MAJOR), state(9, MINOR)  # noqa: E741 (Roman numerals)
 
 
 def _block(chords: list[tuple[int, ...]], span: int = 16, program: int = 0) -> np.ndarray:

@@ -97,13 +97,17 @@ def timed_messages(
     played = performance or flat(tempo)
     voices = played.by_channel(chans)
     yield from program_changes(chans)
-    events: list[NoteEvent] = []
-    for n in notes:
-        chan = chans[n.program]
-        events.append((n.start, 1, chan, n.pitch))
-        events.append((n.end(), 0, chan, n.pitch))
-    for event in sorted(events):
+    for event in note_events(notes, chans):
         yield timed_message(event, played, voices)
+
+
+def note_events(notes: Iterable[Note], chans: dict[int, int]) -> list[NoteEvent]:
+    """Each note's on and off on its program's channel, in the order a piece plays them."""
+    return sorted(
+        event
+        for n in notes
+        for event in ((n.start, 1, chans[n.program], n.pitch), (n.end(), 0, chans[n.program], n.pitch))
+    )
 
 
 def timed_message(
@@ -144,12 +148,8 @@ def to_midi(notes: Iterable[Note], tempo: float, performance: Performance | None
         for step, bpm in played.tempo_changes()
     ]
     timeline += [(0, 1, msg) for _, msg in program_changes(chans)]
-    events = sorted(
-        [(n.start, 1, chans[n.program], n.pitch) for n in notes]
-        + [(n.end(), 0, chans[n.program], n.pitch) for n in notes]
-    )
     voices = played.by_channel(chans)
-    timeline += [(event[0], 2, timed_message(event, played, voices)[1]) for event in events]
+    timeline += [(event[0], 2, timed_message(event, played, voices)[1]) for event in note_events(notes, chans)]
     last = 0
     for step, _, msg in sorted(timeline, key=lambda item: (item[0], item[1])):
         tick = step * ticks_per_step

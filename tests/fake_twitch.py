@@ -431,16 +431,7 @@ class FakeTwitch:
             if key is None:
                 return _error(400, "Invalid refresh token")
             old = self._tokens.pop(key)  # a refresh token works once; the old access token stops too
-            new = self._issue(old.user_id, old.scopes, refresh=True)
-            return web.json_response(
-                {
-                    "access_token": new.value,
-                    "refresh_token": new.refresh,
-                    "expires_in": new.expires_in,
-                    "scope": list(new.scopes),
-                    "token_type": "bearer",
-                }
-            )
+            return _grant_json(self._issue(old.user_id, old.scopes, refresh=True))
         return _error(400, "unsupported grant type")
 
     async def _oauth_device(self, request: web.Request) -> web.Response:
@@ -482,16 +473,7 @@ class FakeTwitch:
             return _error(400, "access_denied")
         code.state = "used"
         assert code.user_id is not None
-        token = self._issue(code.user_id, code.scopes, refresh=True)
-        return web.json_response(
-            {
-                "access_token": token.value,
-                "refresh_token": token.refresh,
-                "expires_in": token.expires_in,
-                "scope": list(token.scopes),
-                "token_type": "bearer",
-            }
-        )
+        return _grant_json(self._issue(code.user_id, code.scopes, refresh=True))
 
     async def _oauth_validate(self, request: web.Request) -> web.Response:
         header = request.headers.get("Authorization", "")
@@ -811,6 +793,19 @@ def _frame(message_type: str) -> JSON:
     return {
         "metadata": {"message_id": str(uuid.uuid4()), "message_type": message_type, "message_timestamp": _now()}
     }
+
+
+def _grant_json(token: _Token) -> web.Response:
+    """oauth2/token's answer for a user token pair, as a refresh and a device grant give it."""
+    return web.json_response(
+        {
+            "access_token": token.value,
+            "refresh_token": token.refresh,
+            "expires_in": token.expires_in,
+            "scope": list(token.scopes),
+            "token_type": "bearer",
+        }
+    )
 
 
 def _error(status: int, message: str) -> web.Response:

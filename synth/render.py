@@ -5,19 +5,25 @@ No audio driver is ever started; the caller decides where the samples go (a file
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import wave
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Self
 
-import fluidsynth
 import numpy as np
 
 from config.errors import ConfigError
 from synth.loudness import db_to_gain
 from synth.soundfonts import SoundFont, find_soundfont
+
+# pyfluidsynth prints where it found the library when CI is set in the environment; stdout is the commands'
+# output (`doctor --json`, `play --json`), so that line goes to stderr.
+with contextlib.redirect_stdout(sys.stderr):
+    import fluidsynth
 
 if TYPE_CHECKING:
     import mido

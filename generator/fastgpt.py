@@ -11,7 +11,7 @@ logits.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +153,15 @@ class FastGPT2:
     def reset(self) -> None:
         self.length = 0
 
+    def fork(self) -> FastGPT2:
+        """A decoder over the same weights (shared, not copied) with an empty key/value cache of its own."""
+        twin = object.__new__(FastGPT2)
+        twin.__dict__.update(self.__dict__)
+        twin.keys = torch.zeros_like(self.keys)
+        twin.values = torch.zeros_like(self.values)
+        twin.length = 0
+        return twin
+
     @torch.inference_mode()
     def forward(self, ids: list[int]) -> torch.Tensor:
         """Append `ids` to the cached sequence; the logits [vocab] for the token after the last one."""
@@ -183,3 +192,57 @@ class FastGPT2:
         self.length = start + n
         last = F.layer_norm(x[-1], (self.n_embd,), *self.ln_f, self.eps)
         return self.lm_head @ last
+
+
+@torch.inference_mode()
+def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
+    """Append one token to each of several cached sequences in one pass; their logits [B, vocab].
+
+    Row i's logits are bit for bit what `rows[i].forward([ids[i]])` gives, so a piece's notes do not depend on
+    what else is in the batch. That rules out the obvious batched kernels: a [B, C] @ [C, N] product is not
+    computed as B [1, C] @ [C, N] ones (MKL takes a matrix-vector path at one row, and its sums run in another
+    order), nor is a [B, C] @ [C, V] output layer as B matrix-vector products. A batch of B one-row products
+    (`baddbmm`, `bmm` over the weight expanded, not copied) is, and still reads each weight once per layer
+    for the whole batch instead of once per sequence (tests/test_batch.py checks the bits). Attention runs row
+    by row over each sequence's own cache, with batch-1's very operations: the sequences differ in length.
+
+    Args:
+        rows: decoders over the same weights (`FastGPT2.fork`), each with its own cache; at least one.
+        ids: the next token of each.
+    """
+    first = rows[0]
+    n, c, heads, dim = len(rows), first.n_embd, first.n_head, first.head_dim
+    starts = [row.length for row in rows]
+    for row, start in zip(rows, starts, strict=True):
+        if start + 1 > row.context:
+            raise ValueError(f"sequence of {start + 1} tokens exceeds the context of {row.context}")
+    device = first.wte.device
+    x = first.wte[torch.tensor(ids, device=device)] + first.wpe[torch.tensor(starts, device=device)]  # [B, C]
+    scale = math.sqrt(dim)
+    for layer, (g1, b1, wa, ba, wp, bp, g2, b2, wf, bf, wo, bo) in enumerate(first.blocks):
+        h = F.layer_norm(x, (c,), g1, b1, first.eps)
+        qkv = _rows_addmm(ba, h, wa)  # [B, 3C]
+        ys = []
+        for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
+            q, k, v = qkv[i : i + 1].split(c, dim=1)  # [1, C] each, as batch-1 has them
+            q = q.view(1, heads, dim).transpose(0, 1)  # [H, 1, D]
+            row.keys[layer, :, start : start + 1] = k.view(1, heads, dim).transpose(0, 1)
+            row.values[layer, :, start : start + 1] = v.view(1, heads, dim).transpose(0, 1)
+            keys = row.keys[layer, :, : start + 1]  # [H, T, D]
+            att = torch.softmax(q @ keys.transpose(1, 2) / scale, dim=-1)
+            ys.append((att @ row.values[layer, :, : start + 1]).transpose(0, 1).reshape(1, c))
+        x = x + _rows_addmm(bp, torch.cat(ys), wp)
+        h = F.layer_norm(x, (c,), g2, b2, first.eps)
+        x = x + _rows_addmm(bo, F.gelu(_rows_addmm(bf, h, wf), approximate="tanh"), wo)
+    for row, start in zip(rows, starts, strict=True):
+        row.length = start + 1
+    last = F.layer_norm(x, (c,), *first.ln_f, first.eps)  # [B, C]
+    # lm_head @ last, one matrix-vector product per row, as a batch of [1, C] @ [C, V] products.
+    return torch.bmm(last.unsqueeze(1), first.lm_head.T.expand(n, c, -1)).squeeze(1)
+
+
+def _rows_addmm(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """bias + x @ weight for x [B, K], computed as B one-row `addmm`s are: [B, N]."""
+    n = x.shape[0]
+    out = torch.baddbmm(bias.expand(n, 1, -1), x.unsqueeze(1), weight.expand(n, *weight.shape))
+    return out.squeeze(1)

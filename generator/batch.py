@@ -1,0 +1,219 @@
+"""Batched decoding: many pieces sampled together, one forward pass per step, pieces joining and leaving at any
+step (continuous batching, as text-generation servers do).
+
+A piece's tokens are exactly those `Composer.stream` samples for its request, whatever else is in the batch:
+each piece runs `Composer.stream` itself (the grammar, the guards, voice leading, the plan and its own seeded
+`torch.Generator`, all untouched), and only its forward passes are taken out of its hands. When a piece asks
+for the logits of its next token it parks; once every live piece has parked, one batched pass
+(`fastgpt.forward_rows`, bit for bit batch-1's arithmetic per row) answers them all. Parking needs a piece to
+stop in the middle of `stream`, so each piece runs on a thread of its own that only ever runs while the
+scheduler waits for it: one piece at a time, in a fixed order, as deterministic as a loop, never two at once.
+Threads rather than a copy of `stream`'s loop: the sampler keeps one definition, and whatever it learns (a
+critic, new masks) the batch plays the same.
+
+The masks stay per piece (`Composer._choose`, tensors over the vocabulary): batching them as [B, vocab] tensors
+needs a sampler written for rows, which this module leaves for a later change.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+
+import torch
+
+from generator.fastgpt import FastGPT2, forward_rows
+from generator.sampling import Composer, Composition, PieceRequest
+
+
+class _Cancelled(BaseException):
+    """Raised inside a piece's own thread to unwind its `stream` when the piece leaves the batch early."""
+
+
+class BatchPiece:
+    """One piece in the batch: its request, the tokens sampled so far, and whether it is finished."""
+
+    def __init__(self, request: PieceRequest, composer: Composer, cache: FastGPT2) -> None:
+        self.request = request
+        self.tokens: list[int] = []  # music tokens so far; the last one is EOS once it is done
+        self.report = Composition(request, composer.prefix(request), [], plan=composer.plan(request))
+        self.error: BaseException | None = None  # what stopped its `stream`, other than finishing
+        self.done = False
+        self.cancelled = False
+        self.cache = cache
+        self.pending: list[int] | None = None  # tokens waiting for a forward pass
+        self.fresh = False  # the pending tokens start a new sequence (the prefix, or a slid window)
+        self.logits: torch.Tensor | None = None
+        self._go = threading.Semaphore(0)  # scheduler -> piece: run until you next park
+        self._back = threading.Semaphore(0)  # piece -> scheduler: parked (or finished)
+        self._thread = threading.Thread(
+            target=self._run, args=(_RowComposer(composer, self),), daemon=True, name=f"piece-{request.seed}"
+        )
+
+    @property
+    def finished(self) -> bool:
+        """True once it has sampled its EOS."""
+        return self.done and self.error is None and not self.cancelled
+
+    def _run(self, composer: _RowComposer) -> None:
+        self._go.acquire()
+        try:
+            for token in composer.stream(self.request, self.report):
+                self.tokens.append(token)
+        except _Cancelled:
+            pass
+        except Exception as exc:  # handed to whoever owns the piece: one piece's fault must not stop the rest
+            self.error = exc
+        finally:
+            self.done = True
+            self._back.release()
+
+    def _park(self, ids: list[int], fresh: bool) -> tuple[torch.Tensor, FastGPT2]:
+        """In the piece's thread: hand `ids` to the scheduler and sleep until their logits are in."""
+        self.pending, self.fresh = ids, fresh
+        self._back.release()
+        self._go.acquire()
+        if self.cancelled:
+            raise _Cancelled
+        assert self.logits is not None
+        return self.logits, self.cache
+
+    def _resume(self) -> None:
+        """In the scheduler: let the piece run until it parks again or finishes."""
+        self._go.release()
+        self._back.acquire()
+
+
+class _RowComposer(Composer):
+    """The shared composer as one piece sees it: the same everything, but forward passes go to the batch."""
+
+    def __init__(self, base: Composer, piece: BatchPiece) -> None:  # no super(): shares base's state as is
+        self.__dict__.update(base.__dict__)
+        self._piece = piece
+
+    def _forward(self, ids: list[int], cache: FastGPT2 | None) -> tuple[torch.Tensor, FastGPT2]:
+        # The sampler only ever continues the cache it was given back (or starts afresh with None).
+        assert cache is None or cache is self._piece.cache
+        return self._piece._park(list(ids), fresh=cache is None)
+
+
+class BatchComposer:
+    """Steps every live piece together: `add` pieces at any time, `step` samples one token for each.
+
+    Args:
+        composer: the model, vocabulary and device to sample with (its own batch-1 cache is left alone).
+    """
+
+    def __init__(self, composer: Composer) -> None:
+        self.composer = composer
+        self.live: list[BatchPiece] = []
+        self._spare: list[FastGPT2] = []  # caches of pieces that left, for the next ones to join
+
+    def __enter__(self) -> BatchComposer:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def add(self, request: PieceRequest) -> BatchPiece:
+        """Join a piece; its first token comes with the next `step`."""
+        cache = self._spare.pop() if self._spare else self.composer.fast.fork()
+        piece = BatchPiece(request, self.composer, cache)
+        piece._thread.start()
+        piece._resume()  # runs up to its prefix's forward pass
+        self._settle(piece)
+        return piece
+
+    def cancel(self, piece: BatchPiece) -> None:
+        """Take a piece out of the batch before it has finished; its tokens so far stay in `piece.tokens`."""
+        if piece.done:
+            return
+        piece.cancelled = True
+        piece._resume()
+        self._settle(piece)
+
+    def close(self) -> None:
+        for piece in list(self.live):
+            self.cancel(piece)
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[BatchPiece, int]]:
+        """One forward pass for the whole batch, then one token from each live piece: (piece, token) pairs.
+
+        A piece whose token is EOS, or whose sampler raised (then `piece.error` says what), leaves the batch.
+        """
+        self._forward()
+        out = []
+        for piece in list(self.live):
+            before = len(piece.tokens)
+            piece._resume()
+            out += [(piece, token) for token in piece.tokens[before:]]
+            self._settle(piece)
+        return out
+
+    def _forward(self) -> None:
+        rows: list[BatchPiece] = []
+        for piece in self.live:
+            ids = piece.pending
+            assert ids is not None
+            if piece.fresh or len(ids) != 1:
+                # A prefix or a slid window: batch-1's own pass, so its cache holds exactly batch-1's keys.
+                if piece.fresh:
+                    piece.cache.reset()
+                piece.logits = piece.cache.forward(ids).to("cpu")
+            else:
+                rows.append(piece)
+        if rows:
+            logits = forward_rows([p.cache for p in rows], [p.pending[0] for p in rows if p.pending]).to("cpu")
+            for i, piece in enumerate(rows):
+                piece.logits = logits[i]
+        for piece in self.live:
+            piece.pending = None
+
+    def _settle(self, piece: BatchPiece) -> None:
+        """Keep a parked piece in the batch; let a finished one go and keep its cache for another."""
+        if piece.done:
+            if piece in self.live:
+                self.live.remove(piece)
+            piece._thread.join()
+            self._spare.append(piece.cache)
+        elif piece not in self.live:
+            self.live.append(piece)
+
+
+def compose_together(
+    composer: Composer, requests: Sequence[PieceRequest], join_at: Iterable[int] | None = None
+) -> list[list[int]]:
+    """Sample several pieces in one batch, request i joining at step `join_at[i]` (all at 0 by default).
+
+    Returns each piece's music tokens (ending with EOS), in the order of `requests`.
+
+    Raises:
+        Exception: what a piece's sampler raised (the first piece's to fail), once the others have finished.
+    """
+    joins = list(join_at) if join_at is not None else [0] * len(requests)
+    if len(joins) != len(requests):
+        raise ValueError(f"{len(joins)} join steps for {len(requests)} requests")
+    with BatchComposer(composer) as batch:
+        pieces: list[BatchPiece | None] = [None] * len(requests)
+        for step in _steps():
+            for i, at in enumerate(joins):
+                if at == step:
+                    pieces[i] = batch.add(requests[i])
+            if not batch.live and all(p is not None for p in pieces):
+                break
+            batch.step()
+        for piece in pieces:
+            if piece is not None and piece.error is not None:
+                raise piece.error
+    return [p.tokens if p is not None else [] for p in pieces]
+
+
+def _steps() -> Iterator[int]:
+    step = 0
+    while True:
+        yield step
+        step += 1

@@ -1,0 +1,101 @@
+"""Batched decoding (generator.batch): a piece's tokens never depend on what else is in the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from generator.batch import BatchComposer, compose_together
+from generator.fastgpt import forward_rows
+from generator.model import load_model
+from generator.sampling import Composer, PieceRequest
+
+# Four styles, one to four instruments, plan and voice leading on and off, other temperatures and top-p.
+REQUESTS = [
+    PieceRequest("bach", ("violin", "violin", "viola", "cello"), 90.0, 5.0, seed=11),
+    PieceRequest("irish", ("flute", "harp"), 120.0, 4.0, seed=12, temperature=0.9),
+    PieceRequest("folk", ("guitar", "violin"), 110.0, 6.0, seed=13, top_p=0.8, voice_leading=False),
+    PieceRequest("scottish", ("piano",), 100.0, 4.0, seed=14, plan=False),
+]
+# Long enough for its window to slide past the model's context while the others step beside it.
+LONG = PieceRequest("classical", ("violin", "viola", "cello"), 100.0, 10.0, seed=28)
+
+
+@pytest.fixture(scope="module")
+def composer() -> Composer:
+    torch.set_num_threads(1)
+    return Composer(load_model())
+
+
+@pytest.fixture(scope="module")
+def alone(composer) -> dict[PieceRequest, list[int]]:
+    """Each piece as `Composer.stream` samples it on its own: what every batch must reproduce."""
+    return {r: list(composer.stream(r)) for r in [*REQUESTS, LONG]}
+
+
+def test_forward_rows_gives_batch_one_logits_bit_for_bit(composer):
+    generator = torch.Generator().manual_seed(0)
+    vocab = len(composer.vocab)
+    rows, alone = [], []
+    for length in (1, 7, 60, 300, 33):  # sequences of different lengths in one batch
+        ids = torch.randint(0, vocab, (length,), generator=generator).tolist()
+        rows.append(composer.fast.fork())
+        alone.append(composer.fast.fork())
+        rows[-1].forward(ids)
+        alone[-1].forward(ids)
+    for _ in range(3):
+        ids = torch.randint(0, vocab, (len(rows),), generator=generator).tolist()
+        batched = forward_rows(rows, ids)
+        for i, (row, token) in enumerate(zip(alone, ids, strict=True)):
+            assert torch.equal(batched[i], row.forward([token]))
+    assert [r.length for r in rows] == [r.length for r in alone] == [4, 10, 63, 303, 36]
+
+
+@pytest.mark.parametrize("join_at", [[0, 0, 0, 0, 0], [0, 3, 17, 40, 1], [25, 9, 0, 2, 60]])
+def test_a_piece_is_the_same_whatever_joins_the_batch_and_when(composer, alone, join_at):
+    requests = [*REQUESTS, LONG]
+    got = compose_together(composer, requests, join_at)
+    for request, tokens in zip(requests, got, strict=True):
+        assert tokens == alone[request], request
+    assert tokens[-1] == composer.vocab.eos
+    # The long piece's window slid (a fresh pass over half a context) while other pieces stepped.
+    assert len(composer.prefix(LONG)) + len(got[-1]) > composer.loaded.context
+
+
+def test_pieces_leave_mid_flight_and_others_play_on(composer, alone):
+    bach, irish, folk, scottish = REQUESTS
+    with BatchComposer(composer) as batch:
+        first = batch.add(bach)
+        gone = batch.add(folk)
+        heard: dict[int, list[int]] = {}
+        for step in range(200):
+            if step == 12:
+                batch.cancel(gone)  # a skipped piece
+                late = batch.add(scottish)  # takes the cache the skipped piece left
+            if step == 20:
+                other = batch.add(irish)
+            for piece, token in batch.step():
+                heard.setdefault(id(piece), []).append(token)
+            if not batch.live:
+                break
+        assert not batch.live
+    assert gone.cancelled and not gone.finished and gone.tokens == alone[folk][:12]
+    for piece, request in ((first, bach), (late, scottish), (other, irish)):
+        assert piece.finished and piece.tokens == heard[id(piece)] == alone[request]
+    assert id(gone) not in heard or heard[id(gone)] == gone.tokens
+
+
+def test_a_failing_piece_leaves_and_the_others_finish(composer, alone):
+    bach = REQUESTS[0]
+    # Temperature 0 divides the logits by zero: torch.multinomial refuses the probabilities it makes.
+    broken = PieceRequest("irish", ("flute",), 120.0, 4.0, seed=16, temperature=0.0)
+    with BatchComposer(composer) as batch:
+        good, bad = batch.add(bach), batch.add(broken)
+        steps = 0
+        while batch.live:
+            batch.step()
+            steps += 1
+    assert isinstance(bad.error, RuntimeError) and not bad.finished and bad.tokens == []
+    assert good.finished and good.tokens == alone[bach] and steps == len(alone[bach])
+    with pytest.raises(RuntimeError):
+        compose_together(composer, [bach, broken])

@@ -20,6 +20,7 @@ from bot.chat import ChatMessage
 from bot.chatbot import ChatCommands, Reply
 from bot.concert_view import LiveConcertView
 from bot.conductor import Conductor
+from bot.journal import JournalWriter, Written
 from bot.lock import data_folder_lock
 from bot.player import LiveSession, build_sinks
 from bot.sendqueue import Importance, Sender, SendQueue
@@ -149,6 +150,14 @@ async def _run_concert(
                     speak = speak_local
                 await conductor.start()
                 tasks = [asyncio.create_task(conductor.run(), name="conductor")]
+
+                # What chat asked for while Redis was away, written once it is back.
+                def journal_written(written: Written) -> None:
+                    for reply in commands.journal_written(written):
+                        concert.say(reply)
+
+                writer = JournalWriter(commands.journal, store, journal_written)
+                tasks.append(asyncio.create_task(writer.run(), name="outage journal"))
                 if listener is not None:
                     # The web chat box speaks as anyone, the streamer included: only on a local-only server.
                     local = twitch is None and c.http_host in ("127.0.0.1", "localhost", "::1")
@@ -175,7 +184,8 @@ async def _web(
     """The overlay, pages, API and metrics on `concert.http_host:http_port`, for as long as the concert runs."""
     from aiohttp import web
 
-    from bot.web import make_app
+    from bot.journal import JournalCollector
+    from bot.web import REGISTRY, make_app
 
     c = concert.settings.concert
     view = LiveConcertView(concert)
@@ -189,6 +199,7 @@ async def _web(
         hosts=[c.http_host],
         outputs=lambda: [r.status() for r in runners],
     )
+    app[REGISTRY].register(JournalCollector(concert.commands.journal))
     runner = web.AppRunner(app)
     await runner.setup()
     await web.SockSite(runner, listener).start()

@@ -24,6 +24,7 @@ from bot.commands import (
 )
 from bot.conductor import Conductor
 from bot.fairness import Cooldowns, RecentChatters
+from bot.journal import NOTED, Journal, JournalledRequest, Written
 from bot.sendqueue import Importance
 from bot.store import QueueRefused, SongRequest, Store, StoreUnavailable, VoteOutcome
 from config.errors import ConcertbotError
@@ -66,6 +67,8 @@ class ChatCommands:
         self.votes = 0
         self.requests_by_style: dict[str, int] = {}
         self._store_away = False  # Redis stopped answering: logged once, not at every command
+        # Requests and votes made while Redis is away wait here; bot.journal.JournalWriter writes them.
+        self.journal = Journal()
 
     async def handle(self, msg: ChatMessage) -> list[Reply]:
         """Everything the bot says back to one chat line (often nothing)."""
@@ -79,10 +82,16 @@ class ChatCommands:
         if command is None:
             return []
         try:
-            blocked = await self.store.is_blocked(msg.login)
-            if self._store_away:
-                log.info("Redis answers again; chat commands work again")
-                self._store_away = False
+            try:
+                blocked = await self.store.is_blocked(msg.login)
+            except StoreUnavailable as exc:
+                # Requests and votes go to the journal; the store refuses a blocked login when it writes them.
+                self._went_away(exc)
+                blocked = False
+            else:
+                if self._store_away:
+                    log.info("Redis answers again; chat commands work again")
+                    self._store_away = False
             if blocked:
                 return []
             if command.for_moderators and not msg.is_privileged:
@@ -90,9 +99,7 @@ class ChatCommands:
             handler = getattr(self, f"_{command.name}")
             return await handler(msg, command.args, now)
         except StoreUnavailable as exc:
-            if not self._store_away:
-                log.warning("chat commands cannot reach their state: %s", exc)
-                self._store_away = True
+            self._went_away(exc)
             if not self.cooldowns.may_reply_error(msg.user_id, now):
                 return []
             return [Reply(UNAVAILABLE, Importance.ERROR_REPLY, msg.message_id or None, msg.login)]
@@ -103,6 +110,24 @@ class ChatCommands:
         except Exception:
             log.exception("command %r failed", command.name)
             return []
+
+    def journal_written(self, written: Written) -> list[Reply]:
+        """Once `JournalWriter` wrote an entry of the journal: wake the conductor, count, tell a refusal."""
+        entry = written.entry
+        if written.counted_vote:
+            self.votes += 1
+        if isinstance(entry, JournalledRequest):
+            if written.refused is None:
+                self.conductor.request_arrived()
+            elif written.refused:  # "": blocked, said nothing to, as when queued directly
+                text = f"your {entry.request.style} request could not be queued: {written.refused}"
+                return [Reply(text, Importance.ERROR_REPLY, None, entry.request.login)]
+        return []
+
+    def _went_away(self, exc: StoreUnavailable) -> None:
+        if not self._store_away:
+            log.warning("chat commands cannot reach their state: %s", exc)
+            self._store_away = True
 
     def _info(self, msg: ChatMessage, text: str) -> list[Reply]:
         return [Reply(text, Importance.INFO, msg.message_id or None, msg.login)]
@@ -168,20 +193,31 @@ class ChatCommands:
         seed: int | None = None,
         key: str | None = None,
     ) -> str:
-        """Queue the request, start the cooldown, and say where it stands: "#2 in the queue, starting ..."."""
-        entry = await self.store.enqueue(
-            SongRequest(
-                user_id=msg.user_id,
-                login=msg.login,
-                style=style,
-                instruments=instruments,
-                tempo=tempo,
-                seed=seed,
-                key=key,
-                priority=priority,
-                requested_at=now,
-            )
+        """Queue the request, start the cooldown, and say where it stands: "#2 in the queue, starting ...".
+
+        While Redis is away, and until what waits in the journal is written, the request joins the journal.
+        """
+        request = SongRequest(
+            user_id=msg.user_id,
+            login=msg.login,
+            style=style,
+            instruments=instruments,
+            tempo=tempo,
+            seed=seed,
+            key=key,
+            priority=priority,
+            requested_at=now,
         )
+        entry = None
+        if not self.journal:  # while requests wait in the journal, nothing overtakes them
+            try:
+                entry = await self.store.enqueue(request)
+            except StoreUnavailable as exc:
+                self._went_away(exc)
+        if entry is None:
+            self.journal.add_request(request)
+            self.cooldowns.requested(msg.user_id, now, exempt=priority)
+            return NOTED
         self.cooldowns.requested(msg.user_id, now, exempt=priority)
         self.conductor.request_arrived()
         eta = self.conductor.queue_eta(entry.position)[-1]
@@ -207,7 +243,7 @@ class ChatCommands:
         )
 
     async def _cancel(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
-        removed = await self.store.cancel_latest(msg.user_id)
+        removed = self.journal.withdraw(msg.user_id) or await self.store.cancel_latest(msg.user_id)
         if removed is None:
             raise CommandError("you have no request in the queue")
         return self._info(msg, f"your {removed.style} request is withdrawn")
@@ -216,7 +252,19 @@ class ChatCommands:
         seed = self.conductor.vote_target(self.settings.concert.vote_grace_seconds)
         if seed is None:
             raise CommandError("nothing to vote for right now")
-        outcome = await self.store.vote(seed, msg.user_id, self.conductor.stream_id, self.conductor.wall())
+        try:
+            outcome = await self.store.vote(seed, msg.user_id, self.conductor.stream_id, self.conductor.wall())
+        except StoreUnavailable as exc:
+            self._went_away(exc)
+            self.journal.add_vote(seed, msg.user_id, self.conductor.stream_id, self.conductor.wall())
+            return [
+                Reply(
+                    f"your vote for {seed} is noted; it counts once the store is back",
+                    Importance.ACK,
+                    None,
+                    msg.login,
+                )
+            ]
         if outcome is VoteOutcome.COUNTED:
             self.votes += 1
             return [Reply(f"your vote for {seed} is counted", Importance.ACK, None, msg.login)]

@@ -35,6 +35,25 @@ from generator.titles import normalised
 Period = Literal["stream", "week", "all"]
 POOL_SIZE = 16  # a burst of hundreds of votes waits for one of these instead of opening hundreds of sockets
 POOL_WAIT = 30.0  # seconds a command may wait for a free connection
+# Hash: outage-journal entry id -> request id, for `enqueue_once`. (Belongs with bot.keys' names; kept here
+# until that module's owner takes it.)
+JOURNAL_SUFFIX = ":journal:written"
+ONCE_SECONDS = 86400  # an id is remembered this long after the last journalled write
+# ENQUEUE unchanged, run only when the id in ARGV[7] has not queued a request yet (KEYS[10]: that hash).
+ENQUEUE_ONCE = f"""
+local function enqueue()
+{lua.ENQUEUE}
+end
+local written = KEYS[10]
+local done = redis.call('HGET', written, ARGV[7])
+if done then return {{'done', done}} end
+local result = enqueue()
+if result[1] == 'ok' then
+  redis.call('HSET', written, ARGV[7], result[2])
+  redis.call('EXPIRE', written, ARGV[8])
+end
+return result
+"""
 
 
 class StoreError(ConcertbotError):
@@ -289,6 +308,7 @@ class Store:
         k = keys
         self._lanes = [k.queue_normal, k.queue_priority, k.queue_items, k.queue_viewers, k.queue_logins]
         self._enqueue = client.register_script(lua.ENQUEUE)
+        self._enqueue_once = client.register_script(ENQUEUE_ONCE)
         self._pop_next = client.register_script(lua.POP_NEXT)
         self._cancel_latest = client.register_script(lua.CANCEL_LATEST)
         self._remove_login = client.register_script(lua.REMOVE_LOGIN)
@@ -307,11 +327,31 @@ class Store:
             QueueRefused: the viewer is blocked (reply nothing), has `max_per_viewer` requests queued in the
                 normal lane, or the queue holds `max_length` requests.
         """
+        entry = await self._queue_request(self._enqueue, request)
+        assert entry is not None  # only enqueue_once's script answers "done"
+        return entry
+
+    @_outage_is_unavailable
+    async def enqueue_once(self, request: SongRequest, once: str) -> QueueEntry | None:
+        """`enqueue`, but a request is queued at most once under the id `once` (kept a day): None when it was.
+
+        For requests written again after a lost reply (the outage journal, `bot.journal`).
+
+        Raises:
+            QueueRefused: as `enqueue`; a refused request is not marked, so it may be tried again.
+        """
+        return await self._queue_request(
+            self._enqueue_once, request, [self.keys.namespace + JOURNAL_SUFFIX], [once, ONCE_SECONDS]
+        )
+
+    async def _queue_request(
+        self, script: Any, request: SongRequest, keys: list[str] | None = None, args: list[Any] | None = None
+    ) -> QueueEntry | None:
         k, limits = self.keys, self.limits
         login = request.login.lower()
         request = replace(request, login=login, id=0)
-        status, value, *rest = await self._enqueue(
-            keys=[*self._lanes, k.queue_seq, k.queue_round, k.queue_served, k.blocked],
+        status, value, *rest = await script(
+            keys=[*self._lanes, k.queue_seq, k.queue_round, k.queue_served, k.blocked, *(keys or [])],
             args=[
                 token(request.user_id),
                 _text(login),
@@ -319,8 +359,11 @@ class Store:
                 limits.max_per_viewer,
                 limits.max_length,
                 _request_json(request),
+                *(args or []),
             ],
         )
+        if status == b"done":
+            return None
         if status == b"blocked":
             raise QueueRefused("blocked", f"{login} is blocked")
         if status == b"viewer_cap":

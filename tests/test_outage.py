@@ -69,6 +69,7 @@ async def concert_on(
 
 
 UNAVAILABLE = "the queue is unavailable right now; try again in a minute"
+JOURNALLED = "your irish for flute is noted: it joins the queue once the store is back"
 
 
 def line(login: str, text: str) -> ChatMessage:
@@ -152,17 +153,19 @@ async def test_api_pages_and_chat_say_unavailable_during_a_redis_outage(
                     assert await r.json() == {"error": "state unavailable: Redis is not answering"}
             async with http.get(f"{base}/p/{seed}") as r:
                 assert r.status == 503 and "text/html" in r.content_type
+            # A request is kept in memory and written once Redis is back (tests/test_outage_journal.py).
             async with http.post(f"{base}/api/chat", json={"user": "bob", "text": "!compose irish flute"}) as r:
-                assert r.status == 200 and (await r.json())["replies"] == [f"@bob {UNAVAILABLE}"]
-            for text in ("!queue", "!vote", f"!replay {seed}"):
+                assert r.status == 200 and (await r.json())["replies"] == [f"@bob {JOURNALLED}"]
+            for text in ("!queue", f"!replay {seed}"):
                 replies = await concert.chat(line("cat", text))
                 assert [reply.text for reply in replies] == [UNAVAILABLE], text
             assert concert.conductor.current.record.seed == seed  # the music never stopped
 
             redis.start()
-            await queued(concert, "bob", "!compose irish flute")
+            await until(lambda: not concert.commands.journal, what="bob's request written")
+            await queued(concert, "cat", "!compose folk")
             async with http.get(f"{base}/api/queue") as r:
-                assert r.status == 200 and [e["requester"] for e in await r.json()] == ["bob"]
+                assert r.status == 200 and [e["requester"] for e in await r.json()] == ["bob", "cat"]
 
     web_log = records(caplog, "bot.web", logging.WARNING)
     assert len(web_log) == len(paths) + 1 and all("not answering" in r.getMessage() for r in web_log)

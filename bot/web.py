@@ -17,6 +17,7 @@ Routes:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
@@ -276,6 +277,11 @@ class ConcertCollector(Collector):
             requests.add_metric([style], count)
         yield requests
         yield GaugeMetricFamily("concertbot_overlay_clients", "Overlays connected now.", len(self._hub.clients))
+        try:  # a scrape runs on the concert's loop; a count that keeps growing is a task leak (bench_soak.py)
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # collected off the loop: there is nothing to count
+            return
+        yield GaugeMetricFamily("concertbot_asyncio_tasks", "Tasks on the concert's event loop now.", tasks)
 
 
 class OutputsCollector(Collector):

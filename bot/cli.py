@@ -627,6 +627,40 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@app.command("worker")
+def worker_cmd(
+    model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped model).")] = None,
+    device: Annotated[str, typer.Option(help="Torch device to sample on: cpu, cuda, cuda:1 ...")] = "cpu",
+    name: Annotated[str | None, typer.Option(help="Consumer name (default: host-pid-random).")] = None,
+) -> None:
+    """Sample pieces for concerts with generation.remote = true, taken from the Redis at REDIS_URL."""
+    import logging
+    import signal
+
+    import redis
+
+    from bot.worker import run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    url = settings.concert.redis_url
+    if url is None:
+        raise fail(
+            ConcertbotError("`concertbot worker` needs REDIS_URL: the Redis the concerts send pieces to")
+        )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop, as Ctrl-C
+    try:
+        loaded = _load_model(settings, model)
+        g = settings.generation
+        run_worker(url.get_secret_value(), loaded, g.namespace, g.claim_idle_seconds, device, name)
+    except KeyboardInterrupt:
+        err.print("stopped")
+    except redis.ConnectionError as exc:
+        raise fail(ConcertbotError(f"cannot reach the Redis at REDIS_URL: {exc}")) from None
+    except ConcertbotError as exc:
+        raise fail(exc) from None
+
+
 from bot.doctor_cli import doctor_cmd, soundfonts_cmd  # noqa: E402 (registered here, written there)
 
 app.command("doctor")(doctor_cmd)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 LIMIT = 1000  # commands kept at most: an outage of minutes in a busy chat, a few hundred kilobytes
 RETRY_FIRST = 0.25  # seconds before the writer tries Redis again; doubles up to RETRY_MAX
-RETRY_MAX = 4.0
+RETRY_MAX = 2.0  # an outage that ended is noticed within this; each try is one refused connect
 # Past the bound the viewer is told plainly that nothing can be kept (the chat's "unavailable" reply).
 FULL = "the queue is unavailable right now; try again in a minute"
 WAITING = "you already have a request waiting; it joins the queue once the store is back"
@@ -64,7 +64,7 @@ class Journal:
         self.on_add: Callable[[], None] = lambda: None  # the writer's wake-up
         self.journalled = 0
         self.flushed = 0
-        self.refused = 0  # written, and refused by the store (queue full, viewer blocked, piece never played)
+        self.refused = 0  # written, and refused by the store (queue full, viewer blocked)
         self.dropped = 0  # not kept: the journal was full
         self._full = False
         self._in_flight: Entry | None = None  # the head while the writer writes it: no longer withdrawable
@@ -161,9 +161,9 @@ async def write(store: Store, entry: Entry) -> Written:
         except QueueRefused as exc:
             return Written(entry, refused="" if exc.reason == "blocked" else str(exc))
         return Written(entry)
-    outcome = await store.vote(entry.seed, entry.user_id, entry.stream_id, entry.at)
-    if outcome is VoteOutcome.NOT_PLAYED:  # it started while Redis was away, so its window was never written
-        return Written(entry, refused="")
+    # Seen playing: the chat command took the piece from the conductor, and a piece that started while Redis
+    # was away has no start in Redis to check against.
+    outcome = await store.vote(entry.seed, entry.user_id, entry.stream_id, entry.at, seen_playing=True)
     # ALREADY_VOTED: the viewer's vote was counted, before the outage or by a write whose reply was lost.
     return Written(entry, counted_vote=outcome is VoteOutcome.COUNTED)
 

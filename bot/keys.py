@@ -16,6 +16,7 @@ DEFAULT_NAMESPACE = "concertbot"
 MAX_SEED = 2**63  # exclusive; what `PieceRequest.seed` allows
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TWITCH_ID = re.compile(r"[0-9]{1,20}")
+_JOB = re.compile(r"[0-9a-f]{32}")
 
 
 def token(value: str) -> str:
@@ -36,6 +37,13 @@ def seed_part(seed: int) -> str:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < MAX_SEED:
         raise ValueError(f"seed must be an int from 0 to 2^63-1, not {seed!r}")
     return f"{seed:019d}"
+
+
+def job_part(job: str) -> str:
+    """A generation job's id as it appears in key names: the 32 hex digits of a uuid4, nothing else."""
+    if not isinstance(job, str) or not _JOB.fullmatch(job):
+        raise ValueError(f"a generation job id is 32 hex digits, not {job!r}")
+    return job
 
 
 def iso_week(now: float) -> str:
@@ -67,6 +75,7 @@ class Keys:
         self.playing = prefix + "playing"  # hash: the now-playing record
         self.board_all = prefix + "board:all"  # zset: seed_part -> votes
         self.titles = prefix + "titles"  # hash: normalised title -> seed_part of the first piece so named
+        self.gen_jobs = prefix + "gen:jobs"  # stream: pieces for `concertbot worker`s (bot.remote_generation)
 
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace and nothing else."""
@@ -83,6 +92,14 @@ class Keys:
     def votes(self, seed: int) -> str:
         """Set of the tokens of viewers who voted for the piece."""
         return f"{self.namespace}:votes:{seed_part(seed)}"
+
+    def gen_out(self, job: str) -> str:
+        """Stream: the tokens of one generation job, in order, as its workers write them."""
+        return f"{self.namespace}:gen:out:{job_part(job)}"
+
+    def gen_stop(self, job: str) -> str:
+        """Flag: the concert no longer wants the job's piece."""
+        return f"{self.namespace}:gen:stop:{job_part(job)}"
 
     def board_week(self, now: float) -> str:
         return f"{self.namespace}:board:week:{iso_week(now)}"

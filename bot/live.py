@@ -108,13 +108,17 @@ class GenerationWorker:
     def _generate(self, piece: LivePiece) -> None:
         request = piece.request
         # A replay plays the stored tokens: the same notes even if the model has been retrained since.
-        source = iter(piece.replay) if piece.replay is not None else self.composer.stream(request)
+        source = iter(piece.replay) if piece.replay is not None else self._sample(request)
         tokens = self._timed(piece, source)
         # Played as its plan shapes it: the same dynamics and ritardando as its download and its replays.
         played = planned(self.composer.plan(request), request.tempo, request.programs())
         for batch in piece_events(self.composer.vocab, tokens, request.tempo, request.programs(), played):
             piece.music_seconds = batch.until
             piece.feed.put(batch.until, batch.events, batch.done)
+
+    def _sample(self, request: PieceRequest) -> Iterator[int]:
+        """The piece's tokens as they are sampled; bot.remote_generation reads them from workers instead."""
+        return self.composer.stream(request)
 
     def _timed(self, piece: LivePiece, tokens: Iterator[int]) -> Iterator[int]:
         # Only the time inside the model counts toward the real-time factor, not the waits for playback.

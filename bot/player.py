@@ -107,7 +107,13 @@ class LiveSession:
             clock=clock,
             on_event=self._on_event,
         )
-        self.worker = GenerationWorker(Composer(loaded), e.lookahead_seconds, clock=clock)
+        if settings.generation.remote:
+            from bot.remote_generation import remote_worker  # sampled by `concertbot worker`s over Redis
+
+            composer = Composer(loaded)
+            self.worker: GenerationWorker = remote_worker(settings, composer, e.lookahead_seconds, clock)
+        else:
+            self.worker = GenerationWorker(Composer(loaded), e.lookahead_seconds, clock=clock)
 
     def __enter__(self) -> Self:
         log.info("soundfont: %s (%s)", self.renderer.soundfont.path, self.renderer.soundfont.origin)

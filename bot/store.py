@@ -54,6 +54,12 @@ if result[1] == 'ok' then
 end
 return result
 """
+# VOTE without its check that the piece started (KEYS[2] unused), for `vote(seen_playing=True)`.
+VOTE_SEEN = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 'already_voted' end
+for i = 3, 5 do redis.call('ZINCRBY', KEYS[i], 1, ARGV[2]) end
+return 'counted'
+"""
 
 
 class StoreError(ConcertbotError):
@@ -313,6 +319,7 @@ class Store:
         self._cancel_latest = client.register_script(lua.CANCEL_LATEST)
         self._remove_login = client.register_script(lua.REMOVE_LOGIN)
         self._vote = client.register_script(lua.VOTE)
+        self._vote_seen = client.register_script(VOTE_SEEN)
         self._save_piece = client.register_script(lua.SAVE_PIECE)
         self._start_playing = client.register_script(lua.START_PLAYING)
         self._finish_playing = client.register_script(lua.FINISH_PLAYING)
@@ -479,14 +486,19 @@ class Store:
     # Votes and leaderboards
 
     @_outage_is_unavailable
-    async def vote(self, seed: int, user_id: str, stream_id: str, now: float) -> VoteOutcome:
+    async def vote(
+        self, seed: int, user_id: str, stream_id: str, now: float, seen_playing: bool = False
+    ) -> VoteOutcome:
         """Count one vote of the viewer for the piece, on the stream, week (of `now`, UTC) and all-time boards.
 
         Whether voting is still open is the caller's to decide (see `PlayWindow.voting_open`); the store only
-        refuses pieces that never started playing, and counts each viewer once per piece.
+        refuses pieces that never started playing, and counts each viewer once per piece. `seen_playing`: the
+        caller saw the piece play (a vote kept through a Redis outage, `bot.journal`), whose start Redis may
+        never have heard of; the store does not look for it.
         """
         k = self.keys
-        outcome = await self._vote(
+        script = self._vote_seen if seen_playing else self._vote
+        outcome = await script(
             keys=[k.votes(seed), k.played(seed), k.board_stream(stream_id), k.board_week(now), k.board_all],
             args=[token(user_id), seed_part(seed)],
         )

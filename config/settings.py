@@ -113,6 +113,17 @@ class Train(BaseModel):
     seed: int = 1234
 
 
+class Generation(BaseModel):
+    # False samples in the concert's own process (the default). True sends each piece to `concertbot worker`s
+    # through the Redis at REDIS_URL (bot/remote_generation.py), which they share with other concerts.
+    remote: bool = False
+    namespace: str = "concertbot"  # the first part of the job streams' keys; workers and concerts must agree
+    wait_seconds: float = Field(30.0, gt=0.0, le=3600.0)  # a remote piece fails after this long with no tokens
+    # A worker that has not refreshed its claim on a piece for this long is taken for dead, and another worker
+    # continues the piece. Live workers refresh theirs several times a second.
+    claim_idle_seconds: float = Field(3.0, ge=0.5, le=600.0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONCERTBOT_", env_nested_delimiter="__", extra="forbid")
 
@@ -125,6 +136,7 @@ class Settings(BaseSettings):
     concert: Concert = Concert()
     data: Data = Data()
     train: Train = Train()
+    generation: Generation = Generation()
 
     @classmethod
     def settings_customise_sources(

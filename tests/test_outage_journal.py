@@ -19,14 +19,24 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from redis_server import REDIS_SERVER, RedisServer
 from serving import free_port
 
 from bot.app import Concert, run_concert
 from bot.chat import ChatMessage
 from bot.commands import CommandError
-from bot.journal import FULL, NOTED, WAITING, Journal, JournalledRequest, JournalWriter, Written
-from bot.store import SongRequest, StoreUnavailable, open_store
+from bot.journal import (
+    FULL,
+    NOTED,
+    WAITING,
+    Journal,
+    JournalCollector,
+    JournalledRequest,
+    JournalWriter,
+    Written,
+)
+from bot.store import QueueLimits, SongRequest, StoreUnavailable, open_store
 from config import load_settings
 
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server program")
@@ -207,6 +217,37 @@ async def test_a_request_whose_reply_was_lost_is_written_once(tmp_path: Path) ->
             assert await store.enqueue_once(ask("cat", "irish"), "another id") is not None
             assert await store.enqueue_once(ask("cat", "irish"), "another id") is None
             assert [e.request.login for e in await store.queue()] == ["ann", "bob", "cat", "cat"]
+
+
+@needs_redis
+@pytest.mark.anyio
+async def test_what_the_store_refuses_is_counted_and_told(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as redis:
+        async with open_store(redis.url, tmp_path, "refused", QueueLimits(max_length=2)) as store:
+            await store.block("eve")
+            journal = Journal()
+            for user in ("ann", "eve", "bob", "cat"):
+                journal.add_request(ask(user))
+            # A piece that started while Redis was away: Redis never heard of its start, the conductor did.
+            journal.add_vote(123, "local:dan", "s1", 0.0)
+            outcomes: list[Written] = []
+            assert await JournalWriter(journal, store, outcomes.append).flush() == 5
+            assert [e.request.login for e in await store.queue()] == ["ann", "bob"]
+            assert [w.refused for w in outcomes] == [
+                None,
+                "",
+                None,
+                "the queue is full (2 requests); try again in a few minutes",
+                None,
+            ]
+            assert outcomes[-1].counted_vote and await store.votes(123) == 1
+            assert (journal.flushed, journal.refused) == (3, 2)
+
+    registry = CollectorRegistry()
+    registry.register(JournalCollector(journal))
+    metrics = generate_latest(registry).decode()
+    assert 'concertbot_journal_commands_total{outcome="refused"} 2.0' in metrics
+    assert "concertbot_journal_waiting 0.0" in metrics
 
 
 # The real concert

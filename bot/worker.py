@@ -1,0 +1,327 @@
+"""`concertbot worker`: samples pieces for concerts that send them over Redis Streams (bot.remote_generation).
+
+Each worker is one consumer of the `workers` group on `gen:jobs`: it takes a job (XREADGROUP), streams the
+piece's tokens onto the job's own stream and acknowledges the job with its last tokens. Several workers, on any
+machines that reach the Redis, share the jobs. A worker refreshes its claim on its job with every write and at
+least a few times a second while it catches up (XCLAIM of its own entry, which resets the entry's idle time); a
+job whose claim has not been refreshed for `claim_idle_seconds` belongs to a dead worker, and the next worker
+looking for work takes it over (XAUTOCLAIM) before any new job.
+
+Taking over needs no saved state: sampling is deterministic for a request, so the new worker samples the piece
+again from the start, checks its tokens against those still in the stream, and writes only those after the last
+one written. Every write is one Lua script that first checks that this worker still owns the job and that the
+stream ends exactly where the worker thinks it does, so a worker that was only slow, not dead, and lost its job
+can never write a token twice or out of order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+
+from bot.keys import Keys, job_part
+from bot.remote_generation import GROUP, POLL_MS, connect, ensure_group, pack, request_from_json, unpack
+from generator.model import LoadedModel
+from generator.sampling import Composer, PieceRequest
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 0.05  # tokens are written at least this often while sampling: a write is one round trip
+FLUSH_TOKENS = 256
+OUT_MAXLEN = 10_000  # entries kept per piece stream (~ trimming): hours of music at one write per 50 ms
+OUT_TTL_SECONDS = 3600  # a piece stream nobody reads any more goes away on its own
+MAX_DELIVERIES = 5  # a job that every worker died on this often is failed instead of killing the next one
+
+Outcome = Literal["done", "failed", "stopped", "lost", "abandoned"]
+
+# KEYS: jobs stream, the job's out stream, the job's stop flag.
+# ARGV: group, job entry id, consumer, first token index, token count, packed tokens, done (0/1), error text,
+# MAXLEN, TTL. Returns ok, lost (another worker owns the job), stopped, finished (already ended) or gap.
+APPEND = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #pending == 0 or pending[1][2] ~= ARGV[3] then
+  return 'lost'
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  return 'stopped'
+end
+local written = 0
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local f = last[1][2]
+  local i, n = 0, 0
+  for k = 1, #f, 2 do
+    if f[k] == 'i' then i = tonumber(f[k + 1])
+    elseif f[k] == 'n' then n = tonumber(f[k + 1])
+    elseif f[k] == 'done' or f[k] == 'error' then return 'finished' end
+  end
+  written = i + n
+end
+if tonumber(ARGV[4]) ~= written then
+  return 'gap'
+end
+local final = ARGV[7] == '1' or ARGV[8] ~= ''
+if tonumber(ARGV[5]) > 0 or final then
+  local fields = {'i', ARGV[4], 'n', ARGV[5], 't', ARGV[6], 'w', ARGV[3]}
+  if ARGV[7] == '1' then
+    fields[#fields + 1] = 'done'
+    fields[#fields + 1] = '1'
+  end
+  if ARGV[8] ~= '' then
+    fields[#fields + 1] = 'error'
+    fields[#fields + 1] = ARGV[8]
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], '*', unpack(fields))
+  redis.call('EXPIRE', KEYS[2], ARGV[10])
+end
+if final then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+else
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+end
+return 'ok'
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One piece to sample, as taken from the jobs stream."""
+
+    entry: str  # its entry id in the jobs stream: what is claimed and acknowledged
+    job: str
+    request: PieceRequest
+    model: str
+    taken_over: bool  # claimed from a worker that stopped refreshing it
+
+
+@dataclass(frozen=True)
+class Served:
+    """How a job went on this worker, for logs and tests."""
+
+    job: str
+    outcome: Outcome
+    resumed_at: int  # tokens already in the stream when this worker took the job
+    written: int  # tokens in the stream when this worker let go of it
+
+
+def worker_name() -> str:
+    """A consumer name unique to this process: host, pid and a random tail (pids are reused after a crash)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Takes jobs from the group and samples them, one at a time, until `stop` is set."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        composer: Composer,
+        model_version: str,
+        name: str | None = None,
+        claim_idle_seconds: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Args:
+        client: the Redis the concerts send jobs to.
+        keys: the generation namespace's key names.
+        composer: the loaded model; a job asking for another `model_version` is failed, not sampled.
+        name: this worker's consumer name (default: host-pid-random).
+        claim_idle_seconds: how long another worker's job must have gone unrefreshed to be taken over.
+        clock: monotonic seconds, for when to write and refresh.
+        """
+        self.client: Any = client  # redis-py's reply types are too loose to check; the protocol says what comes
+        self.keys = keys
+        self.composer = composer
+        self.model_version = model_version
+        self.name = name or worker_name()
+        self.claim_idle_ms = int(claim_idle_seconds * 1000)
+        # Several refreshes per claim period, so one slow write or step never makes a live worker look dead.
+        self.heartbeat = min(0.5, claim_idle_seconds / 4)
+        self.clock = clock
+        self.served: list[Served] = []
+        self._append: Any = client.register_script(APPEND)
+        ensure_group(client, keys)
+        # Listed in the group from now on (XINFO CONSUMERS), not only once it first gets a job.
+        self.client.xgroup_createconsumer(keys.gen_jobs, GROUP, self.name)
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        log.info("worker %s waiting for pieces on %s", self.name, self.keys.gen_jobs)
+        while not stop.is_set():
+            try:
+                job = self.next_job()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("worker %s cannot reach Redis (%s); trying again", self.name, exc)
+                stop.wait(1.0)
+                continue
+            if job is not None:
+                self.served.append(self.serve(job, stop))
+
+    def next_job(self, block_ms: int = POLL_MS) -> Job | None:
+        """A dead worker's job if there is one (a concert is already playing it), else a new one, else None."""
+        cursor = "0-0"
+        while True:
+            cursor, claimed, *_ = self.client.xautoclaim(
+                self.keys.gen_jobs, GROUP, self.name, self.claim_idle_ms, cursor, count=1
+            )
+            for entry, fields in claimed:
+                if fields is not None and (job := self._job(entry, fields, taken_over=True)) is not None:
+                    return job
+            if cursor in (b"0-0", "0-0"):
+                break
+        reply = self.client.xreadgroup(GROUP, self.name, {self.keys.gen_jobs: ">"}, count=1, block=block_ms)
+        for _, entries in reply or []:
+            for entry, fields in entries:
+                if (job := self._job(entry, fields, taken_over=False)) is not None:
+                    return job
+        return None
+
+    def serve(self, job: Job, stop: threading.Event | None = None) -> Served:
+        """Sample the job's piece, writing the tokens after those already in its stream; how it ended."""
+        retained, written = self._progress(job)
+        resumed_at = written
+        writer = _Writer(self, job, written)
+        if job.taken_over:
+            log.info("worker %s took over piece %s at token %d", self.name, job.job, written)
+        if job.model != self.model_version:
+            outcome = writer.fail(f"the worker has model {self.model_version}, the piece needs {job.model}")
+            return Served(job.job, outcome, resumed_at, writer.written)
+        if job.taken_over and self._deliveries(job) > MAX_DELIVERIES:
+            outcome = writer.fail(f"{MAX_DELIVERIES} workers stopped on this piece; giving up on it")
+            return Served(job.job, outcome, resumed_at, writer.written)
+        outcome = "done"
+        try:
+            for index, token in enumerate(self.composer.stream(job.request)):
+                if stop is not None and stop.is_set():
+                    outcome = "abandoned"  # as if this worker died: another one will take the piece over
+                    break
+                if index < written:
+                    # Sampling again up to where the last worker stopped: its tokens must come out the same.
+                    if retained.get(index, token) != token:
+                        outcome = writer.fail(
+                            f"resampled token {index} differs from the stream's (another model or device?)"
+                        )
+                        break
+                    if not writer.beat():
+                        outcome = writer.status
+                        break
+                elif not writer.add(token):
+                    outcome = writer.status
+                    break
+            else:
+                outcome = writer.finish()
+        except (redis.ConnectionError, redis.TimeoutError):
+            # Redis went away: the claim lapses and a worker (this one, later) takes the piece over.
+            log.warning("worker %s lost Redis on piece %s", self.name, job.job, exc_info=True)
+            outcome = "abandoned"
+        except Exception as exc:
+            log.exception("worker %s failed piece %s", self.name, job.job)
+            outcome = writer.fail(f"the worker failed: {type(exc).__name__}: {exc}")
+        return Served(job.job, outcome, resumed_at, writer.written)
+
+    def _job(self, entry: bytes | str, fields: dict, taken_over: bool) -> Job | None:
+        entry_id = entry.decode() if isinstance(entry, bytes) else entry
+        try:
+            job = job_part(fields[b"job"].decode())
+            request = request_from_json(fields[b"request"])
+            model = fields[b"model"].decode()
+        except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+            # Not something a concert of ours sent: drop it rather than trip every worker on it forever.
+            log.error("worker %s dropped malformed job %s: %r", self.name, entry_id, fields)
+            self.client.xack(self.keys.gen_jobs, GROUP, entry_id)
+            self.client.xdel(self.keys.gen_jobs, entry_id)
+            return None
+        return Job(entry_id, job, request, model, taken_over)
+
+    def _progress(self, job: Job) -> tuple[dict[int, int], int]:
+        """The tokens still in the job's stream by index, and how many it has had in all."""
+        retained: dict[int, int] = {}
+        written = 0
+        for _, fields in self.client.xrange(self.keys.gen_out(job.job)):
+            start = int(fields[b"i"])
+            chunk = unpack(fields[b"t"])
+            retained.update(zip(range(start, start + len(chunk)), chunk, strict=True))
+            written = start + len(chunk)
+        return retained, written
+
+    def _deliveries(self, job: Job) -> int:
+        pending = self.client.xpending_range(self.keys.gen_jobs, GROUP, job.entry, job.entry, 1)
+        return int(pending[0]["times_delivered"]) if pending else 0
+
+
+class _Writer:
+    """Buffers one job's new tokens and writes them through the APPEND script."""
+
+    def __init__(self, worker: Worker, job: Job, written: int) -> None:
+        self.worker = worker
+        self.job = job
+        self.written = written
+        self.buffer: list[int] = []
+        self.last = float("-inf")  # the first token goes out at once: the concert is waiting for it
+        self.status: Outcome = "done"
+
+    def add(self, token: int) -> bool:
+        self.buffer.append(token)
+        if self.worker.clock() - self.last >= FLUSH_SECONDS or len(self.buffer) >= FLUSH_TOKENS:
+            return self._write()
+        return True
+
+    def beat(self) -> bool:
+        """Refresh the claim while catching up, at most every heartbeat."""
+        if self.worker.clock() - self.last >= self.worker.heartbeat:
+            return self._write()
+        return True
+
+    def finish(self) -> Outcome:
+        self._write(done=True)
+        return self.status
+
+    def fail(self, error: str) -> Outcome:
+        log.error("piece %s failed on worker %s: %s", self.job.job, self.worker.name, error)
+        self.buffer = []
+        return "failed" if self._write(error=error) else self.status
+
+    def _write(self, done: bool = False, error: str = "") -> bool:
+        w = self.worker
+        keys = [w.keys.gen_jobs, w.keys.gen_out(self.job.job), w.keys.gen_stop(self.job.job)]
+        args = [GROUP, self.job.entry, w.name, self.written, len(self.buffer), pack(self.buffer)]
+        args += ["1" if done else "0", error, OUT_MAXLEN, OUT_TTL_SECONDS]
+        reply = w._append(keys=keys, args=args)
+        status = reply.decode() if isinstance(reply, bytes) else str(reply)
+        self.last = w.clock()
+        if status != "ok":
+            self.status = "stopped" if status in ("stopped", "finished") else "lost"
+            if status in ("lost", "gap"):
+                log.warning("worker %s no longer owns piece %s (%s); leaving it", w.name, self.job.job, status)
+            return False
+        self.written += len(self.buffer)
+        self.buffer = []
+        return True
+
+
+def run_worker(
+    redis_url: str,
+    loaded: LoadedModel,
+    namespace: str,
+    claim_idle_seconds: float = 3.0,
+    device: str = "cpu",
+    name: str | None = None,
+) -> None:
+    """Serve jobs until interrupted (Ctrl-C, SIGTERM); a piece cut off here is taken over by another worker."""
+    worker = Worker(
+        connect(redis_url), Keys(namespace), Composer(loaded, device), loaded.version, name, claim_idle_seconds
+    )
+    worker.run()

@@ -200,6 +200,13 @@ class JournalWriter:
 
     async def run(self) -> None:
         """Flush whenever the journal holds something, until cancelled; one log line per outage it ends."""
+        try:
+            await self._write_forever()
+        finally:
+            if self.journal:  # the concert stops during an outage: what memory held is gone; say so once
+                log.warning("the concert stops with %d commands of the outage never written", len(self.journal))
+
+    async def _write_forever(self) -> None:
         j = self.journal
         delay = RETRY_FIRST
         before: int | None = None  # what was written before this outage: its count spans interrupted flushes

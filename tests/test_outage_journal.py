@@ -250,6 +250,26 @@ async def test_what_the_store_refuses_is_counted_and_told(tmp_path: Path) -> Non
     assert "concertbot_journal_waiting 0.0" in metrics
 
 
+@needs_redis
+@pytest.mark.anyio
+async def test_stopping_mid_outage_says_what_was_not_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with RedisServer(tmp_path / "redis") as redis:
+        async with open_store(redis.url, tmp_path, "stopped") as store:
+            redis.kill()
+            journal = Journal()
+            writer = asyncio.create_task(JournalWriter(journal, store, lambda _: None).run())
+            journal.add_request(ask("ann"))
+            journal.add_vote(5, "local:bob", "s1", 0.0)
+            await asyncio.sleep(1.0)  # a few tries against the dead server
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            redis.start()  # for open_store's own goodbye
+    said = [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records if r.name == "bot.journal"]
+    assert said == [(logging.WARNING, "the concert stops with 2 commands of the outage never written", None)]
+
+
 # The real concert
 
 

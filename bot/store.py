@@ -39,18 +39,19 @@ POOL_WAIT = 30.0  # seconds a command may wait for a free connection
 # until that module's owner takes it.)
 JOURNAL_SUFFIX = ":journal:written"
 ONCE_SECONDS = 86400  # an id is remembered this long after the last journalled write
-# ENQUEUE unchanged, run only when the id in ARGV[7] has not queued a request yet (KEYS[10]: that hash).
+# ENQUEUE unchanged, run only when the id has not queued a request yet. The hash of ids is the last key, the id
+# and the seconds it is kept the last two arguments, so ENQUEUE may take more of either without clashing.
 ENQUEUE_ONCE = f"""
 local function enqueue()
 {lua.ENQUEUE}
 end
-local written = KEYS[10]
-local done = redis.call('HGET', written, ARGV[7])
+local written, id, keep = KEYS[#KEYS], ARGV[#ARGV - 1], ARGV[#ARGV]
+local done = redis.call('HGET', written, id)
 if done then return {{'done', done}} end
 local result = enqueue()
 if result[1] == 'ok' then
-  redis.call('HSET', written, ARGV[7], result[2])
-  redis.call('EXPIRE', written, ARGV[8])
+  redis.call('HSET', written, id, result[2])
+  redis.call('EXPIRE', written, keep)
 end
 return result
 """

@@ -219,19 +219,20 @@ def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
     device = first.wte.device
     x = first.wte[torch.tensor(ids, device=device)] + first.wpe[torch.tensor(starts, device=device)]  # [B, C]
     scale = math.sqrt(dim)
+    y = torch.empty(n, heads, 1, dim, device=device, dtype=x.dtype)  # each row's attention output
     for layer, (g1, b1, wa, ba, wp, bp, g2, b2, wf, bf, wo, bo) in enumerate(first.blocks):
         h = F.layer_norm(x, (c,), g1, b1, first.eps)
         qkv = _rows_addmm(ba, h, wa)  # [B, 3C]
-        ys = []
+        q, k, v = (part.view(n, heads, dim) for part in qkv.split(c, dim=1))  # [B, H, D] each
+        # Per row, as few operations as batch-1's attention can be written in: at a batch of 64 the Python
+        # around each one costs as much as its arithmetic.
         for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
-            q, k, v = qkv[i : i + 1].split(c, dim=1)  # [1, C] each, as batch-1 has them
-            q = q.view(1, heads, dim).transpose(0, 1)  # [H, 1, D]
-            row.keys[layer, :, start : start + 1] = k.view(1, heads, dim).transpose(0, 1)
-            row.values[layer, :, start : start + 1] = v.view(1, heads, dim).transpose(0, 1)
-            keys = row.keys[layer, :, : start + 1]  # [H, T, D]
-            att = torch.softmax(q @ keys.transpose(1, 2) / scale, dim=-1)
-            ys.append((att @ row.values[layer, :, : start + 1]).transpose(0, 1).reshape(1, c))
-        x = x + _rows_addmm(bp, torch.cat(ys), wp)
+            keys, values = row.keys[layer], row.values[layer]  # [H, context, D]
+            keys[:, start] = k[i]
+            values[:, start] = v[i]
+            att = torch.softmax(q[i].unsqueeze(1) @ keys[:, : start + 1].transpose(1, 2) / scale, dim=-1)
+            torch.matmul(att, values[:, : start + 1], out=y[i])  # [H, 1, D]
+        x = x + _rows_addmm(bp, y.view(n, c), wp)  # [H, 1, D] rows laid out as batch-1's [1, C]
         h = F.layer_norm(x, (c,), g2, b2, first.eps)
         x = x + _rows_addmm(bo, F.gelu(_rows_addmm(bf, h, wf), approximate="tanh"), wo)
     for row, start in zip(rows, starts, strict=True):

@@ -68,7 +68,7 @@ class ChatCommands:
         self.requests_by_style: dict[str, int] = {}
         self._store_away = False  # Redis stopped answering: logged once, not at every command
         # Requests and votes made while Redis is away wait here; bot.journal.JournalWriter writes them.
-        self.journal = Journal()
+        self.journal = Journal(max_requests=c.max_queue)
 
     async def handle(self, msg: ChatMessage) -> list[Reply]:
         """Everything the bot says back to one chat line (often nothing)."""

@@ -57,8 +57,16 @@ Entry = JournalledRequest | JournalledVote
 class Journal:
     """The commands that wait for Redis, oldest first, at most `limit`; counts what came and went."""
 
-    def __init__(self, limit: int = LIMIT, new_id: Callable[[], str] = lambda: uuid.uuid4().hex) -> None:
+    def __init__(
+        self,
+        limit: int = LIMIT,
+        max_requests: int | None = None,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        """`max_requests`: the queue's own length limit; more requests than that would only be refused later,
+        after each viewer was told that theirs is noted."""
         self.limit = limit
+        self.max_requests = limit if max_requests is None else min(limit, max_requests)
         self._new_id = new_id
         self._entries: deque[Entry] = deque()
         self.on_add: Callable[[], None] = lambda: None  # the writer's wake-up
@@ -81,11 +89,12 @@ class Journal:
         Raises:
             CommandError: the viewer already has a request waiting, or the journal is full.
         """
-        if not request.priority and any(
-            isinstance(e, JournalledRequest) and e.request.user_id == request.user_id and not e.request.priority
-            for e in self._entries
-        ):
+        requests = [e.request for e in self._entries if isinstance(e, JournalledRequest)]
+        if not request.priority and any(r.user_id == request.user_id and not r.priority for r in requests):
             raise CommandError(WAITING)
+        if len(requests) >= self.max_requests and len(self._entries) < self.limit:  # full: _add says so
+            self.dropped += 1
+            raise CommandError(f"the queue is full ({len(requests)} requests); try again in a few minutes")
         entry = JournalledRequest(self._new_id(), request)
         self._add(entry)
         return entry

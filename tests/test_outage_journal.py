@@ -75,6 +75,16 @@ def test_the_journal_keeps_requests_in_order_one_per_viewer() -> None:
     assert (journal.journalled, journal.dropped) == (3, 0)
 
 
+def test_no_more_requests_than_the_queue_takes() -> None:
+    journal = Journal(limit=10, max_requests=2)
+    journal.add_request(ask("ann"))
+    journal.add_request(ask("bob"))
+    with pytest.raises(CommandError, match=re.escape("the queue is full (2 requests)")):
+        journal.add_request(ask("cat"))
+    journal.add_vote(1, "local:cat", "s1", 0.0)  # votes still have room
+    assert (len(journal), journal.dropped) == (3, 1)
+
+
 def test_one_vote_per_viewer_and_piece() -> None:
     journal = Journal()
     journal.add_vote(7, "local:ann", "s1", 100.0)

@@ -489,6 +489,9 @@ def eval_cmd(
         bool, typer.Option(help="Follow a plan of phrases, returns and cadences, as concerts do.")
     ] = True,
     markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
+    critic: Annotated[
+        int, typer.Option(min=1, help="Candidates written per bar, the critic keeping the best (1: no critic).")
+    ] = 1,
 ) -> None:
     """Measure the model per style against real held-out pieces: style, then form and texture.
 
@@ -518,6 +521,7 @@ def eval_cmd(
             only=style or (),
             voice_leading=voice_leading,
             plan=plan,
+            critic=critic,
         )
     except ConcertbotError as exc:
         raise fail(exc) from None
@@ -550,6 +554,7 @@ def eval_cmd(
     title = (
         f"{loaded.version}: {pieces} pieces of {seconds:g} s per style, temperature {temperature:g}, "
         f"top-p {top_p:g}, voice leading {'on' if voice_leading else 'off'}, plan {'on' if plan else 'off'}"
+        f", critic {critic}"
     )
     header, rows = _eval_rows(columns, values, means)
     _print_table(title, header, rows)

@@ -283,6 +283,7 @@ def evaluate(
     only: Sequence[str] = (),
     voice_leading: bool = True,
     plan: bool = True,
+    critic: int = 1,
 ) -> list[StyleReport]:
     """Report on each style with real training and held-out pieces, or on the styles in `only`.
 
@@ -326,6 +327,7 @@ def evaluate(
                 top_p,
                 voice_leading=voice_leading,
                 plan=plan,
+                critic=critic,
             )
             piece = composer.compose(request)
             notes = notes_array(piece.notes)

@@ -6,12 +6,17 @@ one `torch.Generator` seeded from the request, and every other choice is a pure 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from config.errors import ConcertbotError
+from generator import critic
 from generator.decode import STEPS_PER_BEAT, Note, NoteDecoder, decode
 from generator.fastgpt import FastGPT2
 from generator.grammar import AFTER_PITCH, AFTER_PROGRAM, AT_BOUNDARY, Grammar, GrammarState
@@ -28,6 +33,7 @@ PITCH_RUN_LIMIT = 6  # same pitch in one voice before that pitch is banned for a
 MAX_NOTES_PER_ONSET = 12  # more than this at one instant is a runaway chord: force time to move on
 LOOP_PENALTY = 4.0  # logits taken off the pitches of a repeating bar
 MAX_REST = 8 * STEPS_PER_BEAT  # longest silence before a note is forced: a concert never goes quiet
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class PieceRequest:
     # Follow a plan drawn by the seed from the style's real pieces (generator.plan): phrases, returning
     # sections, cadences and a final chord. False is for measuring what the plan does.
     plan: bool = True
+    # Candidates written per bar, the critic (generator.critic) keeping the best; 1 samples each bar once,
+    # exactly as pieces were sampled before the critic.
+    critic: int = 1
 
     def programs(self) -> list[int]:
         return sorted({find_instrument(name).program for name in self.instruments})
@@ -148,66 +157,148 @@ class Composer:
 
     @torch.inference_mode()
     def stream(self, request: PieceRequest, report: Composition | None = None) -> Iterator[int]:
-        """Yield music tokens one by one as they are sampled; the last one is EOS."""
+        """Yield music tokens one by one as they are sampled; the last one is EOS.
+
+        With `request.critic` above 1, each bar is written that many times from the same state and the one
+        the critic (generator.critic) scores best is yielded, a bar at a time.
+        """
+        run = self._begin(request)
+        if request.critic > 1:
+            yield from self._criticised(run, request)
+        else:
+            generator = torch.Generator(device="cpu").manual_seed(request.seed)
+            while True:
+                token = self._next(run, request, generator)
+                yield token
+                if token == self.vocab.eos:
+                    break
+                self._feed(run, token)
+        if report is not None:
+            report.steered = run.guard.steered
+
+    def _begin(self, request: PieceRequest) -> _Run:
+        """A piece's sampling state before its first token, the model fed its prefix."""
         vocab = self.vocab
         prefix = self.prefix(request)
-        grammar = Grammar(vocab, request.programs() if request.strict_instruments else PROGRAMS)
-        state = GrammarState()
-        decoder = NoteDecoder(vocab)
-        guard = LoopGuard()
-        voices = self.voice_leading(request)
-        generator = torch.Generator(device="cpu").manual_seed(request.seed)
         plan = self.plan(request)
         follow = None
         if plan is not None:
             key = chosen_key(self.loaded, request.style, request.seed, request.key)
             profile = form_profile(self.loaded.card, request.style)
             follow = PlanFollower(plan, profile, key, request.programs(), self.tensors)
-        target = request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT
-        context = self.loaded.context
-        window = list(prefix)
-        music: list[int] = []  # the music tokens so far, for a returning section to play again
-        starts = {s.start * plan.bar for s in plan.sections} if plan is not None else set()
-        section_at: dict[int, int] = {}  # a section's start step -> index in `music` where it began
-        replay: list[int] = []  # tokens of a returning section still to play
-        logits, cache = self._forward(window, None)
+        run = _Run(
+            grammar=Grammar(vocab, request.programs() if request.strict_instruments else PROGRAMS),
+            decoder=NoteDecoder(vocab),
+            guard=LoopGuard(),
+            voices=self.voice_leading(request),
+            plan=plan,
+            follow=follow,
+            target=request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT,
+            prefix=prefix,
+            window=list(prefix),
+            starts={s.start * plan.bar for s in plan.sections} if plan is not None else set(),
+        )
+        run.logits, run.cache = self._forward(run.window, None)
+        return run
+
+    def _next(self, run: _Run, request: PieceRequest, generator: torch.Generator) -> int:
+        """The next token (EOS at the end), with every follower told of it; the model not yet fed it."""
+        vocab, decoder, plan, follow = self.vocab, run.decoder, run.plan, run.follow
+        at_end = follow is None and decoder.time >= run.target and run.state.notes > 0
+        if run.state.phase == AT_BOUNDARY and (
+            at_end or (follow is not None and follow.finished(decoder.time))
+        ):
+            return vocab.eos
+        fresh = decoder.time in run.starts and decoder.time not in run.section_at  # a section begins
+        if plan is not None and fresh and run.state.phase == AT_BOUNDARY:
+            run.section_at[decoder.time] = len(run.music)
+            if not run.replay:
+                run.replay = self._returning(plan, decoder.time, run.section_at, run.music, vocab)
+        if run.replay:
+            token = run.replay.pop(0)
+        else:
+            token = self._choose(
+                run.logits,
+                run.state,
+                run.grammar,
+                decoder,
+                run.guard,
+                run.voices,
+                follow,
+                request,
+                at_end,
+                generator,
+            )
+            run.sampled += 1
+        run.state = run.grammar.advance(run.state, token)
+        note = decoder.feed(token)
+        run.guard.on_time(decoder.time)
+        if note is not None:
+            if not run.replay:
+                run.guard.on_note(note)
+            run.voices.on_note(note)
+            if follow is not None:
+                follow.on_note(note.start, note.pitch, note.duration, note.program)
+            run.notes.append(note)
+        run.music.append(token)
+        return token
+
+    def _feed(self, run: _Run, token: int) -> None:
+        """Feed the model a token, sliding the window back to half the context when it is full."""
+        run.window.append(token)
+        context, prefix = self.loaded.context, run.prefix
+        if len(run.window) >= context:
+            keep = (context - len(prefix)) // 2
+            run.window = prefix + _tail(self.vocab.kind, run.window[len(prefix) :], keep)
+            run.logits, run.cache = self._forward(run.window, None)
+        else:
+            run.logits, run.cache = self._forward([token], run.cache)
+
+    def _criticised(self, run: _Run, request: PieceRequest) -> Iterator[int]:
+        """Each bar sampled `request.critic` times from the same state; the critic's favourite is kept.
+
+        Candidate k of bar b draws from its own generator, seeded by (seed, b, k) alone, so a bar's choice
+        never depends on how many tokens an earlier candidate drew: the same request, the same bytes.
+        """
+        eos = self.vocab.eos
+        key = chosen_key(self.loaded, request.style, request.seed, request.key)
+        profile = form_profile(self.loaded.card, request.style)
+        bar = run.plan.bar if run.plan is not None else BAR_STEPS
+        setup = critic.Setup(run.plan, key, tuple(request.programs()), critic.leap_share(profile), bar)
         while True:
-            at_end = follow is None and decoder.time >= target and state.notes > 0
-            if state.phase == AT_BOUNDARY and (
-                at_end or (follow is not None and follow.finished(decoder.time))
-            ):
-                yield vocab.eos
-                break
-            fresh = decoder.time in starts and decoder.time not in section_at  # a section begins
-            if plan is not None and fresh and state.phase == AT_BOUNDARY:
-                section_at[decoder.time] = len(music)
-                if not replay:
-                    replay = self._returning(plan, decoder.time, section_at, music, vocab)
-            if replay:
-                token = replay.pop(0)
-            else:
-                token = self._choose(
-                    logits, state, grammar, decoder, guard, voices, follow, request, at_end, generator
-                )
-            state = grammar.advance(state, token)
-            note = decoder.feed(token)
-            guard.on_time(decoder.time)
-            if note is not None:
-                if not replay:
-                    guard.on_note(note)
-                voices.on_note(note)
-                if follow is not None:
-                    follow.on_note(note.start, note.pitch, note.duration, note.program)
-            music.append(token)
-            yield token
-            window.append(token)
-            if len(window) >= context:
-                window = prefix + _tail(vocab.kind, window[len(prefix) :], (context - len(prefix)) // 2)
-                logits, cache = self._forward(window, None)
-            else:
-                logits, cache = self._forward([token], cache)
-        if report is not None:
-            report.steered = guard.steered
+            start = run.decoder.time
+            index = start // bar
+            end = (index + 1) * bar
+            before = critic.context(run.notes, start, bar)
+            saved = _CacheState.of(run.cache)
+            best: tuple[critic.Score, _Run, list[int], _CacheState | None] | None = None
+            for k in range(request.critic):
+                if k:
+                    saved.restore(run.cache)
+                candidate = run.fork()
+                generator = torch.Generator(device="cpu").manual_seed(candidate_seed(request.seed, index, k))
+                tokens = []
+                while True:
+                    token = self._next(candidate, request, generator)
+                    tokens.append(token)
+                    if token == eos:
+                        break
+                    self._feed(candidate, token)
+                    if candidate.state.phase == AT_BOUNDARY and candidate.decoder.time >= end:
+                        break
+                judged = critic.score(setup, before, candidate.notes[len(run.notes) :], start)
+                if best is None or judged.total > best[0].total:
+                    last = k == request.critic - 1
+                    best = (judged, candidate, tokens, None if last else _CacheState.of(candidate.cache))
+                if candidate.sampled == run.sampled:
+                    break  # only a returning section's tokens: every candidate would be this one
+            assert best is not None
+            _, run, tokens, state = best
+            if state is not None:
+                state.restore(run.cache)
+            yield from tokens
+            if tokens[-1] == eos:
+                return
 
     def _choose(
         self,
@@ -354,3 +445,79 @@ def _sample(scores: torch.Tensor, temperature: float, top_p: float, generator: t
         keep[0] = True
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def candidate_seed(seed: int, bar: int, k: int) -> int:
+    """The seed of candidate k of bar `bar`: a pure function of the three, apart from every other stream."""
+    words = np.random.SeedSequence([seed, 0x637269746963, bar, k]).generate_state(2, np.uint32)  # "critic"
+    return int(words[0]) << 32 | int(words[1])
+
+
+@dataclass
+class _Run:
+    """Everything a piece's sampling has accumulated: what a candidate bar forks and the chosen one keeps."""
+
+    grammar: Grammar
+    decoder: NoteDecoder
+    guard: LoopGuard
+    voices: VoiceLeading
+    plan: Plan | None
+    follow: PlanFollower | None
+    target: float  # steps; without a plan the piece ends at the first boundary past it
+    prefix: list[int]
+    window: list[int]
+    starts: set[int]  # steps where a section of the plan starts
+    state: GrammarState = field(default_factory=GrammarState)
+    music: list[int] = field(default_factory=list)  # the music tokens so far, for a returning section
+    notes: list[Note] = field(default_factory=list)
+    section_at: dict[int, int] = field(default_factory=dict)  # a section's start step -> index in `music`
+    replay: list[int] = field(default_factory=list)  # tokens of a returning section still to play
+    sampled: int = 0  # tokens drawn from a generator (not replayed)
+    logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # after the last token fed
+    cache: Any = None  # the decoder holding the window's keys and values (FastGPT2, or a bench's own)
+
+    def fork(self) -> _Run:
+        """A copy whose followers and lists can move on without touching this one's (the model's cache is
+        shared: `_CacheState` puts it back)."""
+        return dataclasses.replace(
+            self,
+            decoder=_forked(self.decoder),
+            guard=_forked(self.guard),
+            voices=_forked(self.voices),
+            follow=_forked(self.follow) if self.follow is not None else None,
+            window=list(self.window),
+            music=list(self.music),
+            notes=list(self.notes),
+            section_at=dict(self.section_at),
+            replay=list(self.replay),
+        )
+
+
+def _forked(follower: _T) -> _T:
+    """A copy of a follower whose containers are its own: their items are immutable (ints, tuples, tensors)."""
+    copied = copy.copy(follower)
+    for name, value in vars(follower).items():
+        if isinstance(value, list | dict | set):
+            setattr(copied, name, type(value)(value))
+    return copied
+
+
+@dataclass(frozen=True)
+class _CacheState:
+    """The model's key/value cache as it stood, to put back before another candidate."""
+
+    length: int
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @classmethod
+    def of(cls, cache: Any) -> _CacheState:
+        if not isinstance(cache, FastGPT2):
+            raise ConcertbotError("the critic needs the FastGPT2 decoder's cache")
+        n = cache.length
+        return cls(n, cache.keys[:, :, :n].clone(), cache.values[:, :, :n].clone())
+
+    def restore(self, cache: FastGPT2) -> None:
+        cache.keys[:, :, : self.length] = self.keys
+        cache.values[:, :, : self.length] = self.values
+        cache.length = self.length

@@ -1,0 +1,275 @@
+"""A critic that scores one bar of a piece, so that the sampler can write a few and keep the best (MuseNet did).
+
+The sampler (generator.sampling) writes K candidate continuations of a bar from the same state and keeps the
+one scored highest here. The critic hears what a listener or `concertbot eval` hears and the model cannot see
+in its 512 tokens: whether the strong beats sound the plan's chord, whether a cadence lands, whether the voices
+leap as often as the style's real voices do and avoid parallel fifths and octaves, whether the notes stay in the
+key, whether every requested instrument is heard, whether onsets of three or more pitch classes make chords,
+and whether the bar merely repeats the one before. Pure functions of notes: a seed still gives one piece.
+
+Each measure is in [0, 1], 1 the best; a measure with nothing to measure (no strong beat in the bar, a single
+line for parallels) is left out of the weighted mean rather than counted as good or bad.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from generator import harmony
+from generator.decode import Note
+from generator.form_metrics import CHORDS
+from generator.instruments import DRUMS
+from generator.plan import STEPS_PER_BEAT, Plan, key_of
+
+LEAP = 4  # semitones: wider melodic moves are leaps, as `concertbot eval` counts them
+LEAP_TOLERANCE = 0.15  # a running leap share this far from the style's scores 0
+REPEATED_PITCH = 4  # the same pitch struck this often in a row in one voice within a bar sounds stuck
+FAIR_FLOOR = 0.5  # an instrument with half its fair share of the notes or more is heard enough
+# How much each measure counts. Harmony and the plan count most: they are what the model is worst at.
+WEIGHTS = {
+    "chord_tones": 1.0,
+    "cadence": 1.0,
+    "chordal": 1.0,
+    "leaps": 1.0,
+    "parallels": 0.5,
+    "key": 1.0,
+    "instruments": 1.0,
+    "repetition": 1.0,
+}
+_MAJOR = frozenset({0, 2, 4, 5, 7, 9, 11})
+_MINOR = frozenset({0, 2, 3, 5, 7, 8, 9, 10, 11})  # natural, harmonic and melodic minor together
+_CHORD_SETS = [frozenset((root + i) % 12 for i in chord) for root in range(12) for chord in CHORDS]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the critic knows of the piece before any note: its plan, key, instruments and the style's leaps.
+
+    Args:
+        plan: the piece's plan, or None (then chords and cadences are not judged).
+        key: the key's name (generator.vocab.KEYS), or None for a model without keys.
+        programs: the instruments asked for, as GM programs.
+        leap_share: the share of melodic intervals wider than LEAP in the style's real voices; None: unknown.
+        bar: steps per bar.
+    """
+
+    plan: Plan | None
+    key: str | None
+    programs: tuple[int, ...]
+    leap_share: float | None
+    bar: int
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the notes before a bar leave for judging it: each voice's last melody note, the running tallies."""
+
+    melody: dict[int, tuple[int, int]] = field(default_factory=dict)  # program -> (latest onset, top pitch)
+    leaps: int = 0
+    intervals: int = 0
+    counts: dict[int, int] = field(default_factory=dict)  # program -> notes so far
+    previous_bar: tuple = ()  # the bar before's notes as (onset in bar, pitch, duration, program), sorted
+    held: tuple[tuple[int, int], ...] = ()  # (end, pitch) of notes that may still sound into the bar
+
+
+@dataclass(frozen=True)
+class Score:
+    measures: dict[str, float]
+
+    @property
+    def total(self) -> float:
+        """The weighted mean of the measures taken; 0.5 when none could be."""
+        weights = sum(WEIGHTS[name] for name in self.measures)
+        if not weights:
+            return 0.5
+        return sum(WEIGHTS[name] * value for name, value in self.measures.items()) / weights
+
+
+def leap_share(profile: dict) -> float | None:
+    """The share of leaps in the style's learnt interval histogram (generator.plan.learn_form), if any."""
+    shares = profile.get("intervals")
+    if not shares:
+        return None
+    widest = (len(shares) - 1) // 2
+    total = float(sum(shares))
+    leaps = sum(float(s) for i, s in enumerate(shares) if abs(i - widest) > LEAP)
+    return leaps / total if total > 0 else None
+
+
+def context(notes: Sequence[Note], start: int, bar: int) -> Context:
+    """The tallies of the notes before step `start` (the bar being judged starts there)."""
+    melody: dict[int, tuple[int, int]] = {}
+    leaps = intervals = 0
+    counts: dict[int, int] = {}
+    for note in notes:
+        counts[note.program] = counts.get(note.program, 0) + 1
+        if note.program == DRUMS:
+            continue
+        leaps, intervals = _melody_step(melody, note, leaps, intervals)
+    previous = tuple(
+        sorted(
+            (n.start - (start - bar), n.pitch, n.duration, n.program)
+            for n in notes
+            if start - bar <= n.start < start
+        )
+    )
+    held = tuple((n.end(), n.pitch) for n in notes if n.end() > start and n.program != DRUMS)
+    return Context(melody, leaps, intervals, counts, previous, held)
+
+
+def score(setup: Setup, before: Context, bar: Sequence[Note], start: int) -> Score:
+    """How well a candidate bar (its notes, starting at step `start`) follows the plan and the style."""
+    pitched = [n for n in bar if n.program != DRUMS]
+    tonic, minor = key_of(setup.key)
+    measures: dict[str, float] = {}
+    chords = _chord_tones(setup, pitched, tonic)
+    if chords is not None:
+        measures["chord_tones"] = chords
+    cadence = _cadence(setup, pitched, start, tonic, minor)
+    if cadence is not None:
+        measures["cadence"] = cadence
+    chordal = _chordal(before, pitched)
+    if chordal is not None:
+        measures["chordal"] = chordal
+    melody = dict(before.melody)
+    leaps, intervals = before.leaps, before.intervals
+    for note in sorted(pitched, key=lambda n: (n.start, n.program, -n.pitch)):
+        leaps, intervals = _melody_step(melody, note, leaps, intervals)
+    if setup.leap_share is not None and intervals > before.intervals:
+        off = abs(leaps / intervals - setup.leap_share)
+        measures["leaps"] = max(0.0, 1.0 - off / LEAP_TOLERANCE)
+    parallels = _parallels(before, pitched)
+    if parallels is not None:
+        measures["parallels"] = parallels
+    if setup.key is not None and pitched:
+        scale = _MINOR if minor else _MAJOR
+        measures["key"] = sum((n.pitch - tonic) % 12 in scale for n in pitched) / len(pitched)
+    instruments = _instruments(setup, before, bar)
+    if instruments is not None:
+        measures["instruments"] = instruments
+    if bar:
+        measures["repetition"] = _fresh(before, bar, start)
+    return Score(measures)
+
+
+def best(scores: Sequence[Score]) -> int:
+    """The index of the highest total; the first of equals, so the choice never depends on float noise order."""
+    top = 0
+    for i, s in enumerate(scores):
+        if s.total > scores[top].total:
+            top = i
+    return top
+
+
+def _melody_step(melody: dict[int, tuple[int, int]], note: Note, leaps: int, intervals: int) -> tuple[int, int]:
+    """Add a note to its voice's melody (its highest note at each onset); count the interval it makes."""
+    onset, top = melody.get(note.program, (-1, -1))
+    if onset == note.start:
+        melody[note.program] = (onset, max(top, note.pitch))
+        return leaps, intervals
+    if onset >= 0:
+        intervals += 1
+        leaps += abs(note.pitch - top) > LEAP
+    melody[note.program] = (note.start, note.pitch)
+    return leaps, intervals
+
+
+def _chord_tones(setup: Setup, pitched: Sequence[Note], tonic: int) -> float | None:
+    """Share of the notes struck on a beat that are tones of the plan's chord there."""
+    plan = setup.plan
+    if plan is None or not plan.chords or setup.key is None:
+        return None
+    on_beat = [n for n in pitched if n.start % STEPS_PER_BEAT == 0]
+    if not on_beat:
+        return None
+    hits = sum(n.pitch % 12 in harmony.chord_pitch_classes(plan.chord_at(n.start) or 0, tonic) for n in on_beat)
+    return hits / len(on_beat)
+
+
+def _cadence(setup: Setup, pitched: Sequence[Note], start: int, tonic: int, minor: bool) -> float | None:
+    """At a cadence in the bar: every instrument strikes the cadence chord, held a beat, the bass its root."""
+    plan = setup.plan
+    if plan is None or setup.key is None:
+        return None
+    due = [(t, p.cadence) for t, p in zip(plan.cadence_times(), plan.phrases, strict=True)]
+    here = [(t, d) for t, d in due if start <= t < start + setup.bar]
+    if not here:
+        return None
+    time, degree = here[0]
+    tones = harmony.chord_pitch_classes(harmony.cadence_chord(degree, minor), tonic)
+    struck = [n for n in pitched if n.start == time]
+    voices = [p for p in setup.programs if p != DRUMS]
+    if not struck or not voices:
+        return 0.0
+    present = len({n.program for n in struck} & set(voices)) / len(voices)
+    in_chord = sum(n.pitch % 12 in tones for n in struck) / len(struck)
+    held = sum(n.duration >= STEPS_PER_BEAT for n in struck) / len(struck)
+    bass = min(struck, key=lambda n: n.pitch).pitch % 12 == tones[0]
+    return (present + in_chord + held + bass) / 4
+
+
+def _chordal(before: Context, pitched: Sequence[Note]) -> float | None:
+    """Share of the bar's onsets sounding 3+ pitch classes whose pitch classes fit one triad or seventh."""
+    # Notes held into the bar count as struck before it.
+    sounding = [(-1, end, p) for end, p in before.held] + [(n.start, n.end(), n.pitch) for n in pitched]
+    full = fits = 0
+    for onset in sorted({n.start for n in pitched}):
+        pcs = frozenset(p % 12 for begin, end, p in sounding if begin <= onset < end)
+        if len(pcs) >= 3:
+            full += 1
+            fits += any(pcs <= chord for chord in _CHORD_SETS)
+    return fits / full if full else None
+
+
+def _parallels(before: Context, pitched: Sequence[Note]) -> float | None:
+    """1 less the share of two-voice moves into the same perfect fifth or octave (parallel fifths/octaves)."""
+    onsets: dict[int, dict[int, int]] = {}  # onset -> program -> top pitch
+    for n in pitched:
+        voice = onsets.setdefault(n.start, {})
+        voice[n.program] = max(voice.get(n.program, n.pitch), n.pitch)
+    last = {p: pitch for p, (_, pitch) in before.melody.items()}
+    moves = bad = 0
+    for onset in sorted(onsets):
+        now = onsets[onset]
+        both = sorted(p for p in now if p in last)
+        for i, a in enumerate(both):
+            for b in both[i + 1 :]:
+                if now[a] == last[a] and now[b] == last[b]:
+                    continue  # neither voice moved
+                moves += 1
+                was, new = (last[a] - last[b]) % 12, (now[a] - now[b]) % 12
+                same_way = (now[a] - last[a]) * (now[b] - last[b]) > 0
+                bad += same_way and was == new and new in (0, 7)
+        last.update(now)
+    return 1.0 - bad / moves if moves else None
+
+
+def _instruments(setup: Setup, before: Context, bar: Sequence[Note]) -> float | None:
+    """The least-heard instrument's share of the notes so far against half its fair share, capped at 1."""
+    voices = sorted(set(setup.programs))
+    if len(voices) < 2:
+        return None
+    counts = dict(before.counts)
+    for n in bar:
+        counts[n.program] = counts.get(n.program, 0) + 1
+    total = sum(counts.values())
+    if not total:
+        return None
+    least = min(counts.get(p, 0) for p in voices) / total
+    return min(1.0, least / (FAIR_FLOOR / len(voices)))
+
+
+def _fresh(before: Context, bar: Sequence[Note], start: int) -> float:
+    """0 for a bar that only repeats the one before or hammers one pitch; 1 for one that moves on."""
+    signature = tuple(sorted((n.start - start, n.pitch, n.duration, n.program) for n in bar))
+    if signature == before.previous_bar:
+        return 0.0
+    runs: dict[int, tuple[int, int]] = {}
+    stuck = 0
+    for n in sorted(bar, key=lambda n: (n.start, n.program)):
+        pitch, run = runs.get(n.program, (-1, 0))
+        run = run + 1 if pitch == n.pitch else 1
+        runs[n.program] = (n.pitch, run)
+        stuck = max(stuck, run)
+    return 0.5 if stuck >= REPEATED_PITCH else 1.0

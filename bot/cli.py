@@ -637,6 +637,7 @@ def worker_cmd(
     model: Annotated[Path | None, typer.Option(help="Model directory (default: the shipped model).")] = None,
     device: Annotated[str, typer.Option(help="Torch device to sample on: cpu, cuda, cuda:1 ...")] = "cpu",
     name: Annotated[str | None, typer.Option(help="Consumer name (default: host-pid-random).")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Pieces sampled together (1: one at a time).")] = 1,
 ) -> None:
     """Sample pieces for concerts with generation.remote = true, taken from the Redis at REDIS_URL."""
     import logging
@@ -657,7 +658,7 @@ def worker_cmd(
     try:
         loaded = _load_model(settings, model)
         g = settings.generation
-        run_worker(url.get_secret_value(), loaded, g.namespace, g.claim_idle_seconds, device, name)
+        run_worker(url.get_secret_value(), loaded, g.namespace, g.claim_idle_seconds, device, name, batch)
     except KeyboardInterrupt:
         err.print("stopped")
     except redis.ConnectionError as exc:

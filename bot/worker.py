@@ -101,9 +101,10 @@ class Job:
 
     entry: str  # its entry id in the jobs stream: what is claimed and acknowledged
     job: str
-    request: PieceRequest
+    request: PieceRequest | None  # None when it could not be read: `problem` says why
     model: str
     taken_over: bool  # claimed from a worker that stopped refreshing it
+    problem: str = ""  # why this worker cannot sample it (another model, an unreadable request)
 
 
 @dataclass(frozen=True)
@@ -157,21 +158,26 @@ class Worker:
         # Listed in the group from now on (XINFO CONSUMERS), not only once it first gets a job.
         self.client.xgroup_createconsumer(keys.gen_jobs, GROUP, self.name)
 
-    def run(self, stop: threading.Event | None = None) -> None:
+    def run(self, stop: threading.Event | None = None, batch: int = 1) -> None:
+        """Serve jobs until `stop` is set: one at a time, or up to `batch` together (generator.batch)."""
         stop = stop or threading.Event()
         log.info("worker %s waiting for pieces on %s", self.name, self.keys.gen_jobs)
         while not stop.is_set():
             try:
-                job = self.next_job()
+                if batch > 1:
+                    self._run_batched(stop, batch)
+                elif (job := self.next_job()) is not None:
+                    self.served.append(self.serve(job, stop))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # A job it held stays pending under its name: once Redis is back, it (or another) takes it over.
                 log.warning("worker %s cannot reach Redis (%s); trying again", self.name, exc)
                 stop.wait(1.0)
-                continue
-            if job is not None:
-                self.served.append(self.serve(job, stop))
 
-    def next_job(self, block_ms: int = POLL_MS) -> Job | None:
-        """A dead worker's job if there is one (a concert is already playing it), else a new one, else None."""
+    def next_job(self, block_ms: int | None = POLL_MS) -> Job | None:
+        """A dead worker's job if there is one (a concert is already playing it), else a new one, else None.
+
+        `block_ms` None returns at once when no job is waiting.
+        """
         cursor = "0-0"
         while True:
             cursor, claimed, *_ = self.client.xautoclaim(
@@ -191,60 +197,81 @@ class Worker:
 
     def serve(self, job: Job, stop: threading.Event | None = None) -> Served:
         """Sample the job's piece, writing the tokens after those already in its stream; how it ended."""
-        retained, written = self._progress(job)
-        resumed_at = written
-        writer = _Writer(self, job, written)
-        if job.taken_over:
-            log.info("worker %s took over piece %s at token %d", self.name, job.job, written)
-        if job.model != self.model_version:
-            outcome = writer.fail(f"the worker has model {self.model_version}, the piece needs {job.model}")
-            return Served(job.job, outcome, resumed_at, writer.written)
-        if job.taken_over and self._deliveries(job) > MAX_DELIVERIES:
-            outcome = writer.fail(f"{MAX_DELIVERIES} workers stopped on this piece; giving up on it")
-            return Served(job.job, outcome, resumed_at, writer.written)
-        outcome = "done"
+        serving = _Serving(self, job)
+        if serving.outcome is not None or job.request is None:
+            return serving.served()
         try:
-            for index, token in enumerate(self.composer.stream(job.request)):
+            for token in self.composer.stream(job.request):
                 if stop is not None and stop.is_set():
-                    outcome = "abandoned"  # as if this worker died: another one will take the piece over
+                    serving.outcome = "abandoned"  # as if this worker died: another one takes the piece over
+                if not serving.feed(token):
                     break
-                if index < written:
-                    # Sampling again up to where the last worker stopped: its tokens must come out the same.
-                    if retained.get(index, token) != token:
-                        outcome = writer.fail(
-                            f"resampled token {index} differs from the stream's (another model or device?)"
-                        )
-                        break
-                    if not writer.beat():
-                        outcome = writer.status
-                        break
-                elif not writer.add(token):
-                    outcome = writer.status
-                    break
-            else:
-                outcome = writer.finish()
         except (redis.ConnectionError, redis.TimeoutError):
-            # Redis went away: the claim lapses and a worker (this one, later) takes the piece over.
-            log.warning("worker %s lost Redis on piece %s", self.name, job.job, exc_info=True)
-            outcome = "abandoned"
+            raise  # the claim lapses, and a worker (this one, once Redis is back) takes the piece over
         except Exception as exc:
             log.exception("worker %s failed piece %s", self.name, job.job)
-            outcome = writer.fail(f"the worker failed: {type(exc).__name__}: {exc}")
-        return Served(job.job, outcome, resumed_at, writer.written)
+            serving.fail(f"the worker failed: {type(exc).__name__}: {exc}")
+        return serving.served()
+
+    def _run_batched(self, stop: threading.Event, size: int) -> None:
+        """Up to `size` pieces at once, one batched forward pass per step; each piece's tokens are its own."""
+        from generator.batch import BatchComposer, BatchPiece  # only a batching worker needs it
+
+        active: dict[int, tuple[BatchPiece, _Serving]] = {}  # by id(piece)
+        polled = float("-inf")
+        with BatchComposer(self.composer) as batch:
+            try:
+                while not stop.is_set():
+                    # New work at most every FLUSH_SECONDS while busy: two round trips per step would cost more
+                    # than a small batch's forward pass.
+                    if len(active) < size and (not active or self.clock() - polled >= FLUSH_SECONDS):
+                        polled = self.clock()
+                        while len(active) < size:
+                            job = self.next_job(block_ms=POLL_MS if not active else None)
+                            if job is None:
+                                break
+                            serving = _Serving(self, job)
+                            if serving.outcome is None and job.request is not None:
+                                piece = batch.add(job.request)
+                                active[id(piece)] = (piece, serving)
+                            else:
+                                self.served.append(serving.served())
+                    if not active:
+                        continue
+                    for piece, token in batch.step():
+                        active[id(piece)][1].feed(token)
+                    for key, (piece, serving) in list(active.items()):
+                        if piece.error is not None and serving.outcome is None:
+                            log.error("worker %s failed piece %s: %r", self.name, serving.job.job, piece.error)
+                            serving.fail(f"the worker failed: {type(piece.error).__name__}: {piece.error}")
+                        if piece.done or serving.outcome is not None:
+                            batch.cancel(piece)
+                            del active[key]
+                            self.served.append(serving.served())
+            finally:
+                for _, serving in active.values():  # stopped or Redis gone: another worker takes these over
+                    serving.outcome = serving.outcome or "abandoned"
+                    self.served.append(serving.served())
 
     def _job(self, entry: bytes | str, fields: dict, taken_over: bool) -> Job | None:
         entry_id = entry.decode() if isinstance(entry, bytes) else entry
         try:
             job = job_part(fields[b"job"].decode())
-            request = request_from_json(fields[b"request"])
-            model = fields[b"model"].decode()
-        except (KeyError, ValueError, TypeError, UnicodeDecodeError):
+        except (KeyError, ValueError, UnicodeDecodeError):
             # Not something a concert of ours sent: drop it rather than trip every worker on it forever.
             log.error("worker %s dropped malformed job %s: %r", self.name, entry_id, fields)
             self.client.xack(self.keys.gen_jobs, GROUP, entry_id)
             self.client.xdel(self.keys.gen_jobs, entry_id)
             return None
-        return Job(entry_id, job, request, model, taken_over)
+        model = fields.get(b"model", b"").decode(errors="replace")
+        try:
+            request: PieceRequest | None = request_from_json(fields[b"request"])
+            problem = f"the worker has model {self.model_version}, the piece needs {model}"
+            problem = "" if model == self.model_version else problem
+        except (KeyError, ValueError, TypeError) as exc:
+            # A concert of another version, say: told to it through the piece's stream, not dropped in silence.
+            request, problem = None, f"the worker cannot read the request: {exc}"
+        return Job(entry_id, job, request, model, taken_over, problem)
 
     def _progress(self, job: Job) -> tuple[dict[int, int], int]:
         """The tokens still in the job's stream by index, and how many it has had in all."""
@@ -260,6 +287,51 @@ class Worker:
     def _deliveries(self, job: Job) -> int:
         pending = self.client.xpending_range(self.keys.gen_jobs, GROUP, job.entry, job.entry, 1)
         return int(pending[0]["times_delivered"]) if pending else 0
+
+
+class _Serving:
+    """One job on this worker: where its stream stood when taken, and what each token sampled for it does."""
+
+    def __init__(self, worker: Worker, job: Job) -> None:
+        self.worker = worker
+        self.job = job
+        self.retained, self.resumed_at = worker._progress(job)
+        self.writer = _Writer(worker, job, self.resumed_at)
+        self.index = 0  # of the next token sampled
+        self.eos = worker.composer.vocab.eos
+        self.outcome: Outcome | None = None  # set once the job has ended here
+        if job.taken_over:
+            log.info("worker %s took over piece %s at token %d", worker.name, job.job, self.resumed_at)
+        if job.problem:
+            self.fail(job.problem)
+        elif job.taken_over and worker._deliveries(job) > MAX_DELIVERIES:
+            self.fail(f"{MAX_DELIVERIES} workers stopped on this piece; giving up on it")
+
+    def feed(self, token: int) -> bool:
+        """Take the next sampled token; False once the job has ended here (`outcome` says how)."""
+        if self.outcome is not None:
+            return False
+        index = self.index
+        self.index += 1
+        if index < self.resumed_at:
+            # Sampling again up to where the last worker stopped: its tokens must come out the same.
+            if self.retained.get(index, token) != token:
+                self.fail(f"resampled token {index} differs from the stream's (another model or device?)")
+            elif token == self.eos:
+                self.outcome = self.writer.finish()
+            elif not self.writer.beat():
+                self.outcome = self.writer.status
+        elif token == self.eos:
+            self.outcome = self.writer.finish(token)
+        elif not self.writer.add(token):
+            self.outcome = self.writer.status
+        return self.outcome is None
+
+    def fail(self, error: str) -> None:
+        self.outcome = self.writer.fail(error)
+
+    def served(self) -> Served:
+        return Served(self.job.job, self.outcome or "abandoned", self.resumed_at, self.writer.written)
 
 
 class _Writer:
@@ -285,7 +357,10 @@ class _Writer:
             return self._write()
         return True
 
-    def finish(self) -> Outcome:
+    def finish(self, last: int | None = None) -> Outcome:
+        """Write what is left, and `last` (the EOS), as the job's final entry, acknowledging it."""
+        if last is not None:
+            self.buffer.append(last)
         self._write(done=True)
         return self.status
 
@@ -319,9 +394,10 @@ def run_worker(
     claim_idle_seconds: float = 3.0,
     device: str = "cpu",
     name: str | None = None,
+    batch: int = 1,
 ) -> None:
     """Serve jobs until interrupted (Ctrl-C, SIGTERM); a piece cut off here is taken over by another worker."""
     worker = Worker(
         connect(redis_url), Keys(namespace), Composer(loaded, device), loaded.version, name, claim_idle_seconds
     )
-    worker.run()
+    worker.run(batch=batch)

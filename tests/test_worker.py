@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 from redis_server import RedisServer
@@ -27,12 +26,14 @@ from config.settings import load_settings
 from generator.model import load_model
 from generator.recipes import make_request
 from generator.sampling import Composer
+from generator.threads import use_torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def composer() -> Composer:
+    use_torch_threads("sample")  # as every command samples: one thread (same tokens, far faster when busy)
     return Composer(load_model())
 
 
@@ -75,6 +76,30 @@ def test_a_thread_worker_writes_the_piece_composer_stream_would(client, composer
     # Acknowledged and gone from the jobs stream: nothing left for another worker to pick up.
     assert client.xpending(keys.gen_jobs, GROUP)["pending"] == 0
     assert client.xlen(keys.gen_jobs) == 0
+
+
+def test_a_batching_worker_samples_pieces_together_each_as_composer_stream_would(client, composer):
+    keys = Keys("t6")
+    version = composer.loaded.version
+    jobs = GenerationClient(client, keys, version, wait_seconds=60)
+    worker = Worker(client, keys, composer, version, name="wb")
+    requests = [
+        make_request(composer.loaded, "bach", seconds=6.0, seed=1),
+        make_request(composer.loaded, "irish", seconds=9.0, seed=2),
+        make_request(composer.loaded, "classical", seconds=4.0, seed=3),
+    ]
+    ids = [jobs.submit(r) for r in requests]
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, kwargs={"stop": stop, "batch": 4}, daemon=True)
+    thread.start()
+    try:
+        got = [list(jobs.tokens(job)) for job in ids]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert got == [list(composer.stream(r)) for r in requests]
+    assert sorted(s.outcome for s in worker.served) == ["done"] * 3
+    assert client.xpending(keys.gen_jobs, GROUP)["pending"] == 0
 
 
 def test_a_worker_that_lost_its_job_cannot_write_to_it(client, composer):
@@ -142,14 +167,14 @@ def test_no_worker_means_a_clear_error_not_a_silent_wait(client, composer):
         list(jobs.tokens(job_id))
 
 
-def _spawn_worker(server: RedisServer, namespace: str, name: str, log: Path) -> subprocess.Popen:
+def _spawn_worker(server: RedisServer, namespace: str, name: str, batch: int, log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONCERTBOT_")}
     env |= {
         "REDIS_URL": server.url,
         "CONCERTBOT_GENERATION__NAMESPACE": namespace,
         "CONCERTBOT_GENERATION__CLAIM_IDLE_SECONDS": "1",
     }
-    cmd = [sys.executable, "-m", "bot.cli", "worker", "--name", name]
+    cmd = [sys.executable, "-m", "bot.cli", "worker", "--name", name, "--batch", str(batch)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -160,46 +185,55 @@ def _wait(condition, what: str, timeout: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_killed_workers_piece_is_finished_by_another_with_the_same_tokens(server, client, composer, tmp_path):
+def test_a_killed_workers_pieces_are_finished_by_another_with_the_same_tokens(
+    server, client, composer, tmp_path
+):
     keys = Keys("kill")
-    jobs = GenerationClient(client, keys, composer.loaded.version, wait_seconds=60)
-    procs = {name: _spawn_worker(server, "kill", name, tmp_path / f"{name}.log") for name in ("w1", "w2")}
+    jobs = GenerationClient(client, keys, composer.loaded.version, wait_seconds=120)
+    # One worker sampling one piece at a time, one batching: whichever dies, the other takes its pieces over.
+    batches = {"single": 1, "batched": 3}
+    procs = {n: _spawn_worker(server, "kill", n, b, tmp_path / f"{n}.log") for n, b in batches.items()}
     try:
         consumers = lambda: {c["name"].decode() for c in client.xinfo_consumers(keys.gen_jobs, GROUP)}  # noqa: E731
-        _wait(lambda: consumers() == {"w1", "w2"}, "both workers reading the jobs stream")
-        # Two minutes of a quartet: over 1,500 tokens, seconds of sampling even for one worker alone.
-        request = make_request(composer.loaded, "bach", seconds=120.0, seed=21)
-        job = jobs.submit(request)
-        tokens = jobs.tokens(job)
-        got = [next(tokens) for _ in range(100)]
-        owner = client.xpending_range(keys.gen_jobs, GROUP, "-", "+", 1)[0]["consumer"].decode()
+        _wait(lambda: consumers() == set(batches), "both workers in the group")
+        # A minute of music each: about 1,000 tokens, seconds of sampling even for a worker alone.
+        requests = [
+            make_request(composer.loaded, "bach", seconds=60.0, seed=21),
+            make_request(composer.loaded, "irish", seconds=60.0, seed=4),
+        ]
+        ids = [jobs.submit(r) for r in requests]
+        first = jobs.tokens(ids[0])
+        got = [[next(first) for _ in range(100)], []]
+        owner_of = lambda job: client.xrevrange(keys.gen_out(job), count=1)[0][1][b"w"].decode()  # noqa: E731
+        owner = owner_of(ids[0])
         procs[owner].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         procs[owner].wait()
-        survivor = ({"w1", "w2"} - {owner}).pop()
-        out = keys.gen_out(job)
-        written_at_kill = sum(int(f[b"n"]) for _, f in client.xrange(out))
-        last_writer = lambda: client.xrevrange(out, count=1)[0][1][b"w"].decode()  # noqa: E731
-        _wait(lambda: last_writer() == survivor, "the survivor writing the piece", timeout=60)
+        survivor = (set(batches) - {owner}).pop()
+        written_at_kill = sum(int(f[b"n"]) for _, f in client.xrange(keys.gen_out(ids[0])))
+        _wait(lambda: owner_of(ids[0]) == survivor, "the survivor writing the first piece", timeout=60)
         recovered = time.monotonic() - killed_at
-        got += list(tokens)
-        entries = client.xrange(out)
+        got[0] += list(first)
+        got[1] = list(jobs.tokens(ids[1]))
+        entries = [client.xrange(keys.gen_out(job)) for job in ids]
     finally:
         for proc in procs.values():
             proc.kill()
             proc.wait()
-    expected = list(composer.stream(request))
+    expected = [list(composer.stream(r)) for r in requests]
     assert got == expected  # no token lost, none repeated, all in order
-    writers = [f[b"w"].decode() for _, f in entries]
-    first = writers.index(survivor)
-    # Mid-piece: the dead worker wrote the start, the survivor everything after it, from where it stopped.
-    assert set(writers[:first]) == {owner} and set(writers[first:]) == {survivor}
-    resumed = int(entries[first][1][b"i"])
-    assert resumed == written_at_kill and 100 <= resumed < len(expected)
-    assert np.all(np.diff([int(f[b"i"]) for _, f in entries]) > 0)
+    cuts = []
+    for stream in entries:
+        writers = [f[b"w"].decode() for _, f in stream]
+        # The killed worker wrote a piece's start (if it had the piece at all), the survivor all the rest.
+        cuts.append(writers.index(survivor))
+        assert set(writers[: cuts[-1]]) <= {owner} and set(writers[cuts[-1] :]) == {survivor}
+        assert [int(f[b"i"]) for _, f in stream] == sorted({int(f[b"i"]) for _, f in stream})
+    resumed = int(entries[0][cuts[0]][1][b"i"])
+    assert resumed == written_at_kill and 100 <= resumed < len(expected[0])  # killed mid-piece
     print(
-        f"\nworker {owner} killed at token {resumed} of {len(expected)}; {survivor} wrote its next token "
-        f"{recovered:.2f} s later (claim idle 1 s)"
+        f"\n{owner} worker killed at token {resumed} of {len(expected[0])}; the {survivor} worker wrote the "
+        f"piece's next token {recovered:.2f} s later (claim idle 1 s)"
     )
 
 

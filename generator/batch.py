@@ -2,14 +2,15 @@
 step (continuous batching, as text-generation servers do).
 
 A piece's tokens are exactly those `Composer.stream` samples for its request, whatever else is in the batch:
-each piece runs `Composer.stream` itself (the grammar, the guards, voice leading, the plan and its own seeded
-`torch.Generator`, all untouched), and only its forward passes are taken out of its hands. When a piece asks
-for the logits of its next token it parks; once every live piece has parked, one batched pass
-(`fastgpt.forward_rows`, bit for bit batch-1's arithmetic per row) answers them all. Parking needs a piece to
-stop in the middle of `stream`, so each piece runs on a thread of its own that only ever runs while the
-scheduler waits for it: one piece at a time, in a fixed order, as deterministic as a loop, never two at once.
-Threads rather than a copy of `stream`'s loop: the sampler keeps one definition, and whatever it learns (a
-critic, new masks) the batch plays the same.
+each piece is sampled by the sampler's own steps (`Composer._begin`, `_next`, `_feed`, the loop `stream` runs:
+grammar, guards, voice leading, the plan and the piece's own seeded `torch.Generator`, all untouched), and only
+its forward passes are taken out of its hands: a step notes the tokens each piece wants logits for, one batched
+pass (`fastgpt.forward_rows`, bit for bit batch-1's arithmetic per row) answers them all, then each piece
+samples its next token. A piece with a critic (`request.critic` > 1) writes each bar several times inside
+`stream`; it runs `stream` itself on a thread of its own that parks at every forward pass and only ever runs
+while the scheduler waits for it (one piece at a time, in a fixed order, as deterministic as a loop). Not every
+piece so: under a busy CPU each hand-over between threads lets other programs in, which cost 0.5-3 ms a token
+(measured with the machine's load at 9 on 2 cores), more than the forward pass saves.
 
 The masks stay per piece (`Composer._choose`, tensors over the vocabulary): batching them as [B, vocab] tensors
 needs a sampler written for rows, which this module leaves for a later change.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
+from typing import Any
 
 import torch
 
@@ -38,51 +40,107 @@ class BatchPiece:
         self.request = request
         self.tokens: list[int] = []  # music tokens so far; the last one is EOS once it is done
         self.report = Composition(request, composer.prefix(request), [], plan=composer.plan(request))
-        self.error: BaseException | None = None  # what stopped its `stream`, other than finishing
+        self.error: BaseException | None = None  # what stopped its sampler, other than finishing
         self.done = False
         self.cancelled = False
         self.cache = cache
         self.pending: list[int] | None = None  # tokens waiting for a forward pass
         self.fresh = False  # the pending tokens start a new sequence (the prefix, or a slid window)
         self.logits: torch.Tensor | None = None
-        self._go = threading.Semaphore(0)  # scheduler -> piece: run until you next park
-        self._back = threading.Semaphore(0)  # piece -> scheduler: parked (or finished)
-        self._thread = threading.Thread(
-            target=self._run, args=(_RowComposer(composer, self),), daemon=True, name=f"piece-{request.seed}"
-        )
+        self._row = _RowComposer(composer, self)
+        self._eos = composer.vocab.eos
+        # A piece that samples token by token is stepped in this thread, through the sampler's own steps
+        # (`_begin`, `_next`, `_feed`: what `stream` runs). A critic's piece writes each bar several times
+        # inside `stream`, so it runs `stream` itself on a thread of its own, parked at each forward pass.
+        self._thread: threading.Thread | None = None
+        if request.critic > 1:
+            self._go = threading.Semaphore(0)  # scheduler -> piece: run until you next park
+            self._back = threading.Semaphore(0)  # piece -> scheduler: parked (or finished)
+            self._thread = threading.Thread(target=self._stream, daemon=True, name=f"piece-{request.seed}")
+        self._run: Any = None
+        self._generator = torch.Generator(device="cpu").manual_seed(request.seed)
 
     @property
     def finished(self) -> bool:
         """True once it has sampled its EOS."""
         return self.done and self.error is None and not self.cancelled
 
-    def _run(self, composer: _RowComposer) -> None:
-        self._go.acquire()
+    def _start(self) -> None:
+        """Run up to the first forward pass (its prefix)."""
+        if self._thread is not None:
+            self._thread.start()
+            self._resume()
+            return
         try:
-            for token in composer.stream(self.request, self.report):
-                self.tokens.append(token)
-        except _Cancelled:
-            pass
-        except Exception as exc:  # handed to whoever owns the piece: one piece's fault must not stop the rest
-            self.error = exc
-        finally:
-            self.done = True
-            self._back.release()
+            self._run = self._row._begin(self.request)
+        except Exception as exc:
+            self._fail(exc)
 
-    def _park(self, ids: list[int], fresh: bool) -> tuple[torch.Tensor, FastGPT2]:
-        """In the piece's thread: hand `ids` to the scheduler and sleep until their logits are in."""
+    def _advance(self) -> None:
+        """With the logits in, sample one token and run up to the next forward pass (or the end)."""
+        if self._thread is not None:
+            self._resume()
+            return
+        run = self._run
+        run.logits = self.logits
+        try:
+            token = self._row._next(run, self.request, self._generator)
+            self.tokens.append(token)
+            if token == self._eos:
+                self.report.steered = run.guard.steered
+                self.done = True
+            else:
+                self._row._feed(run, token)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _cancel(self) -> None:
+        self.cancelled = True
+        if self._thread is not None:
+            self._resume()
+        self.done = True
+
+    def _fail(self, exc: Exception) -> None:
+        self.error = exc  # handed to whoever owns the piece: one piece's fault must not stop the rest
+        self.done = True
+
+    def _ask(self, ids: list[int], fresh: bool) -> tuple[torch.Tensor, FastGPT2]:
+        """The sampler wants logits after `ids`: note them for the next batched pass."""
         self.pending, self.fresh = ids, fresh
-        self._back.release()
+        if self._thread is None:
+            return _LATER, self.cache  # `_advance` puts the real logits in before `_next` reads them
+        self._back.release()  # parked: the scheduler's `_resume` returns
         self._go.acquire()
         if self.cancelled:
             raise _Cancelled
         assert self.logits is not None
         return self.logits, self.cache
 
+    def _stream(self) -> None:
+        """A threaded piece's whole life: `Composer.stream`, parking at every forward pass."""
+        self._go.acquire()
+        try:
+            for token in self._row.stream(self.request, self.report):
+                self.tokens.append(token)
+        except _Cancelled:
+            pass
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self.done = True
+            self._back.release()
+
     def _resume(self) -> None:
-        """In the scheduler: let the piece run until it parks again or finishes."""
+        """In the scheduler: let a threaded piece run until it parks again or finishes."""
         self._go.release()
         self._back.acquire()
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
+_LATER = torch.empty(0)  # stands for logits not computed yet
 
 
 class _RowComposer(Composer):
@@ -95,7 +153,7 @@ class _RowComposer(Composer):
     def _forward(self, ids: list[int], cache: FastGPT2 | None) -> tuple[torch.Tensor, FastGPT2]:
         # The sampler only ever continues the cache it was given back (or starts afresh with None).
         assert cache is None or cache is self._piece.cache
-        return self._piece._park(list(ids), fresh=cache is None)
+        return self._piece._ask(list(ids), fresh=cache is None)
 
 
 class BatchComposer:
@@ -122,8 +180,7 @@ class BatchComposer:
         """Join a piece; its first token comes with the next `step`."""
         cache = self._spare.pop() if self._spare else self.composer.fast.fork()
         piece = BatchPiece(request, self.composer, cache)
-        piece._thread.start()
-        piece._resume()  # runs up to its prefix's forward pass
+        piece._start()
         self._settle(piece)
         return piece
 
@@ -131,8 +188,7 @@ class BatchComposer:
         """Take a piece out of the batch before it has finished; its tokens so far stay in `piece.tokens`."""
         if piece.done:
             return
-        piece.cancelled = True
-        piece._resume()
+        piece._cancel()
         self._settle(piece)
 
     def close(self) -> None:
@@ -149,7 +205,7 @@ class BatchComposer:
         out = []
         for piece in list(self.live):
             before = len(piece.tokens)
-            piece._resume()
+            piece._advance()
             out += [(piece, token) for token in piece.tokens[before:]]
             self._settle(piece)
         return out
@@ -166,7 +222,9 @@ class BatchComposer:
                 piece.logits = piece.cache.forward(ids).to("cpu")
             else:
                 rows.append(piece)
-        if rows:
+        if len(rows) == 1:  # batch-1's own pass: the same bits, without a batch's set-up
+            rows[0].logits = rows[0].cache.forward(rows[0].pending or []).to("cpu")
+        elif rows:
             logits = forward_rows([p.cache for p in rows], [p.pending[0] for p in rows if p.pending]).to("cpu")
             for i, piece in enumerate(rows):
                 piece.logits = logits[i]
@@ -178,7 +236,7 @@ class BatchComposer:
         if piece.done:
             if piece in self.live:
                 self.live.remove(piece)
-            piece._thread.join()
+            piece._join()
             self._spare.append(piece.cache)
         elif piece not in self.live:
             self.live.append(piece)

@@ -17,6 +17,8 @@ REQUESTS = [
     PieceRequest("folk", ("guitar", "violin"), 110.0, 6.0, seed=13, top_p=0.8, voice_leading=False),
     PieceRequest("scottish", ("piano",), 100.0, 4.0, seed=14, plan=False),
 ]
+# The critic writes each bar twice inside `stream`: such a piece runs on a parked thread of its own.
+CRITIC = PieceRequest("irish", ("flute", "harp"), 120.0, 5.0, seed=17, critic=2)
 # Long enough for its window to slide past the model's context while the others step beside it.
 LONG = PieceRequest("classical", ("violin", "viola", "cello"), 100.0, 10.0, seed=28)
 
@@ -30,7 +32,7 @@ def composer() -> Composer:
 @pytest.fixture(scope="module")
 def alone(composer) -> dict[PieceRequest, list[int]]:
     """Each piece as `Composer.stream` samples it on its own: what every batch must reproduce."""
-    return {r: list(composer.stream(r)) for r in [*REQUESTS, LONG]}
+    return {r: list(composer.stream(r)) for r in [*REQUESTS, LONG, CRITIC]}
 
 
 def test_forward_rows_gives_batch_one_logits_bit_for_bit(composer):
@@ -51,9 +53,9 @@ def test_forward_rows_gives_batch_one_logits_bit_for_bit(composer):
     assert [r.length for r in rows] == [r.length for r in alone] == [4, 10, 63, 303, 36]
 
 
-@pytest.mark.parametrize("join_at", [[0, 0, 0, 0, 0], [0, 3, 17, 40, 1], [25, 9, 0, 2, 60]])
+@pytest.mark.parametrize("join_at", [[0, 0, 0, 0, 0, 0], [0, 3, 17, 40, 1, 5], [25, 9, 0, 2, 60, 0]])
 def test_a_piece_is_the_same_whatever_joins_the_batch_and_when(composer, alone, join_at):
-    requests = [*REQUESTS, LONG]
+    requests = [*REQUESTS, CRITIC, LONG]
     got = compose_together(composer, requests, join_at)
     for request, tokens in zip(requests, got, strict=True):
         assert tokens == alone[request], request
@@ -67,8 +69,11 @@ def test_pieces_leave_mid_flight_and_others_play_on(composer, alone):
     with BatchComposer(composer) as batch:
         first = batch.add(bach)
         gone = batch.add(folk)
+        judged = batch.add(CRITIC)  # on its thread, parked: leaving must end the thread too
         heard: dict[int, list[int]] = {}
         for step in range(200):
+            if step == 60:  # after its first bar, before its second
+                batch.cancel(judged)
             if step == 12:
                 batch.cancel(gone)  # a skipped piece
                 late = batch.add(scottish)  # takes the cache the skipped piece left
@@ -80,6 +85,8 @@ def test_pieces_leave_mid_flight_and_others_play_on(composer, alone):
                 break
         assert not batch.live
     assert gone.cancelled and not gone.finished and gone.tokens == alone[folk][:12]
+    assert judged.cancelled and 0 < len(judged.tokens) < len(alone[CRITIC])  # a bar at a time
+    assert judged.tokens == alone[CRITIC][: len(judged.tokens)] and not judged._thread.is_alive()
     for piece, request in ((first, bach), (late, scottish), (other, irish)):
         assert piece.finished and piece.tokens == heard[id(piece)] == alone[request]
     assert id(gone) not in heard or heard[id(gone)] == gone.tokens

@@ -1,0 +1,170 @@
+"""Many pieces at once: tokens per second against batch size, one at a time against batched (issue 15).
+
+    nice -n 10 python bench/bench_scale.py [--sizes 1,2,4,...,128] [--seconds 30] [--device cpu|cuda]
+
+For each batch size B, B pieces (a mix of styles and ensembles, each at its style's tempo) are kept live:
+when one ends, the next request takes its place, as concerts do. "one at a time" is today's path, one
+`Composer.stream` per piece, each asked for a token in turn; "batched" is generator/batch.py, one forward pass
+for all B per step. Each runs `--warmup` rounds (a token from every piece) before `--rounds` measured ones.
+Per piece = aggregate / B. Real time needs the mix's tokens per second of music, measured from the pieces
+this run composed (tokens / seconds of their notes); "x real time" is a piece's speed against that, and
+"real-time pieces" is how many pieces the aggregate rate could keep in real time (aggregate / need), with
+generation alone (rendering and outputs cost more). One torch thread (generator/threads.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from generator.batch import BatchComposer, BatchPiece
+from generator.decode import STEPS_PER_BEAT, decode
+from generator.model import LoadedModel, load_model
+from generator.recipes import style_defaults
+from generator.sampling import Composer, PieceRequest
+from generator.threads import use_torch_threads
+
+MIX = [
+    ("bach", ("violin", "violin", "viola", "cello")),
+    ("irish", ("flute", "harp")),
+    ("classical", ("violin", "viola", "cello")),
+    ("folk", ("guitar", "violin")),
+    ("scottish", ("violin",)),
+    ("palestrina", ("choir", "organ")),
+]
+
+
+def requests(loaded: LoadedModel, seconds: float) -> Iterator[PieceRequest]:
+    """An endless, fixed sequence of requests cycling through the mix with new seeds."""
+    mix = [(s, i) for s, i in MIX if s in loaded.vocab.styles]
+    for seed in itertools.count():
+        style, instruments = mix[seed % len(mix)]
+        yield PieceRequest(style, instruments, style_defaults(loaded, style)[1], seconds, seed)
+
+
+class Tally:
+    """Tokens counted in the measured rounds, and the music of every piece that finished."""
+
+    def __init__(self, vocab) -> None:
+        self.vocab = vocab
+        self.tokens = 0
+        self.piece_tokens = 0
+        self.music_s = 0.0
+        self.context = 0  # summed over measured tokens: the cached length each was sampled after
+
+    def finished(self, request: PieceRequest, tokens: list[int]) -> None:
+        notes = decode(self.vocab, tokens)
+        if notes:
+            self.piece_tokens += len(tokens)
+            self.music_s += max(n.end() for n in notes) / STEPS_PER_BEAT * 60 / request.tempo
+
+
+def one_at_a_time(loaded: LoadedModel, args: argparse.Namespace, size: int, rounds: int, tally: Tally) -> float:
+    """Seconds for `rounds` rounds of today's path: a Composer per piece, a token from each in turn."""
+    source, device, warmup = requests(loaded, args.seconds), args.device, args.warmup
+    slots = [Composer(loaded, device) for _ in range(size)]
+    live: list[tuple[PieceRequest, Iterator[int], list[int]]] = []
+    for composer in slots:
+        request = next(source)
+        live.append((request, composer.stream(request), []))
+    start = 0.0
+    for round_ in range(warmup + rounds):
+        if round_ == warmup:
+            start = time.perf_counter()
+        for i, (request, stream, tokens) in enumerate(live):
+            token = next(stream)
+            tokens.append(token)
+            if round_ >= warmup:
+                tally.tokens += 1
+                tally.context += slots[i].fast.length
+            if token == loaded.vocab.eos:
+                tally.finished(request, tokens)
+                fresh = next(source)
+                live[i] = (fresh, slots[i].stream(fresh), [])
+    return time.perf_counter() - start
+
+
+def batched(loaded: LoadedModel, args: argparse.Namespace, size: int, rounds: int, tally: Tally) -> float:
+    """Seconds for `rounds` steps of generator/batch.py with `size` pieces live."""
+    source, device, warmup = requests(loaded, args.seconds), args.device, args.warmup
+    with BatchComposer(Composer(loaded, device)) as batch:
+        for _ in range(size):
+            batch.add(next(source))
+        start = 0.0
+        for round_ in range(warmup + rounds):
+            if round_ == warmup:
+                start = time.perf_counter()
+            if round_ >= warmup:
+                tally.context += sum(p.cache.length for p in batch.live)
+            done: list[BatchPiece] = []
+            for piece, token in batch.step():
+                if round_ >= warmup:
+                    tally.tokens += 1
+                if token == loaded.vocab.eos:
+                    done.append(piece)
+            for piece in done:
+                tally.finished(piece.request, piece.tokens)
+                batch.add(next(source))
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--sizes", default="1,2,4,8,16,32,64,128")
+    parser.add_argument("--seconds", type=float, default=30.0, help="music per piece")
+    parser.add_argument("--warmup", type=int, default=120, help="rounds before measuring")
+    parser.add_argument("--tokens", type=int, default=1500, help="tokens measured per row, at least 12 rounds")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    threads = use_torch_threads("sample")
+    loaded = load_model(args.model, device=args.device)
+    where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {threads} torch thread(s)"
+    rows = []
+    need_tally = Tally(loaded.vocab)
+    for size in [int(s) for s in args.sizes.split(",")]:
+        rounds = max(12, args.tokens // size)
+        row: dict[str, float] = {"size": size}
+        for name, run in (("alone", one_at_a_time), ("batched", batched)):
+            tally = Tally(loaded.vocab)
+            wall = run(loaded, args, size, rounds, tally)
+            row[name] = tally.tokens / wall
+            row[name + "_context"] = tally.context / max(1, tally.tokens)
+            need_tally.piece_tokens += tally.piece_tokens
+            need_tally.music_s += tally.music_s
+        rows.append(row)
+        print(f"B={size}: {row['alone']:.0f} one at a time, {row['batched']:.0f} batched tok/s", flush=True)
+    if not need_tally.music_s:
+        raise SystemExit("no piece finished: measure more rounds (--tokens) or shorter pieces (--seconds)")
+    need = need_tally.piece_tokens / need_tally.music_s
+    table = Table(
+        title=f"{loaded.version} on {where}; the mix needs {need:.1f} tokens per second of music "
+        f"({need_tally.piece_tokens} tokens of finished pieces)"
+    )
+    for col in ("B", "one at a time tok/s", "batched tok/s", "speed-up", "per piece tok/s", "x real time",
+                "real-time pieces, alone", "real-time pieces, batched", "mean context"):  # fmt: skip
+        table.add_column(col, justify="right")
+    lines = []
+    for r in rows:
+        per = r["batched"] / r["size"]
+        speedup = r["batched"] / r["alone"]
+        cells = [f"{r['size']:.0f}", f"{r['alone']:.0f}", f"{r['batched']:.0f}", f"{speedup:.2f}x"]
+        cells += [f"{per:.1f}", f"{per / need:.1f}x", f"{r['alone'] / need:.0f}", f"{r['batched'] / need:.0f}"]
+        cells.append(f"{r['batched_context']:.0f}")
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    Console().print(table)
+    print("| " + " | ".join(str(c.header) for c in table.columns) + " |")  # the same, for the README
+    print("|" + "---:|" * len(table.columns))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

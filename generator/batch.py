@@ -25,8 +25,10 @@ from typing import Any
 
 import torch
 
-from generator.fastgpt import FastGPT2, forward_rows
+from generator.fastgpt import CachePool, FastGPT2, forward_rows
 from generator.sampling import Composer, Composition, PieceRequest
+
+POOL_SLOTS = 16  # pieces' caches allocated together (3 MB each for the shipped model)
 
 
 class _Cancelled(BaseException):
@@ -166,7 +168,7 @@ class BatchComposer:
     def __init__(self, composer: Composer) -> None:
         self.composer = composer
         self.live: list[BatchPiece] = []
-        self._spare: list[FastGPT2] = []  # caches of pieces that left, for the next ones to join
+        self._pools: list[CachePool] = []  # the pieces' caches, POOL_SLOTS to a pool
 
     def __enter__(self) -> BatchComposer:
         return self
@@ -178,7 +180,11 @@ class BatchComposer:
 
     def add(self, request: PieceRequest) -> BatchPiece:
         """Join a piece; its first token comes with the next `step`."""
-        cache = self._spare.pop() if self._spare else self.composer.fast.fork()
+        cache = next((c for c in (p.take() for p in self._pools) if c is not None), None)
+        if cache is None:
+            self._pools.append(CachePool(self.composer.fast, POOL_SLOTS))
+            cache = self._pools[-1].take()
+            assert cache is not None
         piece = BatchPiece(request, self.composer, cache)
         piece._start()
         self._settle(piece)
@@ -237,7 +243,8 @@ class BatchComposer:
             if piece in self.live:
                 self.live.remove(piece)
             piece._join()
-            self._spare.append(piece.cache)
+            if piece.cache.pool is not None:
+                piece.cache.pool[0].give(piece.cache)
         elif piece not in self.live:
             self.live.append(piece)
 

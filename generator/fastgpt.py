@@ -144,6 +144,7 @@ class FastGPT2:
         self.keys = torch.zeros(cache_shape, device=device, dtype=dtype)
         self.values = torch.zeros(cache_shape, device=device, dtype=dtype)
         self.length = 0
+        self.pool: tuple[CachePool, int] | None = None  # the pool and slot its cache lives in, if any
 
     @classmethod
     def from_model(cls, model: Any) -> FastGPT2:
@@ -160,6 +161,7 @@ class FastGPT2:
         twin.keys = torch.zeros_like(self.keys)
         twin.values = torch.zeros_like(self.values)
         twin.length = 0
+        twin.pool = None
         return twin
 
     @torch.inference_mode()
@@ -194,6 +196,42 @@ class FastGPT2:
         return self.lm_head @ last
 
 
+class CachePool:
+    """The key/value caches of up to `slots` sequences in one tensor, [layer, slot, head, position, dim] (one
+    more for values), so a batched step writes every row's new key with one indexed copy per layer, not one a
+    row.
+
+    Args:
+        model: the decoder whose weights the sequences share.
+        slots: how many sequences it holds at most.
+    """
+
+    def __init__(self, model: FastGPT2, slots: int) -> None:
+        layers, heads, context, dim = model.keys.shape
+        self.keys = model.keys.new_zeros(layers, slots, heads, context, dim)
+        self.values = torch.zeros_like(self.keys)
+        self._model = model
+        self._free = list(range(slots))[::-1]
+
+    def take(self) -> FastGPT2 | None:
+        """A decoder over the model's weights, its cache a free slot of the pool; None when all are taken."""
+        if not self._free:
+            return None
+        slot = self._free.pop()
+        twin = object.__new__(FastGPT2)
+        twin.__dict__.update(self._model.__dict__)
+        twin.keys, twin.values = self.keys[:, slot], self.values[:, slot]  # [layer, head, position, dim] views
+        twin.length = 0
+        twin.pool = (self, slot)
+        return twin
+
+    def give(self, row: FastGPT2) -> None:
+        """Free the slot of a decoder from `take`."""
+        assert row.pool is not None and row.pool[0] is self
+        self._free.append(row.pool[1])
+        row.pool = None
+
+
 @torch.inference_mode()
 def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
     """Append one token to each of several cached sequences in one pass; their logits [B, vocab].
@@ -218,20 +256,45 @@ def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
             raise ValueError(f"sequence of {start + 1} tokens exceeds the context of {row.context}")
     device = first.wte.device
     x = first.wte[torch.tensor(ids, device=device)] + first.wpe[torch.tensor(starts, device=device)]  # [B, C]
+    # Rows whose caches share a pool have their new keys written in one copy per pool; the others, one by one.
+    groups: dict[int, tuple[CachePool, list[int], list[int]]] = {}  # pool -> (pool, rows, their slots)
+    lone: list[int] = []
+    for i, row in enumerate(rows):
+        if row.pool is None:
+            lone.append(i)
+        else:
+            pool, slot = row.pool
+            members = groups.setdefault(id(pool), (pool, [], []))
+            members[1].append(i)
+            members[2].append(slot)
+    writes = [
+        (pool, torch.tensor(members, device=device), torch.tensor(slots, device=device),
+         torch.tensor([starts[i] for i in members], device=device))
+        for pool, members, slots in groups.values()
+    ]  # fmt: skip
     scale = math.sqrt(dim)
     y = torch.empty(n, heads, 1, dim, device=device, dtype=x.dtype)  # each row's attention output
+    # Per row, batch-1's attention in as few operations as it can be written: at a batch of 64 the Python
+    # around each one costs as much as its arithmetic, so every view that does not change with the layer is
+    # taken once per step. Each row's cache up to and with its new token, keys as [layer, H, D, T]:
+    seen = [
+        (row.keys[:, :, : start + 1].transpose(2, 3), row.values[:, :, : start + 1], y[i])
+        for i, (row, start) in enumerate(zip(rows, starts, strict=True))
+    ]
     for layer, (g1, b1, wa, ba, wp, bp, g2, b2, wf, bf, wo, bo) in enumerate(first.blocks):
         h = F.layer_norm(x, (c,), g1, b1, first.eps)
         qkv = _rows_addmm(ba, h, wa)  # [B, 3C]
         q, k, v = (part.view(n, heads, dim) for part in qkv.split(c, dim=1))  # [B, H, D] each
-        # Per row, as few operations as batch-1's attention can be written in: at a batch of 64 the Python
-        # around each one costs as much as its arithmetic.
-        for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
-            keys, values = row.keys[layer], row.values[layer]  # [H, context, D]
-            keys[:, start] = k[i]
-            values[:, start] = v[i]
-            att = torch.softmax(q[i].unsqueeze(1) @ keys[:, : start + 1].transpose(1, 2) / scale, dim=-1)
-            torch.matmul(att, values[:, : start + 1], out=y[i])  # [H, 1, D]
+        for pool, index, slots, at in writes:
+            pool.keys[layer, slots, :, at] = k[index]
+            pool.values[layer, slots, :, at] = v[index]
+        for i in lone:
+            rows[i].keys[layer, :, starts[i]] = k[i]
+            rows[i].values[layer, :, starts[i]] = v[i]
+        queries = q.unsqueeze(2)  # [B, H, 1, D]
+        for i, (keys, values, out) in enumerate(seen):
+            att = torch.softmax(queries[i] @ keys[layer] / scale, dim=-1)  # [H, 1, T]
+            torch.matmul(att, values[layer], out=out)  # [H, 1, D]
         x = x + _rows_addmm(bp, y.view(n, c), wp)  # [H, 1, D] rows laid out as batch-1's [1, C]
         h = F.layer_norm(x, (c,), g2, b2, first.eps)
         x = x + _rows_addmm(bo, F.gelu(_rows_addmm(bf, h, wf), approximate="tanh"), wo)

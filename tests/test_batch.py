@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from generator.batch import BatchComposer, compose_together
-from generator.fastgpt import forward_rows
+from generator.fastgpt import CachePool, forward_rows
 from generator.model import load_model
 from generator.sampling import Composer, PieceRequest
 
@@ -39,9 +39,12 @@ def test_forward_rows_gives_batch_one_logits_bit_for_bit(composer):
     generator = torch.Generator().manual_seed(0)
     vocab = len(composer.vocab)
     rows, alone = [], []
-    for length in (1, 7, 60, 300, 33):  # sequences of different lengths in one batch
+    pools = [CachePool(composer.fast, 2), CachePool(composer.fast, 3)]
+    # Sequences of different lengths in one batch: caches in two pools (written in one copy per pool) and one
+    # on its own (written by itself).
+    for length, pool in zip((1, 7, 60, 300, 33, 2), (0, 1, None, 1, 0, 1), strict=True):
         ids = torch.randint(0, vocab, (length,), generator=generator).tolist()
-        rows.append(composer.fast.fork())
+        rows.append(composer.fast.fork() if pool is None else pools[pool].take())
         alone.append(composer.fast.fork())
         rows[-1].forward(ids)
         alone[-1].forward(ids)
@@ -50,7 +53,8 @@ def test_forward_rows_gives_batch_one_logits_bit_for_bit(composer):
         batched = forward_rows(rows, ids)
         for i, (row, token) in enumerate(zip(alone, ids, strict=True)):
             assert torch.equal(batched[i], row.forward([token]))
-    assert [r.length for r in rows] == [r.length for r in alone] == [4, 10, 63, 303, 36]
+    assert [r.length for r in rows] == [r.length for r in alone] == [4, 10, 63, 303, 36, 5]
+    assert pools[0].take() is None and pools[1].take() is None  # every slot taken once
 
 
 @pytest.mark.parametrize("join_at", [[0, 0, 0, 0, 0, 0], [0, 3, 17, 40, 1, 5], [25, 9, 0, 2, 60, 0]])

@@ -35,10 +35,17 @@ from generator.sampling import Composer, PieceRequest
 
 log = logging.getLogger(__name__)
 
-FLUSH_SECONDS = 0.05  # tokens are written at least this often while sampling: a write is one round trip
-FLUSH_TOKENS = 256
+# A piece's opening goes out every 50 ms, for the concert's first audio; after it, chunks of 64 tokens or a
+# quarter second's worth, so that a piece sampled far ahead of its listener stays a few thousand entries long,
+# well inside OUT_MAXLEN even for an hour's piece, and nothing unread is trimmed.
+OPENING_TOKENS = 64
+OPENING_FLUSH_SECONDS = 0.05
+FLUSH_SECONDS = 0.25
+FLUSH_TOKENS = 64
+POLL_SECONDS = 0.05  # a busy batching worker looks for new jobs this often
 OUT_MAXLEN = 10_000  # entries kept per piece stream (~ trimming): hours of music at one write per 50 ms
 OUT_TTL_SECONDS = 3600  # a piece stream nobody reads any more goes away on its own
+DEPARTED_SECONDS = 24 * 3600.0  # a worker name that has not read for a day belongs to a stopped worker
 MAX_DELIVERIES = 5  # a job that every worker died on this often is failed instead of killing the next one
 
 Outcome = Literal["done", "failed", "stopped", "lost", "abandoned"]
@@ -134,6 +141,7 @@ class Worker:
         name: str | None = None,
         claim_idle_seconds: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
+        departed_seconds: float = DEPARTED_SECONDS,
     ) -> None:
         """Args:
         client: the Redis the concerts send jobs to.
@@ -142,6 +150,7 @@ class Worker:
         name: this worker's consumer name (default: host-pid-random).
         claim_idle_seconds: how long another worker's job must have gone unrefreshed to be taken over.
         clock: monotonic seconds, for when to write and refresh.
+        departed_seconds: other workers' names idle this long, holding no job, are dropped from the group.
         """
         self.client: Any = client  # redis-py's reply types are too loose to check; the protocol says what comes
         self.keys = keys
@@ -157,6 +166,7 @@ class Worker:
         ensure_group(client, keys)
         # Listed in the group from now on (XINFO CONSUMERS), not only once it first gets a job.
         self.client.xgroup_createconsumer(keys.gen_jobs, GROUP, self.name)
+        self._forget_departed(departed_seconds)
 
     def run(self, stop: threading.Event | None = None, batch: int = 1) -> None:
         """Serve jobs until `stop` is set: one at a time, or up to `batch` together (generator.batch)."""
@@ -222,9 +232,9 @@ class Worker:
         with BatchComposer(self.composer) as batch:
             try:
                 while not stop.is_set():
-                    # New work at most every FLUSH_SECONDS while busy: two round trips per step would cost more
+                    # New work at most every POLL_SECONDS while busy: two round trips per step would cost more
                     # than a small batch's forward pass.
-                    if len(active) < size and (not active or self.clock() - polled >= FLUSH_SECONDS):
+                    if len(active) < size and (not active or self.clock() - polled >= POLL_SECONDS):
                         polled = self.clock()
                         while len(active) < size:
                             job = self.next_job(block_ms=POLL_MS if not active else None)
@@ -283,6 +293,13 @@ class Worker:
             retained.update(zip(range(start, start + len(chunk)), chunk, strict=True))
             written = start + len(chunk)
         return retained, written
+
+    def _forget_departed(self, departed_seconds: float) -> None:
+        """Drop the names of workers long gone that hold nothing, or every restart would add one for good."""
+        for consumer in self.client.xinfo_consumers(self.keys.gen_jobs, GROUP):
+            name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+            if consumer["pending"] == 0 and consumer["idle"] > departed_seconds * 1000 and name != self.name:
+                self.client.xgroup_delconsumer(self.keys.gen_jobs, GROUP, name)
 
     def _deliveries(self, job: Job) -> int:
         pending = self.client.xpending_range(self.keys.gen_jobs, GROUP, job.entry, job.entry, 1)
@@ -347,7 +364,12 @@ class _Writer:
 
     def add(self, token: int) -> bool:
         self.buffer.append(token)
-        if self.worker.clock() - self.last >= FLUSH_SECONDS or len(self.buffer) >= FLUSH_TOKENS:
+        every = (
+            OPENING_FLUSH_SECONDS
+            if self.written < OPENING_TOKENS
+            else min(FLUSH_SECONDS, self.worker.heartbeat)
+        )
+        if self.worker.clock() - self.last >= every or len(self.buffer) >= FLUSH_TOKENS:
             return self._write()
         return True
 

@@ -160,6 +160,29 @@ def test_a_worker_with_another_model_fails_the_piece_with_a_reason(client, compo
         list(jobs.tokens(job_id))
 
 
+def test_a_starting_worker_forgets_departed_workers_but_not_those_holding_a_job(client, composer):
+    keys = Keys("t7")
+    version = composer.loaded.version
+    jobs = GenerationClient(client, keys, version)
+    holder = Worker(client, keys, composer, version, name="holder")
+    jobs.submit(make_request(composer.loaded, "bach", seconds=5.0, seed=5))
+    assert holder.next_job(block_ms=100) is not None  # now pending under "holder", never refreshed
+    Worker(client, keys, composer, version, name="gone")
+    time.sleep(0.2)  # both idle longer than the new worker's threshold below
+    Worker(client, keys, composer, version, name="new", departed_seconds=0.1)
+    names = {c["name"].decode() for c in client.xinfo_consumers(keys.gen_jobs, GROUP)}
+    assert names == {"holder", "new"}
+
+
+def test_remote_generation_without_redis_url_is_a_config_error(composer):
+    from bot.remote_generation import remote_worker
+    from config.errors import ConfigError
+
+    settings = load_settings(generation={"remote": True}, concert={"redis_url": None})
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        remote_worker(settings, composer, 4.0, time.monotonic)
+
+
 def test_no_worker_means_a_clear_error_not_a_silent_wait(client, composer):
     jobs = GenerationClient(client, Keys("t5"), composer.loaded.version, wait_seconds=0.2)
     job_id = jobs.submit(make_request(composer.loaded, "bach", seconds=5.0, seed=5))

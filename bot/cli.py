@@ -251,6 +251,7 @@ def _request(
         temperature if temperature is not None else s.temperature,
         top_p if top_p is not None else s.top_p,
         key,
+        s.critic,
     )
 
 
@@ -490,8 +491,9 @@ def eval_cmd(
     ] = True,
     markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown here.")] = None,
     critic: Annotated[
-        int, typer.Option(min=1, help="Candidates written per bar, the critic keeping the best (1: no critic).")
-    ] = 1,
+        int | None,
+        typer.Option(min=1, help="Candidates per bar, the critic keeping the best (default: settings')."),
+    ] = None,
 ) -> None:
     """Measure the model per style against real held-out pieces: style, then form and texture.
 
@@ -506,6 +508,7 @@ def eval_cmd(
     settings = _settings()
     temperature = settings.sampling.temperature if temperature is None else temperature
     top_p = settings.sampling.top_p if top_p is None else top_p
+    critic = settings.sampling.critic if critic is None else critic
     try:
         check_sampling(temperature, top_p)
         loaded = _load_model(settings, model)

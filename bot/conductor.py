@@ -220,6 +220,7 @@ class Conductor:
             s.temperature,
             s.top_p,
             key,
+            s.critic,
         )
 
     async def _claim(self, piece: PieceRequest, requester: str) -> PieceRecord:
@@ -242,6 +243,7 @@ class Conductor:
             temperature=piece.temperature,
             top_p=piece.top_p,
             key=piece.key,
+            critic=piece.critic,
             model_version=self.loaded.version,
             requester=requester,
             created_at=self.wall(),
@@ -406,6 +408,7 @@ def piece_request(record: PieceRecord) -> PieceRequest:
         record.top_p,
         record.strict_instruments,
         record.key,
+        critic=record.critic,
     )
 
 

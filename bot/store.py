@@ -163,6 +163,7 @@ class PieceRecord:
     # Its name, drawn by its seed when it was claimed (generator.titles); kept so that a new title model
     # never renames a piece viewers know. "" for pieces made before titles. Not part of `identity`.
     title: str = ""
+    critic: int = 1  # candidates per bar (generator.critic); 1 for every piece made before the critic
     tokens: tuple[int, ...] = field(default=(), repr=False)  # empty: the seed is claimed, the piece not done
 
     def identity(self) -> str:
@@ -180,6 +181,8 @@ class PieceRecord:
         }
         if self.key is not None:  # absent from pieces made before keys, so their checksums stay the same
             musical["key"] = self.key
+        if self.critic != 1:  # likewise for pieces made without the critic
+            musical["critic"] = self.critic
         return hashlib.sha256(json.dumps(musical, sort_keys=True).encode()).hexdigest()
 
 

@@ -36,6 +36,9 @@ class Sampling(BaseModel):
     seconds: float = Field(60.0, gt=0.0, le=3600.0)
     # The bounds every request is held to (generator.recipes.MIN_TEMPO, MAX_TEMPO; config imports no stage).
     tempo: int | None = Field(None, ge=30, le=240)
+    # Candidates written per bar of a new piece, the critic (generator.critic) keeping the best; kept in the
+    # piece's record, so a piece replays as it was made whatever this says later. 1: no critic.
+    critic: int = Field(1, ge=1, le=8)
 
 
 class Synth(BaseModel):

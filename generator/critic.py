@@ -7,8 +7,9 @@ leap as often as the style's real voices do and avoid parallel fifths and octave
 key, whether every requested instrument is heard, whether onsets of three or more pitch classes make chords,
 and whether the bar merely repeats the one before. Pure functions of notes: a seed still gives one piece.
 
-Each measure is in [0, 1], 1 the best; a measure with nothing to measure (no strong beat in the bar, a single
-line for parallels) is left out of the weighted mean rather than counted as good or bad.
+Each measure is in [0, 1], 1 the best, a share shrunk towards a half when it judges few notes; a measure with
+nothing to measure (no strong beat in the bar, a single line for parallels) is left out of the weighted mean
+rather than counted as good or bad.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from generator import harmony
+import numpy as np
+
+from generator import harmony, metrics
 from generator.decode import Note
 from generator.form_metrics import CHORDS
 from generator.instruments import DRUMS
@@ -24,6 +27,9 @@ from generator.plan import STEPS_PER_BEAT, Plan, key_of
 
 LEAP = 4  # semitones: wider melodic moves are leaps, as `concertbot eval` counts them
 LEAP_TOLERANCE = 0.15  # a running leap share this far from the style's scores 0
+# Shares are shrunk towards a half by this many notes' worth: the best of K candidates would otherwise be the
+# sparsest, whose one or two notes more easily all hit (a measured K=4 Bach piece had 30 % fewer notes).
+PRIOR_NOTES = 2.0
 REPEATED_PITCH = 4  # the same pitch struck this often in a row in one voice within a bar sounds stuck
 FAIR_FLOOR = 0.5  # an instrument with half its fair share of the notes or more is heard enough
 # How much each measure counts. Harmony and the plan count most: they are what the model is worst at.
@@ -34,11 +40,17 @@ WEIGHTS = {
     "leaps": 1.0,
     "parallels": 0.5,
     "key": 1.0,
+    "key_fit": 1.0,
     "instruments": 1.0,
     "repetition": 1.0,
 }
 _MAJOR = frozenset({0, 2, 4, 5, 7, 9, 11})
 _MINOR = frozenset({0, 2, 3, 5, 7, 8, 9, 10, 11})  # natural, harmonic and melodic minor together
+KEY_MARGIN = 0.2  # a correlation this far ahead of the next key's is a key well kept
+_KEY_PROFILES = np.array([np.roll(p, t) for p in (metrics._MAJOR, metrics._MINOR) for t in range(12)])
+_KEY_PROFILES = (_KEY_PROFILES - _KEY_PROFILES.mean(axis=1, keepdims=True)) / _KEY_PROFILES.std(
+    axis=1, keepdims=True
+)
 _CHORD_SETS = [frozenset((root + i) % 12 for i in chord) for root in range(12) for chord in CHORDS]
 
 
@@ -71,6 +83,7 @@ class Context:
     counts: dict[int, int] = field(default_factory=dict)  # program -> notes so far
     previous_bar: tuple = ()  # the bar before's notes as (onset in bar, pitch, duration, program), sorted
     held: tuple[tuple[int, int], ...] = ()  # (end, pitch) of notes that may still sound into the bar
+    pitch_classes: tuple[int, ...] = (0,) * 12  # pitched notes so far in each pitch class C..B
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,11 @@ def context(notes: Sequence[Note], start: int, bar: int) -> Context:
         )
     )
     held = tuple((n.end(), n.pitch) for n in notes if n.end() > start and n.program != DRUMS)
-    return Context(melody, leaps, intervals, counts, previous, held)
+    classes = [0] * 12
+    for n in notes:
+        if n.program != DRUMS:
+            classes[n.pitch % 12] += 1
+    return Context(melody, leaps, intervals, counts, previous, held, tuple(classes))
 
 
 def score(setup: Setup, before: Context, bar: Sequence[Note], start: int) -> Score:
@@ -144,7 +161,9 @@ def score(setup: Setup, before: Context, bar: Sequence[Note], start: int) -> Sco
         measures["parallels"] = parallels
     if setup.key is not None and pitched:
         scale = _MINOR if minor else _MAJOR
-        measures["key"] = sum((n.pitch - tonic) % 12 in scale for n in pitched) / len(pitched)
+        measures["key"] = _share(sum((n.pitch - tonic) % 12 in scale for n in pitched), len(pitched))
+    if setup.key is not None and pitched:
+        measures["key_fit"] = _key_fit(before, pitched, tonic, minor)
     instruments = _instruments(setup, before, bar)
     if instruments is not None:
         measures["instruments"] = instruments
@@ -160,6 +179,11 @@ def best(scores: Sequence[Score]) -> int:
         if s.total > scores[top].total:
             top = i
     return top
+
+
+def _share(hits: int, out_of: int) -> float:
+    """hits / out_of, shrunk towards 0.5 by PRIOR_NOTES."""
+    return (hits + 0.5 * PRIOR_NOTES) / (out_of + PRIOR_NOTES)
 
 
 def _melody_step(melody: dict[int, tuple[int, int]], note: Note, leaps: int, intervals: int) -> tuple[int, int]:
@@ -184,7 +208,7 @@ def _chord_tones(setup: Setup, pitched: Sequence[Note], tonic: int) -> float | N
     if not on_beat:
         return None
     hits = sum(n.pitch % 12 in harmony.chord_pitch_classes(plan.chord_at(n.start) or 0, tonic) for n in on_beat)
-    return hits / len(on_beat)
+    return _share(hits, len(on_beat))
 
 
 def _cadence(setup: Setup, pitched: Sequence[Note], start: int, tonic: int, minor: bool) -> float | None:
@@ -219,7 +243,7 @@ def _chordal(before: Context, pitched: Sequence[Note]) -> float | None:
         if len(pcs) >= 3:
             full += 1
             fits += any(pcs <= chord for chord in _CHORD_SETS)
-    return fits / full if full else None
+    return _share(fits, full) if full else None
 
 
 def _parallels(before: Context, pitched: Sequence[Note]) -> float | None:
@@ -242,7 +266,21 @@ def _parallels(before: Context, pitched: Sequence[Note]) -> float | None:
                 same_way = (now[a] - last[a]) * (now[b] - last[b]) > 0
                 bad += same_way and was == new and new in (0, 7)
         last.update(now)
-    return 1.0 - bad / moves if moves else None
+    return _share(moves - bad, moves) if moves else None
+
+
+def _key_fit(before: Context, pitched: Sequence[Note], tonic: int, minor: bool) -> float:
+    """How far the piece so far, with the bar, is heard in its own key rather than another (as eval's key
+    estimate hears it: Krumhansl-Schmuckler over note counts): a half at a tie, 1 a clear margin ahead."""
+    counts = np.array(before.pitch_classes, dtype=np.float64)
+    np.add.at(counts, [n.pitch % 12 for n in pitched], 1.0)
+    spread = counts.std()
+    if spread == 0:
+        return 0.5
+    r = _KEY_PROFILES @ ((counts - counts.mean()) / spread) / 12  # [24]: each key's correlation
+    asked = 12 * minor + tonic % 12
+    margin = r[asked] - np.max(np.delete(r, asked))
+    return float(np.clip(0.5 + margin / KEY_MARGIN, 0.0, 1.0))
 
 
 def _instruments(setup: Setup, before: Context, bar: Sequence[Note]) -> float | None:

@@ -44,6 +44,7 @@ def make_request(
     temperature: float = 1.0,
     top_p: float = 0.95,
     key: str | None = None,
+    critic: int = 1,
 ) -> PieceRequest:
     """Resolve names (UnknownNameError lists the closest ones) and fill in the style's defaults."""
     style = resolve_style(style, loaded.vocab.styles)
@@ -73,7 +74,15 @@ def make_request(
         if not loaded.vocab.keyed:
             raise RequestError(f"model {loaded.version} was trained without keys; leave the key out")
     return PieceRequest(
-        style, names, float(bpm), float(seconds), int(seed), float(temperature), float(top_p), key=key
+        style,
+        names,
+        float(bpm),
+        float(seconds),
+        int(seed),
+        float(temperature),
+        float(top_p),
+        key=key,
+        critic=int(critic),
     )
 
 

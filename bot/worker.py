@@ -182,6 +182,12 @@ class Worker:
                 # A job it held stays pending under its name: once Redis is back, it (or another) takes it over.
                 log.warning("worker %s cannot reach Redis (%s); trying again", self.name, exc)
                 stop.wait(1.0)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # A Redis that came back without its data: the group again, and the concerts' new jobs in it.
+                log.warning("worker %s found no consumer group on %s; making it again", self.name, exc)
+                ensure_group(self.client, self.keys)
 
     def next_job(self, block_ms: int | None = POLL_MS) -> Job | None:
         """A dead worker's job if there is one (a concert is already playing it), else a new one, else None.

@@ -102,6 +102,28 @@ def test_a_batching_worker_samples_pieces_together_each_as_composer_stream_would
     assert client.xpending(keys.gen_jobs, GROUP)["pending"] == 0
 
 
+def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, composer):
+    keys = Keys("t8")
+    version = composer.loaded.version
+    jobs = GenerationClient(client, keys, version, wait_seconds=60)
+    worker = Worker(client, keys, composer, version, name="w", claim_idle_seconds=1.0)
+    thread, stop = _worker_thread(worker)
+    try:
+        request = make_request(composer.loaded, "bach", seconds=120.0, seed=9)
+        job = jobs.submit(request)
+        tokens = jobs.tokens(job)
+        got = [next(tokens) for _ in range(100)]
+        server.kill()  # SIGKILL mid-piece; its append-only file keeps every write it acknowledged
+        time.sleep(1.5)  # long enough for the worker's claim to lapse: it takes its own piece over
+        server.start()
+        got += list(tokens)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert got == list(composer.stream(request))
+    assert worker.served[-1].outcome == "done" and worker.served[-1].resumed_at > 0
+
+
 def test_a_worker_that_lost_its_job_cannot_write_to_it(client, composer):
     keys = Keys("t2")
     version = composer.loaded.version

@@ -38,6 +38,9 @@ MIN_SHARE = 0.04  # share of a style's phrases a phrase length or cadence root n
 MIN_FERMATAS = 3  # fewer in a piece are a final chord or a pause, not phrase marks (a chorale has 4-10)
 MAX_STRAIN_BARS = 16
 MAX_PIECES = 400  # training pieces read per style to learn its forms
+REPEAT_BARS = (8, 4, 2)  # lengths of passage looked for played twice in writing, the longest first
+REPEAT_MATCH = 0.85  # share of a passage's (onset, pitch) pairs that must come back: endings may differ
+MIN_REPEAT_NOTES = 6
 SINGLE_LINE_OVERLAP = 0.05  # an instrument whose notes overlap its own next note less often plays one line
 _MINOR_KEY = "m"
 
@@ -305,6 +308,9 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         end = int((pitched[:, 0] + pitched[:, 2]).max())
         if not sections:
             sections = [(0, end, False)]
+        sections = written_repeats(
+            sections, pitched, bar, (int(row.get("pickup") or 0) // TICKS_PER_STEP) % bar
+        )
         forms[(bar, tuple((max(1, round((e - s) / bar)), bool(r)) for s, e, r in sections))] += 1
         fermatas = sorted({f // TICKS_PER_STEP for f in row.get("fermatas") or []})
         ends = fermatas or sorted({e for _, e, _ in sections})
@@ -348,6 +354,58 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         "programs": sorted(overlaps),
         "harmony": harmony.learn_harmony(keyed),
     }
+
+
+def written_repeats(
+    sections: list[tuple[int, int, bool]], notes: np.ndarray, bar: int, pickup: int = 0
+) -> list[tuple[int, int, bool]]:
+    """Sections as a listener hears them: music written out twice (A A, as most Essen songs and many tunes
+    write their repeats) becomes one repeated section, as a repeat sign would have written it.
+
+    Args:
+        sections: (start, end, repeated) in steps, as the score marks them.
+        notes: the piece's pitched notes (generator.decode.notes_array), in steps.
+        bar: steps per bar; pickup: steps before the first bar line.
+    """
+    out: list[tuple[int, int, bool]] = []
+    for start, end, repeated in sections:
+        if repeated:
+            out.append((start, end, repeated))
+            continue
+        plain = start  # where the stretch of music not heard twice began
+        at = start + pickup if start == 0 else start
+        while at + 2 * REPEAT_BARS[-1] * bar <= end + bar // 2:
+            fits = (n for n in REPEAT_BARS if at + 2 * n * bar <= end + bar // 2)
+            length = next((n for n in fits if _same(notes, at, n * bar)), 0)
+            if not length:
+                at += bar
+                continue
+            if at - plain >= MIN_SECTION_BARS * bar:
+                out.append((plain, at, False))
+            # A shorter stretch before it (a pickup, a bar of introduction) belongs to the repeated music.
+            out.append((plain if at - plain < MIN_SECTION_BARS * bar else at, at + length * bar, True))
+            at = plain = at + 2 * length * bar
+        if end - plain >= MIN_SECTION_BARS * bar or not out:
+            out.append((plain, end, False))
+        else:  # a last bar or so: the end of what came before
+            s, _, r = out[-1]
+            out[-1] = (s, end, r) if not r else out[-1]
+    return out
+
+
+def _same(notes: np.ndarray, at: int, length: int) -> bool:
+    """Whether the music of [at, at + length) comes back at once, nearly note for note (a first and second
+    ending, or a different cadence, may change its end)."""
+    first = _onsets(notes, at, at + length)
+    again = _onsets(notes, at + length, at + 2 * length)
+    if len(first) < MIN_REPEAT_NOTES or len(again) < MIN_REPEAT_NOTES:
+        return False
+    return len(first & again) >= REPEAT_MATCH * max(len(first), len(again))
+
+
+def _onsets(notes: np.ndarray, start: int, end: int) -> set[tuple[int, int]]:
+    inside = notes[(notes[:, 0] >= start) & (notes[:, 0] < end)]
+    return {(int(t) - start, int(p)) for t, p in zip(inside[:, 0], inside[:, 1], strict=True)}
 
 
 def _common(counts: Counter[int]) -> dict[str, int]:

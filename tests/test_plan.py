@@ -11,7 +11,7 @@ import pytest
 from generator import data
 from generator.decode import notes_array
 from generator.model import load_model
-from generator.plan import Plan, draw_plan, learn_form, learn_forms
+from generator.plan import TICKS_PER_STEP, Plan, draw_plan, learn_form, learn_forms, written_repeats
 from generator.sampling import Composer, PieceRequest
 from generator.vocab import KEYS, Vocab
 
@@ -161,3 +161,34 @@ def test_every_length_gets_a_plan_that_fills_it():
             plan = draw_plan(REEL, seconds, 97.0, seed)
             assert sum(p.bars for p in plan.phrases) == plan.bars == sum(s.bars for s in plan.sections)
             assert all(p.bars >= 1 for p in plan.phrases)
+
+
+def _line(pitches: list[int], at: int, step: int = 4) -> list[tuple[int, int, int, int]]:
+    return [(at + i * step, p, step, 0) for i, p in enumerate(pitches)]
+
+
+def test_music_written_out_twice_is_learnt_as_a_repeated_section():
+    tune = [60, 62, 64, 65, 67, 65, 64, 62, 60, 64, 67, 72, 71, 67, 62, 60]  # four bars of quarter notes
+    other = [69, 67, 65, 64, 62, 64, 65, 67, 69, 71, 72, 67, 64, 62, 60, 60]
+    bar = 16
+    aab = np.array(_line(tune, 0) + _line(tune, 64) + _line(other, 128))
+    assert written_repeats([(0, 192, False)], aab, bar) == [(0, 64, True), (128, 192, False)]
+    # Through-composed music stays one section; a marked repeat is left as the score has it.
+    ab = np.array(_line(tune, 0) + _line(other, 64))
+    assert written_repeats([(0, 128, False)], ab, bar) == [(0, 128, False)]
+    assert written_repeats([(0, 64, True)], aab, bar) == [(0, 64, True)]
+    # A pickup belongs to the repeated strain; a second ending (its last two notes changed) still repeats.
+    varied = [*tune[:-2], 59, 55]
+    with_pickup = np.array([(0, 55, 4, 0), *_line(tune, 4), *_line(varied, 68), *_line(other, 132)])
+    assert written_repeats([(0, 196, False)], with_pickup, bar, pickup=4) == [(0, 68, True), (132, 196, False)]
+
+
+def test_a_style_whose_songs_repeat_in_writing_plans_returns():
+    tune = [60, 62, 64, 65, 67, 65, 64, 62, 60, 64, 67, 72, 71, 67, 62, 60]
+    other = [69, 67, 65, 64, 62, 64, 65, 67, 69, 71, 72, 67, 64, 62, 60, 60]
+    song = np.array(_line(tune, 0) + _line(tune, 64) + _line(other, 128))
+    rows = [{"bar": 16 * TICKS_PER_STEP, "key": "C", "sections": []}] * 3
+    profile = learn_form(rows, [song] * 3)
+    assert profile["forms"][0]["sections"] == [[4, True], [4, False]]
+    drawn = draw_plan(profile, seconds=30.0, tempo=100.0, seed=5)
+    assert any(s.returns is not None for s in drawn.sections)

@@ -81,6 +81,9 @@ def main() -> None:
     parser.add_argument("--at", type=int, nargs="+", default=[100, 1000, 2000], help="tokens at the kill")
     parser.add_argument("--claim-idle", type=float, default=3.0, help="generation.claim_idle_seconds")
     parser.add_argument("--seconds", type=float, default=240.0, help="length of each piece")
+    parser.add_argument(
+        "--live", action="store_true", help="play each piece in real time through a concert's LiveSession"
+    )
     args = parser.parse_args()
 
     use_torch_threads("sample")  # one thread, as the workers sample: two lose badly on a busy machine
@@ -102,7 +105,10 @@ def main() -> None:
         jobs = GenerationClient(client, keys, composer.loaded.version, wait_seconds=120)
         procs = {n: spawn(url, n, args.claim_idle, work) for n in ("w1", "w2")}
         for round_no, at in enumerate(args.at):
-            rows.append(one_round(client, keys, jobs, procs, composer, at, 100 + round_no, args))
+            if args.live:
+                rows.append(live_round(url, client, keys, procs, composer, at, 100 + round_no, args))
+            else:
+                rows.append(one_round(client, keys, jobs, procs, composer, at, 100 + round_no, args))
             killed_name = rows[-1][-1]
             procs[killed_name] = spawn(url, killed_name, args.claim_idle, work)
     finally:
@@ -114,11 +120,13 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     title = f"worker SIGKILLed mid-piece: claim idle {args.claim_idle:g} s, {args.seconds:g} s of Bach"
-    table = Table(title=title)
-    for col in ("killed at token", "of", "recovery s", "stream ahead of playback s", "tokens differing"):
+    table = Table(title=title + (", played live" if args.live else ""))
+    ahead_or_heard = ("underruns", "silence s") if args.live else ("stream ahead of playback s",)
+    for col in ("killed at token", "of", "recovery s", *ahead_or_heard, "tokens differing"):
         table.add_column(col, justify="right")
-    for resumed_at, total, recovered, ahead, lost, _ in rows:
-        table.add_row(str(resumed_at), str(total), f"{recovered:.2f}", f"{ahead:.1f}", str(lost))
+    for resumed_at, total, recovered, *heard, lost, _ in rows:
+        shown = [f"{x:.1f}" if isinstance(x, float) else str(x) for x in heard]
+        table.add_row(str(resumed_at), str(total), f"{recovered:.2f}", *shown, str(lost))
     Console().print(table)
     print("recovery seconds:", np.round([r[2] for r in rows], 2).tolist())
 
@@ -148,6 +156,51 @@ def one_round(client, keys, jobs, procs, composer, at, seed, args) -> tuple:
     ahead = music_seconds(composer, expected[:resumed_at], request.tempo) - (killed - first_token)
     differing = sum(a != b for a, b in zip(got, expected, strict=False)) + abs(len(got) - len(expected))
     return resumed_at, len(expected), recovered, ahead, differing, owner
+
+
+def live_round(url, client, keys, procs, composer, at, seed, args) -> tuple:
+    """One piece played in real time by a concert's LiveSession from remote workers, its writer killed."""
+    from bot.player import LiveSession
+    from config.settings import load_settings
+
+    class Silence:
+        name = "null"
+
+        def open(self, sample_rate: int) -> None:
+            pass
+
+        def write(self, block) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    settings = load_settings(
+        concert={"redis_url": url}, generation={"remote": True, "namespace": NAMESPACE, "wait_seconds": 120}
+    )
+    request = make_request(composer.loaded, "bach", seconds=args.seconds, seed=seed)
+    expected = list(composer.stream(request))
+    wait(lambda: set(procs) <= consumers(client, keys), "both workers")
+    with LiveSession(settings, composer.loaded, [Silence()]) as session:
+        piece = session.request("p", request, requested_at=time.monotonic())
+        wait(lambda: client.xlen(keys.gen_jobs) > 0, "the concert's job")
+        job = client.xrange(keys.gen_jobs, count=1)[0][1][b"job"].decode()
+        out = keys.gen_out(job)
+        wait(lambda: written(client, out) >= at, f"{at} tokens")
+        owner = client.xpending_range(keys.gen_jobs, GROUP, "-", "+", 1)[0]["consumer"].decode()
+        procs[owner].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        procs[owner].wait()
+        resumed_at = written(client, out)
+        survivor = ({"w1", "w2"} - {owner}).pop()
+        wait(lambda: client.xrevrange(out, count=1)[0][1][b"w"].decode() == survivor, "the survivor")
+        recovered = time.monotonic() - killed
+        session.wait_for(piece.id, ("end", "skip", "error"), timeout=args.seconds + 120)
+        piece.finished.wait(30)
+        summary = session.summary(piece)
+    got = piece.tokens
+    differing = sum(a != b for a, b in zip(got, expected, strict=False)) + abs(len(got) - len(expected))
+    return resumed_at, len(expected), recovered, summary.underruns, summary.underrun_seconds, differing, owner
 
 
 def consumers(client, keys: Keys) -> set[str]:

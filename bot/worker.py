@@ -29,7 +29,7 @@ from typing import Any, Literal
 import redis
 
 from bot.keys import Keys, job_part
-from bot.remote_generation import GROUP, POLL_MS, connect, ensure_group, pack, request_from_json, unpack
+from bot.remote_generation import GROUP, connect, ensure_group, pack, request_from_json, unpack
 from generator.model import LoadedModel
 from generator.sampling import Composer, PieceRequest
 
@@ -43,6 +43,9 @@ OPENING_FLUSH_SECONDS = 0.05
 FLUSH_SECONDS = 0.25
 FLUSH_TOKENS = 64
 POLL_SECONDS = 0.05  # a busy batching worker looks for new jobs this often
+# An idle worker waits this long for a new job before it looks for dead workers' jobs again: a quarter of a
+# second of a takeover's delay, for two small commands four times a second.
+IDLE_POLL_MS = 250
 OUT_MAXLEN = 10_000  # entries kept per piece stream (~ trimming): hours of music at one write per 50 ms
 OUT_TTL_SECONDS = 3600  # a piece stream nobody reads any more goes away on its own
 DEPARTED_SECONDS = 24 * 3600.0  # a worker name that has not read for a day belongs to a stopped worker
@@ -189,7 +192,7 @@ class Worker:
                 log.warning("worker %s found no consumer group on %s; making it again", self.name, exc)
                 ensure_group(self.client, self.keys)
 
-    def next_job(self, block_ms: int | None = POLL_MS) -> Job | None:
+    def next_job(self, block_ms: int | None = IDLE_POLL_MS) -> Job | None:
         """A dead worker's job if there is one (a concert is already playing it), else a new one, else None.
 
         `block_ms` None returns at once when no job is waiting.
@@ -243,7 +246,7 @@ class Worker:
                     if len(active) < size and (not active or self.clock() - polled >= POLL_SECONDS):
                         polled = self.clock()
                         while len(active) < size:
-                            job = self.next_job(block_ms=POLL_MS if not active else None)
+                            job = self.next_job(block_ms=IDLE_POLL_MS if not active else None)
                             if job is None:
                                 break
                             serving = _Serving(self, job)

@@ -50,6 +50,21 @@ def client(server: RedisServer) -> Iterator[redis.Redis]:
     conn.close()
 
 
+class _Silence:
+    """An audio sink that drops what it is given: these tests listen to the tokens, not the sound."""
+
+    name = "null"
+
+    def open(self, sample_rate: int) -> None:
+        pass
+
+    def write(self, block) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _worker_thread(worker: Worker) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
@@ -285,18 +300,6 @@ def test_a_killed_workers_pieces_are_finished_by_another_with_the_same_tokens(
 def test_the_concert_plays_unchanged_with_remote_workers(server, client, composer):
     from bot.player import LiveSession
 
-    class Sink:
-        name = "null"
-
-        def open(self, sample_rate: int) -> None:
-            pass
-
-        def write(self, block) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
     settings = load_settings(
         concert={"redis_url": server.url},
         generation={"remote": True, "namespace": "live", "wait_seconds": 60},
@@ -305,7 +308,7 @@ def test_the_concert_plays_unchanged_with_remote_workers(server, client, compose
     worker = Worker(client, Keys("live"), composer, composer.loaded.version, name="w")
     thread, stop = _worker_thread(worker)
     try:
-        with LiveSession(settings, composer.loaded, [Sink()], realtime=False) as session:
+        with LiveSession(settings, composer.loaded, [_Silence()], realtime=False) as session:
             request = make_request(composer.loaded, "classical", seconds=6.0, seed=8)
             piece = session.request("p", request, requested_at=time.monotonic())
             ended = session.wait_for(piece.id, ("end", "skip", "error"), timeout=120)
@@ -317,3 +320,29 @@ def test_the_concert_plays_unchanged_with_remote_workers(server, client, compose
     assert piece.complete
     assert piece.tokens == list(composer.stream(request))
     assert [s.outcome for s in worker.served] == ["done"]
+
+
+def test_a_skipped_piece_stops_its_worker(server, client, composer):
+    from bot.player import LiveSession
+
+    settings = load_settings(
+        concert={"redis_url": server.url},
+        generation={"remote": True, "namespace": "skip", "wait_seconds": 60},
+        outputs={"device": "off"},
+    )
+    worker = Worker(client, Keys("skip"), composer, composer.loaded.version, name="w")
+    thread, stop = _worker_thread(worker)
+    try:
+        with LiveSession(settings, composer.loaded, [_Silence()], realtime=False) as session:
+            # Ten minutes: the worker is still sampling it when the skip comes.
+            request = make_request(composer.loaded, "bach", seconds=600.0, seed=8)
+            piece = session.request("p", request, requested_at=time.monotonic())
+            assert session.wait_for(piece.id, ("start",), timeout=60) is not None
+            session.engine.skip()
+            assert session.wait_for(piece.id, ("skip",), timeout=60) is not None
+            _wait(lambda: bool(worker.served), "the worker letting go of the piece", timeout=60)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert [s.outcome for s in worker.served] == ["stopped"]  # not "done": it let go when the skip came
+    assert client.xpending(Keys("skip").gen_jobs, GROUP)["pending"] == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -164,7 +164,7 @@ class Composer:
         """
         run = self._begin(request)
         if request.critic > 1:
-            yield from self._criticised(run, request)
+            run = yield from self._criticised(run, request)  # the candidates' chosen state, for the report
         else:
             generator = torch.Generator(device="cpu").manual_seed(request.seed)
             while True:
@@ -254,7 +254,7 @@ class Composer:
         else:
             run.logits, run.cache = self._forward([token], run.cache)
 
-    def _criticised(self, run: _Run, request: PieceRequest) -> Iterator[int]:
+    def _criticised(self, run: _Run, request: PieceRequest) -> Generator[int, None, _Run]:
         """Each bar sampled `request.critic` times from the same state; the critic's favourite is kept.
 
         Candidate k of bar b draws from its own generator, seeded by (seed, b, k) alone, so a bar's choice
@@ -298,7 +298,7 @@ class Composer:
                 state.restore(run.cache)
             yield from tokens
             if tokens[-1] == eos:
-                return
+                return run
 
     def _choose(
         self,

@@ -251,10 +251,14 @@ class Worker:
                                 break
                             serving = _Serving(self, job)
                             if serving.outcome is None and job.request is not None:
-                                piece = batch.add(job.request)
-                                active[id(piece)] = (piece, serving)
-                            else:
-                                self.served.append(serving.served())
+                                try:
+                                    piece = batch.add(job.request)
+                                    active[id(piece)] = (piece, serving)
+                                    continue
+                                except Exception as exc:  # one bad piece must not stop the others
+                                    log.exception("worker %s failed piece %s", self.name, job.job)
+                                    serving.fail(f"the worker failed: {type(exc).__name__}: {exc}")
+                            self.served.append(serving.served())
                     if not active:
                         continue
                     for piece, token in batch.step():

@@ -139,6 +139,30 @@ def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, 
     assert worker.served[-1].outcome == "done" and worker.served[-1].resumed_at > 0
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_piece_the_model_cannot_play_fails_alone_and_says_why(client, composer, batch):
+    from dataclasses import replace
+
+    keys = Keys(f"t9-{batch}")
+    version = composer.loaded.version
+    jobs = GenerationClient(client, keys, version, wait_seconds=60)
+    worker = Worker(client, keys, composer, version, name="w")
+    good = make_request(composer.loaded, "irish", seconds=5.0, seed=2)
+    bad = jobs.submit(replace(good, style="no-such-style"))
+    fine = jobs.submit(good)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, kwargs={"stop": stop, "batch": batch}, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(RemoteGenerationError, match="the worker failed"):
+            list(jobs.tokens(bad))
+        assert list(jobs.tokens(fine)) == list(composer.stream(good))
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert thread.is_alive() is False and sorted(s.outcome for s in worker.served) == ["done", "failed"]
+
+
 def test_a_worker_that_lost_its_job_cannot_write_to_it(client, composer):
     keys = Keys("t2")
     version = composer.loaded.version

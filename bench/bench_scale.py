@@ -5,11 +5,13 @@
 For each batch size B, B pieces (a mix of styles and ensembles, each at its style's tempo) are kept live:
 when one ends, the next request takes its place, as concerts do. "one at a time" is today's path, one
 `Composer.stream` per piece, each asked for a token in turn; "batched" is generator/batch.py, one forward pass
-for all B per step. Each runs `--warmup` rounds (a token from every piece) before `--rounds` measured ones.
-Per piece = aggregate / B. Real time needs the mix's tokens per second of music, measured from the pieces
-this run composed (tokens / seconds of their notes); "x real time" is a piece's speed against that, and
-"real-time pieces" is how many pieces the aggregate rate could keep in real time (aggregate / need), with
-generation alone (rendering and outputs cost more). One torch thread (generator/threads.py).
+for all B per step. Each runs `--warmup` rounds (a token from every piece) before at least `--tokens` measured
+tokens. Rates are tokens per second of this process's CPU time (one torch thread, generator/threads.py), not
+of the wall clock: on a shared machine the wall clock measures the neighbours. Per piece = aggregate / B.
+Real time needs the mix's tokens per second of music, measured from the pieces this run finished (tokens /
+seconds of their notes); "x real time" is one piece's speed against that, and "real-time pieces" how many
+pieces the aggregate rate keeps in real time on one core (aggregate / need), generation alone (rendering and
+the outputs cost more).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Tally:
 
 
 def one_at_a_time(loaded: LoadedModel, args: argparse.Namespace, size: int, rounds: int, tally: Tally) -> float:
-    """Seconds for `rounds` rounds of today's path: a Composer per piece, a token from each in turn."""
+    """CPU seconds for `rounds` rounds of today's path: a Composer per piece, a token from each in turn."""
     source, device, warmup = requests(loaded, args.seconds), args.device, args.warmup
     slots = [Composer(loaded, device) for _ in range(size)]
     live: list[tuple[PieceRequest, Iterator[int], list[int]]] = []
@@ -77,7 +79,7 @@ def one_at_a_time(loaded: LoadedModel, args: argparse.Namespace, size: int, roun
     start = 0.0
     for round_ in range(warmup + rounds):
         if round_ == warmup:
-            start = time.perf_counter()
+            start = time.process_time()
         for i, (request, stream, tokens) in enumerate(live):
             token = next(stream)
             tokens.append(token)
@@ -88,11 +90,11 @@ def one_at_a_time(loaded: LoadedModel, args: argparse.Namespace, size: int, roun
                 tally.finished(request, tokens)
                 fresh = next(source)
                 live[i] = (fresh, slots[i].stream(fresh), [])
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def batched(loaded: LoadedModel, args: argparse.Namespace, size: int, rounds: int, tally: Tally) -> float:
-    """Seconds for `rounds` steps of generator/batch.py with `size` pieces live."""
+    """CPU seconds for `rounds` steps of generator/batch.py with `size` pieces live."""
     source, device, warmup = requests(loaded, args.seconds), args.device, args.warmup
     with BatchComposer(Composer(loaded, device)) as batch:
         for _ in range(size):
@@ -100,7 +102,7 @@ def batched(loaded: LoadedModel, args: argparse.Namespace, size: int, rounds: in
         start = 0.0
         for round_ in range(warmup + rounds):
             if round_ == warmup:
-                start = time.perf_counter()
+                start = time.process_time()
             if round_ >= warmup:
                 tally.context += sum(p.cache.length for p in batch.live)
             done: list[BatchPiece] = []
@@ -112,7 +114,7 @@ def batched(loaded: LoadedModel, args: argparse.Namespace, size: int, rounds: in
             for piece in done:
                 tally.finished(piece.request, piece.tokens)
                 batch.add(next(source))
-        return time.perf_counter() - start
+        return time.process_time() - start
 
 
 def main() -> None:
@@ -134,13 +136,13 @@ def main() -> None:
         row: dict[str, float] = {"size": size}
         for name, run in (("alone", one_at_a_time), ("batched", batched)):
             tally = Tally(loaded.vocab)
-            wall = run(loaded, args, size, rounds, tally)
-            row[name] = tally.tokens / wall
+            cpu = run(loaded, args, size, rounds, tally)
+            row[name] = tally.tokens / cpu
             row[name + "_context"] = tally.context / max(1, tally.tokens)
             need_tally.piece_tokens += tally.piece_tokens
             need_tally.music_s += tally.music_s
         rows.append(row)
-        print(f"B={size}: {row['alone']:.0f} one at a time, {row['batched']:.0f} batched tok/s", flush=True)
+        print(f"B={size}: {row['alone']:.0f} one at a time, {row['batched']:.0f} batched tok/CPU-s", flush=True)
     if not need_tally.music_s:
         raise SystemExit("no piece finished: measure more rounds (--tokens) or shorter pieces (--seconds)")
     need = need_tally.piece_tokens / need_tally.music_s
@@ -148,7 +150,7 @@ def main() -> None:
         title=f"{loaded.version} on {where}; the mix needs {need:.1f} tokens per second of music "
         f"({need_tally.piece_tokens} tokens of finished pieces)"
     )
-    for col in ("B", "one at a time tok/s", "batched tok/s", "speed-up", "per piece tok/s", "x real time",
+    for col in ("B", "one at a time tok/CPU-s", "batched tok/CPU-s", "speed-up", "per piece", "x real time",
                 "real-time pieces, alone", "real-time pieces, batched", "mean context"):  # fmt: skip
         table.add_column(col, justify="right")
     lines = []

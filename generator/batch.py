@@ -187,7 +187,10 @@ class BatchComposer:
             assert cache is not None
         piece = BatchPiece(request, self.composer, cache)
         piece._start()
-        self._settle(piece)
+        if piece.done:  # its sampler failed before its first forward pass
+            self._release(piece)
+        else:
+            self.live.append(piece)
         return piece
 
     def cancel(self, piece: BatchPiece) -> None:
@@ -195,7 +198,8 @@ class BatchComposer:
         if piece.done:
             return
         piece._cancel()
-        self._settle(piece)
+        self.live.remove(piece)
+        self._release(piece)
 
     def close(self) -> None:
         for piece in list(self.live):
@@ -209,11 +213,16 @@ class BatchComposer:
         """
         self._forward()
         out = []
-        for piece in list(self.live):
+        staying = []
+        for piece in self.live:
             before = len(piece.tokens)
             piece._advance()
             out += [(piece, token) for token in piece.tokens[before:]]
-            self._settle(piece)
+            if piece.done:
+                self._release(piece)
+            else:
+                staying.append(piece)
+        self.live = staying
         return out
 
     def _forward(self) -> None:
@@ -237,16 +246,11 @@ class BatchComposer:
         for piece in self.live:
             piece.pending = None
 
-    def _settle(self, piece: BatchPiece) -> None:
-        """Keep a parked piece in the batch; let a finished one go and keep its cache for another."""
-        if piece.done:
-            if piece in self.live:
-                self.live.remove(piece)
-            piece._join()
-            if piece.cache.pool is not None:
-                piece.cache.pool[0].give(piece.cache)
-        elif piece not in self.live:
-            self.live.append(piece)
+    def _release(self, piece: BatchPiece) -> None:
+        """A piece that has left: its thread (if any) ended, its cache's slot free for the next to join."""
+        piece._join()
+        if piece.cache.pool is not None:
+            piece.cache.pool[0].give(piece.cache)
 
 
 def compose_together(

@@ -116,6 +116,8 @@ def test_one_candidate_is_todays_sampler_byte_for_byte(shipped):
         request = make_request(shipped.loaded, style, seconds=seconds, seed=seed)
         assert request.critic == 1  # the default
         tokens = shipped.compose(request).tokens
+        # A deliberate change to what the sampler writes re-pins these (stored pieces replay their own tokens);
+        # the critic's K = 1 must never be the reason.
         assert hashlib.sha256(str(tokens).encode()).hexdigest()[:16] == digest, (style, seed)
 
 

@@ -57,6 +57,22 @@ def test_forward_rows_gives_batch_one_logits_bit_for_bit(composer):
     assert pools[0].take() is None and pools[1].take() is None  # every slot taken once
 
 
+def test_a_wide_batch_still_gives_batch_one_logits(composer):
+    """MKL may run a batch of products another way when there are many: 70 rows, as a busy service has."""
+    generator = torch.Generator().manual_seed(1)
+    pool = CachePool(composer.fast, 70)
+    rows = [row for row in (pool.take() for _ in range(70)) if row is not None]
+    alone = [composer.fast.fork() for _ in range(70)]
+    for row, lone in zip(rows, alone, strict=True):
+        ids = torch.randint(0, len(composer.vocab), (int(torch.randint(1, 40, (1,), generator=generator)),))
+        row.forward(ids.tolist())
+        lone.forward(ids.tolist())
+    ids = torch.randint(0, len(composer.vocab), (70,), generator=generator).tolist()
+    batched = forward_rows(rows, ids)
+    for i, (lone, token) in enumerate(zip(alone, ids, strict=True)):
+        assert torch.equal(batched[i], lone.forward([token])), i
+
+
 @pytest.mark.parametrize("join_at", [[0, 0, 0, 0, 0, 0], [0, 3, 17, 40, 1, 5], [25, 9, 0, 2, 60, 0]])
 def test_a_piece_is_the_same_whatever_joins_the_batch_and_when(composer, alone, join_at):
     requests = [*REQUESTS, CRITIC, LONG]

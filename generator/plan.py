@@ -308,10 +308,10 @@ def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
         end = int((pitched[:, 0] + pitched[:, 2]).max())
         if not sections:
             sections = [(0, end, False)]
-        sections = written_repeats(
-            sections, pitched, bar, (int(row.get("pickup") or 0) // TICKS_PER_STEP) % bar
-        )
-        forms[(bar, tuple((max(1, round((e - s) / bar)), bool(r)) for s, e, r in sections))] += 1
+        # The shape as heard (music written out twice is a repeat); phrases and cadences as the score marks.
+        pickup = (int(row.get("pickup") or 0) // TICKS_PER_STEP) % bar
+        heard = written_repeats(sections, pitched, bar, pickup)
+        forms[(bar, tuple((max(1, round((e - s) / bar)), bool(r)) for s, e, r in heard))] += 1
         fermatas = sorted({f // TICKS_PER_STEP for f in row.get("fermatas") or []})
         ends = fermatas or sorted({e for _, e, _ in sections})
         # Phrases are read where a score marks them: between fermatas (a chorale), else in its sections (a

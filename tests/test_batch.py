@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from generator.batch import BatchComposer, compose_together
 from generator.fastgpt import CachePool, forward_rows
+from generator.instruments import INSTRUMENTS
 from generator.model import load_model
 from generator.sampling import Composer, PieceRequest
 
@@ -126,3 +129,23 @@ def test_a_failing_piece_leaves_and_the_others_finish(composer, alone):
     assert good.finished and good.tokens == alone[bach] and steps == len(alone[bach])
     with pytest.raises(RuntimeError):
         compose_together(composer, [bach, broken])
+
+
+batches = st.lists(
+    st.tuples(
+        st.sampled_from(["bach", "irish", "classical", "folk", "scottish", "palestrina", "medieval"]),
+        st.lists(st.sampled_from([i.name for i in INSTRUMENTS]), min_size=1, max_size=3, unique=True),
+        st.integers(0, 2**31),
+        st.integers(0, 30),  # the step it joins at
+    ),
+    min_size=2,
+    max_size=5,
+)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=batches)
+def test_any_batch_of_any_requests_leaves_every_piece_as_it_is_alone(composer, pieces):
+    requests = [PieceRequest(s, tuple(names), 110.0, 3.0, seed) for s, names, seed, _ in pieces]
+    got = compose_together(composer, requests, [at for *_, at in pieces])
+    assert got == [list(composer.stream(r)) for r in requests]

@@ -250,7 +250,10 @@ class BatchComposer:
         """A piece that has left: its thread (if any) ended, its cache's slot free for the next to join."""
         piece._join()
         if piece.cache.pool is not None:
-            piece.cache.pool[0].give(piece.cache)
+            pool = piece.cache.pool[0]
+            pool.give(piece.cache)
+            if pool.idle and len(self._pools) > 1:  # a rush has passed: give its memory back, keep one pool
+                self._pools.remove(pool)
 
 
 def compose_together(

@@ -211,7 +211,13 @@ class CachePool:
         self.keys = model.keys.new_zeros(layers, slots, heads, context, dim)
         self.values = torch.zeros_like(self.keys)
         self._model = model
+        self._slots = slots
         self._free = list(range(slots))[::-1]
+
+    @property
+    def idle(self) -> bool:
+        """True when no slot is taken."""
+        return len(self._free) == self._slots
 
     def take(self) -> FastGPT2 | None:
         """A decoder over the model's weights, its cache a free slot of the pool; None when all are taken."""

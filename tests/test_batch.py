@@ -7,7 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator.batch import BatchComposer, compose_together
+from generator.batch import POOL_SLOTS, BatchComposer, compose_together
 from generator.fastgpt import CachePool, forward_rows
 from generator.instruments import INSTRUMENTS
 from generator.model import load_model
@@ -113,6 +113,17 @@ def test_pieces_leave_mid_flight_and_others_play_on(composer, alone):
     for piece, request in ((first, bach), (late, scottish), (other, irish)):
         assert piece.finished and piece.tokens == heard[id(piece)] == alone[request]
     assert id(gone) not in heard or heard[id(gone)] == gone.tokens
+
+
+def test_a_rush_of_pieces_gives_its_caches_back(composer):
+    with BatchComposer(composer) as batch:
+        rush = [PieceRequest("irish", ("flute",), 120.0, 1.0, seed) for seed in range(POOL_SLOTS + 1)]
+        pieces = [batch.add(request) for request in rush]
+        assert len(batch._pools) == 2  # one more than a pool holds
+        while batch.live:
+            batch.step()
+        assert all(p.finished for p in pieces)
+        assert len(batch._pools) == 1 and batch._pools[0].idle  # the second pool's memory is freed
 
 
 def test_a_failing_piece_leaves_and_the_others_finish(composer, alone):

@@ -18,8 +18,9 @@ needs a sampler written for rows, which this module leaves for a later change.
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -161,6 +162,8 @@ class _RowComposer(Composer):
 class BatchComposer:
     """Steps every live piece together: `add` pieces at any time, `step` samples one token for each.
 
+    One thread drives it (add, cancel, step): it is the generation loop, not a service to share between threads.
+
     Args:
         composer: the model, vocabulary and device to sample with (its own batch-1 cache is left alone).
     """
@@ -271,7 +274,7 @@ def compose_together(
         raise ValueError(f"{len(joins)} join steps for {len(requests)} requests")
     with BatchComposer(composer) as batch:
         pieces: list[BatchPiece | None] = [None] * len(requests)
-        for step in _steps():
+        for step in itertools.count():
             for i, at in enumerate(joins):
                 if at == step:
                     pieces[i] = batch.add(requests[i])
@@ -282,10 +285,3 @@ def compose_together(
             if piece is not None and piece.error is not None:
                 raise piece.error
     return [p.tokens if p is not None else [] for p in pieces]
-
-
-def _steps() -> Iterator[int]:
-    step = 0
-    while True:
-        yield step
-        step += 1

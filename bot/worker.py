@@ -330,6 +330,7 @@ class _Serving:
         self.index = 0  # of the next token sampled
         self.eos = worker.composer.vocab.eos
         self.outcome: Outcome | None = None  # set once the job has ended here
+        self.started = worker.clock()
         if job.taken_over:
             log.info("worker %s took over piece %s at token %d", worker.name, job.job, self.resumed_at)
         if job.problem:
@@ -361,7 +362,20 @@ class _Serving:
         self.outcome = self.writer.fail(error)
 
     def served(self) -> Served:
-        return Served(self.job.job, self.outcome or "abandoned", self.resumed_at, self.writer.written)
+        """How it went, said once in the log: the operator's one line per piece."""
+        done = Served(self.job.job, self.outcome or "abandoned", self.resumed_at, self.writer.written)
+        seconds = self.worker.clock() - self.started
+        log.info(
+            "worker %s: piece %s %s after %.1f s, tokens %d-%d (%s)",
+            self.worker.name,
+            done.job,
+            done.outcome,
+            seconds,
+            done.resumed_at,
+            done.written,
+            "taken over" if self.job.taken_over else "new",
+        )
+        return done
 
 
 class _Writer:

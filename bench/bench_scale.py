@@ -11,7 +11,7 @@ of the wall clock: on a shared machine the wall clock measures the neighbours. P
 Real time needs the mix's tokens per second of music, measured from the pieces this run finished (tokens /
 seconds of their notes); "x real time" is one piece's speed against that, and "real-time pieces" how many
 pieces the aggregate rate keeps in real time on one core (aggregate / need), generation alone (rendering and
-the outputs cost more).
+the outputs cost more). "same tokens": of the pieces both ways finished, how many have the very same tokens.
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ class Tally:
         self.piece_tokens = 0
         self.music_s = 0.0
         self.context = 0  # summed over measured tokens: the cached length each was sampled after
+        self.pieces: dict[int, list[int]] = {}  # seed -> tokens of each finished piece
 
     def finished(self, request: PieceRequest, tokens: list[int]) -> None:
+        self.pieces[request.seed] = list(tokens)
         notes = decode(self.vocab, tokens)
         if notes:
             self.piece_tokens += len(tokens)
@@ -134,13 +136,18 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         rounds = max(12, args.tokens // size)
         row: dict[str, float] = {"size": size}
+        finished = {}
         for name, run in (("alone", one_at_a_time), ("batched", batched)):
-            tally = Tally(loaded.vocab)
+            tally = finished[name] = Tally(loaded.vocab)
             cpu = run(loaded, args, size, rounds, tally)
             row[name] = tally.tokens / cpu
             row[name + "_context"] = tally.context / max(1, tally.tokens)
             need_tally.piece_tokens += tally.piece_tokens
             need_tally.music_s += tally.music_s
+        # Both runs take the same requests in the same order: a piece both finished must have the same tokens.
+        both = finished["alone"].pieces.keys() & finished["batched"].pieces.keys()
+        row["compared"] = len(both)
+        row["same"] = sum(finished["alone"].pieces[s] == finished["batched"].pieces[s] for s in both)
         rows.append(row)
         print(f"B={size}: {row['alone']:.0f} one at a time, {row['batched']:.0f} batched tok/CPU-s", flush=True)
     if not need_tally.music_s:
@@ -150,8 +157,9 @@ def main() -> None:
         title=f"{loaded.version} on {where}; the mix needs {need:.1f} tokens per second of music "
         f"({need_tally.piece_tokens} tokens of finished pieces)"
     )
-    for col in ("B", "one at a time tok/CPU-s", "batched tok/CPU-s", "speed-up", "per piece", "x real time",
-                "real-time pieces, alone", "real-time pieces, batched", "mean context"):  # fmt: skip
+    columns = ["B", "one at a time tok/CPU-s", "batched tok/CPU-s", "speed-up", "per piece", "x real time"]
+    columns += ["real-time pieces, alone", "real-time pieces, batched", "mean context", "same tokens"]
+    for col in columns:
         table.add_column(col, justify="right")
     lines = []
     for r in rows:
@@ -159,7 +167,7 @@ def main() -> None:
         speedup = r["batched"] / r["alone"]
         cells = [f"{r['size']:.0f}", f"{r['alone']:.0f}", f"{r['batched']:.0f}", f"{speedup:.2f}x"]
         cells += [f"{per:.1f}", f"{per / need:.1f}x", f"{r['alone'] / need:.0f}", f"{r['batched'] / need:.0f}"]
-        cells.append(f"{r['batched_context']:.0f}")
+        cells += [f"{r['batched_context']:.0f}", f"{r['same']:.0f} of {r['compared']:.0f}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     Console().print(table)

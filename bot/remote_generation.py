@@ -25,7 +25,7 @@ import numpy as np
 import redis
 
 from bot.keys import Keys
-from bot.live import GenerationWorker
+from bot.live import GenerationWorker, LivePiece
 from config.errors import ConcertbotError, ConfigError
 from config.settings import Settings
 from generator.sampling import Composer, PieceRequest
@@ -105,8 +105,8 @@ class GenerationClient:
         self.client.xadd(self.keys.gen_jobs, fields)  # type: ignore[arg-type]
         return job
 
-    def tokens(self, job: str) -> Iterator[int]:
-        """The piece's tokens in order as workers write them, to the last (EOS).
+    def tokens(self, job: str, cancelled: Callable[[], bool] = lambda: False) -> Iterator[int]:
+        """The piece's tokens in order as workers write them, to the last (EOS), or until `cancelled()`.
 
         Raises:
             RemoteGenerationError: a worker failed the piece, tokens went missing, or nothing came in time.
@@ -123,6 +123,8 @@ class GenerationClient:
                 reply = []
                 time.sleep(0.2)
             if not reply:
+                if cancelled():
+                    return  # skipped while waiting: the concert must not wait out `wait_seconds` for it
                 if self.clock() - heard > self.wait_seconds:
                     raise RemoteGenerationError(
                         f"no generation worker wrote piece {job} for {self.wait_seconds:g} s; "
@@ -171,12 +173,17 @@ class RemoteGenerationWorker(GenerationWorker):
         self.client = client
         super().__init__(composer, lookahead_seconds, clock)
 
+    def _generate(self, piece: LivePiece) -> None:
+        self._piece = piece  # the one piece this thread reads now, for `_sample` to notice a skip
+        super()._generate(piece)
+
     def _sample(self, request: PieceRequest) -> Iterator[int]:
-        # Sent only when this piece's turn comes, as the in-process generator starts it: its stream then holds
-        # at most one piece ahead of playback.
+        # Sent only when this piece's turn comes, as the in-process generator starts it: a concert has one piece
+        # at a time out with the workers.
         job = self.client.submit(request)
+        feed = self._piece.feed
         try:
-            yield from self.client.tokens(job)
+            yield from self.client.tokens(job, cancelled=lambda: feed.cancelled)
         finally:
             # Done, skipped or failed alike: the stream has been read, so it can go.
             self.client.stop(job)

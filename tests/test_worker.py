@@ -370,3 +370,19 @@ def test_a_skipped_piece_stops_its_worker(server, client, composer):
         thread.join(timeout=30)
     assert [s.outcome for s in worker.served] == ["stopped"]  # not "done": it let go when the skip came
     assert client.xpending(Keys("skip").gen_jobs, GROUP)["pending"] == 0
+
+
+def test_a_piece_skipped_while_no_worker_answers_lets_the_concert_go_on(server, client, composer):
+    from bot.player import LiveSession
+
+    settings = load_settings(
+        concert={"redis_url": server.url},
+        generation={"remote": True, "namespace": "idle", "wait_seconds": 3600},
+        outputs={"device": "off"},
+    )
+    with LiveSession(settings, composer.loaded, [_Silence()], realtime=False) as session:
+        piece = session.request("p", make_request(composer.loaded, "bach", seconds=5.0, seed=8))
+        _wait(lambda: client.xlen(Keys("idle").gen_jobs) == 1, "the piece sent to the workers")
+        piece.feed.cancel()  # as the conductor drops an upcoming piece
+        # Within the reader's next poll (a second), not after the hour it would wait for a worker.
+        assert piece.finished.wait(120)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -15,12 +16,23 @@ from bot.conductor import piece_request
 from bot.live import GenerationWorker
 from bot.store import PieceRecord
 from generator import critic
-from generator.decode import Note, notes_array
+from generator.decode import Note, NoteDecoder, notes_array
 from generator.form_metrics import ending, smallest_instrument_share
+from generator.grammar import AT_BOUNDARY, Grammar, GrammarState
+from generator.instruments import PROGRAMS
 from generator.model import load_model
-from generator.plan import Phrase, Plan, Section, key_of
+from generator.plan import STEPS_PER_BEAT, Phrase, Plan, Section, form_profile, key_of
 from generator.recipes import make_request
-from generator.sampling import Composer, PieceRequest, _CacheState, candidate_seed, chosen_key
+from generator.sampling import (
+    Composer,
+    LoopGuard,
+    PieceRequest,
+    _CacheState,
+    _tail,
+    candidate_seed,
+    chosen_key,
+)
+from generator.steering import PlanFollower
 
 VIOLIN, CELLO = 40, 42
 # A bar of 4/4 in C on I (state 0) then, at step 32, V (state 7 * 3 = 21), ending on a cadence to I at bar 2.
@@ -108,10 +120,18 @@ def test_a_restored_cache_continues_exactly_as_if_the_other_candidate_never_ran(
     assert torch.equal(branched, straight)
 
 
+def test_one_candidate_is_the_sampling_loop_from_before_the_critic(shipped):
+    for style, seed in (("bach", 3), ("irish", 5), ("palestrina", 7)):
+        request = make_request(shipped.loaded, style, seconds=10, seed=seed)
+        assert request.critic == 1  # the default
+        assert list(shipped.stream(request)) == list(_loop_before_the_critic(shipped, request)), style
+
+
 def test_one_candidate_is_todays_sampler_byte_for_byte(shipped):
-    # Digests of tokens the shipped model sampled before the critic existed: older replays stay exact.
-    if shipped.loaded.version != _PINNED_VERSION:
-        pytest.skip(f"pinned on model {_PINNED_VERSION}, this is {shipped.loaded.version}")
+    # Digests of tokens the shipped model and card sampled before the critic existed: older replays stay exact.
+    card = hashlib.sha256((shipped.loaded.path / "card.json").read_bytes()).hexdigest()
+    if (shipped.loaded.version, card) != _PINNED_MODEL:
+        pytest.skip(f"pinned on model and card {_PINNED_MODEL}, these are {shipped.loaded.version}, {card}")
     for (style, seed, seconds), digest in _PINNED.items():
         request = make_request(shipped.loaded, style, seconds=seconds, seed=seed)
         assert request.critic == 1  # the default
@@ -175,7 +195,10 @@ def _mean_bar_score(composer: Composer, request: PieceRequest, notes: list[Note]
     return float(np.mean(scores))
 
 
-_PINNED_VERSION = "concertbot-4x192-step4000+1200+2400+forms-723c33"
+_PINNED_MODEL = (
+    "concertbot-4x192-step4000+1200+2400+forms-723c33",
+    "0f5831c681040a28e4ac4a7a7bd5d8c997715074e931dd268cf4d52a3147200e",  # its card.json: forms draw the plans
+)
 _PINNED: dict[tuple[str, int, float], str] = {
     ("bach", 3, 12.0): "c86843559e53c1a5",
     ("palestrina", 7, 10.0): "a1a0bcf2f8e7b769",
@@ -202,3 +225,62 @@ def test_a_record_keeps_its_critic_and_a_record_from_before_the_critic_replays_w
     three = replace(record, critic=3)
     assert piece_request(three).critic == 3 and three.identity() != record.identity()
     assert json.loads(json.dumps(asdict(three)))["critic"] == 3  # the store saves the recipe as this JSON
+
+
+def _loop_before_the_critic(composer: Composer, request: PieceRequest) -> Iterator[int]:
+    """Composer.stream as it was before the critic (commit 2c0ea17), on the composer's own parts."""
+    vocab = composer.vocab
+    prefix = composer.prefix(request)
+    grammar = Grammar(vocab, request.programs() if request.strict_instruments else PROGRAMS)
+    state = GrammarState()
+    decoder = NoteDecoder(vocab)
+    guard = LoopGuard()
+    voices = composer.voice_leading(request)
+    generator = torch.Generator(device="cpu").manual_seed(request.seed)
+    plan = composer.plan(request)
+    follow = None
+    if plan is not None:
+        key = chosen_key(composer.loaded, request.style, request.seed, request.key)
+        profile = form_profile(composer.loaded.card, request.style)
+        follow = PlanFollower(plan, profile, key, request.programs(), composer.tensors)
+    target = request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT
+    context = composer.loaded.context
+    window = list(prefix)
+    music: list[int] = []
+    starts = {s.start * plan.bar for s in plan.sections} if plan is not None else set()
+    section_at: dict[int, int] = {}
+    replay: list[int] = []
+    logits, cache = composer._forward(window, None)
+    while True:
+        at_end = follow is None and decoder.time >= target and state.notes > 0
+        if state.phase == AT_BOUNDARY and (at_end or (follow is not None and follow.finished(decoder.time))):
+            yield vocab.eos
+            break
+        fresh = decoder.time in starts and decoder.time not in section_at
+        if plan is not None and fresh and state.phase == AT_BOUNDARY:
+            section_at[decoder.time] = len(music)
+            if not replay:
+                replay = composer._returning(plan, decoder.time, section_at, music, vocab)
+        if replay:
+            token = replay.pop(0)
+        else:
+            token = composer._choose(
+                logits, state, grammar, decoder, guard, voices, follow, request, at_end, generator
+            )
+        state = grammar.advance(state, token)
+        note = decoder.feed(token)
+        guard.on_time(decoder.time)
+        if note is not None:
+            if not replay:
+                guard.on_note(note)
+            voices.on_note(note)
+            if follow is not None:
+                follow.on_note(note.start, note.pitch, note.duration, note.program)
+        music.append(token)
+        yield token
+        window.append(token)
+        if len(window) >= context:
+            window = prefix + _tail(vocab.kind, window[len(prefix) :], (context - len(prefix)) // 2)
+            logits, cache = composer._forward(window, None)
+        else:
+            logits, cache = composer._forward([token], cache)

@@ -166,6 +166,7 @@ class Worker:
         self.clock = clock
         self.served: list[Served] = []
         self._append: Any = client.register_script(APPEND)
+        self._redis_down = False
         ensure_group(client, keys)
         # Listed in the group from now on (XINFO CONSUMERS), not only once it first gets a job.
         self.client.xgroup_createconsumer(keys.gen_jobs, GROUP, self.name)
@@ -183,7 +184,9 @@ class Worker:
                     self.served.append(self.serve(job, stop))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # A job it held stays pending under its name: once Redis is back, it (or another) takes it over.
-                log.warning("worker %s cannot reach Redis (%s); trying again", self.name, exc)
+                if not self._redis_down:  # said once per outage, not every second of it
+                    log.warning("worker %s cannot reach Redis (%s); trying every second", self.name, exc)
+                self._redis_down = True
                 stop.wait(1.0)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -202,6 +205,9 @@ class Worker:
             cursor, claimed, *_ = self.client.xautoclaim(
                 self.keys.gen_jobs, GROUP, self.name, self.claim_idle_ms, cursor, count=1
             )
+            if self._redis_down:
+                log.info("worker %s reaches Redis again", self.name)
+                self._redis_down = False
             for entry, fields in claimed:
                 if fields is not None and (job := self._job(entry, fields, taken_over=True)) is not None:
                     return job

@@ -6,6 +6,7 @@ Everything runs against a real redis-server of the test's own and the shipped mo
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -117,7 +118,8 @@ def test_a_batching_worker_samples_pieces_together_each_as_composer_stream_would
     assert client.xpending(keys.gen_jobs, GROUP)["pending"] == 0
 
 
-def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, composer):
+def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, composer, caplog):
+    caplog.set_level(logging.INFO, logger="bot.worker")
     keys = Keys("t8")
     version = composer.loaded.version
     jobs = GenerationClient(client, keys, version, wait_seconds=60)
@@ -137,6 +139,10 @@ def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, 
         thread.join(timeout=30)
     assert got == list(composer.stream(request))
     assert worker.served[-1].outcome == "done" and worker.served[-1].resumed_at > 0
+    said = [r.getMessage() for r in caplog.records if r.name == "bot.worker"]
+    # The outage said once, and its end, however many seconds it lasted.
+    assert sum("cannot reach Redis" in m for m in said) == 1
+    assert sum("reaches Redis again" in m for m in said) == 1
 
 
 @pytest.mark.parametrize("batch", [1, 3])

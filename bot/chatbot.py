@@ -21,6 +21,7 @@ from bot.commands import (
     parse,
     period_arg,
     replay_arg,
+    steer_arg,
 )
 from bot.conductor import Conductor
 from bot.fairness import Cooldowns, RecentChatters
@@ -279,6 +280,15 @@ class ChatCommands:
         if skipped:
             return [Reply("the audience has spoken: skipping", Importance.NOW_PLAYING)]
         return [Reply(f"skip votes {votes}/{needed}", Importance.ACK, None, msg.login)]
+
+    async def _steer(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+        """!faster, !add harp, ...: a vote on the piece that plays (a moderator's passes at once)."""
+        kind, arg = steer_arg(args)
+        chatters = self.chatters.count(now)
+        text, passed = self.conductor.steer(msg.user_id, kind, arg, chatters, now, msg.is_privileged)
+        if passed:
+            return [Reply(text, Importance.NOW_PLAYING)]
+        return [Reply(text, Importance.ACK, None, msg.login)]
 
     async def _top(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
         period = period_arg(args)

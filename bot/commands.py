@@ -17,6 +17,10 @@ EVERYONE = frozenset(
     {"compose", "queue", "np", "cancel", "vote", "voteskip", "top", "replay", "styles", "instruments", "help"}
 )
 MODERATORS = frozenset({"skip", "pause", "resume", "clear", "remove", "block", "unblock", "autoplay"})
+# Steers of the piece that plays (generator.steer): each comes as Command("steer", (kind, *args)).
+STEERS = frozenset(
+    {"faster", "slower", "louder", "softer", "major", "minor", "add", "drop", "calmer", "wilder", "again"}
+)
 ALIASES = {"request": "compose", "sr": "compose", "encore": "replay", "nowplaying": "np", "song": "np"}
 PERIODS = ("stream", "week", "all")
 _TEMPO = re.compile(r"^(\d{1,3}(?:\.\d+)?)(?:bpm)?$", re.IGNORECASE)
@@ -58,6 +62,8 @@ def parse(text: str) -> Command | None:
         return None
     name = words[0].lower()
     name = ALIASES.get(name, name)
+    if name in STEERS:
+        return Command("steer", (name, *words[1:]))
     if name not in EVERYONE and name not in MODERATORS:
         return None
     return Command(name, tuple(words[1:]))
@@ -109,6 +115,16 @@ def replay_arg(args: tuple[str, ...]) -> int | str:
     if args[0].lstrip("#").isdigit():  # any script's digits: meant as a seed, so told what a seed looks like
         return seed_arg(args)
     return " ".join(args)[:MAX_TITLE]
+
+
+def steer_arg(args: tuple[str, ...]) -> tuple[str, str]:
+    """(kind, instrument) of a steer: `!add harp` is ("add", "harp"); the others take no argument."""
+    kind = args[0]
+    if kind in ("add", "drop"):
+        if len(args) < 2:
+            raise CommandError(f"say which instrument, e.g. !{kind} harp (see !instruments)")
+        return kind, args[1].lower()[:40]
+    return kind, ""
 
 
 def period_arg(args: tuple[str, ...]) -> str:

@@ -165,6 +165,7 @@ class LiveConcertView:
         if record is None:
             return None
         plan = self.concert.conductor.plan_of(record)
+        played = self.concert.conductor.performance_of(record)
         return PieceView(
             seed=record.seed,
             style=record.style,
@@ -182,6 +183,9 @@ class LiveConcertView:
             form=plan.form if plan else None,
             plan=plan_summary(plan, record.tempo) if plan else None,
             title=self.concert.conductor.title_of(record),  # one made before titles: the one its seed draws
+            steers=tuple(
+                {"steer": e.said(), "bar": e.bar, "at": round(played.seconds(e.step), 2)} for e in record.steers
+            ),
         )
 
     async def piece_midi(self, seed: int) -> bytes | None:

@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 
 from bot.live import LivePiece
 from bot.player import LiveSession
+from bot.steer_votes import OpenVote, SteerRules, SteerVotes, VoteStatus
 from bot.store import PieceRecord, SeedConflictError, SongRequest, Store, StoreUnavailable
 from config.errors import ConcertbotError
 from config.settings import Settings
+from generator.instruments import find_instrument
 from generator.model import LoadedModel
-from generator.performance import Performance, planned
+from generator.performance import Performance
 from generator.plan import Plan
 from generator.recipes import make_request, new_seed
 from generator.sampling import PieceRequest, chosen_key, piece_plan
+from generator.steer import SteerError, SteerState, steered_performance
 from generator.titles import TitleError, TitleModel, titles_for
 from synth.engine import EngineEvent
 
@@ -47,6 +50,7 @@ class Slot:
     ended: float | None = None
     voteskips: set[str] = field(default_factory=set)
     saved: bool = False
+    steer_state: SteerState | None = None  # as the steers passed so far leave it (some may not have landed)
 
 
 class Conductor:
@@ -88,6 +92,9 @@ class Conductor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.underruns = 0
         self.titles = _titles(loaded)
+        c = settings.concert
+        rules = SteerRules(c.steer_window_seconds, c.steer_share, c.steer_min, c.steer_cooldown_seconds)
+        self.steer_votes = SteerVotes(rules)
 
     # Wiring.
 
@@ -125,6 +132,7 @@ class Conductor:
                 except TimeoutError:
                     pass
                 await self._save_finished()
+                self._close_steer_votes()
                 if self.upcoming is None and self._time_for_next():
                     await self._schedule_next()
             except StoreUnavailable as exc:
@@ -279,12 +287,13 @@ class Conductor:
         if record.model_version != self.loaded.version:
             # Another model's piece replays its tokens as written: this card's plan is not the one it followed.
             recipe = dataclasses.replace(recipe, plan=False)
-        live = self.session.request(str(record.seed), recipe, tokens=tokens)
+        live = self.session.request(str(record.seed), recipe, tokens=tokens, steers=record.steers)
         self.upcoming = Slot(record, live, request, saved=tokens is not None)
 
     def performance_of(self, record: PieceRecord) -> Performance:
-        """How a stored piece is played (its plan's dynamics and ritardando), as it was live."""
-        return planned(self.plan_of(record), record.tempo, piece_request(record).programs())
+        """How a stored piece is played (its plan's dynamics and ritardando, its steers), as it was live."""
+        programs = piece_request(record).programs()
+        return steered_performance(self.plan_of(record), record.tempo, programs, record.steers)
 
     # Engine events.
 
@@ -323,7 +332,13 @@ class Conductor:
             if slot is not None and not slot.saved and slot.live.complete:
                 # Marked saved once written: a piece finished during a Redis outage is saved when it is back.
                 await self.store.save_piece(
-                    PieceRecord(**{**slot.record.__dict__, "tokens": tuple(slot.live.tokens)})
+                    PieceRecord(
+                        **{
+                            **slot.record.__dict__,
+                            "tokens": tuple(slot.live.tokens),
+                            "steers": tuple(slot.live.steering.landed),
+                        }
+                    )
                 )
                 slot.saved = True
                 self._store_answered()
@@ -369,6 +384,55 @@ class Conductor:
 
     def skip(self) -> None:
         self.session.engine.skip()
+
+    def steer(
+        self, user_id: str, kind: str, arg: str, active_chatters: int, now: float, privileged: bool = False
+    ) -> tuple[str, bool]:
+        """Count a vote to steer the piece that plays (generator.steer); (reply, whether it passed).
+
+        A steer that passes is handed to the sampler, which lands it at the next bar line it reaches.
+        Raises SteerError (or UnknownNameError) with the viewer's reply when the piece cannot follow it.
+        """
+        slot = self.current
+        if slot is None or slot.started is None:
+            raise SteerError("nothing is playing to steer")
+        if slot.live.replay is not None:
+            raise SteerError("a replay plays as it was first heard; steer a new piece")
+        if slot.live.finished.is_set():
+            raise SteerError("this piece is composed to its end already; steer the next one")
+        arg = find_instrument(arg).name if arg else ""
+        state = slot.steer_state or SteerState.of(
+            slot.record.instruments, slot.record.tempo, self.key_of(slot.record)
+        )
+        after = state.after(kind, arg)
+        said = f"!{kind} {arg}".strip()
+        result = self.steer_votes.vote(slot.record.seed, user_id, kind, arg, active_chatters, now, privileged)
+        if result.status is VoteStatus.ALREADY:
+            raise SteerError(f"you already voted for {said}")
+        if result.status is VoteStatus.COOLING:
+            raise SteerError(f"a change is just landing; steer again in {math.ceil(result.seconds)} s")
+        self.changed.set()
+        if result.status is VoteStatus.COUNTED:
+            return f"{said}: {result.votes}/{result.needed} votes, {math.ceil(result.seconds)} s left", False
+        slot.steer_state = after
+        slot.live.steering.ask(kind, arg, self.elapsed())
+        votes = "" if privileged else f" ({result.votes}/{result.needed})"
+        return f"{said}{votes}: from the next bar", True
+
+    def open_steer_votes(self, now: float) -> list[OpenVote]:
+        """The steering votes open for the piece that plays, closing soonest first."""
+        if self.current is None or self.current.record.seed != self.steer_votes.piece:
+            return []
+        return self.steer_votes.open(now)
+
+    def _close_steer_votes(self) -> None:
+        """Say which votes ran out; a piece's votes end with it."""
+        if self.current is None or self.current.record.seed != self.steer_votes.piece:
+            self.steer_votes.reset()
+            return
+        for vote in self.steer_votes.expire(time.monotonic()):
+            self.announce(f"the vote for {vote.said()} ran out ({vote.votes}/{vote.needed})", None)
+            self.changed.set()
 
     def request_arrived(self) -> None:
         """A viewer's request goes before a piece the bot chose itself, if that one has not started yet."""

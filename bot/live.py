@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from generator.events import piece_events
-from generator.performance import planned
 from generator.sampling import Composer, PieceRequest
+from generator.steer import SteerEvent, Steering, steered_performance
 from synth.feed import EventFeed, FeedCancelled
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ class LivePiece:
     finished: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
     replay: tuple[int, ...] | None = None  # stored tokens to play instead of sampling
+    # Chat's steers as they land (generator.steer), or a stored piece's, landing again where they did.
+    steering: Steering = field(default_factory=Steering)
 
     @property
     def complete(self) -> bool:
@@ -67,6 +69,7 @@ class GenerationWorker:
         self.lookahead = lookahead_seconds
         self.clock = clock
         self._jobs: queue.Queue[LivePiece | None] = queue.Queue()
+        self._steering: Steering | None = None
         self._thread = threading.Thread(target=self._run, name="generator", daemon=True)
         self._thread.start()
 
@@ -76,12 +79,15 @@ class GenerationWorker:
         request: PieceRequest,
         requested_at: float | None = None,
         tokens: Sequence[int] | None = None,
+        steers: Sequence[SteerEvent] = (),
     ) -> LivePiece:
-        """Queue a piece for sampling, or for replaying stored `tokens`; its feed can be played at once."""
+        """Queue a piece for sampling, or for replaying stored `tokens` (and the `steers` they were played
+        with); its feed can be played at once."""
         piece = LivePiece(
             piece_id, request, EventFeed(self.lookahead), self.clock() if requested_at is None else requested_at
         )
         piece.replay = tuple(tokens) if tokens else None
+        piece.steering = Steering(steers)
         self._jobs.put(piece)
         return piece
 
@@ -108,17 +114,21 @@ class GenerationWorker:
     def _generate(self, piece: LivePiece) -> None:
         request = piece.request
         # A replay plays the stored tokens: the same notes even if the model has been retrained since.
+        self._steering = piece.steering  # the one piece this thread samples now
         source = iter(piece.replay) if piece.replay is not None else self._sample(request)
         tokens = self._timed(piece, source)
-        # Played as its plan shapes it: the same dynamics and ritardando as its download and its replays.
-        played = planned(self.composer.plan(request), request.tempo, request.programs())
+        # Played as its plan shapes it: the same dynamics and ritardando as its download and its replays, and
+        # its steers' tempo and loudness (those landing live join the list as the sampler reaches them).
+        steering = piece.steering
+        steers = steering.landed if piece.replay is None else list(steering.given)
+        played = steered_performance(self.composer.plan(request), request.tempo, request.programs(), steers)
         for batch in piece_events(self.composer.vocab, tokens, request.tempo, request.programs(), played):
             piece.music_seconds = batch.until
             piece.feed.put(batch.until, batch.events, batch.done)
 
     def _sample(self, request: PieceRequest) -> Iterator[int]:
         """The piece's tokens as they are sampled; bot.remote_generation reads them from workers instead."""
-        return self.composer.stream(request)
+        return self.composer.stream(request, steering=self._steering)
 
     def _timed(self, piece: LivePiece, tokens: Iterator[int]) -> Iterator[int]:
         # Only the time inside the model counts toward the real-time factor, not the waits for playback.

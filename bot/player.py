@@ -19,6 +19,7 @@ from bot.live import GenerationWorker, LivePiece
 from config.settings import Settings
 from generator.model import LoadedModel
 from generator.sampling import Composer, PieceRequest
+from generator.steer import SteerEvent
 from synth.engine import EngineEvent, LiveEngine
 from synth.loudness import leveler_for
 from synth.outputs import DeviceSink, FileSink, sound_device_problem
@@ -136,9 +137,11 @@ class LiveSession:
         request: PieceRequest,
         requested_at: float | None = None,
         tokens: Sequence[int] | None = None,
+        steers: Sequence[SteerEvent] = (),
     ) -> LivePiece:
-        """Start generating a piece (or replaying its stored `tokens`) and queue it after what is queued."""
-        piece = self.worker.submit(piece_id, request, requested_at, tokens)
+        """Start generating a piece (or replaying its stored `tokens`, with its `steers`) and queue it after
+        what is queued."""
+        piece = self.worker.submit(piece_id, request, requested_at, tokens, steers)
         self.engine.play(piece_id, piece.feed)
         return piece
 

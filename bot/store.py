@@ -30,6 +30,7 @@ from bot import store_scripts as lua
 from bot.embedded_redis import FsyncPolicy, embedded_redis
 from bot.keys import DEFAULT_NAMESPACE, Keys, seed_part, token
 from config.errors import ConcertbotError
+from generator.steer import SteerEvent
 from generator.titles import normalised
 
 Period = Literal["stream", "week", "all"]
@@ -164,6 +165,9 @@ class PieceRecord:
     # never renames a piece viewers know. "" for pieces made before titles. Not part of `identity`.
     title: str = ""
     critic: int = 1  # candidates per bar (generator.critic); 1 for every piece made before the critic
+    # Chat's steers as they landed (generator.steer): saved with the tokens they shaped, which a replay plays
+    # with them. Not part of `identity` either: a seed is claimed before its piece plays.
+    steers: tuple[SteerEvent, ...] = ()
     tokens: tuple[int, ...] = field(default=(), repr=False)  # empty: the seed is claimed, the piece not done
 
     def identity(self) -> str:
@@ -537,10 +541,11 @@ class Store:
         """
         packed, encoding, checksum = pack_tokens(piece.tokens)
         recipe = asdict(piece)
-        del recipe["tokens"]
+        del recipe["tokens"], recipe["steers"]
+        steers = json.dumps([asdict(event) for event in piece.steers])
         outcome = await self._save_piece(
             keys=[self.keys.piece(piece.seed)],
-            args=[piece.identity(), json.dumps(recipe), packed, encoding, len(piece.tokens), checksum],
+            args=[piece.identity(), json.dumps(recipe), packed, encoding, len(piece.tokens), checksum, steers],
         )
         if outcome == b"conflict":
             raise SeedConflictError(f"seed {piece.seed} already belongs to another piece")
@@ -558,13 +563,14 @@ class Store:
 
     @_outage_is_unavailable
     async def load_piece(self, seed: int) -> PieceRecord | None:
-        recipe, packed, encoding = await self._redis.hmget(
-            self.keys.piece(seed), ["recipe", "tokens", "encoding"]
+        recipe, packed, encoding, steers = await self._redis.hmget(
+            self.keys.piece(seed), ["recipe", "tokens", "encoding", "steers"]
         )
         if recipe is None:
             return None
         fields = json.loads(recipe)
         fields["instruments"] = tuple(fields["instruments"])
+        fields["steers"] = tuple(SteerEvent.from_dict(e) for e in json.loads(steers or b"[]"))
         return PieceRecord(**fields, tokens=unpack_tokens(packed, encoding.decode()))
 
     # Flags

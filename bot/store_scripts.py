@@ -120,18 +120,19 @@ return 'counted'
 """
 
 # KEYS: piece
-# ARGV: identity, recipe JSON, packed tokens, encoding, token count, token checksum
+# ARGV: identity, recipe JSON, packed tokens, encoding, token count, token checksum, steers JSON
 SAVE_PIECE = """
 local have = redis.call('HGET', KEYS[1], 'identity')
 if not have then
   redis.call('HSET', KEYS[1], 'identity', ARGV[1], 'recipe', ARGV[2], 'tokens', ARGV[3], 'encoding', ARGV[4],
-    'count', ARGV[5], 'tokens_sha', ARGV[6])
+    'count', ARGV[5], 'tokens_sha', ARGV[6], 'steers', ARGV[7])
   return 'saved'
 end
 if have ~= ARGV[1] then return 'conflict' end
 if ARGV[5] == '0' then return 'same' end
 if redis.call('HGET', KEYS[1], 'count') == '0' then
-  redis.call('HSET', KEYS[1], 'tokens', ARGV[3], 'encoding', ARGV[4], 'count', ARGV[5], 'tokens_sha', ARGV[6])
+  redis.call('HSET', KEYS[1], 'tokens', ARGV[3], 'encoding', ARGV[4], 'count', ARGV[5], 'tokens_sha', ARGV[6],
+    'steers', ARGV[7])
   return 'saved'
 end
 if redis.call('HGET', KEYS[1], 'tokens_sha') == ARGV[6] then return 'same' end

@@ -68,6 +68,8 @@ class PieceView:
     form: str | None = None  # as in NowView
     plan: dict | None = None  # as in NowView
     title: str | None = None  # the piece's name, when its record has one
+    # What chat changed while it played: {"steer": "!add harp", "bar": 5 (from 0), "at": seconds into it}
+    steers: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)

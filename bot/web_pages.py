@@ -102,6 +102,14 @@ def form_line(plan: dict, key: str | None) -> str:
     return html.escape(f"{plan['form']} · {_bars(plan['bars'])} of {plan['metre']} · {said}")
 
 
+def _steers(steers: tuple[dict, ...]) -> str:
+    """What chat changed, where: "!add harp at bar 6 (0:12) · !faster at bar 9 (0:20)"."""
+    said = [
+        f"{s['steer']} at bar {s['bar'] + 1} ({int(s['at']) // 60}:{int(s['at']) % 60:02d})" for s in steers
+    ]
+    return html.escape(" · ".join(said))
+
+
 def piece_body(piece: PieceView, chat: bool = False) -> str:
     """The piece page's content: recipe, votes, player and downloads (the notes so far while it is composed).
 
@@ -116,6 +124,7 @@ def piece_body(piece: PieceView, chat: bool = False) -> str:
         *([("Key", _key(piece.key))] if piece.key else []),
         ("Length", _length(piece.seconds)),
         *([("Form", form_line(piece.plan, piece.key))] if piece.plan else []),
+        *([("Steered by chat", _steers(piece.steers))] if piece.steers else []),
         ("Temperature", f"{piece.temperature:g}"),
         ("Top-p", f"{piece.top_p:g}"),
         ("Model", html.escape(piece.model_version)),

@@ -85,6 +85,12 @@ class Concert(BaseModel):
     voteskip_share: float = Field(0.5, gt=0.0, le=1.0)  # of the viewers who chatted recently
     voteskip_min: int = Field(3, ge=1)
     chatter_window_seconds: float = Field(600.0, gt=0.0)  # "recently", for voteskip
+    # Steering the piece that plays (!faster, !add harp, ...): a vote stays open this long, passes with this
+    # share of the recent chatters (at least steer_min), and the next one opens a cooldown after one passed.
+    steer_window_seconds: float = Field(15.0, gt=0.0, le=600.0)
+    steer_share: float = Field(0.25, gt=0.0, le=1.0)
+    steer_min: int = Field(2, ge=1)
+    steer_cooldown_seconds: float = Field(10.0, ge=0.0)
     error_reply_seconds: float = Field(20.0, ge=0.0)  # one error reply per viewer per this long
     autoplay: bool = True
     redis_url: SecretStr | None = None  # also REDIS_URL; empty runs the embedded Redis in data_dir/redis

@@ -61,11 +61,15 @@ class SteerEvent:
     step: int = 0  # 1/8 beats from the piece's start: the note boundary where it took effect
     bar: int = 0  # the bar that step is in
     asked_at: float = 0.0  # seconds of the piece heard when the vote closed; not musical, for latency
+    # How many music tokens the sampler had written when it first saw the steer: from there on no time shift
+    # passes the bar line it lands on, so the same index gives the same notes on the way there.
+    seen: int = 0
 
     @staticmethod
     def from_dict(data: dict) -> SteerEvent:
         kind, arg, bar = str(data["kind"]), str(data.get("arg", "")), int(data.get("bar", 0))
-        return SteerEvent(kind, arg, int(data["step"]), bar, float(data.get("asked_at", 0.0)))
+        asked_at, seen = float(data.get("asked_at", 0.0)), int(data.get("seen", 0))
+        return SteerEvent(kind, arg, int(data["step"]), bar, asked_at, seen)
 
     def said(self) -> str:
         """ "!add harp", as chat typed it."""
@@ -96,9 +100,8 @@ class SteerState:
                 bound = MAX_TEMPO if kind == "faster" else MIN_TEMPO
                 speed = "fast" if kind == "faster" else "slow"
                 now = self.tempo * self.share
-                raise SteerError(
-                    f"it is already as {speed} as it goes ({now:.0f} BPM; the limit is {bound:.0f})"
-                )
+                most = "at most" if kind == "faster" else "at least"
+                raise SteerError(f"it is already as {speed} as it goes ({now:.0f} BPM; {most} {bound:.0f})")
             return replace(self, share=share)
         if kind in ("louder", "softer"):
             loudness = self.loudness + (LOUD_STEP if kind == "louder" else -LOUD_STEP)
@@ -225,22 +228,33 @@ def steered_performance(
 # --- the sampler's side ----------------------------------------------------------------------------------
 
 
+@dataclass
+class _Pending:
+    """A steer asked for and not yet landed."""
+
+    kind: str
+    arg: str
+    asked_at: float
+    seen: int = -1  # music tokens written when the sampler first saw it
+    line: int = 0  # the bar line (step) it lands on
+
+
 class Steering:
     """The steers of one piece: live ones waiting to land, or recorded ones to land again where they did.
 
     Args:
         events: recorded events (a replay, a regeneration); they land at their own steps.
-        live: take steers from `ask` as well (a piece being played for the first time).
     """
 
-    def __init__(self, events: Sequence[SteerEvent] = (), live: bool = False) -> None:
+    def __init__(self, events: Sequence[SteerEvent] = ()) -> None:
         self._lock = threading.Lock()
-        self._waiting: list[tuple[str, str, float, int]] = []  # kind, arg, asked_at, sampler time then
-        self._recorded = sorted(events, key=lambda e: e.step)
-        self.live = live
+        self._waiting: list[_Pending] = []  # asked, not yet seen by the sampler; guarded by the lock
+        self.given = tuple(events)
+        self._recorded = sorted(events, key=lambda e: e.seen)
+        self.pending: list[_Pending] = []  # seen, on their way to their bar line: the sampler's thread only
         self.landed: list[SteerEvent] = []  # grows as steers land; the performance follows this list
-        self.time = 0  # the sampler's time (steps), as far as it got
-        self._seen = -1
+        self._step = -1  # the step of the latest boundary seen
+        self.bar_wise = False  # the critic writes whole bars: steers are seen and land only where bars start
         self._bias: dict[tuple[int, int], torch.Tensor] = {}
         self.request: PieceRequest | None = None  # the piece as steered so far; None: as it was asked
         self._made: list[int] | None = None  # the copy this made (a return already fitted, !again)
@@ -248,39 +262,40 @@ class Steering:
     def ask(self, kind: str, arg: str = "", asked_at: float = 0.0) -> None:
         """From any thread: land this steer at the next bar line the sampler reaches."""
         with self._lock:
-            self._waiting.append((kind, arg, asked_at, self.time))
+            self._waiting.append(_Pending(kind, arg, asked_at))
 
-    @property
-    def waiting(self) -> int:
+    def _due(self, time: int, bar: int, index: int) -> list[SteerEvent]:
+        """At a note boundary, `index` music tokens in: see what was asked; land what is due at `time`."""
+        first = time != self._step  # the step's first boundary: no note struck at `time` yet
+        self._step = time
         with self._lock:
-            return len(self._waiting)
+            arrived, self._waiting = self._waiting, []
+        while self._recorded and self._recorded[0].seen <= index:
+            event = self._recorded.pop(0)
+            arrived.append(_Pending(event.kind, event.arg, event.asked_at))
+        for pending in arrived:
+            pending.seen = index
+            # The bar line it lands on: this one if nothing has been struck on it yet, else the next.
+            pending.line = time if first and time % bar == 0 else (time // bar + 1) * bar
+            self.pending.append(pending)
+        if not first:
+            return []
+        due = [p for p in self.pending if time >= p.line]
+        self.pending = [p for p in self.pending if time < p.line]
+        return [SteerEvent(p.kind, p.arg, time, time // bar, p.asked_at, p.seen) for p in due]
 
-    def _due(self, time: int, bar: int) -> list[SteerEvent]:
-        """Steers that land at `time`, the first note boundary at that step."""
-        if time == self._seen:
-            return []  # only the first boundary of a step: later ones follow notes already struck there
-        self._seen = time
-        due = []
-        while self._recorded and self._recorded[0].step <= time:
-            due.append(self._recorded.pop(0))
-        with self._lock:
-            self.time = time
-            keep = []
-            for kind, arg, asked_at, then in self._waiting:
-                line = (then // bar + 1) * bar  # the first bar line after where the sampler was
-                if time >= line:
-                    due.append(SteerEvent(kind, arg, time, time // bar, asked_at))
-                else:
-                    keep.append((kind, arg, asked_at, then))
-            self._waiting = keep
-        return [dataclasses.replace(e, step=time, bar=time // bar) for e in due]
-
-    def turn(self, composer: Composer, run: _Run, request: PieceRequest, time: int) -> None:
+    def turn(
+        self, composer: Composer, run: _Run, request: PieceRequest, time: int, bar_start: bool = False
+    ) -> None:
         """At a note boundary of `run` (generator.sampling): land what is due at `time`, re-conditioning the
-        model on the piece as it is now; a returning section that begins plays as the piece is now."""
+        model on the piece as it is now; a returning section that begins plays as the piece is now.
+
+        `bar_start`: the critic's call where a bar begins, before it forks; from then on only those land steers.
+        """
         plan = run.plan
         bar = plan.bar if plan is not None else DEFAULT_BAR
-        events = self._due(time, bar)
+        self.bar_wise = self.bar_wise or bar_start
+        events = self._due(time, bar, len(run.music)) if bar_start or not self.bar_wise else []
         now = self.request or request
         if not events:
             if run.replay and run.replay is not self._made and self.landed:  # a return the sampler began
@@ -367,8 +382,14 @@ class Steering:
         tokens = cut(vocab, music[section_at[begin] :], steps)
         return copied(vocab, tokens, programs, self._mode_at(begin, key), key)
 
-    def bias(self, logits: torch.Tensor, state: GrammarState, vocab: Vocab) -> torch.Tensor:
-        """!calmer / !wilder: longer or shorter time shifts and notes, fewer or more notes struck together."""
+    def bias(self, logits: torch.Tensor, state: GrammarState, vocab: Vocab, time: int) -> torch.Tensor:
+        """!calmer / !wilder: longer or shorter time shifts and notes, fewer or more notes struck together;
+        and while a steer is on its way, no time shift past its bar line, so it lands right on it."""
+        if self.pending and not self.bar_wise and state.phase == AT_BOUNDARY:
+            line = min(p.line for p in self.pending)
+            # A one-step shift always remains, so some token always does: every other limit is a ceiling.
+            past = torch.from_numpy((vocab.kind == KIND_TIMESHIFT) & (time + vocab.value > line))
+            logits = logits.masked_fill(past.to(logits.device), float("-inf"))
         level = sum(1 if e.kind == "wilder" else -1 for e in self.landed if e.kind in ("calmer", "wilder"))
         if level == 0 or state.phase not in (AT_BOUNDARY, AFTER_PITCH):
             return logits

@@ -195,15 +195,16 @@ class Worker:
                 log.warning("worker %s found no consumer group on %s; making it again", self.name, exc)
                 ensure_group(self.client, self.keys)
 
-    def next_job(self, block_ms: int | None = IDLE_POLL_MS) -> Job | None:
+    def next_job(self, block_ms: int | None = IDLE_POLL_MS, patience: float = 1.0) -> Job | None:
         """A dead worker's job if there is one (a concert is already playing it), else a new one, else None.
 
-        `block_ms` None returns at once when no job is waiting.
+        `block_ms` None returns at once when no job is waiting. A job counts as a dead worker's once unrefreshed
+        for `patience` times the claim's idle time.
         """
         cursor = "0-0"
         while True:
             cursor, claimed, *_ = self.client.xautoclaim(
-                self.keys.gen_jobs, GROUP, self.name, self.claim_idle_ms, cursor, count=1
+                self.keys.gen_jobs, GROUP, self.name, int(self.claim_idle_ms * patience), cursor, count=1
             )
             if self._redis_down:
                 log.info("worker %s reaches Redis again", self.name)
@@ -252,7 +253,9 @@ class Worker:
                     if len(active) < size and (not active or self.clock() - polled >= POLL_SECONDS):
                         polled = self.clock()
                         while len(active) < size:
-                            job = self.next_job(block_ms=IDLE_POLL_MS if not active else None)
+                            # Twice the patience with a dead worker's job: it catches up one token per step
+                            # of this whole batch, so a one-at-a-time worker, if there is one, takes it first.
+                            job = self.next_job(block_ms=IDLE_POLL_MS if not active else None, patience=2.0)
                             if job is None:
                                 break
                             serving = _Serving(self, job)

@@ -169,6 +169,21 @@ def test_a_piece_the_model_cannot_play_fails_alone_and_says_why(client, composer
     assert thread.is_alive() is False and sorted(s.outcome for s in worker.served) == ["done", "failed"]
 
 
+def test_a_batching_worker_leaves_a_dead_workers_job_to_a_one_at_a_time_worker_first(client, composer):
+    keys = Keys("t10")
+    version = composer.loaded.version
+    jobs = GenerationClient(client, keys, version)
+    dead = Worker(client, keys, composer, version, name="dead")
+    job_id = jobs.submit(make_request(composer.loaded, "bach", seconds=5.0, seed=5))
+    assert dead.next_job(block_ms=100) is not None  # taken, then never refreshed
+    batching = Worker(client, keys, composer, version, name="batching", claim_idle_seconds=2.0)
+    single = Worker(client, keys, composer, version, name="single", claim_idle_seconds=2.0)
+    time.sleep(2.1)  # idle past one claim period, short of two
+    assert batching.next_job(block_ms=None, patience=2.0) is None
+    taken = single.next_job(block_ms=None)
+    assert taken is not None and taken.job == job_id and taken.taken_over
+
+
 def test_a_worker_that_lost_its_job_cannot_write_to_it(client, composer):
     keys = Keys("t2")
     version = composer.loaded.version

@@ -6,11 +6,13 @@ each piece is sampled by the sampler's own steps (`Composer._begin`, `_next`, `_
 grammar, guards, voice leading, the plan and the piece's own seeded `torch.Generator`, all untouched), and only
 its forward passes are taken out of its hands: a step notes the tokens each piece wants logits for, one batched
 pass (`fastgpt.forward_rows`, bit for bit batch-1's arithmetic per row) answers them all, then each piece
-samples its next token. A piece with a critic (`request.critic` > 1) writes each bar several times inside
-`stream`; it runs `stream` itself on a thread of its own that parks at every forward pass and only ever runs
-while the scheduler waits for it (one piece at a time, in a fixed order, as deterministic as a loop). Not every
-piece so: under a busy CPU each hand-over between threads lets other programs in, which cost 0.5-3 ms a token
-(measured with the machine's load at 9 on 2 cores), more than the forward pass saves.
+samples its next token (a steer that lands re-conditions the model on a new prefix in the middle of choosing:
+that one pass runs at once, batch-1's own, on the piece's cache). A piece with a critic (`request.critic` > 1)
+writes each bar several times inside `stream`; it runs `stream` itself on a thread of its own that parks at
+every forward pass and only ever runs while the scheduler waits for it (one piece at a time, in a fixed order,
+as deterministic as a loop). Not every piece so: under a busy CPU each hand-over between threads lets other
+programs in, which cost 0.5-3 ms a token (measured at a load of 9 on 2 cores; at a load of 3-4 they did not
+show), more than the forward pass saves.
 
 The masks stay per piece (`Composer._choose`, tensors over the vocabulary): batching them as [B, vocab] tensors
 needs a sampler written for rows, which this module leaves for a later change.
@@ -28,6 +30,7 @@ import torch
 
 from generator.fastgpt import CachePool, FastGPT2, forward_rows
 from generator.sampling import Composer, Composition, PieceRequest
+from generator.steer import Steering
 
 POOL_SLOTS = 16  # pieces' caches allocated together (3 MB each for the shipped model)
 
@@ -39,8 +42,11 @@ class _Cancelled(BaseException):
 class BatchPiece:
     """One piece in the batch: its request, the tokens sampled so far, and whether it is finished."""
 
-    def __init__(self, request: PieceRequest, composer: Composer, cache: FastGPT2) -> None:
+    def __init__(
+        self, request: PieceRequest, composer: Composer, cache: FastGPT2, steering: Steering | None = None
+    ) -> None:
         self.request = request
+        self.steering = steering
         self.tokens: list[int] = []  # music tokens so far; the last one is EOS once it is done
         self.report = Composition(request, composer.prefix(request), [], plan=composer.plan(request))
         self.error: BaseException | None = None  # what stopped its sampler, other than finishing
@@ -61,6 +67,7 @@ class BatchPiece:
             self._back = threading.Semaphore(0)  # piece -> scheduler: parked (or finished)
             self._thread = threading.Thread(target=self._stream, daemon=True, name=f"piece-{request.seed}")
         self._run: Any = None
+        self._sampling = False  # inside the sampler's `_next`, where logits must come at once
         self._generator = torch.Generator(device="cpu").manual_seed(request.seed)
 
     @property
@@ -76,6 +83,7 @@ class BatchPiece:
             return
         try:
             self._run = self._row._begin(self.request)
+            self._run.steering = self.steering  # as `stream` sets it
         except Exception as exc:
             self._fail(exc)
 
@@ -87,7 +95,11 @@ class BatchPiece:
         run = self._run
         run.logits = self.logits
         try:
-            token = self._row._next(run, self.request, self._generator)
+            self._sampling = True
+            try:
+                token = self._row._next(run, self.request, self._generator)
+            finally:
+                self._sampling = False
             self.tokens.append(token)
             if token == self._eos:
                 self.report.steered = run.guard.steered
@@ -109,6 +121,12 @@ class BatchPiece:
 
     def _ask(self, ids: list[int], fresh: bool) -> tuple[torch.Tensor, FastGPT2]:
         """The sampler wants logits after `ids`: note them for the next batched pass."""
+        if self._thread is None and self._sampling:
+            # Wanted before the sampler can choose (a steer landing re-conditions the model on a new prefix):
+            # batch-1's pass at once, on the piece's own cache. Rare: once per steer.
+            if fresh:
+                self.cache.reset()
+            return self.cache.forward(ids).to("cpu"), self.cache
         self.pending, self.fresh = ids, fresh
         if self._thread is None:
             return _LATER, self.cache  # `_advance` puts the real logits in before `_next` reads them
@@ -123,7 +141,7 @@ class BatchPiece:
         """A threaded piece's whole life: `Composer.stream`, parking at every forward pass."""
         self._go.acquire()
         try:
-            for token in self._row.stream(self.request, self.report):
+            for token in self._row.stream(self.request, self.report, self.steering):
                 self.tokens.append(token)
         except _Cancelled:
             pass
@@ -181,14 +199,19 @@ class BatchComposer:
     ) -> None:
         self.close()
 
-    def add(self, request: PieceRequest) -> BatchPiece:
-        """Join a piece; its first token comes with the next `step`."""
+    def add(self, request: PieceRequest, steering: Steering | None = None) -> BatchPiece:
+        """Join a piece; its first token comes with the next `step`.
+
+        Args:
+            request: the piece.
+            steering: its steers (generator.steer), as `Composer.stream` takes them; None for none.
+        """
         cache = next((c for c in (p.take() for p in self._pools) if c is not None), None)
         if cache is None:
             self._pools.append(CachePool(self.composer.fast, POOL_SLOTS))
             cache = self._pools[-1].take()
             assert cache is not None
-        piece = BatchPiece(request, self.composer, cache)
+        piece = BatchPiece(request, self.composer, cache, steering)
         piece._start()
         if piece.done:  # its sampler failed before its first forward pass
             self._release(piece)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +14,7 @@ from generator.fastgpt import CachePool, forward_rows
 from generator.instruments import INSTRUMENTS
 from generator.model import load_model
 from generator.sampling import Composer, PieceRequest
+from generator.steer import Steering
 
 # Four styles, one to four instruments, plan and voice leading on and off, other temperatures and top-p.
 REQUESTS = [
@@ -113,6 +116,30 @@ def test_pieces_leave_mid_flight_and_others_play_on(composer, alone):
     for piece, request in ((first, bach), (late, scottish), (other, irish)):
         assert piece.finished and piece.tokens == heard[id(piece)] == alone[request]
     assert id(gone) not in heard or heard[id(gone)] == gone.tokens
+
+
+def test_steered_pieces_in_a_batch_are_steered_as_alone(composer, alone):
+    request = PieceRequest("irish", ("flute", "harp"), 168.0, 9.0, seed=31)
+    asks = {30: [("add", "violin")], 60: [("faster", ""), ("drop", "harp")]}  # after so many tokens
+    live, tokens = Steering(), []
+    for token in composer.stream(request, steering=live):
+        tokens.append(token)
+        for kind, arg in asks.get(len(tokens), []):
+            live.ask(kind, arg)
+    assert [e.kind for e in live.landed] == ["add", "faster", "drop"]  # re-conditioned three times
+    judged = dataclasses.replace(request, critic=2, seed=32)
+    judged_tokens = list(composer.stream(judged, steering=Steering(live.landed)))
+    with BatchComposer(composer) as batch:
+        others = [batch.add(r) for r in REQUESTS[:2]]
+        steered, replayed = batch.add(request, Steering()), batch.add(request, Steering(live.landed))
+        critic = batch.add(judged, Steering(live.landed))  # on its thread
+        while batch.live:
+            for piece, _ in batch.step():
+                for kind, arg in asks.get(len(piece.tokens), []) if piece is steered else []:
+                    assert piece.steering is not None
+                    piece.steering.ask(kind, arg)
+    assert steered.tokens == replayed.tokens == tokens and critic.tokens == judged_tokens
+    assert [p.tokens for p in others] == [alone[r] for r in REQUESTS[:2]]
 
 
 def test_a_rush_of_pieces_gives_its_caches_back(composer):

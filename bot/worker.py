@@ -46,7 +46,9 @@ POLL_SECONDS = 0.05  # a busy batching worker looks for new jobs this often
 # An idle worker waits this long for a new job before it looks for dead workers' jobs again: a quarter of a
 # second of a takeover's delay, for two small commands four times a second.
 IDLE_POLL_MS = 250
-OUT_MAXLEN = 10_000  # entries kept per piece stream (~ trimming): hours of music at one write per 50 ms
+# Entries kept per piece stream (~ trimming). At most four writes a second (or one per 64 tokens), so the tail a
+# listener has not read yet stays below this for any piece up to the hour a request may last.
+OUT_MAXLEN = 10_000
 OUT_TTL_SECONDS = 3600  # a piece stream nobody reads any more goes away on its own
 DEPARTED_SECONDS = 24 * 3600.0  # a worker name that has not read for a day belongs to a stopped worker
 MAX_DELIVERIES = 5  # a job that every worker died on this often is failed instead of killing the next one

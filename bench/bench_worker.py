@@ -121,7 +121,9 @@ def main() -> None:
 
     title = f"worker SIGKILLed mid-piece: claim idle {args.claim_idle:g} s, {args.seconds:g} s of Bach"
     table = Table(title=title + (", played live" if args.live else ""))
-    ahead_or_heard = ("underruns", "silence s") if args.live else ("stream ahead of playback s",)
+    ahead_or_heard = (
+        ("first audio ms", "underruns", "silence s") if args.live else ("stream ahead of playback s",)
+    )
     for col in ("killed at token", "of", "recovery s", *ahead_or_heard, "tokens differing"):
         table.add_column(col, justify="right")
     for resumed_at, total, recovered, *heard, lost, _ in rows:
@@ -200,7 +202,8 @@ def live_round(url, client, keys, procs, composer, at, seed, args) -> tuple:
         summary = session.summary(piece)
     got = piece.tokens
     differing = sum(a != b for a, b in zip(got, expected, strict=False)) + abs(len(got) - len(expected))
-    return resumed_at, len(expected), recovered, summary.underruns, summary.underrun_seconds, differing, owner
+    heard = (summary.time_to_first_audio_ms or 0.0, summary.underruns, summary.underrun_seconds)
+    return resumed_at, len(expected), recovered, *heard, differing, owner
 
 
 def consumers(client, keys: Keys) -> set[str]:

@@ -1,6 +1,6 @@
 """Many pieces at once: tokens per second against batch size, one at a time against batched (issue 15).
 
-    nice -n 10 python bench/bench_scale.py [--sizes 1,2,4,...,128] [--seconds 30] [--device cpu|cuda]
+    nice -n 10 python bench/bench_scale.py [--sizes 1,2,4,...,128] [--seconds 30] [--critic 1] [--device cpu]
 
 For each batch size B, B pieces (a mix of styles and ensembles, each at its style's tempo) are kept live:
 when one ends, the next request takes its place, as concerts do. "one at a time" is today's path, one
@@ -43,12 +43,13 @@ MIX = [
 ]
 
 
-def requests(loaded: LoadedModel, seconds: float) -> Iterator[PieceRequest]:
+def requests(loaded: LoadedModel, args: argparse.Namespace) -> Iterator[PieceRequest]:
     """An endless, fixed sequence of requests cycling through the mix with new seeds."""
     mix = [(s, i) for s, i in MIX if s in loaded.vocab.styles]
     for seed in itertools.count():
         style, instruments = mix[seed % len(mix)]
-        yield PieceRequest(style, instruments, style_defaults(loaded, style)[1], seconds, seed)
+        tempo = style_defaults(loaded, style)[1]
+        yield PieceRequest(style, instruments, tempo, args.seconds, seed, critic=args.critic)
 
 
 class Tally:
@@ -72,7 +73,7 @@ class Tally:
 
 def one_at_a_time(loaded: LoadedModel, args: argparse.Namespace, size: int, rounds: int, tally: Tally) -> float:
     """CPU seconds for `rounds` rounds of today's path: a Composer per piece, a token from each in turn."""
-    source, device, warmup = requests(loaded, args.seconds), args.device, args.warmup
+    source, device, warmup = requests(loaded, args), args.device, args.warmup
     slots = [Composer(loaded, device) for _ in range(size)]
     live: list[tuple[PieceRequest, Iterator[int], list[int]]] = []
     for composer in slots:
@@ -97,7 +98,7 @@ def one_at_a_time(loaded: LoadedModel, args: argparse.Namespace, size: int, roun
 
 def batched(loaded: LoadedModel, args: argparse.Namespace, size: int, rounds: int, tally: Tally) -> float:
     """CPU seconds for `rounds` steps of generator/batch.py with `size` pieces live."""
-    source, device, warmup = requests(loaded, args.seconds), args.device, args.warmup
+    source, device, warmup = requests(loaded, args), args.device, args.warmup
     with BatchComposer(Composer(loaded, device)) as batch:
         for _ in range(size):
             batch.add(next(source))
@@ -126,6 +127,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="music per piece")
     parser.add_argument("--warmup", type=int, default=120, help="rounds before measuring")
     parser.add_argument("--tokens", type=int, default=1500, help="tokens measured per row, at least 12 rounds")
+    parser.add_argument("--critic", type=int, default=1, help="candidates per bar (concerts: sampling.critic)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     threads = use_torch_threads("sample")
@@ -154,8 +156,8 @@ def main() -> None:
         raise SystemExit("no piece finished: measure more rounds (--tokens) or shorter pieces (--seconds)")
     need = need_tally.piece_tokens / need_tally.music_s
     table = Table(
-        title=f"{loaded.version} on {where}; the mix needs {need:.1f} tokens per second of music "
-        f"({need_tally.piece_tokens} tokens of finished pieces)"
+        title=f"{loaded.version} on {where}, critic {args.critic}; the mix needs {need:.1f} tokens per second "
+        f"of music ({need_tally.piece_tokens} tokens of finished pieces)"
     )
     columns = ["B", "one at a time tok/CPU-s", "batched tok/CPU-s", "speed-up", "per piece", "x real time"]
     columns += ["real-time pieces, alone", "real-time pieces, batched", "mean context", "same tokens"]

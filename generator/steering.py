@@ -43,6 +43,10 @@ CHORD_BONUS = 1.5  # logits added to a pitch that makes a chord with the notes a
 PLANNED_STRONG = 2.0
 PLANNED_BEAT = 1.0
 PLANNED_ROOT = 2.0
+# A voice takes the chord tone nearest its last note, as a chorale voice does: a tone more than a fourth away
+# keeps this share of the bonus (with the full bonus every octave of a tone pulled alike, and leaps rose).
+NEAR_TONE = 5
+FAR_TONE_SHARE = 0.5
 FAIR_BONUS = 3.5  # logits added to an instrument under half its fair share of the notes
 FAIR_AFTER = 3  # notes per instrument before its share is judged
 SINGLE_LINE_STYLE = 0.75  # a style whose instruments are this often single lines makes any wind or string one
@@ -219,7 +223,11 @@ class PlanFollower:
         if chord is not None and chord in self.chord_tones and time % STEPS_PER_BEAT == 0:
             tones, root = self.chord_tones[chord]
             changes = time % self.plan.span == 0
-            scores = scores + (PLANNED_STRONG if changes else PLANNED_BEAT) * tones
+            weight = (PLANNED_STRONG if changes else PLANNED_BEAT) * tones.float()
+            if onset >= 0 and onset != time:
+                near = (self.vt.pitch_of - top).abs() <= NEAR_TONE
+                weight = torch.where(near, weight, FAR_TONE_SHARE * weight)
+            scores = scores + weight
             if changes and program == self.bass and len(self.programs) > 1:
                 scores = scores + PLANNED_ROOT * root
         sounding = frozenset(p % 12 for end, p in self.sounding if end > time)

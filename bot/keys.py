@@ -76,6 +76,7 @@ class Keys:
         self.board_all = prefix + "board:all"  # zset: seed_part -> votes
         self.titles = prefix + "titles"  # hash: normalised title -> seed_part of the first piece so named
         self.gen_jobs = prefix + "gen:jobs"  # stream: pieces for `concertbot worker`s (bot.remote_generation)
+        self.journal_written = prefix + "journal:written"  # hash: outage-journal entry id -> request id
 
     def pattern(self) -> str:
         """A SCAN pattern that matches every key of this namespace and nothing else."""

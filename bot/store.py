@@ -36,9 +36,6 @@ from generator.titles import normalised
 Period = Literal["stream", "week", "all"]
 POOL_SIZE = 16  # a burst of hundreds of votes waits for one of these instead of opening hundreds of sockets
 POOL_WAIT = 30.0  # seconds a command may wait for a free connection
-# Hash: outage-journal entry id -> request id, for `enqueue_once`. (Belongs with bot.keys' names; kept here
-# until that module's owner takes it.)
-JOURNAL_SUFFIX = ":journal:written"
 ONCE_SECONDS = 86400  # an id is remembered this long after the last journalled write
 # ENQUEUE unchanged, run only when the id has not queued a request yet. The hash of ids is the last key, the id
 # and the seconds it is kept the last two arguments, so ENQUEUE may take more of either without clashing.
@@ -356,7 +353,7 @@ class Store:
             QueueRefused: as `enqueue`; a refused request is not marked, so it may be tried again.
         """
         return await self._queue_request(
-            self._enqueue_once, request, [self.keys.namespace + JOURNAL_SUFFIX], [once, ONCE_SECONDS]
+            self._enqueue_once, request, [self.keys.journal_written], [once, ONCE_SECONDS]
         )
 
     async def _queue_request(

@@ -47,7 +47,9 @@ def bar_scores(composer: Composer, request: PieceRequest, notes: list[Note]) -> 
     bar = plan.bar if plan is not None else 32
     key = chosen_key(composer.loaded, request.style, request.seed, request.key)
     profile = form_profile(composer.loaded.card, request.style)
-    setup = critic.Setup(plan, key, tuple(request.programs()), critic.leap_share(profile), bar)
+    setup = critic.Setup(
+        plan, key, tuple(request.programs()), critic.leap_share(profile), bar, critic.pitch_classes(profile)
+    )
     scores = []
     for start in range(0, max(n.start for n in notes) + 1, bar):
         before = critic.context([n for n in notes if n.start < start], start, bar)

@@ -284,3 +284,15 @@ def _loop_before_the_critic(composer: Composer, request: PieceRequest) -> Iterat
             logits, cache = composer._forward(window, None)
         else:
             logits, cache = composer._forward([token], cache)
+
+
+def test_the_key_is_heard_with_the_styles_own_pitch_classes_when_it_has_them():
+    major = [0.24, 0.0, 0.13, 0.0, 0.17, 0.1, 0.0, 0.17, 0.0, 0.1, 0.01, 0.08]  # a tune's, from the tonic up
+    minor = [0.24, 0.01, 0.13, 0.16, 0.0, 0.12, 0.0, 0.15, 0.05, 0.01, 0.12, 0.01]
+    shares = critic.pitch_classes({"pitch_classes": {"major": major, "minor": minor}})
+    assert shares is not None and critic.pitch_classes({"pitch_classes": {"major": major}}) is None
+    tune = _bar([(i * 4, p, 4, VIOLIN) for i, p in enumerate((67, 69, 71, 72, 74, 72, 71, 67))])  # in G
+    before = critic.context([], 0, 32)
+    in_g = replace(SETUP, key="G", pitch_classes=shares)
+    assert critic.score(in_g, before, tune, 0).measures["key_fit"] > 0.5
+    assert critic.score(replace(in_g, key="F#"), before, tune, 0).measures["key_fit"] < 0.5

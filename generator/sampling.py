@@ -23,6 +23,7 @@ from generator.grammar import AFTER_PITCH, AFTER_PROGRAM, AT_BOUNDARY, Grammar, 
 from generator.instruments import DRUMS, PROGRAMS, find_instrument
 from generator.model import LoadedModel
 from generator.plan import Plan, draw_plan, form_profile, key_of
+from generator.steer import Steering
 from generator.steering import PlanFollower, VocabTensors
 from generator.vocab import KIND_DURATION, KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT, Vocab
 from generator.voice_leading import VoiceLeading
@@ -156,13 +157,17 @@ class Composer:
         return comp
 
     @torch.inference_mode()
-    def stream(self, request: PieceRequest, report: Composition | None = None) -> Iterator[int]:
+    def stream(
+        self, request: PieceRequest, report: Composition | None = None, steering: Steering | None = None
+    ) -> Iterator[int]:
         """Yield music tokens one by one as they are sampled; the last one is EOS.
 
         With `request.critic` above 1, each bar is written that many times from the same state and the one
-        the critic (generator.critic) scores best is yielded, a bar at a time.
+        the critic (generator.critic) scores best is yielded, a bar at a time. `steering` (generator.steer)
+        lands chat's steers at bar lines, or recorded ones where they landed before.
         """
         run = self._begin(request)
+        run.steering = steering
         if request.critic > 1:
             run = yield from self._criticised(run, request)  # the candidates' chosen state, for the report
         else:
@@ -214,11 +219,16 @@ class Composer:
             run.section_at[decoder.time] = len(run.music)
             if not run.replay:
                 run.replay = self._returning(plan, decoder.time, run.section_at, run.music, vocab)
+        if run.steering is not None and run.state.phase == AT_BOUNDARY:
+            run.steering.turn(self, run, request, decoder.time)  # steers land at a bar line, re-conditioned
+            follow = run.follow
+        steer = run.steering
+        logits = run.logits if steer is None else steer.bias(run.logits, run.state, vocab, decoder.time)
         if run.replay:
             token = run.replay.pop(0)
         else:
             token = self._choose(
-                run.logits,
+                logits,
                 run.state,
                 run.grammar,
                 decoder,
@@ -270,6 +280,8 @@ class Composer:
         )
         while True:
             start = run.decoder.time
+            if run.steering is not None:  # before the candidates fork: each bar starts as the steers left it
+                run.steering.turn(self, run, request, start, bar_start=True)
             index = start // bar
             end = (index + 1) * bar
             before = critic.context(run.notes, start, bar)
@@ -478,6 +490,7 @@ class _Run:
     sampled: int = 0  # tokens drawn from a generator (not replayed)
     logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # after the last token fed
     cache: Any = None  # the decoder holding the window's keys and values (FastGPT2, or a bench's own)
+    steering: Steering | None = None  # shared by forks: steers land only where a bar starts, before forking
 
     def fork(self) -> _Run:
         """A copy whose followers and lists can move on without touching this one's (the model's cache is

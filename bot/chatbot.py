@@ -312,7 +312,8 @@ class ChatCommands:
         return self._info(
             msg,
             "!compose <style> [instruments] [tempo] [in <key>] · !queue · !np · !vote · !voteskip · "
-            "!top [week|all] · !replay <seed or title> · !cancel · !styles · !instruments",
+            "!top [week|all] · !replay <seed or title> · !cancel · !styles · !instruments · while it plays: "
+            "!faster !slower !louder !softer !major !minor !add/!drop <instrument> !calmer !wilder !again",
         )
 
     # Moderators and the broadcaster.

@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import io
 import logging
+import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import mido
 
 from bot.chat import ChatMessage
-from bot.conductor import piece_request
+from bot.conductor import Slot, piece_request
 from bot.store import StoreUnavailable
 from bot.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
@@ -97,7 +98,28 @@ class LiveConcertView:
             form=plan.form if plan else None,
             plan=plan_summary(plan, r.tempo) if plan else None,
             title=self.concert.conductor.title_of(r),
+            **self._steering(slot),
         )
+
+    def _steering(self, slot: Slot) -> dict:
+        """The open steering votes (closing at unix times, stable from one update to the next) and the steers
+        that passed: when each landed, in seconds of the piece, or None while it is on its way."""
+        conductor = self.concert.conductor
+        mono, wall = time.monotonic(), time.time()
+        votes = tuple(
+            {
+                "steer": v.said(),
+                "votes": v.votes,
+                "needed": v.needed,
+                "closes_at": round(wall + v.closes_at - mono, 1),
+            }
+            for v in conductor.open_steer_votes(mono)
+        )
+        played = conductor.performance_of(slot.record)
+        steering = slot.live.steering
+        landed = [{"steer": e.said(), "at": round(played.seconds(e.step), 2)} for e in list(steering.landed)]
+        coming = [{"steer": said, "at": None} for said in steering.coming()]
+        return {"steer_votes": votes, "steers": tuple(landed + coming)}
 
     async def queue(self) -> list[QueueView]:
         entries = await self.concert.store.queue()

@@ -398,6 +398,8 @@ class Conductor:
             raise SteerError("nothing is playing to steer")
         if slot.live.replay is not None:
             raise SteerError("a replay plays as it was first heard; steer a new piece")
+        if self.settings.generation.remote:  # workers sample it elsewhere; they take no steers yet
+            raise SteerError("this concert composes on remote workers, which cannot be steered yet")
         if slot.live.finished.is_set():
             raise SteerError("this piece is composed to its end already; steer the next one")
         arg = find_instrument(arg).name if arg else ""

@@ -28,6 +28,10 @@ class NowView:
     form: str | None = None  # its sections as a listener names them, "A A B B"; None without a plan
     plan: dict | None = None  # `bot.concert_view.plan_summary`: its bars, sections and cadences in seconds
     title: str | None = None  # the piece's name (generator.titles); None when it has none
+    # Chat steering it (generator.steer): open votes {"steer": "!faster", "votes", "needed", "closes_at": unix
+    # seconds}, and steers that passed {"steer": "!add harp", "at": seconds into the piece, None until it lands}
+    steer_votes: tuple[dict, ...] = ()
+    steers: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)

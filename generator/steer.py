@@ -264,6 +264,12 @@ class Steering:
         with self._lock:
             self._waiting.append(_Pending(kind, arg, asked_at))
 
+    def coming(self) -> list[str]:
+        """From any thread: the steers asked for that have not landed yet ("!add harp"), in order."""
+        with self._lock:
+            waiting = list(self._waiting)
+        return [f"!{p.kind} {p.arg}".strip() for p in [*list(self.pending), *waiting]]
+
     def _due(self, time: int, bar: int, index: int) -> list[SteerEvent]:
         """At a note boundary, `index` music tokens in: see what was asked; land what is due at `time`."""
         first = time != self._step  # the step's first boundary: no note struck at `time` yet

@@ -10,7 +10,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from browser import find_chromium, launch_chromium
 from chat_rig import HAS_REDIS, REDIS_URL, drop_namespace, playing, running_concert, viewer
+from serving import free_port
 
 from bot.commands import Command, parse
 from bot.concert_view import LiveConcertView
@@ -262,3 +264,22 @@ async def test_chat_steers_the_concert_and_a_replay_plays_the_steered_piece(tmp_
         replay = conductor.current
         assert replay.live.replay == record.tokens and tuple(replay.live.steering.given) == record.steers
         assert (await say("!faster", "eve"))[0] == "a replay plays as it was first heard; steer a new piece"
+
+
+@pytest.mark.skipif(not HAS_REDIS, reason="needs the Redis server on 127.0.0.1:6379")
+@pytest.mark.skipif(find_chromium() is None, reason="needs Debian's chromium (scripts/setup.sh installs it)")
+@pytest.mark.anyio
+async def test_the_overlay_shows_an_open_vote_counting_down_and_the_change_as_it_lands(tmp_path: Path):
+    port = free_port()
+    async with running_concert(tmp_path, seconds=20.0, http_port=port) as concert:
+        await playing(concert)
+        instruments = concert.conductor.current.record.instruments
+        newcomer = next(n for n in ("violin", "flute", "cello", "harp") if n not in instruments)
+        async with launch_chromium() as browser:
+            page = await browser.new_page(f"http://127.0.0.1:{port}/overlay")
+            steers = "document.getElementById('now-steers').textContent"
+            await concert.commands.handle(viewer("ann", "!faster"))
+            shown = await page.wait_for(f"{steers}.includes('!faster 1/2') && {steers}", timeout=15)
+            assert int(shown.split("·")[1].split()[0]) <= 15  # seconds left, counting down
+            await concert.commands.handle(viewer("mod", f"!add {newcomer}", moderator=True))
+            await page.wait_for(f"{steers}.includes('!add {newcomer} · landed')", timeout=30)

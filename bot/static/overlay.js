@@ -31,6 +31,9 @@ const state = {
   notes: [], // {pitch, program, start, duration} of the piece playing
   shownSecond: -1,
   shownSection: -1,
+  steerVotes: [], // open steering votes: {steer, votes, needed, closes_at (unix seconds)}
+  steers: [], // steers that passed: {steer, at (seconds into the piece, null until it lands)}
+  shownSteers: "",
 };
 
 // Formatting
@@ -157,7 +160,34 @@ function showNow(message) {
     void box.offsetWidth; // restart the animation
     box.classList.add("bump");
   }
+  state.steerVotes = now ? now.steer_votes || [] : [];
+  state.steers = now ? now.steers || [] : [];
   tickNow();
+}
+
+// Chat steering the piece: open votes count down here (to unix times); a passed steer shows "next bar" until it
+// lands, then "landed" for a few seconds of the piece.
+const LANDED_SHOWN = 8;
+
+function steerChips(t) {
+  const chips = [];
+  for (const vote of state.steerVotes || []) {
+    const left = Math.max(0, Math.ceil(vote.closes_at - Date.now() / 1000));
+    chips.push(["vote", `${vote.steer} ${vote.votes}/${vote.needed} · ${left} s`]);
+  }
+  for (const steer of state.steers || []) {
+    if (steer.at === null || t < steer.at) chips.push(["coming", `${steer.steer} · next bar`]);
+    else if (t - steer.at < LANDED_SHOWN) chips.push(["landed", `${steer.steer} · landed`]);
+  }
+  return chips;
+}
+
+function tickSteers(t) {
+  const chips = steerChips(t);
+  const key = JSON.stringify(chips);
+  if (key === state.shownSteers) return;
+  state.shownSteers = key;
+  $("now-steers").replaceChildren(...chips.map(([kind, text]) => el("li", kind, text)));
 }
 
 function showPlan(plan) {
@@ -189,6 +219,7 @@ function tickNow() {
     setText($("now-elapsed"), clock(t));
   }
   if (state.plan) tickPlan(t);
+  tickSteers(t);
   const share = state.now.seconds > 0 ? Math.min(1, t / state.now.seconds) : 0;
   $("now-bar").style.width = `${(share * 100).toFixed(2)}%`;
 }

@@ -233,6 +233,9 @@ async def test_chat_steers_the_concert_and_a_replay_plays_the_steered_piece(tmp_
             f"the {newcomer} is not playing (now: {', '.join(playing_now)})"
         ]
         assert (await say("!add kazoo", "bob"))[0].startswith("unknown instrument 'kazoo'")
+        for login, hostile in (("hal", "!add " + "x" * 400), ("ida", "!drop \u202e"), ("jon", "!add ⒐")):
+            [reply] = await say(hostile, login)
+            assert reply.startswith("unknown instrument") and len(reply) <= 200
         assert await say(f"!add {newcomer}", "cy") == [f"!add {newcomer}: 1/2 votes, 15 s left"]
         assert await say(f"!add {newcomer}", "mod", moderator=True) == [f"!add {newcomer}: from the next bar"]
         async with asyncio.timeout(90):

@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -570,7 +570,7 @@ def eval_cmd(
         markdown.with_suffix(".form.md").write_text(_markdown(form_header, form_rows))
 
 
-def _form_figure(key: str, fmt: str) -> Callable[[dict], str]:
+def _form_figure(key: str, fmt: str) -> Callable[[dict[str, Any]], str]:
     """'generated (real)' for one form figure, with '-' for a figure that had nothing to measure (nan)."""
 
     def shown(value: float) -> str:
@@ -598,12 +598,12 @@ _FORM_COLUMNS = [
 ]
 
 
-def _form_means(values: list[dict], keys: set[str]) -> dict:
+def _form_means(values: list[dict[str, Any]], keys: set[str]) -> dict[str, Any]:
     """The 'all' row's form figures: the most notes at once of any style, else the mean over the styles.
 
     A style with nothing to measure (nan) is left out of the mean, as a piece is within a style.
     """
-    out: dict = {}
+    out: dict[str, Any] = {}
     for key in keys:
         figures = [v[key] for v in values if not math.isnan(v[key])]
         if key.startswith("most_simultaneous"):
@@ -613,7 +613,9 @@ def _form_means(values: list[dict], keys: set[str]) -> dict:
     return out
 
 
-def _eval_rows(columns: list, values: list[dict], means: dict) -> tuple[list[str], list[list[str]]]:
+def _eval_rows(
+    columns: list, values: list[dict[str, Any]], means: dict[str, Any]
+) -> tuple[list[str], list[list[str]]]:
     header = ["style"] + [name for name, _ in columns]
     rows = [[v["style"]] + [fmt(v) for _, fmt in columns] for v in values]
     rows.append(["all"] + [fmt(means) for _, fmt in columns])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+from typing import Any
 
 from aiohttp import web
 
@@ -89,7 +90,7 @@ def _bars(n: int) -> str:
     return f"{n} bar" if n == 1 else f"{n} bars"
 
 
-def form_line(plan: dict, key: str | None) -> str:
+def form_line(plan: dict[str, Any], key: str | None) -> str:
     """A plan (`bot.concert_view.plan_summary`) in a line: "A A B B · 24 bars of 2/4 · phrases of 4 bars,
     cadences on I, V, I"."""
     phrases = plan["phrases"]
@@ -102,7 +103,7 @@ def form_line(plan: dict, key: str | None) -> str:
     return html.escape(f"{plan['form']} · {_bars(plan['bars'])} of {plan['metre']} · {said}")
 
 
-def _steers(steers: tuple[dict, ...]) -> str:
+def _steers(steers: tuple[dict[str, Any], ...]) -> str:
     """What chat changed, where: "!add harp at bar 6 (0:12) · !faster at bar 9 (0:20)"."""
     said = [
         f"{s['steer']} at bar {s['bar'] + 1} ({int(s['at']) // 60}:{int(s['at']) % 60:02d})" for s in steers

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -101,7 +102,7 @@ class Score:
         return sum(WEIGHTS[name] * value for name, value in self.measures.items()) / weights
 
 
-def pitch_classes(profile: dict) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+def pitch_classes(profile: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The style's major and minor pitch-class shares from its learnt form, if it has both."""
     shares = profile.get("pitch_classes") or {}
     if len(shares.get("major") or ()) != 12 or len(shares.get("minor") or ()) != 12:
@@ -109,7 +110,7 @@ def pitch_classes(profile: dict) -> tuple[tuple[float, ...], tuple[float, ...]] 
     return tuple(float(x) for x in shares["major"]), tuple(float(x) for x in shares["minor"])
 
 
-def leap_share(profile: dict) -> float | None:
+def leap_share(profile: dict[str, Any]) -> float | None:
     """The share of leaps in the style's learnt interval histogram (generator.plan.learn_form), if any."""
     shares = profile.get("intervals")
     if not shares:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -271,16 +272,16 @@ def piece_key(piece: Piece) -> str:
     return key_name(tonic, minor)
 
 
-def read_index(dataset_dir: Path) -> list[dict]:
+def read_index(dataset_dir: Path) -> list[dict[str, Any]]:
     path = dataset_dir / "pieces.jsonl"
     if not path.is_file():
         raise ConfigError(f"no data set at {str(dataset_dir)!r}; run `concertbot data build` first")
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pieces (and how many of them are held out), notes, tokens and hours of music per style, and a total."""
-    table: dict[str, dict] = {}
+    table: dict[str, dict[str, Any]] = {}
     for r in rows:
         s = table.setdefault(
             r["style"], {"style": r["style"], "pieces": 0, "held_out": 0, "notes": 0, "tokens": 0, "hours": 0.0}

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,7 @@ class RealPiece:
     key: tuple[int, bool]
 
 
-def row_form(row: dict) -> tuple[int, int, tuple[int, bool] | None]:
+def row_form(row: dict[str, Any]) -> tuple[int, int, tuple[int, bool] | None]:
     """(bar steps, pickup steps, key) of a data set index row.
 
     Rows give the metre in ticks at the data set's TPQ. Data sets built before it was kept, and sources that

@@ -159,7 +159,7 @@ def _bar_ids(notes: np.ndarray, bar_steps: int, pickup: int) -> np.ndarray:
         bar, into = divmod(start - pickup, bar_steps)
         bars.setdefault(bar, []).append((into, pitch, duration, program))
     first, last = min(bars, default=0), max(bars, default=-1)
-    names: dict[tuple, int] = {}
+    names: dict[tuple[tuple[int, ...], ...], int] = {}
     ids = [
         names.setdefault(tuple(sorted(bars[b])), len(names)) if b in bars else -1
         for b in range(first, last + 1)

@@ -33,8 +33,8 @@ class Grammar:
         kind, value = vocab.kind, vocab.value
         program_ok = (kind == KIND_PROGRAM) & np.isin(value, self.programs)
         self.boundary = program_ok | (kind == KIND_TIMESHIFT)
-        self.boundary_or_end = self.boundary | (kind == KIND_EOS)
-        self.after_pitch = kind == KIND_DURATION
+        self.boundary_or_end: np.ndarray = self.boundary | (kind == KIND_EOS)
+        self.after_pitch: np.ndarray = kind == KIND_DURATION
         self.pitches: dict[int, np.ndarray] = {}
         for program in self.programs:
             inst = BY_PROGRAM[program]

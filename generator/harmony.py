@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,7 @@ def recognise(
     return out
 
 
-def learn_harmony(pieces: Iterable[tuple[np.ndarray, int, int, int, bool]]) -> dict:
+def learn_harmony(pieces: Iterable[tuple[np.ndarray, int, int, int, bool]]) -> dict[str, Any]:
     """A style's chords and their moves from its real pieces: (notes, bar, pickup, tonic, minor) each.
 
     Returns plain card data per mode ("major", "minor"): "chords" (the states it uses, commonest first),
@@ -159,7 +160,7 @@ def learn_harmony(pieces: Iterable[tuple[np.ndarray, int, int, int, bool]]) -> d
     return out
 
 
-def _transitions(profile: dict, minor: bool, needed: Iterable[int]) -> tuple[list[int], np.ndarray]:
+def _transitions(profile: dict[str, Any], minor: bool, needed: Iterable[int]) -> tuple[list[int], np.ndarray]:
     """The style's chords in a mode (with the ones a plan needs) and the probability of each move."""
     learnt = profile.get("minor" if minor else "major") or {}
     chords = list(learnt.get("chords") or [])
@@ -173,7 +174,7 @@ def _transitions(profile: dict, minor: bool, needed: Iterable[int]) -> tuple[lis
 
 
 def draw_chords(
-    profile: dict,
+    profile: dict[str, Any],
     minor: bool,
     spans: int,
     pins: dict[int, int],

@@ -34,7 +34,8 @@ def _checked(notes: np.ndarray) -> np.ndarray:
 
 
 def _pitched(notes: np.ndarray) -> np.ndarray:
-    return notes[notes[:, PROGRAM] != DRUMS]
+    pitched: np.ndarray = notes[notes[:, PROGRAM] != DRUMS]
+    return pitched
 
 
 def _normalised(counts: np.ndarray) -> np.ndarray:
@@ -64,7 +65,8 @@ def _melody(voice: np.ndarray) -> np.ndarray:
     starts, pitches = voice[order, START], voice[order, PITCH]
     first_at_onset = np.ones(len(starts), dtype=bool)
     first_at_onset[1:] = starts[1:] != starts[:-1]
-    return pitches[first_at_onset]
+    onsets: np.ndarray = pitches[first_at_onset]
+    return onsets
 
 
 def interval_histogram(notes: np.ndarray, max_interval: int = MAX_INTERVAL) -> np.ndarray:

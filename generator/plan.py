@@ -106,11 +106,11 @@ class Plan:
         names = [harmony.roman(c) for c in self.chords]
         return [" ".join(dict.fromkeys(names[i : i + per_bar])) for i in range(0, len(names), per_bar)]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"form": self.form, "progression": self.progression()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> Plan:
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
         return cls(
             int(data["bar"]),
             int(data["bars"]),
@@ -120,16 +120,18 @@ class Plan:
         )
 
 
-def bar_steps(card: dict, style: str) -> int:
+def bar_steps(card: dict[str, Any], style: str) -> int:
     """Steps per bar of the style's usual metre, as learnt into the model card; a 4/4 bar when it has none."""
     return int(form_profile(card, style).get("bar", DEFAULT_BAR))
 
 
-def form_profile(card: dict, style: str) -> dict:
+def form_profile(card: dict[str, Any], style: str) -> dict[str, Any]:
     return card.get("style_defaults", {}).get(style, {}).get("form") or {}
 
 
-def draw_plan(profile: dict, seconds: float, tempo: float, seed: int, minor: bool | None = None) -> Plan:
+def draw_plan(
+    profile: dict[str, Any], seconds: float, tempo: float, seed: int, minor: bool | None = None
+) -> Plan:
     """The plan of a piece of about `seconds` at `tempo`, drawn by `seed` from a style's learnt profile.
 
     The piece lasts a whole number of bars, the nearest to the length asked for. Its shape is one of the
@@ -177,7 +179,7 @@ def draw_plan(profile: dict, seconds: float, tempo: float, seed: int, minor: boo
     return Plan(bar, bars, plan.sections, plan.phrases, tuple(chords))
 
 
-def _chords(plan: Plan, learnt: dict, minor: bool, rng: np.random.Generator) -> list[int]:
+def _chords(plan: Plan, learnt: dict[str, Any], minor: bool, rng: np.random.Generator) -> list[int]:
     """A chord per span, section by section: the tonic first, each phrase's cadence chord from its last
     downbeat to its end, and a returning section's source chords (its notes replay them) but its last bar."""
     per_bar = plan.bar // plan.span
@@ -270,7 +272,7 @@ def _choose(rng: np.random.Generator, weighted: list) -> Any:
 # --- learning a style's profile from its real pieces -------------------------------------------------------
 
 
-def learn_form(rows: Iterable[dict], notes_of: Iterable[np.ndarray]) -> dict:
+def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -> dict[str, Any]:
     """A style's form profile from its real pieces: index rows of the data set (with "bar", "pickup",
     "sections" and "fermatas" in ticks, and "key") and each piece's note array (steps, as
     generator.decode.notes_array), in the same order.
@@ -447,7 +449,7 @@ def key_of(name: str | None) -> tuple[int, bool]:
     return vocab.key_of(name) if name in vocab.KEYS else (0, False)
 
 
-def learn_forms(dataset_dir: Path, vocab: Vocab, per_style: int = MAX_PIECES) -> dict[str, dict]:
+def learn_forms(dataset_dir: Path, vocab: Vocab, per_style: int = MAX_PIECES) -> dict[str, dict[str, Any]]:
     """Each style's form profile (`learn_form`) from up to `per_style` of its training pieces."""
     from generator.data import read_index
     from generator.decode import decode, notes_array

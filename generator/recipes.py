@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -101,9 +102,9 @@ def new_seed() -> int:
     return secrets.randbelow(10**9)
 
 
-def summarize_styles(rows: list[dict]) -> dict[str, dict]:
+def summarize_styles(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per style, the median tempo, the most common instrument set and the share of each key of its pieces."""
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for style in sorted({r["style"] for r in rows}):
         mine = [r for r in rows if r["style"] == style]
         tempos = sorted(r["tempo"] for r in mine)

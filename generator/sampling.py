@@ -432,7 +432,7 @@ def chosen_key(loaded: LoadedModel, style: str, seed: int, asked: str | None) ->
     return style_key(loaded.card, style, seed)
 
 
-def style_key(card: dict, style: str, seed: int) -> str:
+def style_key(card: dict[str, Any], style: str, seed: int) -> str:
     """A key for a piece that names none: drawn by the seed, each key as often as the style's pieces use it.
 
     Its own generator, apart from the sampler's, so choosing a key never shifts the notes' random stream.

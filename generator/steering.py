@@ -20,6 +20,7 @@ piece. What it asks of each token:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,7 +87,7 @@ class PlanFollower:
     """
 
     def __init__(
-        self, plan: Plan, profile: dict, key: str | None, programs: list[int], vt: VocabTensors
+        self, plan: Plan, profile: dict[str, Any], key: str | None, programs: list[int], vt: VocabTensors
     ) -> None:
         self.plan = plan
         self.vt = vt

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -240,7 +241,7 @@ def _evaluate(
     return float(np.average(losses, weights=weights)), float(np.average(accs, weights=weights)), per_style
 
 
-def describe_styles(dataset_dir: Path, vocab: Vocab) -> dict[str, dict]:
+def describe_styles(dataset_dir: Path, vocab: Vocab) -> dict[str, dict[str, Any]]:
     """The card's `style_defaults`: each style's usual instruments, tempo and keys, its voices' leaps, its
     instruments' registers and its forms (generator.plan)."""
     styles = summarize_styles(read_index(dataset_dir))
@@ -254,13 +255,13 @@ def describe_styles(dataset_dir: Path, vocab: Vocab) -> dict[str, dict]:
 def _card(
     cfg: Train,
     dataset_dir: Path,
-    row: dict,
-    per_style: dict,
+    row: dict[str, Any],
+    per_style: dict[str, Any],
     accelerator,
     model,
-    started_from: dict | None,
-    styles: dict[str, dict],
-) -> dict:
+    started_from: dict[str, Any] | None,
+    styles: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     device = (
         torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
@@ -310,7 +311,7 @@ def _load_init(model, vocab: Vocab, init: Path) -> None:
     model.tie_weights()
 
 
-def _started_from(init: Path) -> dict:
+def _started_from(init: Path) -> dict[str, Any]:
     card = json.loads((init / "card.json").read_text()) if (init / "card.json").is_file() else {}
     keep = ("version", "step", "tokens_seen", "train_seconds", "hardware", "dataset")
     return {"path": str(init), **{k: card.get(k) for k in keep}}
@@ -321,14 +322,14 @@ def _latest(ckpt_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _read_history(path: Path) -> list[dict]:
+def _read_history(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     with open(path) as f:
         return [{k: float(v) if k != "step" else int(v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
-def _write_history(run_dir: Path, history: list[dict]) -> None:
+def _write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     with open(run_dir / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
@@ -337,7 +338,7 @@ def _write_history(run_dir: Path, history: list[dict]) -> None:
     (run_dir / "last_eval.json").write_text(json.dumps(history[-1]))
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,14 +32,14 @@ REGISTER_SHARE = 0.005  # an instrument's register in a style leaves out its low
 MIN_REGISTER_NOTES = 200  # fewer notes of an instrument in a style say too little: its whole range is allowed
 
 
-def learn_voices(dataset_dir: Path, vocab: Vocab) -> dict[str, dict]:
+def learn_voices(dataset_dir: Path, vocab: Vocab) -> dict[str, dict[str, Any]]:
     """Per style: "leaps", the melodic leaps in semitones (clipped to ±MAX_LEAP) its real training voices take,
     and "registers", the lowest and highest pitch of each instrument (a program, as a string) in its pieces."""
     from generator.data import read_index  # training only: the data set's modules are no part of playing
 
     tokens = np.load(dataset_dir / "tokens.npy", mmap_mode="r")
     rows = [r for r in read_index(dataset_dir) if r["split"] == "train" and r["length"] > 0]
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for style in sorted({r["style"] for r in rows}):
         mine = [r for r in rows if r["style"] == style]
         counts = np.zeros(2 * MAX_LEAP + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,9 @@ class Windows:
             for s, idx in self.by_style.items()
         }
 
-    def example(self, row: dict, start: int, variant: Variant | None) -> tuple[np.ndarray, np.ndarray]:
+    def example(
+        self, row: dict[str, Any], start: int, variant: Variant | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         music = np.asarray(self.tokens[row["offset"] + start : row["offset"] + row["length"]])
         programs = [int(p) for p in row["ranges"]]
         tempo = row["tempo"]
@@ -110,7 +113,7 @@ class Windows:
             out.append(Batch(np.stack(ids), np.stack(labels), [style] * len(ids)))
         return out
 
-    def _boundary(self, row: dict, start: int) -> int:
+    def _boundary(self, row: dict[str, Any], start: int) -> int:
         """Move `start` forward to the first token that begins a note or a time step."""
         kinds = self.vocab.kind
         while start < row["length"]:

@@ -20,7 +20,9 @@ FULL_SCALE = 32768.0
 
 
 def db_to_gain(db: float) -> float:
-    return 10.0 ** (db / 20.0)
+    # float ** float is typed Any (a negative base gives a complex); 10 is positive.
+    gain: float = 10.0 ** (db / 20.0)
+    return gain
 
 
 def leveler_for(settings: Loudness, sample_rate: int) -> Leveler | None:

@@ -6,7 +6,8 @@
 `concertbot run --local --device off` runs as a subprocess on a data folder of its own with the embedded
 defaults (embedded Redis, no sound card), recording the concert to a FLAC file there (--no-record: none).
 Many viewers speak through the local web chat (`POST /api/chat`, the same command path as Twitch) at a steady
-rate: requests, votes, replays of pieces that played, !queue, !np, !top, !voteskip, !cancel, typos, small talk.
+rate: requests, votes, replays of pieces that played, !queue, !np, !top, !voteskip, !cancel, typos, small talk;
+an overlay stays connected to `/ws` (reconnecting as the page does) and the API is read every 5 s, as OBS would.
 Every minute the bot's process is sampled: RSS (and its embedded Redis's), threads, open file descriptors and,
 from `/metrics`, the asyncio tasks on its loop and the engine's underruns; pieces are the "now playing" lines
 it printed, replies the lines `POST /api/chat` answered. Threads, fds and tasks are the least of three probes a
@@ -243,6 +244,37 @@ class Chat:
         await asyncio.gather(*self.inflight, return_exceptions=True)
 
 
+class Overlay:
+    """What OBS does all hour: the overlay's WebSocket (reconnecting, as the page does) and the API polled."""
+
+    def __init__(self, bot: Bot, http: aiohttp.ClientSession) -> None:
+        self.bot, self.http = bot, http
+        self.messages = self.reconnects = self.polls = self.poll_failures = 0
+
+    async def watch(self) -> None:
+        while True:
+            try:
+                async with self.http.ws_connect(f"{self.bot.url.replace('http', 'ws', 1)}/ws") as ws:
+                    async for message in ws:
+                        self.messages += message.type == aiohttp.WSMsgType.TEXT
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            self.reconnects += 1  # the hub closed it or it failed: the page would come back too
+            await asyncio.sleep(1.0)
+
+    async def poll(self, every: float = 5.0) -> None:
+        while True:
+            for path in ("/api/now", "/api/queue", "/api/leaderboard"):
+                self.polls += 1
+                try:
+                    async with self.http.get(f"{self.bot.url}{path}") as r:
+                        await r.read()
+                        self.poll_failures += r.status != 200
+                except (aiohttp.ClientError, TimeoutError):
+                    self.poll_failures += 1
+            await asyncio.sleep(every)
+
+
 async def probe(bot: Bot, http: aiohttp.ClientSession) -> tuple[int, int, int, int]:
     """(threads, fds, tasks, underruns): the least of three probes for the first three."""
     threads, fds, tasks, underruns = [], [], [], 0
@@ -295,7 +327,7 @@ async def wait_healthy(bot: Bot, http: aiohttp.ClientSession) -> None:
     raise RuntimeError("the bot's web side never answered; it said:\n" + "\n".join(bot.log.tail[-20:]))
 
 
-async def soak(bot: Bot, args: argparse.Namespace) -> tuple[list[Sample], Chat]:
+async def soak(bot: Bot, args: argparse.Namespace) -> tuple[list[Sample], Chat, Overlay]:
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         await wait_healthy(bot, http)
@@ -303,7 +335,9 @@ async def soak(bot: Bot, args: argparse.Namespace) -> tuple[list[Sample], Chat]:
         await chat.learn_names()
         started = time.monotonic()
         until = started + args.minutes * 60
+        overlay = Overlay(bot, http)
         talking = asyncio.create_task(chat.run(args.rate, until))
+        watching = [asyncio.create_task(overlay.watch()), asyncio.create_task(overlay.poll())]
         samples = []
         try:
             for i in range(int(args.minutes * 60 // args.interval) + 1):
@@ -318,9 +352,10 @@ async def soak(bot: Bot, args: argparse.Namespace) -> tuple[list[Sample], Chat]:
                 )
             await talking
         finally:
-            talking.cancel()
-            await asyncio.gather(talking, return_exceptions=True)
-    return samples, chat
+            for task in (talking, *watching):
+                task.cancel()
+            await asyncio.gather(talking, *watching, return_exceptions=True)
+    return samples, chat, overlay
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
@@ -399,7 +434,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     bot = Bot(work, free_port(), args.piece_seconds, record=not args.no_record)
     try:
-        samples, chat = asyncio.run(soak(bot, args))
+        samples, chat, overlay = asyncio.run(soak(bot, args))
     finally:
         code = bot.stop()
         left = bot.redis()
@@ -414,6 +449,10 @@ def main() -> None:
         "reply_p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1) if latencies else None,
         "reply_max_ms": round(1000 * latencies[-1], 1) if latencies else None,
         "pieces": bot.log.pieces,
+        "overlay_messages": overlay.messages,
+        "overlay_reconnects": overlay.reconnects,
+        "api_polls": overlay.polls,
+        "api_poll_failures": overlay.poll_failures,
         "recording_mb": round(recorded / 2**20, 1),
         "redis_aof_mb": round(aof / 2**20, 2),
     }
@@ -424,6 +463,12 @@ def main() -> None:
     if chat.failures:
         result["ok"] = False
         result["problems"].append(f"{chat.failures} chat lines got no answer")
+    if overlay.poll_failures or overlay.reconnects or not overlay.messages:
+        result["ok"] = False
+        result["problems"].append(
+            f"overlay: {overlay.messages} updates, {overlay.reconnects} reconnects, "
+            f"{overlay.poll_failures} of {overlay.polls} API reads failed"
+        )
     if args.json:
         settings = {k: getattr(args, k) for k in ("minutes", "rate", "viewers", "interval", "warmup")}
         print(json.dumps({"settings": settings, "samples": [asdict(s) for s in samples], **summary, **result}))
@@ -434,7 +479,9 @@ def main() -> None:
             f"{summary['lines_sent']} chat lines from {args.viewers} viewers at {args.rate}/s, "
             f"{summary['replies']} replies (answered in p95 {summary['reply_p95_ms']} ms, "
             f"max {summary['reply_max_ms']} ms), "
-            f"{summary['pieces']} pieces, {summary['recording_mb']} MB recorded; the log: "
+            f"{summary['pieces']} pieces, {summary['recording_mb']} MB recorded; the overlay: "
+            f"{overlay.messages} updates, {overlay.reconnects} reconnects, "
+            f"{overlay.poll_failures} of {overlay.polls} API reads failed; the log: "
             f"{result['errors_logged']} errors, {result['warnings_logged']} warnings"
         )
         leaks = ", ".join(f"{k} {n:+d}" for k, n in result["leaked"].items())

@@ -192,7 +192,7 @@ async def _web(
     token = c.admin_token.get_secret_value() if c.admin_token else None
     runners = concert.session.engine.runners
     app = make_app(
-        view,  # type: ignore[arg-type]
+        view,
         token,
         broadcast,  # type: ignore[arg-type]
         local_chat=local,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -14,6 +14,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from config import ConcertbotError, Settings, load_settings
+
+if TYPE_CHECKING:  # generator is imported by the commands that need it: it takes seconds to load
+    from generator.model import LoadedModel
+    from generator.sampling import PieceRequest
 
 app = typer.Typer(
     help="An interactive concert bot: a Transformer composes, FluidSynth plays.", no_args_is_help=True
@@ -228,15 +232,24 @@ def train_cmd(
         console.print(f"exported to {export}")
 
 
-def _load_model(settings: Settings, model: Path | None):
+def _load_model(settings: Settings, model: Path | None) -> LoadedModel:
     from generator.model import load_model
 
     return load_model(model or settings.paths.model_dir)
 
 
 def _request(
-    settings: Settings, loaded, style, instruments, tempo, seconds, seed, temperature=None, top_p=None, key=None
-):
+    settings: Settings,
+    loaded: LoadedModel,
+    style: str,
+    instruments: list[str] | None,
+    tempo: float | None,
+    seconds: float | None,
+    seed: int | None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    key: str | None = None,
+) -> PieceRequest:
     """A PieceRequest from command-line values, the settings filling in what was left out."""
     from generator.recipes import make_request
 
@@ -528,7 +541,10 @@ def eval_cmd(
         )
     except ConcertbotError as exc:
         raise fail(exc) from None
-    pair = lambda key, fmt: lambda v: f"{v[key]:{fmt}} ({v[key + '_real']:{fmt}})"  # noqa: E731
+
+    def pair(key: str, fmt: str) -> Callable[[dict[str, Any]], str]:
+        return lambda v: f"{v[key]:{fmt}} ({v[key + '_real']:{fmt}})"
+
     columns = [
         ("held-out pieces", lambda v: str(v["real_pieces"])),
         ("held-out loss", lambda v: "-" if v["valid_loss"] is None else f"{v['valid_loss']:.3f}"),
@@ -614,7 +630,9 @@ def _form_means(values: list[dict[str, Any]], keys: set[str]) -> dict[str, Any]:
 
 
 def _eval_rows(
-    columns: list, values: list[dict[str, Any]], means: dict[str, Any]
+    columns: Sequence[tuple[str, Callable[[dict[str, Any]], str]]],
+    values: list[dict[str, Any]],
+    means: dict[str, Any],
 ) -> tuple[list[str], list[list[str]]]:
     header = ["style"] + [name for name, _ in columns]
     rows = [[v["style"]] + [fmt(v) for _, fmt in columns] for v in values]

@@ -102,7 +102,7 @@ class GenerationClient:
         """Queue a piece for the workers; its job id."""
         job = uuid.uuid4().hex
         fields = {"job": job, "request": request_json(request), "model": self.model_version}
-        self.client.xadd(self.keys.gen_jobs, fields)  # type: ignore[arg-type]
+        self.client.xadd(self.keys.gen_jobs, fields)
         return job
 
     def tokens(self, job: str, cancelled: Callable[[], bool] = lambda: False) -> Iterator[int]:

@@ -20,11 +20,19 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import mido
 
 from generator.decode import MIDI_TPQ, STEPS_PER_BEAT
 from generator.instruments import BY_PROGRAM, DRUMS
+
+if TYPE_CHECKING:  # music21 is imported only where a score is drawn: it takes seconds to load
+    import music21.chord
+    import music21.instrument
+    import music21.key
+    import music21.note
+    import music21.pitch
 
 log = logging.getLogger(__name__)
 
@@ -271,20 +279,22 @@ def _program(name: str) -> int:
     return instrument.program if instrument else -2
 
 
-def _instrument(name: str):
+def _instrument(name: str) -> music21.instrument.Instrument:
     from music21 import instrument
+    from music21.exceptions21 import InstrumentException
 
     base = name.split(" ")[0]
+    found: music21.instrument.Instrument
     try:
         found = instrument.fromString(base)
-    except instrument.InstrumentException:
+    except InstrumentException:
         found = instrument.Instrument()
     found.partName = name
     found.partAbbreviation = None
     return found
 
 
-def _sounding(group: list[ScoreNote], spell: Callable[[int], str]):
+def _sounding(group: list[ScoreNote], spell: Callable[[int], str]) -> music21.note.Note | music21.chord.Chord:
     from music21 import chord, note
 
     length = Fraction(group[0].duration, STEPS_PER_BEAT)
@@ -294,7 +304,7 @@ def _sounding(group: list[ScoreNote], spell: Callable[[int], str]):
     return chord.Chord([_pitch(p, spell) for p in pitches], quarterLength=length)
 
 
-def _pitch(midi: int, spell: Callable[[int], str]):
+def _pitch(midi: int, spell: Callable[[int], str]) -> music21.pitch.Pitch:
     from music21 import pitch
 
     p = pitch.Pitch(spell(midi % 12), octave=4)
@@ -310,7 +320,7 @@ def _tonic(name: str) -> tuple[str, bool]:
     return (name[:-1], True) if name.endswith("m") else (name, False)
 
 
-def _key(name: str | None):
+def _key(name: str | None) -> music21.key.Key | None:
     from music21 import key
 
     if not name:

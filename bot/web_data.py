@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 from bot.view import BoardView, LiveNote, NowView, Period, PieceView, QueueView
@@ -45,7 +45,7 @@ def parse_period(text: str | None, default: Period = "stream") -> Period:
         return default
     if text not in PERIODS:
         raise WebInputError(f"period must be one of {', '.join(PERIODS)}, not {text[:20]!r}")
-    return cast(Period, text)
+    return text  # `in PERIODS` narrows it to a Period
 
 
 def parse_count(text: str | None, default: int = 10) -> int:

@@ -287,7 +287,7 @@ class Worker:
                     serving.outcome = serving.outcome or "abandoned"
                     self.served.append(serving.served())
 
-    def _job(self, entry: bytes | str, fields: dict, taken_over: bool) -> Job | None:
+    def _job(self, entry: bytes | str, fields: dict[bytes, bytes], taken_over: bool) -> Job | None:
         entry_id = entry.decode() if isinstance(entry, bytes) else entry
         try:
             job = job_part(fields[b"job"].decode())

@@ -9,14 +9,18 @@ from __future__ import annotations
 import hashlib
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import symusic
 
 from generator.instruments import BY_NAME, DRUMS, canonical_program, find_instrument
 from generator.vocab import TPQ, nearest_tempo_bin, tokenizer_config
+
+if TYPE_CHECKING:
+    from music21 import stream
 
 MIN_NOTES = 8
 _ABC_TUNE = re.compile(r"^X:\s*\d")
@@ -197,7 +201,9 @@ def extract_music21(
     return SourceResult(rel, pieces, skipped)
 
 
-def _music21_piece(score, pid: str, style: str, ensemble: tuple[str, ...], beat_tempo: int) -> Piece:
+# `score` is Any: a music21 Score, a lone Part, or an Opus's score (music21 leaves those untyped), read by
+# duck typing (only a Score has `.parts`).
+def _music21_piece(score: Any, pid: str, style: str, ensemble: tuple[str, ...], beat_tempo: int) -> Piece:
     from music21 import meter
     from music21 import tempo as m21tempo
 
@@ -228,7 +234,7 @@ def _music21_piece(score, pid: str, style: str, ensemble: tuple[str, ...], beat_
     return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes, form=_score_form(parts))
 
 
-def _score_form(parts: list) -> Form:
+def _score_form(parts: Sequence[stream.Stream[Any]]) -> Form:
     """The metre, anacrusis, sections and fermatas of a score, read from its first part's measures."""
     from music21 import bar, expressions
 

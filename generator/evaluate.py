@@ -182,10 +182,16 @@ def other_ensembles(
 def _pooled(
     pieces: list[tuple[np.ndarray, float]], histogram: Callable[[np.ndarray], np.ndarray]
 ) -> np.ndarray:
-    return np.sum([histogram(n) * max(1, len(n)) for n, _ in pieces], axis=0)
+    pooled: np.ndarray = np.sum([histogram(n) * max(1, len(n)) for n, _ in pieces], axis=0)
+    return pooled
 
 
-def _distances(histogram: Callable[[np.ndarray], np.ndarray], made: list, train: list, valid: list) -> tuple:
+def _distances(
+    histogram: Callable[[np.ndarray], np.ndarray],
+    made: list[tuple[np.ndarray, float]],
+    train: list[tuple[np.ndarray, float]],
+    valid: list[tuple[np.ndarray, float]],
+) -> tuple[float, float]:
     """JS distance of generated, and of real training, pieces to the real held-out ones."""
     target = _pooled(valid, histogram)
     return metrics.js_distance(_pooled(made, histogram), target), metrics.js_distance(

@@ -70,7 +70,8 @@ class LoadedModel:
 
         hf_logging.disable_progress_bar()  # a bar for loading 8 MB would only clutter the bench's table
         model: Any = GPT2LMHeadModel.from_pretrained(self.path)
-        return model.to(self.weights["transformer.wte.weight"].device).eval()
+        placed: GPT2LMHeadModel = model.to(self.weights["transformer.wte.weight"].device).eval()
+        return placed
 
     @property
     def version(self) -> str:

@@ -15,7 +15,7 @@ Times here are steps of 1/8 beat from the start of the piece, as in generator.de
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,7 +206,7 @@ def _chords(plan: Plan, learnt: dict[str, Any], minor: bool, rng: np.random.Gene
     return out
 
 
-def _sections(shape: list, bars: int) -> list[Section]:
+def _sections(shape: Sequence[Sequence[Any]], bars: int) -> list[Section]:
     """Lay a shape's sections ([bars, repeated] each) over `bars` bars.
 
     A tune (a shape with repeats) plays each repeated section twice and, once through, starts again from the
@@ -263,7 +263,7 @@ def _fit(lengths: list[int], bars: int) -> list[int]:
     return out
 
 
-def _choose(rng: np.random.Generator, weighted: list) -> Any:
+def _choose(rng: np.random.Generator, weighted: Sequence[tuple[Any, float]]) -> Any:
     """One value of a list of [value, weight] pairs, drawn in proportion to the weights."""
     weights = np.array([float(w) for _, w in weighted])
     return weighted[int(rng.choice(len(weighted), p=weights / weights.sum()))][0]
@@ -287,7 +287,7 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
     (its chords and their moves in each mode, generator.harmony.learn_harmony, from the pieces with a key).
     """
     bars: Counter[int] = Counter()
-    forms: Counter[tuple] = Counter()
+    forms: Counter[tuple[int, tuple[tuple[int, bool], ...]]] = Counter()  # (bar, sections) -> pieces
     phrase_bars: Counter[int] = Counter()
     cadences: Counter[int] = Counter()
     mode_cadences: dict[str, Counter[int]] = {"major": Counter(), "minor": Counter()}

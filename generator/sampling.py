@@ -83,7 +83,7 @@ class LoopGuard:
     def __init__(self) -> None:
         self.bar_index = 0
         self.bar_notes: list[tuple[int, int, int, int]] = []
-        self.last_signature: tuple | None = None
+        self.last_signature: tuple[tuple[int, int, int, int], ...] | None = None
         self.repeats = 0
         self.penalized: frozenset[int] = frozenset()
         self.runs: dict[int, tuple[int, int]] = {}  # program -> (pitch, run length)
@@ -276,7 +276,13 @@ class Composer:
         bar = run.plan.bar if run.plan is not None else BAR_STEPS
         programs = tuple(request.programs())
         setup = critic.Setup(
-            run.plan, key, programs, critic.leap_share(profile), bar, critic.pitch_classes(profile)
+            run.plan,
+            key,
+            programs,
+            critic.leap_share(profile),
+            bar,
+            critic.pitch_classes(profile),
+            critic.interval_shares(profile),
         )
         while True:
             start = run.decoder.time
@@ -438,7 +444,7 @@ def style_key(card: dict[str, Any], style: str, seed: int) -> str:
     Its own generator, apart from the sampler's, so choosing a key never shifts the notes' random stream.
     """
     shares = card.get("style_defaults", {}).get(style, {}).get("keys") or {"C": 1.0}
-    names = sorted(shares)
+    names: list[str] = sorted(shares)
     weights = np.array([shares[n] for n in names], dtype=np.float64)
     rng = np.random.default_rng([seed, 0x6B6579])  # "key"
     return names[int(rng.choice(len(names), p=weights / weights.sum()))]

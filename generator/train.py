@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,10 @@ from generator.recipes import summarize_styles
 from generator.vocab import Vocab
 from generator.voice_leading import learn_voices
 from generator.windows import IGNORE, Batch, Windows
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import GPT2LMHeadModel
 
 EVAL_WINDOWS_PER_STYLE = 32
 FIELDS = ["step", "tokens", "elapsed_s", "lr", "train_loss", "train_acc", "valid_loss", "valid_acc"]
@@ -202,7 +206,14 @@ def train(
 
 
 def _save_checkpoint(
-    accelerator, model, optimizer, vocab: Vocab, ckpt_dir: Path, step: int, best: float, elapsed: float
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    vocab: Vocab,
+    ckpt_dir: Path,
+    step: int,
+    best: float,
+    elapsed: float,
 ) -> int:
     """Save the weights and the optimizer's state as `ckpt_dir/step-NNNNNN`, for `--resume`; the step."""
     path = ckpt_dir / f"step-{step:06d}"
@@ -220,7 +231,7 @@ def _tensors(batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Te
 
 @torch.no_grad()
 def _evaluate(
-    model, batches: list[Batch], accelerator, pad: int
+    model: torch.nn.Module, batches: list[Batch], accelerator: Accelerator, pad: int
 ) -> tuple[float, float, dict[str, dict[str, float]]]:
     model.eval()
     per_style: dict[str, dict[str, float]] = {}
@@ -257,8 +268,8 @@ def _card(
     dataset_dir: Path,
     row: dict[str, Any],
     per_style: dict[str, Any],
-    accelerator,
-    model,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
     started_from: dict[str, Any] | None,
     styles: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
@@ -289,7 +300,7 @@ def _card(
     }
 
 
-def _load_init(model, vocab: Vocab, init: Path) -> None:
+def _load_init(model: GPT2LMHeadModel, vocab: Vocab, init: Path) -> None:
     """Start from a saved model's weights (fine-tuning); its vocabulary and shape must be this run's."""
     from safetensors.torch import load_file
 

@@ -48,7 +48,13 @@ def bar_scores(composer: Composer, request: PieceRequest, notes: list[Note]) -> 
     key = chosen_key(composer.loaded, request.style, request.seed, request.key)
     profile = form_profile(composer.loaded.card, request.style)
     setup = critic.Setup(
-        plan, key, tuple(request.programs()), critic.leap_share(profile), bar, critic.pitch_classes(profile)
+        plan,
+        key,
+        tuple(request.programs()),
+        critic.leap_share(profile),
+        bar,
+        critic.pitch_classes(profile),
+        critic.interval_shares(profile),
     )
     scores = []
     for start in range(0, max(n.start for n in notes) + 1, bar):

@@ -46,6 +46,7 @@ FAIR_FLOOR = 0.5  # an instrument with half its fair share of the notes or more 
 WEIGHTS = {
     "chord_tones": 0.25,
     "cadence": 1.0,
+    "ending": 2.0,
     "chordal": 0.25,
     "leaps": 0.5,
     "intervals": 1.0,
@@ -174,6 +175,9 @@ def score(setup: Setup, before: Context, bar: Sequence[Note], start: int) -> Sco
     cadence = _cadence(setup, pitched, start, tonic, minor)
     if cadence is not None:
         measures["cadence"] = cadence
+    last = _ending(setup, pitched, start, tonic, minor)
+    if last is not None:
+        measures["ending"] = last
     chordal = _chordal(before, pitched)
     if chordal is not None:
         measures["chordal"] = chordal
@@ -269,6 +273,23 @@ def _cadence(setup: Setup, pitched: Sequence[Note], start: int, tonic: int, mino
     held = sum(n.duration >= STEPS_PER_BEAT for n in struck) / len(struck)
     bass = min(struck, key=lambda n: n.pitch).pitch % 12 == tones[0]
     return (present + in_chord + held + bass) / 4
+
+
+def _ending(setup: Setup, pitched: Sequence[Note], start: int, tonic: int, minor: bool) -> float | None:
+    """At the final cadence: 1 when the lowest note is the tonic and the highest in the tonic triad, as eval
+    hears an ending on the tonic (a voice crossing under the bass at the last chord would lose it)."""
+    plan = setup.plan
+    if plan is None or setup.key is None or not plan.phrases:
+        return None
+    final = plan.cadence_times()[-1]
+    if not start <= final < start + setup.bar:
+        return None
+    struck = [n for n in pitched if n.start == final]
+    if not struck:
+        return 0.0
+    low, high = min(n.pitch for n in struck) % 12, max(n.pitch for n in struck) % 12
+    triad = {tonic % 12, (tonic + (3 if minor else 4)) % 12, (tonic + 7) % 12}
+    return float(low == tonic % 12 and (len(struck) == 1 or high in triad))
 
 
 def _chordal(before: Context, pitched: Sequence[Note]) -> float | None:

@@ -93,6 +93,9 @@ def test_parallel_fifths_repeats_a_silent_instrument_and_a_missed_cadence_score_
     landed = critic.score(SETUP, after, _bar([(32, 72, 32, VIOLIN), (32, 48, 32, CELLO)]), 32)
     missed = critic.score(SETUP, after, _bar([(32, 71, 2, VIOLIN)]), 32)
     assert landed.measures["cadence"] == 1.0 > missed.measures["cadence"]
+    # It is the final cadence too: the violin crossing under the cello's C onto G loses the ending on the tonic.
+    crossed = critic.score(SETUP, after, _bar([(32, 55, 32, VIOLIN), (32, 60, 32, CELLO)]), 32)
+    assert landed.measures["ending"] == 1.0 and crossed.measures["ending"] == 0.0
 
 
 def test_leaps_score_by_how_near_the_running_share_comes_to_the_style():
@@ -298,3 +301,16 @@ def test_the_key_is_heard_with_the_styles_own_pitch_classes_when_it_has_them():
     in_g = replace(SETUP, key="G", pitch_classes=shares)
     assert critic.score(in_g, before, tune, 0).measures["key_fit"] > 0.5
     assert critic.score(replace(in_g, key="F#"), before, tune, 0).measures["key_fit"] < 0.5
+
+
+def test_a_bar_that_brings_the_pieces_intervals_nearer_the_styles_scores_higher():
+    steps_style = [0.0] * 10 + [0.25, 0.0, 0.0, 0.0, 0.25] + [0.0] * 10  # a style of seconds, -2 and +2
+    steps_style[12] = 0.5  # and repeated notes
+    setup = replace(SETUP, intervals=tuple(steps_style), leap_share=None)
+    assert critic.interval_shares({"intervals": steps_style}) == tuple(steps_style)
+    so_far = critic.context(_bar([(0, 60, 8, VIOLIN), (8, 62, 8, VIOLIN), (16, 62, 8, VIOLIN)]), 32, 32)
+    stepwise = _bar([(32, 64, 8, VIOLIN), (40, 64, 8, VIOLIN), (48, 62, 8, VIOLIN)])
+    leaping = _bar([(32, 69, 8, VIOLIN), (40, 57, 8, VIOLIN), (48, 67, 8, VIOLIN)])
+    near = critic.score(setup, so_far, stepwise, 32).measures["intervals"]
+    far = critic.score(setup, so_far, leaping, 32).measures["intervals"]
+    assert near > 0.5 > far

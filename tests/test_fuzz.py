@@ -22,7 +22,7 @@ from chat_rig import HAS_REDIS, namespace_keys, playing, running_concert, stray_
 from serving import free_port
 
 from bot.chat import ChatMessage
-from bot.commands import ALIASES, EVERYONE, MODERATORS
+from bot.commands import ALIASES, EVERYONE, MODERATORS, STEERS
 from bot.sendqueue import BIDI_CONTROLS, MAX_CHARS, SendQueue
 
 pytestmark = [
@@ -34,7 +34,14 @@ SEED = int(os.environ.get("CONCERTBOT_FUZZ_SEED", "14"))
 LINES = int(os.environ.get("CONCERTBOT_FUZZ_LINES", "100000"))
 AT_ONCE = 32  # lines handled concurrently, as Twitch, the web chat box and redemptions arrive together
 
-NAMES = [*sorted(EVERYONE | MODERATORS | set(ALIASES)), "uptime", "", "!", "compose\u200b", "ＣＯＭＰＯＳＥ"]
+NAMES = [
+    *sorted(EVERYONE | MODERATORS | STEERS | set(ALIASES)),
+    "uptime",
+    "",
+    "!",
+    "compose\u200b",
+    "ＣＯＭＰＯＳＥ",
+]
 WORDS = [
     # what the commands expect, right and nearly right
     "bach",

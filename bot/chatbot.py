@@ -293,14 +293,20 @@ class ChatCommands:
     async def _top(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
         period = period_arg(args)
         board = await self.store.top(period, self.conductor.stream_id, self.conductor.wall(), n=5)  # type: ignore[arg-type]
+        # "top of all time", never "top of the all".
+        named, empty = (
+            ("all time", "no votes yet")
+            if period == "all"
+            else (f"the {period}", f"no votes this {period} yet")
+        )
         if not board:
-            return self._info(msg, f"no votes this {period} yet: !vote for the piece you like")
+            return self._info(msg, f"{empty}: !vote for the piece you like")
         parts = []
         for rank, entry in enumerate(board, 1):
             record = await self.store.load_piece(entry.seed)
             style = record.style if record else "?"
             parts.append(f"#{rank} {entry.seed} ({style}, {entry.votes})")
-        return self._info(msg, f"top of the {period}: " + " ".join(parts) + " - !replay <seed>")
+        return self._info(msg, f"top of {named}: " + " ".join(parts) + " - !replay <seed>")
 
     async def _styles(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
         return self._info(msg, "styles: " + ", ".join(self.conductor.loaded.vocab.styles))

@@ -105,7 +105,10 @@ async def test_request_vote_top_replay_and_reconnect(fake: FakeTwitch, tmp_path:
 
         top = await fake.say("ada", "!top")
         board = await fake.wait_for_sent(lambda m: m.reply_to == top, timeout=10)
-        assert f"#1 {seed} (bach, 30)" in board.text
+        assert f"#1 {seed} (bach, 30)" in board.text and "top of the stream" in board.text
+        top = await fake.say("ada", "!top all")
+        board = await fake.wait_for_sent(lambda m: m.reply_to == top, timeout=10)
+        assert f"top of all time: #1 {seed} (bach, 30)" in board.text
 
         # The socket drops; the bot reconnects and keeps answering, and the replay is the same piece.
         await fake.drop_socket()

@@ -572,6 +572,9 @@ async def test_metrics_in_prometheus_text_per_app() -> None:
     } <= lines
     assert "# TYPE concertbot_requests_total counter" in lines
     assert "concertbot_queue_length 0.0" in other_text
+    # The tasks on the loop at the scrape: the soak watches it for leaks (bench/bench_soak.py).
+    tasks = [float(line.split()[1]) for line in lines if line.startswith("concertbot_asyncio_tasks ")]
+    assert len(tasks) == 1 and tasks[0] >= 1
 
 
 # Overlay over HTTP

@@ -29,19 +29,27 @@ from generator.plan import STEPS_PER_BEAT, Plan, key_of
 
 LEAP = 4  # semitones: wider melodic moves are leaps, as `concertbot eval` counts them
 LEAP_TOLERANCE = 0.15  # a running leap share this far from the style's scores 0
+MAX_INTERVAL = 12  # intervals as the card learns them (generator.plan.MAX_INTERVAL): wider count as an octave
+# How much a bar's move of the piece's interval histogram towards the style's (its Jensen-Shannon distance
+# falling) counts: a fall of 0.05 is worth the whole measure. The distance of the piece so far is the same for
+# every candidate, so only the move tells them apart.
+INTERVAL_GAIN = 10.0
 # Shares are shrunk towards a half by this many notes' worth: the best of K candidates would otherwise be the
 # sparsest, whose one or two notes more easily all hit (a measured K=4 Bach piece had 30 % fewer notes).
 PRIOR_NOTES = 2.0
 REPEATED_PITCH = 4  # the same pitch struck this often in a row in one voice within a bar sounds stuck
 FAIR_FLOOR = 0.5  # an instrument with half its fair share of the notes or more is heard enough
-# How much each measure counts, chosen on `concertbot eval --critic 2` (6 pieces a style of bach, palestrina,
-# irish, folk): the plan's steering already brings chord tones and chordal onsets to the real pieces' share
-# (chordal at full weight overshot: 94 % against 83 %); the key heard and leaps are what it leaves the critic.
+# How much each measure counts, chosen on `concertbot eval --critic 2` (6 pieces of 30 s a style of bach,
+# palestrina, irish, folk against their real held-out pieces): the plan's steering already favours chord tones
+# and chords (at full weight here chordal onsets overshot, 94 % against 83 %, and intervals moved by thirds);
+# the key heard and the interval histogram are what it leaves to the critic.
 WEIGHTS = {
-    "chord_tones": 0.5,
+    "chord_tones": 0.25,
     "cadence": 1.0,
+    "ending": 2.0,
     "chordal": 0.25,
-    "leaps": 1.0,
+    "leaps": 0.5,
+    "intervals": 1.0,
     "parallels": 0.5,
     "key": 0.5,
     "key_fit": 1.0,
@@ -74,6 +82,7 @@ class Setup:
     leap_share: float | None
     bar: int
     pitch_classes: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    intervals: tuple[float, ...] | None = None  # the style's shares of melodic intervals -12..12 (its card's)
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ class Context:
     previous_bar: tuple[tuple[int, int, int, int], ...] = ()
     held: tuple[tuple[int, int], ...] = ()  # (end, pitch) of notes that may still sound into the bar
     pitch_classes: tuple[int, ...] = (0,) * 12  # pitched notes so far in each pitch class C..B
+    interval_counts: tuple[int, ...] = (0,) * (2 * MAX_INTERVAL + 1)  # melodic intervals -12..12 so far
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,12 @@ def pitch_classes(profile: dict[str, Any]) -> tuple[tuple[float, ...], tuple[flo
     return tuple(float(x) for x in shares["major"]), tuple(float(x) for x in shares["minor"])
 
 
+def interval_shares(profile: dict[str, Any]) -> tuple[float, ...] | None:
+    """The style's learnt shares of melodic intervals -12..12 (generator.plan.learn_form), if it has them."""
+    shares = profile.get("intervals") or ()
+    return tuple(float(x) for x in shares) if len(shares) == 2 * MAX_INTERVAL + 1 else None
+
+
 def leap_share(profile: dict[str, Any]) -> float | None:
     """The share of leaps in the style's learnt interval histogram (generator.plan.learn_form), if any."""
     shares = profile.get("intervals")
@@ -127,11 +143,12 @@ def context(notes: Sequence[Note], start: int, bar: int) -> Context:
     melody: dict[int, tuple[int, int]] = {}
     leaps = intervals = 0
     counts: dict[int, int] = {}
+    moves = [0] * (2 * MAX_INTERVAL + 1)
     for note in notes:
         counts[note.program] = counts.get(note.program, 0) + 1
         if note.program == DRUMS:
             continue
-        leaps, intervals = _melody_step(melody, note, leaps, intervals)
+        leaps, intervals = _melody_step(melody, note, leaps, intervals, moves)
     previous = tuple(
         sorted(
             (n.start - (start - bar), n.pitch, n.duration, n.program)
@@ -144,7 +161,7 @@ def context(notes: Sequence[Note], start: int, bar: int) -> Context:
     for n in notes:
         if n.program != DRUMS:
             classes[n.pitch % 12] += 1
-    return Context(melody, leaps, intervals, counts, previous, held, tuple(classes))
+    return Context(melody, leaps, intervals, counts, previous, held, tuple(classes), tuple(moves))
 
 
 def score(setup: Setup, before: Context, bar: Sequence[Note], start: int) -> Score:
@@ -158,16 +175,25 @@ def score(setup: Setup, before: Context, bar: Sequence[Note], start: int) -> Sco
     cadence = _cadence(setup, pitched, start, tonic, minor)
     if cadence is not None:
         measures["cadence"] = cadence
+    last = _ending(setup, pitched, start, tonic, minor)
+    if last is not None:
+        measures["ending"] = last
     chordal = _chordal(before, pitched)
     if chordal is not None:
         measures["chordal"] = chordal
     melody = dict(before.melody)
     leaps, intervals = before.leaps, before.intervals
+    moves = list(before.interval_counts)
     for note in sorted(pitched, key=lambda n: (n.start, n.program, -n.pitch)):
-        leaps, intervals = _melody_step(melody, note, leaps, intervals)
+        leaps, intervals = _melody_step(melody, note, leaps, intervals, moves)
     if setup.leap_share is not None and intervals > before.intervals:
         off = abs(leaps / intervals - setup.leap_share)
         measures["leaps"] = max(0.0, 1.0 - off / LEAP_TOLERANCE)
+    if setup.intervals is not None and intervals > before.intervals and before.intervals > 0:
+        style = np.array(setup.intervals)
+        was = metrics.js_distance(np.array(before.interval_counts, dtype=np.float64), style)
+        now = metrics.js_distance(np.array(moves, dtype=np.float64), style)
+        measures["intervals"] = float(np.clip(0.5 + INTERVAL_GAIN * (was - now), 0.0, 1.0))
     parallels = _parallels(before, pitched)
     if parallels is not None:
         measures["parallels"] = parallels
@@ -198,8 +224,11 @@ def _share(hits: int, out_of: int) -> float:
     return (hits + 0.5 * PRIOR_NOTES) / (out_of + PRIOR_NOTES)
 
 
-def _melody_step(melody: dict[int, tuple[int, int]], note: Note, leaps: int, intervals: int) -> tuple[int, int]:
-    """Add a note to its voice's melody (its highest note at each onset); count the interval it makes."""
+def _melody_step(
+    melody: dict[int, tuple[int, int]], note: Note, leaps: int, intervals: int, moves: list[int]
+) -> tuple[int, int]:
+    """Add a note to its voice's melody (its highest note at each onset); count the interval it makes, also in
+    `moves` (per interval -12..12, wider ones at the ends)."""
     onset, top = melody.get(note.program, (-1, -1))
     if onset == note.start:
         melody[note.program] = (onset, max(top, note.pitch))
@@ -207,6 +236,7 @@ def _melody_step(melody: dict[int, tuple[int, int]], note: Note, leaps: int, int
     if onset >= 0:
         intervals += 1
         leaps += abs(note.pitch - top) > LEAP
+        moves[max(-MAX_INTERVAL, min(MAX_INTERVAL, note.pitch - top)) + MAX_INTERVAL] += 1
     melody[note.program] = (note.start, note.pitch)
     return leaps, intervals
 
@@ -243,6 +273,23 @@ def _cadence(setup: Setup, pitched: Sequence[Note], start: int, tonic: int, mino
     held = sum(n.duration >= STEPS_PER_BEAT for n in struck) / len(struck)
     bass = min(struck, key=lambda n: n.pitch).pitch % 12 == tones[0]
     return (present + in_chord + held + bass) / 4
+
+
+def _ending(setup: Setup, pitched: Sequence[Note], start: int, tonic: int, minor: bool) -> float | None:
+    """At the final cadence: 1 when the lowest note is the tonic and the highest in the tonic triad, as eval
+    hears an ending on the tonic (a voice crossing under the bass at the last chord would lose it)."""
+    plan = setup.plan
+    if plan is None or setup.key is None or not plan.phrases:
+        return None
+    final = plan.cadence_times()[-1]
+    if not start <= final < start + setup.bar:
+        return None
+    struck = [n for n in pitched if n.start == final]
+    if not struck:
+        return 0.0
+    low, high = min(n.pitch for n in struck) % 12, max(n.pitch for n in struck) % 12
+    triad = {tonic % 12, (tonic + (3 if minor else 4)) % 12, (tonic + 7) % 12}
+    return float(low == tonic % 12 and (len(struck) == 1 or high in triad))
 
 
 def _chordal(before: Context, pitched: Sequence[Note]) -> float | None:

@@ -276,7 +276,13 @@ class Composer:
         bar = run.plan.bar if run.plan is not None else BAR_STEPS
         programs = tuple(request.programs())
         setup = critic.Setup(
-            run.plan, key, programs, critic.leap_share(profile), bar, critic.pitch_classes(profile)
+            run.plan,
+            key,
+            programs,
+            critic.leap_share(profile),
+            bar,
+            critic.pitch_classes(profile),
+            critic.interval_shares(profile),
         )
         while True:
             start = run.decoder.time

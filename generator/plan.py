@@ -38,6 +38,9 @@ MIN_SHARE = 0.04  # share of a style's phrases a phrase length or cadence root n
 MIN_FERMATAS = 3  # fewer in a piece are a final chord or a pause, not phrase marks (a chorale has 4-10)
 MAX_STRAIN_BARS = 16
 MAX_PIECES = 400  # training pieces read per style to learn its forms
+# Times a tune is played through before a new one follows: a session plays a reel or a chorale its verses
+# about three times, where twenty passes of one 16-bar strain pair over four minutes are heard as a loop.
+TUNE_PASSES = 3
 REPEAT_BARS = (8, 4, 2)  # lengths of passage looked for played twice in writing, the longest first
 REPEAT_MATCH = 0.85  # share of a passage's (onset, pitch) pairs that must come back: endings may differ
 MIN_REPEAT_NOTES = 6
@@ -210,14 +213,19 @@ def _sections(shape: Sequence[Sequence[Any]], bars: int) -> list[Section]:
     """Lay a shape's sections ([bars, repeated] each) over `bars` bars.
 
     A tune (a shape with repeats) plays each repeated section twice and, once through, starts again from the
-    top with every section a return; music written straight through gets new sections instead.
+    top with every section a return, up to TUNE_PASSES times; then a new tune of the same shape follows, as a
+    session plays a set. Music written straight through gets new sections instead.
     """
     units = [(max(MIN_SECTION_BARS, int(b)), bool(r)) for b, r in shape]
     is_tune = any(r for _, r in units)
     sections: list[Section] = []
     first: dict[int, int] = {}  # unit -> the section that first played it
     labels = 0
+    passes = 0
     while sum(s.bars for s in sections) < bars:
+        if passes == TUNE_PASSES:
+            first, passes = {}, 0
+        passes += 1
         for unit, (length, repeated) in enumerate(units):
             for _ in range(2 if repeated else 1):
                 at = sum(s.bars for s in sections)

@@ -192,3 +192,14 @@ def test_a_style_whose_songs_repeat_in_writing_plans_returns():
     assert profile["forms"][0]["sections"] == [[4, True], [4, False]]
     drawn = draw_plan(profile, seconds=30.0, tempo=100.0, seed=5)
     assert any(s.returns is not None for s in drawn.sections)
+
+
+def test_a_long_piece_plays_a_tune_three_times_then_a_new_one():
+    plan = draw_plan(REEL, 400.0, 120.0, seed=3)
+    passes = [s for s in plan.sections if s.returns is None]  # new music: a tune's strains, then the next tune's
+    strains = len(REEL["forms"][0]["sections"])
+    assert len(passes) > strains  # past three times through, new strains
+    first_tune = {s.label for s in passes[:strains]}
+    returns_of_first = [s for s in plan.sections if s.label in first_tune and s.returns is not None]
+    # Each strain: played twice in each of three passes, so five returns (a repeat, then two more passes).
+    assert len(returns_of_first) == strains * 5

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from bot.chat import ChatMessage
@@ -97,6 +97,7 @@ class ChatCommands:
                 return []
             if command.for_moderators and not msg.is_privileged:
                 raise CommandError(f"!{command.name} is for moderators")
+            handler: Callable[[ChatMessage, tuple[str, ...], float], Awaitable[list[Reply]]]
             handler = getattr(self, f"_{command.name}")
             return await handler(msg, command.args, now)
         except StoreUnavailable as exc:

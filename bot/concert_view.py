@@ -12,7 +12,7 @@ import io
 import logging
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import mido
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from bot.app import Concert
     from bot.conductor import Slot
     from bot.store import PieceRecord
+    from generator.decode import Note
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ ROLL_AHEAD = 1.0  # seconds of notes sent ahead of the sound, so the roll draws 
 WAV_CACHE = 8
 
 
-def plan_summary(plan: Plan, tempo: float) -> dict:
+def plan_summary(plan: Plan, tempo: float) -> dict[str, Any]:
     """What the piece page and the overlay show of a plan at `tempo`: bars, sections, each phrase's cadence.
 
     Sections and phrases start and last whole bars; `cadence` is the root a phrase comes to rest on, in
@@ -101,7 +102,7 @@ class LiveConcertView:
             **self._steering(slot),
         )
 
-    def _steering(self, slot: Slot) -> dict:
+    def _steering(self, slot: Slot) -> dict[str, Any]:
         """The open steering votes (closing at unix times, stable from one update to the next) and the steers
         that passed: when each landed, in seconds of the piece, or None while it is on its way."""
         conductor = self.concert.conductor
@@ -242,7 +243,7 @@ class LiveConcertView:
             self._wavs.pop(next(iter(self._wavs)))
         return wav
 
-    def _notes(self, record: PieceRecord) -> list:
+    def _notes(self, record: PieceRecord) -> list[Note]:
         return decode(self.concert.conductor.loaded.vocab, record.tokens)
 
     def _render(self, record: PieceRecord) -> bytes:
@@ -310,7 +311,7 @@ class LiveConcertView:
     def unsubscribe(self, queue: asyncio.Queue[ConcertEvent]) -> None:
         self._subscribers.discard(queue)
 
-    def _publish(self, kind: str, data: dict) -> None:
+    def _publish(self, kind: str, data: dict[str, Any]) -> None:
         for q in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):  # a stalled page misses updates, nobody else does
                 q.put_nowait(ConcertEvent(kind, data))
@@ -353,7 +354,7 @@ class LiveConcertView:
             "queue": [asdict(q) | {"eta_seconds": None} for q in queue],
             "votes": None if now is None else (now.seed, now.votes),
         }
-        news: dict[str, dict] = {
+        news: dict[str, dict[str, Any]] = {
             "now": {"now": None if now is None else asdict(now)},
             "queue": {"queue": [asdict(q) for q in queue]},
             "votes": {} if now is None else {"seed": now.seed, "votes": now.votes},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Period = Literal["stream", "week", "all"]
 
@@ -26,12 +26,13 @@ class NowView:
     seconds: float  # the piece's planned length
     paused: bool = False
     form: str | None = None  # its sections as a listener names them, "A A B B"; None without a plan
-    plan: dict | None = None  # `bot.concert_view.plan_summary`: its bars, sections and cadences in seconds
+    # `bot.concert_view.plan_summary`: its bars, sections and cadences in seconds
+    plan: dict[str, Any] | None = None
     title: str | None = None  # the piece's name (generator.titles); None when it has none
     # Chat steering it (generator.steer): open votes {"steer": "!faster", "votes", "needed", "closes_at": unix
     # seconds}, and steers that passed {"steer": "!add harp", "at": seconds into the piece, None until it lands}
-    steer_votes: tuple[dict, ...] = ()
-    steers: tuple[dict, ...] = ()
+    steer_votes: tuple[dict[str, Any], ...] = ()
+    steers: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,10 @@ class PieceView:
     complete: bool  # False while the piece is still being generated
     key: str | None = None  # the one asked for or the one its seed chose; None for a keyless model
     form: str | None = None  # as in NowView
-    plan: dict | None = None  # as in NowView
+    plan: dict[str, Any] | None = None  # as in NowView
     title: str | None = None  # the piece's name, when its record has one
     # What chat changed while it played: {"steer": "!add harp", "bar": 5 (from 0), "at": seconds into it}
-    steers: tuple[dict, ...] = ()
+    steers: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class ConcertEvent:
     """Pushed to every overlay: kind is "now" (a piece started or ended), "queue", "votes" or "notes"."""
 
     kind: str
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import dataclasses
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ class SteerEvent:
     seen: int = 0
 
     @staticmethod
-    def from_dict(data: dict) -> SteerEvent:
+    def from_dict(data: dict[str, Any]) -> SteerEvent:
         kind, arg, bar = str(data["kind"]), str(data.get("arg", "")), int(data.get("bar", 0))
         asked_at, seen = float(data.get("asked_at", 0.0)), int(data.get("seen", 0))
         return SteerEvent(kind, arg, int(data["step"]), bar, asked_at, seen)

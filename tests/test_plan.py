@@ -196,7 +196,9 @@ def test_a_style_whose_songs_repeat_in_writing_plans_returns():
 
 def test_a_long_piece_plays_a_tune_three_times_then_a_new_one():
     plan = draw_plan(REEL, 400.0, 120.0, seed=3)
-    passes = [s for s in plan.sections if s.returns is None]  # new music: a tune's strains, then the next tune's
+    passes = [
+        s for s in plan.sections if s.returns is None
+    ]  # new music: a tune's strains, then the next tune's
     strains = len(REEL["forms"][0]["sections"])
     assert len(passes) > strains  # past three times through, new strains
     first_tune = {s.label for s in passes[:strains]}

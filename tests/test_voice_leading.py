@@ -57,9 +57,18 @@ def test_a_voice_is_offered_only_the_styles_leaps_inside_its_register():
     rule.on_note(Note(8, 62, 8, 40))
     same_onset = rule.allowed(40, 8)
     assert same_onset is not None
-    assert all(same_onset[p + 1] for p in range(0, 63)) and [
-        p for p in range(63, 128) if same_onset[p + 1]
-    ] == [67]
+    assert all(same_onset[p + 1] for p in range(0, 62)) and [
+        p for p in range(62, 128) if same_onset[p + 1]
+    ] == [67]  # 62 itself is struck already: one key is not struck twice at once
+    # Nor on drums, and nor without a rule on leaps; the next onset may strike it again.
+    rule.on_note(Note(16, 38, 4, DRUMS))
+    drum = rule.allowed(DRUMS, 16)
+    assert drum is not None and not drum[38 + 1] and bool(drum[36 + 1])
+    free = VoiceLeading(None, {}, PITCHES)
+    free.on_note(Note(0, 60, 8, 40))
+    once = free.allowed(40, 0)
+    assert once is not None and not once[60 + 1] and bool(once[64 + 1])
+    assert free.allowed(40, 8) is None
     # Other voices and drums follow their own lines, and a style without leaps has no rule.
     assert rule.allowed(41, 8) is None and rule.allowed(DRUMS, 8) is None
     assert VoiceLeading(None, {}, PITCHES).allowed(40, 8) is None

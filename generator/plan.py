@@ -310,8 +310,9 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
         bar = int(row.get("bar") or 0) // TICKS_PER_STEP or DEFAULT_BAR
         bars[bar] += 1
         tonic, minor = key_of(row.get("key"))
+        pickup = (int(row.get("pickup") or 0) // TICKS_PER_STEP) % bar
         if row.get("key"):
-            keyed.append((pitched, bar, (int(row.get("pickup") or 0) // TICKS_PER_STEP) % bar, tonic, minor))
+            keyed.append((pitched, bar, pickup, tonic, minor))
         pcs["minor" if minor else "major"] += np.bincount((pitched[:, 1] - tonic) % 12, minlength=12)
         intervals += metrics.interval_counts(pitched, MAX_INTERVAL)
         sections = [(s // TICKS_PER_STEP, e // TICKS_PER_STEP, r) for s, e, r in row.get("sections") or []]
@@ -319,7 +320,6 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
         if not sections:
             sections = [(0, end, False)]
         # The shape as heard (music written out twice is a repeat); phrases and cadences as the score marks.
-        pickup = (int(row.get("pickup") or 0) // TICKS_PER_STEP) % bar
         heard = written_repeats(sections, pitched, bar, pickup)
         forms[(bar, tuple((max(1, round((e - s) / bar)), bool(r)) for s, e, r in heard))] += 1
         fermatas = sorted({f // TICKS_PER_STEP for f in row.get("fermatas") or []})
@@ -397,9 +397,8 @@ def written_repeats(
             at = plain = at + 2 * length * bar
         if end - plain >= MIN_SECTION_BARS * bar or not out:
             out.append((plain, end, False))
-        else:  # a last bar or so: the end of what came before
-            s, _, r = out[-1]
-            out[-1] = (s, end, r) if not r else out[-1]
+        elif not out[-1][2]:  # a last bar or so ends the plain stretch before it (a repeat keeps its length)
+            out[-1] = (out[-1][0], end, False)
     return out
 
 

@@ -146,6 +146,16 @@ def one_round(client, keys, jobs, procs, composer, at, seed, args) -> tuple:
     got = [next(tokens)]
     first_token = time.monotonic()
     wait(lambda: written(client, out) >= at, f"{at} tokens")
+    owner, killed, resumed_at, recovered = kill_the_writer(client, keys, procs, out)
+    got += list(tokens)
+    ahead = music_seconds(composer, expected[:resumed_at], request.tempo) - (killed - first_token)
+    differing = sum(a != b for a, b in zip(got, expected, strict=False)) + abs(len(got) - len(expected))
+    return resumed_at, len(expected), recovered, ahead, differing, owner
+
+
+def kill_the_writer(client, keys, procs, out: str) -> tuple[str, float, int, float]:
+    """SIGKILL the worker that owns the job, then wait for the other to write: (owner, when killed, tokens
+    written by then, seconds until the survivor's first token)."""
     owner = client.xpending_range(keys.gen_jobs, GROUP, "-", "+", 1)[0]["consumer"].decode()
     procs[owner].send_signal(signal.SIGKILL)
     killed = time.monotonic()
@@ -153,11 +163,7 @@ def one_round(client, keys, jobs, procs, composer, at, seed, args) -> tuple:
     resumed_at = written(client, out)
     survivor = ({"w1", "w2"} - {owner}).pop()
     wait(lambda: client.xrevrange(out, count=1)[0][1][b"w"].decode() == survivor, "the survivor")
-    recovered = time.monotonic() - killed
-    got += list(tokens)
-    ahead = music_seconds(composer, expected[:resumed_at], request.tempo) - (killed - first_token)
-    differing = sum(a != b for a, b in zip(got, expected, strict=False)) + abs(len(got) - len(expected))
-    return resumed_at, len(expected), recovered, ahead, differing, owner
+    return owner, killed, resumed_at, time.monotonic() - killed
 
 
 def live_round(url, client, keys, procs, composer, at, seed, args) -> tuple:
@@ -189,14 +195,7 @@ def live_round(url, client, keys, procs, composer, at, seed, args) -> tuple:
         job = client.xrange(keys.gen_jobs, count=1)[0][1][b"job"].decode()
         out = keys.gen_out(job)
         wait(lambda: written(client, out) >= at, f"{at} tokens")
-        owner = client.xpending_range(keys.gen_jobs, GROUP, "-", "+", 1)[0]["consumer"].decode()
-        procs[owner].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        procs[owner].wait()
-        resumed_at = written(client, out)
-        survivor = ({"w1", "w2"} - {owner}).pop()
-        wait(lambda: client.xrevrange(out, count=1)[0][1][b"w"].decode() == survivor, "the survivor")
-        recovered = time.monotonic() - killed
+        owner, _, resumed_at, recovered = kill_the_writer(client, keys, procs, out)
         session.wait_for(piece.id, ("end", "skip", "error"), timeout=args.seconds + 120)
         piece.finished.wait(30)
         summary = session.summary(piece)

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as redis
-from serving import listening
+from redis_server import RedisServer
+from serving import free_port, listening
 
 from bot.app import Concert, run_concert
 from bot.chat import ChatMessage
 from bot.keys import Keys
-from config import load_settings
+from config import Settings, load_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HAS_REDIS = listening(6379)
@@ -54,19 +55,59 @@ async def running_concert(tmp_path: Path, seconds: float = 240.0, **concert: Any
         concert={"redis_url": REDIS_URL, "http_port": 0, **concert},
         outputs={"device": "off"},
     )
+    try:
+        async with started(settings, namespace) as running:
+            yield running
+    finally:
+        await drop_namespace(namespace)
+
+
+@asynccontextmanager
+async def started(settings: Settings, namespace: str, timeout: float = 60.0) -> AsyncIterator[Concert]:
+    """The concert of `settings` (no Twitch, no outputs) from its start to the end of the block; a concert
+    that fails to start raises why."""
     ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
         run_concert(settings, None, sinks=[], started=ready.set_result, namespace=namespace)
     )
     try:
-        done, _ = await asyncio.wait([ready, task], timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([ready, task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()  # it failed to start: show why
-        yield await ready
+        if not ready.done():
+            raise TimeoutError(f"the concert did not start within {timeout:g} s")
+        yield ready.result()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await drop_namespace(namespace)
+
+
+@asynccontextmanager
+async def concert_on(
+    redis: RedisServer, tmp_path: Path, seconds: float = 120.0, autoplay: bool = False, **concert: Any
+) -> AsyncIterator[tuple[Concert, str]]:
+    """A local-chat concert on `redis` with its web side and no cooldowns; yields it and the web side's base
+    URL. `concert` overrides more `[concert]` settings.
+
+    By default the first piece plays all through the test, so requests stay queued.
+    """
+    port = free_port()
+    settings = load_settings(
+        paths={"data_dir": str(tmp_path / "data")},
+        sampling={"seconds": seconds},
+        concert={
+            "autoplay": autoplay,
+            "redis_url": redis.url,
+            "http_port": port,
+            "viewer_cooldown_seconds": 0.0,
+            "global_cooldown_seconds": 0.0,
+            "error_reply_seconds": 0.0,
+            **concert,
+        },
+        outputs={"device": "off"},
+    )
+    async with started(settings, f"web-{uuid.uuid4().hex[:6]}") as running:
+        yield running, f"http://127.0.0.1:{port}"
 
 
 def stray_keys(namespace: str, keys: list[str]) -> list[str]:

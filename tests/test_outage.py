@@ -12,17 +12,16 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from chat_rig import concert_on
 from redis_server import REDIS_SERVER, RedisServer
-from serving import free_port
 
-from bot.app import Concert, run_concert
+from bot.app import Concert
 from bot.chat import ChatMessage
-from config import load_settings
 
 pytestmark = [
     pytest.mark.anyio,
@@ -33,39 +32,6 @@ pytestmark = [
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@contextlib.asynccontextmanager
-async def concert_on(
-    redis: RedisServer, tmp_path: Path, seconds: float = 120.0, autoplay: bool = False
-) -> AsyncIterator[tuple[Concert, str]]:
-    """A local-chat concert on `redis` with its web side; yields it and the web side's base URL.
-
-    By default the first piece plays all through the test, so requests stay queued.
-    """
-    port = free_port()
-    settings = load_settings(
-        paths={"data_dir": str(tmp_path / "data")},
-        sampling={"seconds": seconds},
-        concert={
-            "autoplay": autoplay,
-            "redis_url": redis.url,
-            "http_port": port,
-            "viewer_cooldown_seconds": 0.0,
-            "global_cooldown_seconds": 0.0,
-            "error_reply_seconds": 0.0,
-        },
-        outputs={"device": "off"},
-    )
-    ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        run_concert(settings, None, sinks=[], started=ready.set_result, namespace=f"out-{uuid.uuid4().hex[:6]}")
-    )
-    try:
-        yield await asyncio.wait_for(ready, 60), f"http://127.0.0.1:{port}"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 UNAVAILABLE = "the queue is unavailable right now; try again in a minute"

@@ -8,22 +8,21 @@ Redis is killed, restarted, killed again in the middle of writing the journal, a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 
 import aiohttp
 import pytest
+from chat_rig import concert_on
 from prometheus_client import CollectorRegistry, generate_latest
 from redis_server import REDIS_SERVER, RedisServer
-from serving import free_port
 
-from bot.app import Concert, run_concert
+from bot.app import Concert
 from bot.chat import ChatMessage
 from bot.commands import CommandError
 from bot.journal import (
@@ -37,7 +36,6 @@ from bot.journal import (
     Written,
 )
 from bot.store import QueueLimits, SongRequest, StoreUnavailable, open_store
-from config import load_settings
 
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server program")
 
@@ -283,35 +281,6 @@ async def test_stopping_mid_outage_says_what_was_not_written(
 # The real concert
 
 
-@contextlib.asynccontextmanager
-async def concert_on(redis: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[Concert, str]]:
-    """A local-chat concert on `redis` whose first piece plays all through the test, so requests stay queued."""
-    port = free_port()
-    settings = load_settings(
-        paths={"data_dir": str(tmp_path / "data")},
-        sampling={"seconds": 120.0},
-        concert={
-            "autoplay": False,
-            "redis_url": redis.url,
-            "http_port": port,
-            "viewer_cooldown_seconds": 0.0,
-            "global_cooldown_seconds": 0.0,
-            "error_reply_seconds": 0.0,
-            "max_queue": 500,
-        },
-        outputs={"device": "off"},
-    )
-    ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        run_concert(settings, None, sinks=[], started=ready.set_result, namespace=f"jr-{uuid.uuid4().hex[:6]}")
-    )
-    try:
-        yield await asyncio.wait_for(ready, 60), f"http://127.0.0.1:{port}"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
 def line(login: str, text: str) -> ChatMessage:
     return ChatMessage(f"local:{login}", login, login, text, message_id=f"m-{uuid.uuid4().hex[:8]}")
 
@@ -340,7 +309,10 @@ async def test_commands_during_an_outage_are_answered_and_queued_in_order_once(
 ) -> None:
     caplog.set_level(logging.INFO)
     with RedisServer(tmp_path / "redis") as redis:
-        async with concert_on(redis, tmp_path) as (concert, base), aiohttp.ClientSession() as http:
+        async with (
+            concert_on(redis, tmp_path, max_queue=500) as (concert, base),
+            aiohttp.ClientSession() as http,
+        ):
             store, journal = concert.store, concert.commands.journal
             assert (await say(concert, "ann", "!compose bach violin"))[0].startswith("your bach")
             await until(lambda: concert.conductor.current is not None, what="playing")

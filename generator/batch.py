@@ -4,46 +4,153 @@ step (continuous batching, as text-generation servers do).
 A piece's tokens are exactly those `Composer.stream` samples for its request, whatever else is in the batch:
 each piece is sampled by the sampler's own steps (`Composer._begin`, `_next`, `_feed`, the loop `stream` runs:
 grammar, guards, voice leading, the plan and the piece's own seeded `torch.Generator`, all untouched), and only
-its forward passes are taken out of its hands: a step notes the tokens each piece wants logits for, one batched
-pass (`fastgpt.forward_rows`, bit for bit batch-1's arithmetic per row) answers them all, then each piece
-samples its next token (a steer that lands re-conditions the model on a new prefix in the middle of choosing:
-that one pass runs at once, batch-1's own, on the piece's cache). A piece with a critic (`request.critic` > 1)
-writes each bar several times inside `stream`; it runs `stream` itself on a thread of its own that parks at
-every forward pass and only ever runs while the scheduler waits for it (one piece at a time, in a fixed order,
-as deterministic as a loop). Not every piece so: under a busy CPU each hand-over between threads lets other
-programs in, which cost 0.5-3 ms a token (measured at a load of 9 on 2 cores; at a load of 3-4 they did not
-show), more than the forward pass saves.
+its forward passes are taken out of its hands: a step notes the tokens each row wants logits for, one batched
+pass (`fastgpt.forward_rows`, bit for bit batch-1's arithmetic per row) answers them all, then each row samples
+its next token (a steer that lands re-conditions the model on a new prefix in the middle of choosing: that one
+pass runs at once, batch-1's own, on the row's cache).
 
-The masks stay per piece (`Composer._choose`, tensors over the vocabulary): batching them as [B, vocab] tensors
+A piece with a critic (`request.critic` = K > 1) writes each bar K times from the same state and keeps the one
+the critic scores best, as `Composer._criticised` does one candidate after another; here the K candidates are
+K rows of the batch, stepped together, each on a copy of the piece's key/value cache taken where the bar
+starts and drawing from its own generator (seeded by piece, bar and candidate alone), so the bar chosen, and
+every byte of the piece, is the sequential critic's. A bar ends when its slowest candidate ends; the chosen
+one's cache becomes the piece's.
+
+The masks stay per row (`Composer._choose`, tensors over the vocabulary): batching them as [B, vocab] tensors
 needs a sampler written for rows, which this module leaves for a later change.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
 import torch
 
+from generator import critic
 from generator.fastgpt import CachePool, FastGPT2, forward_rows
-from generator.sampling import Composer, Composition, PieceRequest
+from generator.grammar import AT_BOUNDARY
+from generator.plan import form_profile
+from generator.sampling import BAR_STEPS, Composer, Composition, PieceRequest, _Run, candidate_seed, chosen_key
 from generator.steer import Steering
 
-POOL_SLOTS = 16  # pieces' caches allocated together (3 MB each for the shipped model)
+POOL_SLOTS = 16  # sequences' caches allocated together (3 MB each for the shipped model)
 
 
-class _Cancelled(BaseException):
-    """Raised inside a piece's own thread to unwind its `stream` when the piece leaves the batch early."""
+class _Row:
+    """One sequence of the batched pass: a piece's, or one of its critic's candidates for a bar."""
+
+    def __init__(self, cache: FastGPT2) -> None:
+        self.cache = cache
+        self.pending: list[int] | None = None  # tokens waiting for a forward pass
+        self.fresh = False  # the pending tokens start a new sequence (the prefix, or a slid window)
+        self.logits: torch.Tensor | None = None
+
+
+class _Candidate:
+    """Candidate k of a bar: its fork of the piece's sampling state, its generator, its row, its tokens."""
+
+    def __init__(self, run: _Run, row: _Row, seed: int, made: Any) -> None:
+        self.run = run
+        self.row = row
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.tokens: list[int] = []
+        self.done = False
+        self.made = made  # its own view of the steering's fitted copy (see `_Bar.step`)
+
+
+class _Bar:
+    """A bar being written K times: the candidates, and what the critic judges them against."""
+
+    def __init__(self, piece: BatchPiece, run: _Run, setup: critic.Setup) -> None:
+        request, bar = piece.request, setup.bar
+        self.start = run.decoder.time
+        self.end = (self.start // bar + 1) * bar
+        self.before = critic.context(run.notes, self.start, bar)
+        self.base = run
+        made = run.steering._made if run.steering is not None else None
+        self.candidates: list[_Candidate] = []
+        for k in range(request.critic):
+            # Candidate 0 writes on the piece's own cache; the others on copies of it as the bar starts.
+            row = piece.row if k == 0 else _Row(_copied(piece.row.cache, piece._take()))
+            fork = run.fork()
+            fork.cache = row.cache
+            seed = candidate_seed(request.seed, self.start // bar, k)
+            self.candidates.append(_Candidate(fork, row, seed, made))
+        # The others wait while candidate 0 only replays a returning section: if it ends the bar so, the
+        # sequential critic keeps it without writing the others (they would be the same).
+        self.alone = True
+
+    def rows(self) -> list[_Row]:
+        """The rows that want a forward pass in this step."""
+        live = self.candidates[:1] if self.alone else self.candidates
+        return [c.row for c in live if not c.done and c.row.pending is not None]
+
+    def step(self, piece: BatchPiece) -> None:
+        """Each candidate whose logits are in samples one token; those waiting on candidate 0 may start."""
+        for candidate in self.candidates[:1] if self.alone else self.candidates:
+            if not candidate.done and candidate.row.pending is None:
+                self._sample(piece, candidate)
+        if self.alone and self.candidates[0].run.sampled > self.base.sampled:
+            self.alone = False  # candidate 0 drew a token: the bar is the model's, write the others
+            for candidate in self.candidates[1:]:
+                self._sample(piece, candidate)
+
+    @property
+    def finished(self) -> bool:
+        first = self.candidates[0]
+        return first.done and (self.alone or all(c.done for c in self.candidates))
+
+    def chosen(self, setup: critic.Setup) -> _Candidate:
+        """The candidate the sequential critic keeps: the first of the highest scores; candidate 0 for a bar
+        only replayed. The steering is left as the last candidate the sequential loop ran left it."""
+        ran = self.candidates[:1] if self.alone else self.candidates
+        best, top = ran[0], None
+        for candidate in ran:
+            judged = critic.score(setup, self.before, candidate.run.notes[len(self.base.notes) :], self.start)
+            if top is None or judged.total > top:
+                best, top = candidate, judged.total
+        if self.base.steering is not None:
+            self.base.steering._made = ran[-1].made
+        return best
+
+    def _sample(self, piece: BatchPiece, candidate: _Candidate) -> None:
+        """One token of one candidate, as `Composer._criticised` draws it."""
+        run, steering = candidate.run, candidate.run.steering
+        run.logits = candidate.row.logits if candidate.row.logits is not None else run.logits
+        # The steering is shared by the candidates, as it is by the sequential critic's; the one thing a
+        # candidate changes in it mid-bar is the returning section it last fitted (`Steering.turn`), which
+        # the sequential loop sees for one candidate at a time: each candidate keeps its own.
+        if steering is not None:
+            steering._made = candidate.made
+        piece._current = candidate.row
+        try:
+            token = piece._draw(run, candidate.generator)
+            candidate.tokens.append(token)
+            if token == piece._eos:
+                candidate.done = True
+                return
+            piece._row._feed(run, token)
+            candidate.done = run.state.phase == AT_BOUNDARY and run.decoder.time >= self.end
+        finally:
+            candidate.row.logits = None
+            if steering is not None:
+                candidate.made = steering._made
 
 
 class BatchPiece:
     """One piece in the batch: its request, the tokens sampled so far, and whether it is finished."""
 
     def __init__(
-        self, request: PieceRequest, composer: Composer, cache: FastGPT2, steering: Steering | None = None
+        self,
+        request: PieceRequest,
+        composer: Composer,
+        cache: FastGPT2,
+        steering: Steering | None = None,
+        take: Callable[[], FastGPT2] | None = None,
     ) -> None:
         self.request = request
         self.steering = steering
@@ -52,54 +159,59 @@ class BatchPiece:
         self.error: BaseException | None = None  # what stopped its sampler, other than finishing
         self.done = False
         self.cancelled = False
-        self.cache = cache
-        self.pending: list[int] | None = None  # tokens waiting for a forward pass
-        self.fresh = False  # the pending tokens start a new sequence (the prefix, or a slid window)
-        self.logits: torch.Tensor | None = None
+        self.row = _Row(cache)  # the piece's own sequence; a critic's bar adds its candidates' beside it
+        self._current = self.row  # the row whose sampler is running now
+        self._take = take or composer.fast.fork  # another cache, for a critic's candidate
         self._row = _RowComposer(composer, self)
         self._eos = composer.vocab.eos
-        # A piece that samples token by token is stepped in this thread, through the sampler's own steps
-        # (`_begin`, `_next`, `_feed`: what `stream` runs). A critic's piece writes each bar several times
-        # inside `stream`, so it runs `stream` itself on a thread of its own, parked at each forward pass.
-        self._thread: threading.Thread | None = None
-        if request.critic > 1:
-            self._go = threading.Semaphore(0)  # scheduler -> piece: run until you next park
-            self._back = threading.Semaphore(0)  # piece -> scheduler: parked (or finished)
-            self._thread = threading.Thread(target=self._stream, daemon=True, name=f"piece-{request.seed}")
+        self._composer = composer
         self._run: Any = None
+        self._bar: _Bar | None = None
+        self._setup: critic.Setup | None = None
         self._sampling = False  # inside the sampler's `_next`, where logits must come at once
         self._generator = torch.Generator(device="cpu").manual_seed(request.seed)
+
+    @property
+    def cache(self) -> FastGPT2:
+        """The piece's own key/value cache."""
+        return self.row.cache
 
     @property
     def finished(self) -> bool:
         """True once it has sampled its EOS."""
         return self.done and self.error is None and not self.cancelled
 
+    def caches(self) -> list[FastGPT2]:
+        """Every cache it holds: its own and, in a critic's bar, its other candidates'."""
+        extra = [c.row.cache for c in self._bar.candidates[1:]] if self._bar is not None else []
+        return [self.row.cache, *extra]
+
+    def _rows(self) -> list[_Row]:
+        """The rows that want a forward pass in this step."""
+        if self._bar is not None:
+            return self._bar.rows()
+        return [self.row] if self.row.pending is not None else []
+
     def _start(self) -> None:
         """Run up to the first forward pass (its prefix)."""
-        if self._thread is not None:
-            self._thread.start()
-            self._resume()
-            return
         try:
             self._run = self._row._begin(self.request)
             self._run.steering = self.steering  # as `stream` sets it
+            if self.request.critic > 1:
+                self._setup = _critic_setup(self._composer, self._run, self.request)
         except Exception as exc:
             self._fail(exc)
 
     def _advance(self) -> None:
-        """With the logits in, sample one token and run up to the next forward pass (or the end)."""
-        if self._thread is not None:
-            self._resume()
-            return
-        run = self._run
-        run.logits = self.logits
+        """With the logits in, sample one token a row and run up to the next forward pass (or the end)."""
         try:
-            self._sampling = True
-            try:
-                token = self._row._next(run, self.request, self._generator)
-            finally:
-                self._sampling = False
+            if self.request.critic > 1:
+                self._advance_critic()
+                return
+            run = self._run
+            run.logits = self.row.logits
+            self.row.logits = None
+            token = self._draw(run, self._generator)
             self.tokens.append(token)
             if token == self._eos:
                 self.report.steered = run.guard.steered
@@ -109,10 +221,55 @@ class BatchPiece:
         except Exception as exc:
             self._fail(exc)
 
+    def _advance_critic(self) -> None:
+        """A critic's step: a bar begins once the piece's logits are in, its candidates step, and once the
+        last has ended, the critic's choice is the piece's."""
+        assert self._setup is not None
+        if self._bar is None:
+            run = self._run
+            run.logits = self.row.logits
+            self.row.logits = None
+            if run.steering is not None:  # before the candidates fork: each bar starts as the steers left it
+                with self._at_once():  # a steer landing re-conditions the model: that pass at once
+                    run.steering.turn(self._row, run, self.request, run.decoder.time, bar_start=True)
+            self._bar = _Bar(self, run, self._setup)
+        bar = self._bar
+        bar.step(self)
+        if not bar.finished:
+            return
+        chosen = bar.chosen(self._setup)
+        for candidate in bar.candidates[1:]:
+            if candidate.row is not chosen.row:
+                self._give(candidate.row.cache)
+        if chosen.row is not self.row:
+            self._give(self.row.cache)
+        self._bar = None
+        self.row, self._current, self._run = chosen.row, chosen.row, chosen.run
+        self.tokens += chosen.tokens
+        if chosen.tokens[-1] == self._eos:
+            self.report.steered = chosen.run.guard.steered
+            self.done = True
+
+    def _draw(self, run: _Run, generator: torch.Generator) -> int:
+        """The sampler's next token for `run` (the row now current), drawn from `generator`."""
+        with self._at_once():
+            return self._row._next(run, self.request, generator)
+
+    @contextlib.contextmanager
+    def _at_once(self) -> Iterator[None]:
+        """Within: the sampler is choosing, so a forward pass it asks for runs at once (`_ask`)."""
+        self._sampling = True
+        try:
+            yield
+        finally:
+            self._sampling = False
+
+    def _give(self, cache: FastGPT2) -> None:
+        if cache.pool is not None:
+            cache.pool[0].give(cache)
+
     def _cancel(self) -> None:
         self.cancelled = True
-        if self._thread is not None:
-            self._resume()
         self.done = True
 
     def _fail(self, exc: Exception) -> None:
@@ -121,47 +278,41 @@ class BatchPiece:
 
     def _ask(self, ids: list[int], fresh: bool) -> tuple[torch.Tensor, FastGPT2]:
         """The sampler wants logits after `ids`: note them for the next batched pass."""
-        if self._thread is None and self._sampling:
+        row = self._current
+        if self._sampling:
             # Wanted before the sampler can choose (a steer landing re-conditions the model on a new prefix):
-            # batch-1's pass at once, on the piece's own cache. Rare: once per steer.
+            # batch-1's pass at once, on the row's own cache. Rare: once per steer.
             if fresh:
-                self.cache.reset()
-            return self.cache.forward(ids).to("cpu"), self.cache
-        self.pending, self.fresh = ids, fresh
-        if self._thread is None:
-            return _LATER, self.cache  # `_advance` puts the real logits in before `_next` reads them
-        self._back.release()  # parked: the scheduler's `_resume` returns
-        self._go.acquire()
-        if self.cancelled:
-            raise _Cancelled
-        assert self.logits is not None
-        return self.logits, self.cache
-
-    def _stream(self) -> None:
-        """A threaded piece's whole life: `Composer.stream`, parking at every forward pass."""
-        self._go.acquire()
-        try:
-            for token in self._row.stream(self.request, self.report, self.steering):
-                self.tokens.append(token)
-        except _Cancelled:
-            pass
-        except Exception as exc:
-            self._fail(exc)
-        finally:
-            self.done = True
-            self._back.release()
-
-    def _resume(self) -> None:
-        """In the scheduler: let a threaded piece run until it parks again or finishes."""
-        self._go.release()
-        self._back.acquire()
-
-    def _join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+                row.cache.reset()
+            return row.cache.forward(ids).to("cpu"), row.cache
+        row.pending, row.fresh = ids, fresh
+        return _LATER, row.cache  # the logits are put in before `_next` reads them
 
 
 _LATER = torch.empty(0)  # stands for logits not computed yet
+
+
+def _copied(source: FastGPT2, into: FastGPT2) -> FastGPT2:
+    """`into` holding `source`'s cached keys and values, as `sampling._CacheState` puts them back."""
+    n = source.length
+    into.keys[:, :, :n] = source.keys[:, :, :n]
+    into.values[:, :, :n] = source.values[:, :, :n]
+    into.length = n
+    return into
+
+
+def _critic_setup(composer: Composer, run: _Run, request: PieceRequest) -> critic.Setup:
+    """What the critic knows of the piece before any note, as `Composer._criticised` sets it up."""
+    profile = form_profile(composer.loaded.card, request.style)
+    return critic.Setup(
+        run.plan,
+        chosen_key(composer.loaded, request.style, request.seed, request.key),
+        tuple(request.programs()),
+        critic.leap_share(profile),
+        run.plan.bar if run.plan is not None else BAR_STEPS,
+        critic.pitch_classes(profile),
+        critic.interval_shares(profile),
+    )
 
 
 class _RowComposer(Composer):
@@ -173,7 +324,7 @@ class _RowComposer(Composer):
 
     def _forward(self, ids: list[int], cache: FastGPT2 | None) -> tuple[torch.Tensor, FastGPT2]:
         # The sampler only ever continues the cache it was given back (or starts afresh with None).
-        assert cache is None or cache is self._piece.cache
+        assert cache is None or cache is self._piece._current.cache
         return self._piece._ask(list(ids), fresh=cache is None)
 
 
@@ -189,7 +340,7 @@ class BatchComposer:
     def __init__(self, composer: Composer) -> None:
         self.composer = composer
         self.live: list[BatchPiece] = []
-        self._pools: list[CachePool] = []  # the pieces' caches, POOL_SLOTS to a pool
+        self._pools: list[CachePool] = []  # the rows' caches, POOL_SLOTS to a pool
 
     def __enter__(self) -> BatchComposer:
         return self
@@ -206,12 +357,7 @@ class BatchComposer:
             request: the piece.
             steering: its steers (generator.steer), as `Composer.stream` takes them; None for none.
         """
-        cache = next((c for c in (p.take() for p in self._pools) if c is not None), None)
-        if cache is None:
-            self._pools.append(CachePool(self.composer.fast, POOL_SLOTS))
-            cache = self._pools[-1].take()
-            assert cache is not None
-        piece = BatchPiece(request, self.composer, cache, steering)
+        piece = BatchPiece(request, self.composer, self._take(), steering, self._take)
         piece._start()
         if piece.done:  # its sampler failed before its first forward pass
             self._release(piece)
@@ -233,9 +379,10 @@ class BatchComposer:
 
     @torch.inference_mode()
     def step(self) -> list[tuple[BatchPiece, int]]:
-        """One forward pass for the whole batch, then one token from each live piece: (piece, token) pairs.
+        """One forward pass for the whole batch, then one token from each live row: (piece, token) pairs.
 
-        A piece whose token is EOS, or whose sampler raised (then `piece.error` says what), leaves the batch.
+        A critic's piece gives a bar's tokens at once, when its last candidate has ended the bar. A piece whose
+        token is EOS, or whose sampler raised (then `piece.error` says what), leaves the batch.
         """
         self._forward()
         out = []
@@ -249,36 +396,51 @@ class BatchComposer:
             else:
                 staying.append(piece)
         self.live = staying
+        self._shrink()
         return out
 
     def _forward(self) -> None:
-        rows: list[BatchPiece] = []
-        for piece in self.live:
-            ids = piece.pending
+        rows: list[_Row] = []
+        for row in (r for piece in self.live for r in piece._rows()):
+            ids = row.pending
             assert ids is not None
-            if piece.fresh or len(ids) != 1:
+            if row.fresh or len(ids) != 1:
                 # A prefix or a slid window: batch-1's own pass, so its cache holds exactly batch-1's keys.
-                if piece.fresh:
-                    piece.cache.reset()
-                piece.logits = piece.cache.forward(ids).to("cpu")
+                if row.fresh:
+                    row.cache.reset()
+                row.logits = row.cache.forward(ids).to("cpu")
+                row.pending = None
             else:
-                rows.append(piece)
+                rows.append(row)
         if len(rows) == 1:  # batch-1's own pass: the same bits, without a batch's set-up
             rows[0].logits = rows[0].cache.forward(rows[0].pending or []).to("cpu")
         elif rows:
-            logits = forward_rows([p.cache for p in rows], [p.pending[0] for p in rows if p.pending]).to("cpu")
-            for i, piece in enumerate(rows):
-                piece.logits = logits[i]
-        for piece in self.live:
-            piece.pending = None
+            logits = forward_rows([r.cache for r in rows], [r.pending[0] for r in rows if r.pending]).to("cpu")
+            for i, row in enumerate(rows):
+                row.logits = logits[i]
+        for row in rows:
+            row.pending = None
+
+    def _take(self) -> FastGPT2:
+        """A free cache slot, in a new pool when every pool is full."""
+        cache = next((c for c in (p.take() for p in self._pools) if c is not None), None)
+        if cache is None:
+            self._pools.append(CachePool(self.composer.fast, POOL_SLOTS))
+            cache = self._pools[-1].take()
+            assert cache is not None
+        return cache
 
     def _release(self, piece: BatchPiece) -> None:
-        """A piece that has left: its thread (if any) ended, its cache's slot free for the next to join."""
-        piece._join()
-        if piece.cache.pool is not None:
-            pool = piece.cache.pool[0]
-            pool.give(piece.cache)
-            if pool.idle and len(self._pools) > 1:  # a rush has passed: give its memory back, keep one pool
+        """A piece that has left: its caches' slots free for the next to join."""
+        for cache in piece.caches():
+            piece._give(cache)
+        piece._bar = None
+        self._shrink()
+
+    def _shrink(self) -> None:
+        """A rush has passed: give an idle pool's memory back, keeping one."""
+        for pool in [p for p in self._pools if p.idle]:
+            if len(self._pools) > 1:
                 self._pools.remove(pool)
 
 

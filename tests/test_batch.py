@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generator.batch import POOL_SLOTS, BatchComposer, compose_together
+from generator.batch import POOL_SLOTS, BatchComposer, BatchPiece, compose_together
 from generator.fastgpt import CachePool, forward_rows
 from generator.instruments import INSTRUMENTS
 from generator.model import load_model
@@ -23,10 +24,10 @@ REQUESTS = [
     PieceRequest("folk", ("guitar", "violin"), 110.0, 6.0, seed=13, top_p=0.8, voice_leading=False),
     PieceRequest("scottish", ("piano",), 100.0, 4.0, seed=14, plan=False),
 ]
-# The critic writes each bar twice inside `stream`: such a piece runs on a parked thread of its own.
+# The critic writes each bar twice: its candidates are two rows of the batch.
 CRITIC = PieceRequest("irish", ("flute", "harp"), 120.0, 5.0, seed=17, critic=2)
 # Long enough for its window to slide past the model's context while the others step beside it.
-LONG = PieceRequest("classical", ("violin", "viola", "cello"), 100.0, 10.0, seed=28)
+LONG = PieceRequest("classical", ("violin", "viola", "cello"), 100.0, 14.0, seed=28)
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +96,14 @@ def test_pieces_leave_mid_flight_and_others_play_on(composer, alone):
     with BatchComposer(composer) as batch:
         first = batch.add(bach)
         gone = batch.add(folk)
-        judged = batch.add(CRITIC)  # on its thread, parked: leaving must end the thread too
+        judged = batch.add(CRITIC)  # two rows while it writes a bar: leaving must give back both caches
         heard: dict[int, list[int]] = {}
+        first_bar = None
         for step in range(200):
-            if step == 60:  # after its first bar, before its second
+            if first_bar is None and judged.tokens:
+                first_bar = step
+            if first_bar is not None and step == first_bar + 5:  # in its second bar, its candidates' rows live
+                assert len(judged.caches()) == CRITIC.critic
                 batch.cancel(judged)
             if step == 12:
                 batch.cancel(gone)  # a skipped piece
@@ -110,9 +115,10 @@ def test_pieces_leave_mid_flight_and_others_play_on(composer, alone):
             if not batch.live:
                 break
         assert not batch.live
+        assert all(pool.idle for pool in batch._pools)  # every row's cache given back, candidates' too
     assert gone.cancelled and not gone.finished and gone.tokens == alone[folk][:12]
     assert judged.cancelled and 0 < len(judged.tokens) < len(alone[CRITIC])  # a bar at a time
-    assert judged.tokens == alone[CRITIC][: len(judged.tokens)] and not judged._thread.is_alive()
+    assert judged.tokens == alone[CRITIC][: len(judged.tokens)]
     for piece, request in ((first, bach), (late, scottish), (other, irish)):
         assert piece.finished and piece.tokens == heard[id(piece)] == alone[request]
     assert id(gone) not in heard or heard[id(gone)] == gone.tokens
@@ -132,7 +138,7 @@ def test_steered_pieces_in_a_batch_are_steered_as_alone(composer, alone):
     with BatchComposer(composer) as batch:
         others = [batch.add(r) for r in REQUESTS[:2]]
         steered, replayed = batch.add(request, Steering()), batch.add(request, Steering(live.landed))
-        critic = batch.add(judged, Steering(live.landed))  # on its thread
+        critic = batch.add(judged, Steering(live.landed))  # its steers land before its candidates fork
         while batch.live:
             for piece, _ in batch.step():
                 for kind, arg in asks.get(len(piece.tokens), []) if piece is steered else []:
@@ -186,4 +192,84 @@ batches = st.lists(
 def test_any_batch_of_any_requests_leaves_every_piece_as_it_is_alone(composer, pieces):
     requests = [PieceRequest(s, tuple(names), 110.0, 3.0, seed) for s, names, seed, _ in pieces]
     got = compose_together(composer, requests, [at for *_, at in pieces])
+    assert got == [list(composer.stream(r)) for r in requests]
+
+
+# Critics of two and three candidates, one of them with returning sections (whose bars only replay), one with a
+# window that slides, beside pieces sampling token by token.
+JUDGED = [
+    PieceRequest("irish", ("flute", "harp"), 168.0, 20.0, seed=40, critic=2),  # sections 2 and 4 return
+    PieceRequest("bach", ("violin", "cello"), 90.0, 8.0, seed=21, critic=3),
+    PieceRequest("classical", ("violin", "viola", "cello"), 100.0, 14.0, seed=28, critic=2),
+    PieceRequest("palestrina", ("choir", "organ"), 90.0, 10.0, seed=7, critic=2, temperature=0.9),
+]
+
+
+@pytest.mark.parametrize("join_at", [[0, 0, 0, 0, 0, 0], [7, 0, 30, 2, 1, 11]])
+def test_a_critics_candidates_step_side_by_side_and_write_the_sequential_critics_piece(
+    composer: Composer, join_at: list[int]
+) -> None:
+    requests = [*JUDGED, *REQUESTS[:2]]
+    plan = composer.plan(JUDGED[0])
+    assert plan is not None and any(s.returns is not None for s in plan.sections)
+    with BatchComposer(composer) as batch:
+        pieces: dict[int, BatchPiece] = {}
+        steps = dict.fromkeys(range(len(requests)), 0)
+        rows = dict.fromkeys(range(len(requests)), 0)
+        widest = dict.fromkeys(range(len(requests)), 0)
+        for step in itertools.count():
+            pieces |= {i: batch.add(requests[i]) for i, at in enumerate(join_at) if at == step}
+            if not batch.live:
+                break
+            for i, piece in pieces.items():
+                if not piece.done:
+                    steps[i] += 1
+                    rows[i] += len(piece._rows())  # the tokens it has the model read in this step
+                    widest[i] = max(widest[i], len(piece._rows()))
+            batch.step()
+        assert all(pool.idle for pool in batch._pools)
+    for i, request in enumerate(requests):
+        assert pieces[i].finished and pieces[i].tokens == list(composer.stream(request)), request
+        assert widest[i] == request.critic  # every candidate of a bar in one forward pass
+        if request.critic > 1:
+            # Side by side, a bar takes as many steps as its longest candidate, not as all of them together.
+            assert steps[i] < 0.8 * rows[i], request
+    classical = pieces[2]
+    assert len(composer.prefix(JUDGED[2])) + len(classical.tokens) > composer.loaded.context  # its window slid
+
+
+def test_a_critics_piece_that_fails_in_a_bar_leaves_and_gives_its_caches_back(
+    composer: Composer, alone: dict[PieceRequest, list[int]]
+) -> None:
+    bach = REQUESTS[0]
+    broken = PieceRequest("irish", ("flute",), 120.0, 4.0, seed=16, temperature=0.0, critic=2)
+    with BatchComposer(composer) as batch:
+        good, bad = batch.add(bach), batch.add(broken)
+        while batch.live:
+            batch.step()
+        assert all(pool.idle for pool in batch._pools)
+    assert isinstance(bad.error, RuntimeError) and not bad.finished and bad.tokens == []
+    assert good.finished and good.tokens == alone[bach]
+
+
+judged_batches = st.lists(
+    st.tuples(
+        st.sampled_from(["bach", "irish", "classical", "folk", "scottish", "palestrina", "medieval"]),
+        st.lists(st.sampled_from([i.name for i in INSTRUMENTS]), min_size=1, max_size=3, unique=True),
+        st.integers(0, 2**31),
+        st.integers(0, 30),  # the step it joins at
+        st.integers(1, 3),  # candidates a bar
+    ),
+    min_size=2,
+    max_size=4,
+)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=judged_batches)
+def test_any_batch_of_critics_leaves_every_piece_as_the_sequential_critic_writes_it(
+    composer: Composer, pieces: list[tuple[str, list[str], int, int, int]]
+) -> None:
+    requests = [PieceRequest(s, tuple(names), 110.0, 3.0, seed, critic=k) for s, names, seed, _, k in pieces]
+    got = compose_together(composer, requests, [at for _, _, _, at, _ in pieces])
     assert got == [list(composer.stream(r)) for r in requests]

@@ -1,0 +1,567 @@
+"""Concurrent real-time concerts in one process: how many play with no underrun, one at a time against batched.
+
+    nice -n 10 python bench/bench_concerts.py [--sizes 8,16,32 | --search] [--seconds 60] [--critic 2,1]
+                                              [--paths alone,batched] [--hog [K]]
+
+Each concert is what `concertbot run` plays for one channel (bot.concert.player.LiveSession, built from the
+settings): back-to-back pieces of a mix of styles with their default instruments, its own FluidSynth synth and
+live engine in real time on its own play clock, and a WAV recording (a real file, written block by block). The
+generator streams each piece's events into the concert's feed just ahead of playback (the engine's look-ahead).
+"alone" is today's path: every concert samples its pieces with its own `Composer.stream`, as one process per
+channel would, here N of them in one process. "batched" feeds every concert from ONE generation loop
+(generator/batch.py, continuous batching): a piece joins the batch when its concert starts it, is stepped with
+all the others, and sits out the steps while its concert is far enough ahead, so the batch holds the pieces that
+need tokens now. An underrun is a block of a concert that was not ready when its clock needed it: the engine
+waited for the generator (`underruns`), or rendered the block after it was due (`late blocks`); a size passes
+with none of either in any concert. `--hog K` runs K busy processes beside it at the same priority.
+CPU is broken down by thread: the batch loop's forward passes (`forward_rows`) against the rest of its steps
+(prefixes, masks, sampling), the concerts' generation threads (sampling when alone, decoding events when
+batched), the engines' render threads and the file outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import psutil  # type: ignore[import-untyped]  # no stubs installed, as in the other benches
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import generator.batch
+from bot.concert.live import GenerationWorker, LivePiece
+from bot.concert.player import LiveSession
+from config import load_settings
+from config.settings import Settings
+from generator.batch import BatchComposer, BatchPiece
+from generator.fastgpt import FastGPT2, forward_rows
+from generator.model import LoadedModel, load_model
+from generator.recipes import make_request
+from generator.sampling import Composer, PieceRequest
+from generator.steer import Steering
+from generator.threads import use_torch_threads
+from synth.outputs import FileSink
+
+STYLES = ["bach", "classical", "irish", "palestrina", "folk", "scottish", "monteverdi", "josquin", "medieval"]
+HOLD_TOKENS = 32  # a piece sits out the batch's steps while this many of its tokens wait for its concert
+FLUSH_SECONDS = 0.05  # tokens go to the concerts' threads in chunks: one wake-up per chunk, not per token
+# A concert's piece: its source yields the tokens; `_sample` of the concert's worker asks for them.
+TokenSource = Callable[[PieceRequest, Steering | None], Iterator[int]]
+
+
+class _Job:
+    """One piece of one concert in the shared batch: its tokens on their way to the concert's thread."""
+
+    def __init__(self, request: PieceRequest, steering: Steering | None) -> None:
+        self.request = request
+        self.steering = steering
+        self.out: queue.SimpleQueue[list[int] | BaseException | None] = queue.SimpleQueue()
+        self.sent = 0  # tokens handed to the concert (written by the loop)
+        self.taken = 0  # tokens the concert has read (written by the concert's thread)
+        self.buffer: list[int] = []
+        self.left = False  # the concert no longer wants it (skipped, or the bench is over)
+        self.piece: BatchPiece | None = None
+
+
+class BatchLoop:
+    """One thread owns a BatchComposer and steps every concert's piece that needs tokens; a `TokenSource`."""
+
+    def __init__(self, composer: Composer, clock: Callable[[], float] = time.monotonic) -> None:
+        self.batch = BatchComposer(composer)
+        self.clock = clock
+        self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._jobs: list[_Job] = []
+        self.steps = 0
+        self.rows = 0  # pieces stepped, summed over steps: rows / steps is the mean batch
+        self.cpu = 0.0  # this thread's CPU seconds
+        self._thread = threading.Thread(target=self._run, name="batch", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def __call__(self, request: PieceRequest, steering: Steering | None) -> Iterator[int]:
+        """The piece's tokens as the batch samples them (called in the concert's own generation thread)."""
+        job = _Job(request, steering)
+        self._inbox.put(job)
+        self._wake.set()
+        try:
+            while (chunk := job.out.get()) is not None:
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                job.taken += len(chunk)
+                self._wake.set()  # it may have been held for us
+                yield from chunk
+        finally:
+            job.left = True  # done, skipped or cancelled: the loop drops it at its next step
+            self._wake.set()
+
+    def _run(self) -> None:
+        flushed = self.clock()
+        try:
+            while not self._stop.is_set():
+                self._admit()
+                wanted = [j for j in self._jobs if j.sent - j.taken < HOLD_TOKENS]
+                if not wanted:
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+                    continue
+                self._step([j.piece for j in wanted if j.piece is not None])
+                if (now := self.clock()) - flushed >= FLUSH_SECONDS:
+                    flushed = now
+                    for job in self._jobs:
+                        self._flush(job)
+        finally:
+            self.cpu = time.thread_time()
+            for job in self._jobs:
+                job.out.put(None)
+            self.batch.close()
+
+    def _admit(self) -> None:
+        while True:
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            job.piece = self.batch.add(job.request, job.steering)
+            self._jobs.append(job)
+            if job.piece.done:  # failed before its first token
+                self._end(job)
+        for job in [j for j in self._jobs if j.left]:
+            if job.piece is not None:
+                self.batch.cancel(job.piece)
+            self._jobs.remove(job)
+
+    def _step(self, pieces: list[BatchPiece]) -> None:
+        # BatchComposer steps all its live pieces; those held stay out of this step (their pending pass waits,
+        # and a piece's tokens never depend on what else is stepped with it).
+        held = [p for p in self.batch.live if p not in pieces]
+        self.batch.live = pieces
+        try:
+            out = self.batch.step()
+        finally:
+            self.batch.live = self.batch.live + held
+        self.steps += 1
+        self.rows += len(pieces)
+        by_piece = {id(j.piece): j for j in self._jobs}
+        for piece, token in out:
+            job = by_piece[id(piece)]
+            job.buffer.append(token)
+            job.sent += 1
+            if job.sent <= 8:  # a piece's opening goes at once: its concert waits for it to start
+                self._flush(job)
+        for job in [j for j in self._jobs if j.piece is not None and j.piece.done]:
+            self._end(job)
+
+    def _flush(self, job: _Job) -> None:
+        if job.buffer:
+            job.out.put(job.buffer)
+            job.buffer = []
+
+    def _end(self, job: _Job) -> None:
+        self._flush(job)
+        assert job.piece is not None
+        job.out.put(job.piece.error if job.piece.error is not None else None)
+        self._jobs.remove(job)
+
+
+class SourcedWorker(GenerationWorker):
+    """A concert's generation thread whose tokens come from `source` (the shared batch) instead of its own
+    sampler; decoding into events and the feed's look-ahead are the concert's own, as in `concertbot run`."""
+
+    def __init__(self, composer: Composer, source: TokenSource, lookahead_seconds: float) -> None:
+        self.source = source
+        super().__init__(composer, lookahead_seconds)
+
+    def _sample(self, request: PieceRequest) -> Iterator[int]:
+        return self.source(request, self._steering)
+
+
+@dataclass
+class Tally:
+    """How one concert went: plain numbers read from its engine and its recording."""
+
+    concert: int
+    pieces_started: int
+    pieces_failed: int
+    underruns: int
+    underrun_seconds: float
+    late_blocks: int
+    seconds_written: float
+    dropped_blocks: int
+    file_bytes: int
+
+
+@dataclass
+class Concert:
+    """One channel's concert: a LiveSession from the settings, recording to a WAV file, playing `requests`."""
+
+    number: int
+    settings: Settings
+    loaded: LoadedModel
+    path: Path
+    requests: Iterator[PieceRequest]
+    source: TokenSource | None = None  # None: the concert samples its own pieces (today's path)
+    session: LiveSession = field(init=False)
+    _pieces: list[LivePiece] = field(default_factory=list)
+    _late_at_start: int = 0
+    _dropped_at_start: int = 0
+
+    def __post_init__(self) -> None:
+        self.sink = FileSink(self.path)
+        self.session = LiveSession(self.settings, self.loaded, [self.sink])
+        if self.source is not None:
+            own = self.session.worker
+            own.close()
+            lookahead = self.settings.engine.lookahead_seconds
+            self.session.worker = SourcedWorker(own.composer, self.source, lookahead)
+
+    def keep_queued(self) -> None:
+        """Queue the next piece once nothing waits behind the one playing, as an autoplaying concert does."""
+        if self.session.engine.pending() == 0:
+            n = len(self._pieces)
+            self._pieces.append(self.session.request(f"c{self.number}p{n}", next(self.requests)))
+
+    def started(self, timeout: float = 5.0) -> None:
+        """Once the engine has rendered its first block, which it always counts late (due the moment it
+        starts), and its output is open: what is counted late or dropped is counted after that."""
+        engine, runner = self.session.engine, self.session.engine.runners[0]
+        deadline = time.monotonic() + timeout
+        while (engine.stats.frames == 0 or not runner.is_open) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        self._late_at_start = engine.stats.late_blocks
+        self._dropped_at_start = runner.stats.dropped_blocks  # an output opening drops the blocks before it
+
+    def tally(self) -> Tally:
+        stats = self.session.engine.stats
+        runner = self.session.engine.runners[0]
+        size = self.sink.current_path.stat().st_size if self.sink.current_path.exists() else 0
+        return Tally(
+            self.number,
+            stats.pieces,
+            sum(1 for p in self._pieces if p.error is not None),
+            stats.underruns,
+            stats.underrun_seconds,
+            stats.late_blocks - self._late_at_start,
+            runner.stats.written_frames / self.session.engine.rate,
+            runner.stats.dropped_blocks - self._dropped_at_start,
+            size,
+        )
+
+
+def concert_requests(loaded: LoadedModel, number: int, seconds: float, critic: int) -> Iterator[PieceRequest]:
+    """Concert `number`'s pieces: the styles in turn from its own starting point, default instruments."""
+    styles = [s for s in STYLES if s in loaded.vocab.styles]
+    for k in itertools.count():
+        style = styles[(number + k) % len(styles)]
+        yield make_request(loaded, style, seconds=seconds, seed=number * 1000 + k, critic=critic)
+
+
+def thread_kinds() -> dict[int, str]:
+    """This process's threads by native id, named for what they do."""
+    names = {"render": "render", "generator": "concerts' generation", "batch": "batch loop"}
+    out = {}
+    for t in threading.enumerate():
+        if t.native_id is not None:
+            kind = "file outputs" if t.name.startswith("sink ") else names.get(t.name, "other")
+            out[t.native_id] = kind
+    return out
+
+
+def thread_cpu(kinds: dict[int, str]) -> dict[str, float]:
+    """CPU seconds of this process's live threads so far, summed by kind."""
+    out: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        kind = kinds.get(t.id, "other")
+        out[kind] = out.get(kind, 0.0) + t.user_time + t.system_time
+    return out
+
+
+@dataclass
+class Played:
+    """What `play_concerts` measured: each concert's tally, CPU by kind of thread, the wall time, peak RSS."""
+
+    tallies: list[Tally]
+    cpu: dict[str, float]
+    wall: float
+    rss_mib: float
+    load: float  # the 1-minute load average at the end, this process's threads included
+
+
+def play_concerts(
+    concerts: Sequence[Concert],
+    seconds: float,
+    spread: float = 0.0,
+    poll: float = 0.25,
+    clock: Callable[[], float] = time.monotonic,
+) -> Played:
+    """Play every concert at once for `seconds` of the clock, keeping a piece queued behind each one playing.
+
+    The concerts' first pieces are asked for `spread` seconds apart in all, as channels start at different
+    times: N openings in one moment would measure a start-up burst, not what a deployment sustains.
+    """
+    proc = psutil.Process()
+    rss = 0.0
+    with contextlib.ExitStack() as stack:
+        for concert in concerts:
+            stack.enter_context(concert.session)
+            concert.started()
+        kinds = thread_kinds()
+        before, cpu0 = thread_cpu(kinds), time.process_time()
+        started = clock()
+        while (now := clock()) < started + seconds:
+            for i, concert in enumerate(concerts):
+                if now >= started + spread * i / len(concerts):
+                    concert.keep_queued()
+            rss = max(rss, proc.memory_info().rss / 2**20)
+            time.sleep(min(poll, max(0.0, started + seconds - now)))
+        # Read before the sessions close: their threads end with them.
+        after, cpu1 = thread_cpu(kinds), time.process_time()
+        wall = clock() - started
+    tallies = [c.tally() for c in concerts]  # once closed: the recordings hold every block written
+    cpu = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    cpu["process"] = cpu1 - cpu0
+    return Played(tallies, cpu, wall, rss, os.getloadavg()[0])
+
+
+class Hog:
+    """K busy processes at this process's priority, beside the concerts: another program saturating the CPU."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Self:
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.count)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+class ForwardTimer:
+    """Counts the CPU time of the batch's forward passes (generator.batch.forward_rows, wrapped in place)."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self._real = forward_rows
+
+    def __enter__(self) -> Self:
+        real = self._real
+
+        def timed(caches: Sequence[FastGPT2], tokens: Sequence[int]) -> torch.Tensor:
+            started = time.thread_time()
+            try:
+                return real(caches, tokens)
+            finally:
+                self.cpu += time.thread_time() - started
+
+        generator.batch.__dict__["forward_rows"] = timed  # looked up there at every step
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        generator.batch.__dict__["forward_rows"] = self._real
+
+
+@dataclass
+class Trial:
+    """One run: a path, a critic and a number of concerts, and how they went."""
+
+    path: str
+    critic: int
+    size: int
+    played: Played
+    forward_cpu: float = 0.0
+    steps: int = 0
+    rows: int = 0
+
+    @property
+    def missed(self) -> int:
+        return sum(t.underruns + t.late_blocks + t.dropped_blocks for t in self.played.tallies)
+
+    @property
+    def passed(self) -> bool:
+        return self.missed == 0 and not any(t.pieces_failed for t in self.played.tallies)
+
+
+def run_trial(
+    settings: Settings, loaded: LoadedModel, path: str, critic: int, size: int, args: argparse.Namespace
+) -> Trial:
+    """`size` concerts on `path` ("alone" or "batched") for `args.seconds`, recording into a scratch folder."""
+    folder = Path(tempfile.mkdtemp(prefix="concerts-", dir=args.out))
+    try:
+        with contextlib.ExitStack() as stack:
+            loop = timer = None
+            if path == "batched":
+                timer = stack.enter_context(ForwardTimer())
+                loop = stack.enter_context(BatchLoop(Composer(loaded)))
+            concerts = [
+                Concert(
+                    i,
+                    settings,
+                    loaded,
+                    folder / f"concert-{i}.wav",
+                    concert_requests(loaded, i, args.piece_seconds, critic),
+                    loop,
+                )
+                for i in range(size)
+            ]
+            played = play_concerts(concerts, args.seconds, args.spread)
+        trial = Trial(path, critic, size, played)
+        if loop is not None and timer is not None:
+            trial.forward_cpu, trial.steps, trial.rows = timer.cpu, loop.steps, loop.rows
+        return trial
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def search(try_size: Callable[[int], bool], start: int, limit: int) -> int:
+    """The largest size that passes: double from `start` until one fails, then bisect to within an eighth."""
+    good, bad = 0, limit + 1
+    size = start
+    while size <= limit and try_size(size):
+        good, size = size, size * 2
+    bad = min(size, bad)
+    while bad - good > max(1, good // 8):
+        mid = (good + bad) // 2
+        if try_size(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+KINDS = ["forward", "batch rest", "concerts' generation", "render", "file outputs", "other"]
+
+
+def row(trial: Trial) -> list[str]:
+    p = trial.played
+    t = p.tallies
+    cpu = dict(p.cpu)
+    if "batch loop" in cpu:  # the loop's forward passes against the rest of its steps
+        cpu["forward"] = trial.forward_cpu
+        cpu["batch rest"] = cpu.pop("batch loop") - trial.forward_cpu
+    share = [f"{100 * cpu.get(k, 0.0) / p.wall:.0f}" for k in KINDS]
+    under = sum(x.underruns for x in t)
+    late = sum(x.late_blocks for x in t)
+    dropped = sum(x.dropped_blocks for x in t)
+    hit = sum(1 for x in t if x.underruns or x.late_blocks or x.dropped_blocks)
+    written = sum(x.seconds_written for x in t) / max(1, len(t))
+    cells = [trial.path, str(trial.critic), str(trial.size), "yes" if trial.passed else "no"]
+    cells += [f"{under} ({sum(x.underrun_seconds for x in t):.1f} s)", str(late), str(dropped)]
+    cells += [f"{hit} of {len(t)}"]
+    cells += [str(sum(x.pieces_started for x in t)), str(sum(x.pieces_failed for x in t)), f"{written:.0f}"]
+    cells += [f"{trial.rows / trial.steps:.1f}" if trial.steps else "", f"{100 * cpu['process'] / p.wall:.0f}"]
+    cells += [" / ".join(share), f"{p.rss_mib:.0f}", f"{p.load:.1f}"]
+    return cells
+
+
+COLUMNS = [
+    "path",
+    "critic",
+    "concerts",
+    "0 underruns",
+    "underruns (held)",
+    "late blocks",
+    "blocks dropped",
+    "concerts hit",
+    "pieces",
+    "failed",
+    "s recorded each",
+    "mean batch",
+    "CPU % of a core",
+    "CPU %: forward / batch rest / concerts' generation / render / file outputs / other",
+    "peak RSS MiB",
+    "load",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="8,16", help="numbers of concerts to play, each on every path")
+    parser.add_argument("--search", action="store_true", help="find the largest number that passes instead")
+    parser.add_argument("--start", type=int, default=8, help="--search: the first size tried")
+    parser.add_argument("--limit", type=int, default=128, help="--search: the largest size tried")
+    parser.add_argument("--paths", default="alone,batched")
+    parser.add_argument("--critic", default="2,1", help="candidates per bar; concertbot.toml ships 2")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long every trial plays")
+    parser.add_argument("--spread", type=float, default=10.0, help="seconds over which the concerts start")
+    parser.add_argument("--piece-seconds", type=float, default=None, help="default: sampling.seconds (60)")
+    parser.add_argument("--hog", type=int, nargs="?", const=1, default=0, help="busy processes beside it")
+    parser.add_argument("--out", type=Path, default=None, help="where the recordings go (deleted after)")
+    parser.add_argument("--keep", action="store_true", help="keep the recordings")
+    args = parser.parse_args()
+    # An underrun is counted, not logged: hundreds of lines would bury the table.
+    logging.getLogger("synth.engine").setLevel(logging.ERROR)
+    settings = load_settings()
+    args.piece_seconds = args.piece_seconds or settings.sampling.seconds
+    threads = use_torch_threads("sample", settings.engine.torch_threads)  # as `concertbot run` samples
+    loaded = load_model(settings.paths.model_dir)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+    trials: list[Trial] = []
+    found: dict[tuple[str, int], int] = {}
+
+    def attempt(path: str, critic: int, size: int) -> bool:
+        trial = run_trial(settings, loaded, path, critic, size, args)
+        trials.append(trial)
+        print(" | ".join(row(trial)), flush=True)
+        return trial.passed
+
+    with Hog(args.hog):
+        for critic in [int(c) for c in args.critic.split(",")]:
+            for path in args.paths.split(",") if args.search else []:
+                found[path, critic] = search(functools.partial(attempt, path, critic), args.start, args.limit)
+            for size in [] if args.search else [int(s) for s in args.sizes.split(",")]:
+                for path in args.paths.split(","):
+                    attempt(path, critic, size)
+    load = os.getloadavg()
+    table = Table(
+        title=f"{loaded.version}, {threads} torch thread(s), {psutil.cpu_count()} cores, {args.seconds:g} s a "
+        f"trial of {args.piece_seconds:g} s pieces, starts spread over {args.spread:g} s, hog: {args.hog} busy "
+        f"process(es), load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+    )
+    for col in COLUMNS:
+        table.add_column(col, justify="left" if col == "path" else "right")
+    for trial in trials:
+        table.add_row(*row(trial))
+    Console(width=250).print(table)
+    print("| " + " | ".join(COLUMNS) + " |")  # the same, for the README
+    print("|---|" + "---:|" * (len(COLUMNS) - 1))
+    for trial in trials:
+        print("| " + " | ".join(row(trial)) + " |")
+    for (path, critic), size in found.items():
+        print(f"largest number of concerts with no underrun: {path}, critic {critic}: {size}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Many pieces at once: tokens per second against batch size, one at a time against batched (issue 15).
 
-    nice -n 10 python bench/bench_scale.py [--sizes 1,2,4,...,128] [--seconds 30] [--critic 1] [--device cpu]
+    nice -n 10 python bench/bench_scale.py [--sizes 1,2,4,...,128] [--seconds 30] [--critic 1,2] [--device cpu]
 
 For each batch size B, B pieces (a mix of styles and ensembles, each at its style's tempo) are kept live:
 when one ends, the next request takes its place, as concerts do. "one at a time" is today's path, one
@@ -12,6 +12,8 @@ Real time needs the mix's tokens per second of music, measured from the pieces t
 seconds of their notes); "x real time" is one piece's speed against that, and "real-time pieces" how many
 pieces the aggregate rate keeps in real time on one core (aggregate / need), generation alone (rendering and
 the outputs cost more). "same tokens": of the pieces both ways finished, how many have the very same tokens.
+Each `--critic` K (candidates written per bar, the best kept: a critic's tokens are the kept ones) runs every
+size; "batched vs critic 1" is its batched rate against critic 1's at the same size, in the same run.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from generator.model import LoadedModel, load_model
 from generator.recipes import style_defaults
 from generator.sampling import Composer, PieceRequest
 from generator.threads import use_torch_threads
+from generator.vocab import Vocab
 
 MIX = [
     ("bach", ("violin", "violin", "viola", "cello")),
@@ -44,7 +47,8 @@ MIX = [
 
 
 def requests(loaded: LoadedModel, args: argparse.Namespace) -> Iterator[PieceRequest]:
-    """An endless, fixed sequence of requests cycling through the mix with new seeds."""
+    """An endless, fixed sequence of requests cycling through the mix with new seeds, `args.critic` candidates
+    a bar."""
     mix = [(s, i) for s, i in MIX if s in loaded.vocab.styles]
     for seed in itertools.count():
         style, instruments = mix[seed % len(mix)]
@@ -55,7 +59,7 @@ def requests(loaded: LoadedModel, args: argparse.Namespace) -> Iterator[PieceReq
 class Tally:
     """Tokens counted in the measured rounds, and the music of every piece that finished."""
 
-    def __init__(self, vocab) -> None:
+    def __init__(self, vocab: Vocab) -> None:
         self.vocab = vocab
         self.tokens = 0
         self.piece_tokens = 0
@@ -127,7 +131,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="music per piece")
     parser.add_argument("--warmup", type=int, default=120, help="rounds before measuring")
     parser.add_argument("--tokens", type=int, default=1500, help="tokens measured per row, at least 12 rounds")
-    parser.add_argument("--critic", type=int, default=1, help="candidates per bar (concerts: sampling.critic)")
+    parser.add_argument("--critic", default="1", help="candidates per bar, a list (concerts: sampling.critic)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     threads = use_torch_threads("sample")
@@ -135,9 +139,11 @@ def main() -> None:
     where = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {threads} torch thread(s)"
     rows = []
     need_tally = Tally(loaded.vocab)
-    for size in [int(s) for s in args.sizes.split(",")]:
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for critic, size in itertools.product([int(k) for k in str(args.critic).split(",")], sizes):
+        args.critic = critic  # what `requests` asks for
         rounds = max(12, args.tokens // size)
-        row: dict[str, float] = {"size": size}
+        row: dict[str, float] = {"size": size, "critic": critic}
         finished = {}
         for name, run in (("alone", one_at_a_time), ("batched", batched)):
             tally = finished[name] = Tally(loaded.vocab)
@@ -151,25 +157,34 @@ def main() -> None:
         row["compared"] = len(both)
         row["same"] = sum(finished["alone"].pieces[s] == finished["batched"].pieces[s] for s in both)
         rows.append(row)
-        print(f"B={size}: {row['alone']:.0f} one at a time, {row['batched']:.0f} batched tok/CPU-s", flush=True)
+        print(
+            f"critic {critic}, B={size}: {row['alone']:.0f} one at a time, {row['batched']:.0f} batched",
+            "tok/CPU-s",
+            flush=True,
+        )
     if not need_tally.music_s:
         raise SystemExit("no piece finished: measure more rounds (--tokens) or shorter pieces (--seconds)")
     need = need_tally.piece_tokens / need_tally.music_s
     table = Table(
-        title=f"{loaded.version} on {where}, critic {args.critic}; the mix needs {need:.1f} tokens per second "
+        title=f"{loaded.version} on {where}; the mix needs {need:.1f} tokens per second "
         f"of music ({need_tally.piece_tokens} tokens of finished pieces)"
     )
-    columns = ["B", "one at a time tok/CPU-s", "batched tok/CPU-s", "speed-up", "per piece", "x real time"]
-    columns += ["real-time pieces, alone", "real-time pieces, batched", "mean context", "same tokens"]
+    columns = ["critic", "B", "one at a time tok/CPU-s", "batched tok/CPU-s", "speed-up", "per piece"]
+    columns += ["x real time"]
+    columns += ["real-time pieces, alone", "real-time pieces, batched", "batched vs critic 1", "mean context"]
+    columns += ["same tokens"]
+    plain = {r["size"]: r["batched"] for r in rows if r["critic"] == 1}
     for col in columns:
         table.add_column(col, justify="right")
     lines = []
     for r in rows:
         per = r["batched"] / r["size"]
         speedup = r["batched"] / r["alone"]
-        cells = [f"{r['size']:.0f}", f"{r['alone']:.0f}", f"{r['batched']:.0f}", f"{speedup:.2f}x"]
-        cells += [f"{per:.1f}", f"{per / need:.1f}x", f"{r['alone'] / need:.0f}", f"{r['batched'] / need:.0f}"]
-        cells += [f"{r['batched_context']:.0f}", f"{r['same']:.0f} of {r['compared']:.0f}"]
+        cells = [f"{r['critic']:.0f}", f"{r['size']:.0f}", f"{r['alone']:.0f}", f"{r['batched']:.0f}"]
+        cells += [f"{speedup:.2f}x", f"{per:.1f}", f"{per / need:.1f}x", f"{r['alone'] / need:.0f}"]
+        against = f"{r['batched'] / plain[r['size']]:.2f}x" if r["size"] in plain else "-"
+        cells += [f"{r['batched'] / need:.0f}", against, f"{r['batched_context']:.0f}"]
+        cells += [f"{r['same']:.0f} of {r['compared']:.0f}"]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     Console().print(table)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from generator import harmony, metrics
+from generator import density, harmony, metrics
 
 if TYPE_CHECKING:
     from generator.vocab import Vocab
@@ -292,7 +292,8 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
     "pitch_classes" ({"major"|"minor": 12 shares from the tonic up})
     "intervals" (shares of each melodic interval from -12 to +12 semitones, as metrics.interval_histogram
     measures them), "single_line" (programs whose notes rarely overlap their own next note) and "harmony"
-    (its chords and their moves in each mode, generator.harmony.learn_harmony, from the pieces with a key).
+    (its chords and their moves in each mode, generator.harmony.learn_harmony, from the pieces with a key) and
+    "density" (the most notes each instrument strikes at once and in a bar, generator.density.learn_density).
     """
     bars: Counter[int] = Counter()
     forms: Counter[tuple[int, tuple[tuple[int, bool], ...]]] = Counter()  # (bar, sections) -> pieces
@@ -303,6 +304,7 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
     intervals = np.zeros(2 * MAX_INTERVAL + 1)
     overlaps: dict[int, list[int]] = {}
     keyed: list[tuple[np.ndarray, int, int, int, bool]] = []  # for the style's harmony
+    textures: list[tuple[np.ndarray, int, int]] = []  # for its instruments' density limits
     for row, notes in zip(rows, notes_of, strict=True):
         pitched = notes[notes[:, 3] >= 0]
         if len(pitched) == 0:
@@ -313,6 +315,7 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
         pickup = (int(row.get("pickup") or 0) // TICKS_PER_STEP) % bar
         if row.get("key"):
             keyed.append((pitched, bar, pickup, tonic, minor))
+        textures.append((notes, bar, pickup))
         pcs["minor" if minor else "major"] += np.bincount((pitched[:, 1] - tonic) % 12, minlength=12)
         intervals += metrics.interval_counts(pitched, MAX_INTERVAL)
         sections = [(s // TICKS_PER_STEP, e // TICKS_PER_STEP, r) for s, e, r in row.get("sections") or []]
@@ -363,6 +366,7 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
         "single_line": sorted(p for p, (over, total) in overlaps.items() if over < SINGLE_LINE_OVERLAP * total),
         "programs": sorted(overlaps),
         "harmony": harmony.learn_harmony(keyed),
+        "density": density.learn_density(textures),
     }
 
 

@@ -18,11 +18,12 @@ import torch
 from config.errors import ConcertbotError
 from generator import critic
 from generator.decode import STEPS_PER_BEAT, Note, NoteDecoder, decode
+from generator.density import DensityLimits
 from generator.fastgpt import FastGPT2
 from generator.grammar import AFTER_PITCH, AFTER_PROGRAM, AT_BOUNDARY, Grammar, GrammarState
 from generator.instruments import DRUMS, PROGRAMS, find_instrument
 from generator.model import LoadedModel
-from generator.plan import Plan, draw_plan, form_profile, key_of
+from generator.plan import Plan, bar_steps, draw_plan, form_profile, key_of
 from generator.steer import Steering
 from generator.steering import PlanFollower, VocabTensors
 from generator.vocab import KIND_DURATION, KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT, Vocab
@@ -350,6 +351,11 @@ class Composer:
             planned = follow.boundary_mask(mask, time)
             mask = planned if bool(planned.any()) else mask
             scores = follow.program_bias(scores)
+        if state.phase == AT_BOUNDARY:
+            # An instrument that has struck its share at this onset or in this bar waits (generator.density).
+            full = voices.spent(time)
+            limited = mask & ~torch.isin(self.tensors.program_of, torch.tensor(full)) if full else mask
+            mask = limited if bool(limited.any()) else mask
         if state.phase == AFTER_PROGRAM and state.program is not None:
             banned = guard.banned_pitch(state.program)
             if banned is not None:
@@ -403,11 +409,15 @@ class Composer:
         return out
 
     def voice_leading(self, request: PieceRequest) -> VoiceLeading:
-        """The style's leaps and registers from the card; none for a card without them or a request without."""
-        styles = self.loaded.card.get("style_defaults", {})
-        learnt = styles.get(request.style, {}) if request.voice_leading else {}
+        """The style's leaps and registers from the card (none for a card without them or a request without),
+        and its instruments' density limits, in the bars of the piece's plan."""
+        card = self.loaded.card
+        learnt = card.get("style_defaults", {}).get(request.style, {}) if request.voice_leading else {}
         registers = {int(p): (low, high) for p, (low, high) in learnt.get("registers", {}).items()}
-        return VoiceLeading(learnt.get("leaps"), registers, self.pitch_of)
+        plan = self.plan(request)
+        bar = plan.bar if plan is not None else bar_steps(card, request.style)
+        density = DensityLimits.of(form_profile(card, request.style).get("density"), bar)
+        return VoiceLeading(learnt.get("leaps"), registers, self.pitch_of, density)
 
     def prefix(self, request: PieceRequest) -> list[int]:
         key = chosen_key(self.loaded, request.style, request.seed, request.key)

@@ -8,7 +8,8 @@ goes below middle C). The data says which leaps a style's voices take and what r
 in that style (kept in the model card with the style's other defaults); sampling then never offers a voice a
 pitch outside that register, nor one whose leap from its previous note that style's real voices (almost) never
 make. Leaps are measured as `metrics.interval_histogram` measures them: each program is a voice, and its melody
-is its highest note at each onset, so the notes of a chord are free among themselves.
+is its highest note at each onset, so the notes of a chord are free among themselves. It also keeps each
+instrument to the notes a style's real parts strike at once and in a bar (generator.density).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from generator import metrics
 from generator.decode import Note, decode, notes_array
+from generator.density import DensityLimits, spent
 from generator.instruments import DRUMS
 from generator.vocab import Vocab
 
@@ -72,6 +74,7 @@ class VoiceLeading:
         registers: per program, the lowest and highest pitch it plays in the style; a program not in it keeps
             its whole range.
         pitch_of: per token id, the MIDI pitch it stands for, or -1 for a token that is not a pitch.
+        density: the most notes each program may strike at one onset and in a bar; None for no limit.
     """
 
     def __init__(
@@ -79,8 +82,10 @@ class VoiceLeading:
         leaps: Sequence[int] | None,
         registers: Mapping[int, tuple[int, int]],
         pitch_of: torch.Tensor,
+        density: DensityLimits | None = None,
     ) -> None:
         self.pitch_of = pitch_of
+        self.density = density
         self.not_pitch = pitch_of < 0
         # Built once: `allowed` runs before every pitch sampled.
         self.in_register = {
@@ -96,23 +101,33 @@ class VoiceLeading:
         # program -> (latest onset, pitches it struck there): one key is not struck twice at once. The model,
         # left alone, could strike the same pitch on one instrument ten times at an onset, bar after bar (a
         # trumpet and piano piece at 154 BPM reached 358 notes in a bar, 155 of them one A).
-        self.struck: dict[int, tuple[int, set[int]]] = {}
+        # Frozen sets: a critic's candidate forks this dict (sampling._forked), and must leave the original be.
+        self.struck: dict[int, tuple[int, frozenset[int]]] = {}
+        self.in_bar: dict[int, tuple[int, int]] = {}  # program -> (bar of its latest note, notes in that bar)
 
     def on_note(self, note: Note) -> None:
-        at, pitches = self.struck.get(note.program, (-1, set()))
-        if at != note.start:
-            pitches = set()
-        pitches.add(note.pitch)
-        self.struck[note.program] = (note.start, pitches)
+        at, pitches = self.struck.get(note.program, (-1, frozenset()))
+        self.struck[note.program] = (note.start, (pitches if at == note.start else frozenset()) | {note.pitch})
+        if self.density is not None:
+            bar = note.start // self.density.bar
+            index, played = self.in_bar.get(note.program, (-1, 0))
+            self.in_bar[note.program] = (bar, played + 1 if index == bar else 1)
         onset, top, before = self.voices.get(note.program, (-1, -1, None))
         if note.start == onset:
             self.voices[note.program] = (onset, max(top, note.pitch), before)
         else:
             self.voices[note.program] = (note.start, note.pitch, top if onset >= 0 else None)
 
+    def spent(self, time: int) -> list[int]:
+        """Programs that may strike no more at `time`: their most notes at one onset, or their bar's share."""
+        if self.density is None:
+            return []
+        at_onset = {p: (at, len(pitches)) for p, (at, pitches) in self.struck.items()}
+        return spent(self.density, at_onset, self.in_bar, time)
+
     def allowed(self, program: int, time: int) -> torch.Tensor | None:
         """Token mask for the pitch of `program`'s next note, starting at `time`; None when anything goes."""
-        at, pitches = self.struck.get(program, (-1, set()))
+        at, pitches = self.struck.get(program, (-1, frozenset()))
         fresh = ~torch.isin(self.pitch_of, torch.tensor(sorted(pitches))) if at == time else None
         if program == DRUMS:
             return fresh

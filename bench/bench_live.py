@@ -20,7 +20,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from bot.player import LiveSession
+from bot.concert.player import LiveSession
 from config import load_settings
 from generator.decode import timed_messages
 from generator.model import load_model

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bot.concert_view import metre
-from bot.score import ScoreSpec, midi_notes, musicxml, svg_pages
+from bot.web.score import ScoreSpec, midi_notes, musicxml, svg_pages
 from generator.decode import midi_bytes, to_midi
 from generator.model import load_model
 from generator.recipes import style_defaults

@@ -179,7 +179,7 @@ ROWS: list[tuple[str, str]] = [
 def one_round(tree: Path, cold_caches: bool) -> dict[str, float]:
     figures = {
         "cli": wall(tree, "import bot.cli"),
-        "playing": wall(tree, "import bot.cli, bot.app, bot.player"),
+        "playing": wall(tree, "import bot.cli, bot.app, bot.concert.player"),
         "model": printed(tree, LOAD_MODEL),
     }
     return figures | concert_starts(tree, cold_caches)

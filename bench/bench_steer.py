@@ -19,7 +19,7 @@ from bench_live import NullSink
 from rich.console import Console
 from rich.table import Table
 
-from bot.player import LiveSession
+from bot.concert.player import LiveSession
 from config import load_settings
 from generator.decode import decode
 from generator.instruments import find_instrument

@@ -32,8 +32,8 @@ from rich.table import Table
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE))
 
-from bot.keys import Keys  # noqa: E402 (after the path is set, so the bench runs from a checkout)
-from bot.remote_generation import GROUP, GenerationClient, connect  # noqa: E402
+from bot.concert.remote import GROUP, GenerationClient, connect  # noqa: E402
+from bot.state.keys import Keys  # noqa: E402 (after the path is set, so the bench runs from a checkout)
 from generator.decode import STEPS_PER_BEAT  # noqa: E402
 from generator.model import load_model  # noqa: E402
 from generator.recipes import make_request  # noqa: E402
@@ -168,7 +168,7 @@ def kill_the_writer(client, keys, procs, out: str) -> tuple[str, float, int, flo
 
 def live_round(url, client, keys, procs, composer, at, seed, args) -> tuple:
     """One piece played in real time by a concert's LiveSession from remote workers, its writer killed."""
-    from bot.player import LiveSession
+    from bot.concert.player import LiveSession
     from config.settings import load_settings
 
     class Silence:

@@ -16,15 +16,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from bot.chat import ChatMessage
-from bot.chatbot import ChatCommands, Reply
+from bot.chat.handlers import ChatCommands, Reply
+from bot.chat.journal import JournalWriter, Written
+from bot.chat.message import ChatMessage
+from bot.chat.sendqueue import Importance, Sender, SendQueue
+from bot.concert.conductor import Conductor
+from bot.concert.player import LiveSession, build_sinks
 from bot.concert_view import LiveConcertView
-from bot.conductor import Conductor
-from bot.journal import JournalWriter, Written
-from bot.lock import data_folder_lock
-from bot.player import LiveSession, build_sinks
-from bot.sendqueue import Importance, Sender, SendQueue
-from bot.store import QueueLimits, Store, open_store
+from bot.state.lock import data_folder_lock
+from bot.state.store import QueueLimits, Store, open_store
 from config.errors import ConfigError
 from config.settings import Settings
 from config.twitch import TwitchSettings
@@ -126,7 +126,7 @@ async def _run_concert(
             concert = Concert(settings, store, session, conductor, commands, lambda r: speak(r))
             async with contextlib.AsyncExitStack() as stack:
                 if twitch is not None:
-                    from bot.twitch import TwitchChat
+                    from bot.chat.twitch import TwitchChat
 
                     async def on_message(msg: ChatMessage) -> None:
                         await concert.chat(msg)
@@ -184,8 +184,8 @@ async def _web(
     """The overlay, pages, API and metrics on `concert.http_host:http_port`, for as long as the concert runs."""
     from aiohttp import web
 
-    from bot.journal import JournalCollector
-    from bot.web import REGISTRY, make_app
+    from bot.chat.journal import JournalCollector
+    from bot.web.server import REGISTRY, make_app
 
     c = concert.settings.concert
     view = LiveConcertView(concert)

@@ -394,7 +394,7 @@ def play_cmd(
     import time
     from dataclasses import asdict
 
-    from bot.player import LiveSession, build_sinks
+    from bot.concert.player import LiveSession, build_sinks
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     settings = _settings()
@@ -449,8 +449,8 @@ def run_cmd(
     import signal
 
     from bot.app import run_concert, stdin_if_interactive
-    from bot.player import build_sinks
-    from bot.twitch_auth import run_settings
+    from bot.chat.twitch_auth import run_settings
+    from bot.concert.player import build_sinks
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every overlay poll is not news
@@ -668,7 +668,7 @@ def worker_cmd(
 
     import redis
 
-    from bot.worker import run_worker
+    from bot.concert.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings()

@@ -62,7 +62,7 @@ def login_cmd(
     ] = None,
 ) -> None:
     """Log the bot's account in with a code typed at twitch.tv/activate; the token is kept in a private file."""
-    from bot.twitch_auth import DeviceCode, device_login, save_token, token_path
+    from bot.chat.twitch_auth import DeviceCode, device_login, save_token, token_path
 
     data_dir, addresses = _setup()
     client_id = (client_id or os.environ.get("TWITCH_CLIENT_ID") or "").strip()
@@ -98,7 +98,7 @@ def login_cmd(
 @twitch_app.command("status")
 def status_cmd() -> None:
     """Who the bot's token belongs to, its scopes and expiry, and whether the bot moderates the channel."""
-    from bot.twitch_auth import LOGIN_AGAIN, inspect_token
+    from bot.chat.twitch_auth import LOGIN_AGAIN, inspect_token
 
     data_dir, addresses = _setup()
     report = _talk(lambda session: inspect_token(session, addresses.helix_url, addresses.id_url, data_dir))

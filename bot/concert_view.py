@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import mido
 
-from bot.chat import ChatMessage
-from bot.conductor import Slot, piece_request
-from bot.store import StoreUnavailable
-from bot.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
+from bot.chat.message import ChatMessage
+from bot.concert.conductor import Slot, piece_request
+from bot.state.store import StoreUnavailable
+from bot.web.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
 from generator.plan import Plan
 from synth.loudness import leveler_for
@@ -27,8 +27,8 @@ from synth.render import FluidSynthRenderer, write_wav
 
 if TYPE_CHECKING:
     from bot.app import Concert
-    from bot.conductor import Slot
-    from bot.store import PieceRecord
+    from bot.concert.conductor import Slot
+    from bot.state.store import PieceRecord
     from generator.decode import Note
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def metre(bar: int) -> str:
 
 
 class LiveConcertView:
-    """Implements `bot.view.ConcertView` for a running `Concert`."""
+    """Implements `bot.web.view.ConcertView` for a running `Concert`."""
 
     def __init__(self, concert: Concert) -> None:
         self.concert = concert

@@ -310,8 +310,8 @@ def check_redis(redis_url: str | None, data_dir: Path) -> Check:
 
 
 def _data_folder_owner(data_dir: Path) -> str | None:
-    """The pid in the data folder's lock while another concertbot holds it (bot.lock); None when it is free."""
-    from bot.lock import LOCK_NAME
+    """The pid in the data folder's lock while another concertbot holds it (bot.state.lock); None if free."""
+    from bot.state.lock import LOCK_NAME
 
     try:
         fd = os.open(data_dir / LOCK_NAME, os.O_RDONLY)
@@ -333,7 +333,7 @@ def check_twitch(twitch: TwitchSettings | None, timeout: float = 10.0) -> Check:
     """The bot's token validated at Twitch (`id_url` + oauth2/validate): its account and its scopes.
 
     The token is the one `concertbot run` would use: TWITCH_BOT_TOKEN, else the one `concertbot twitch login`
-    stored (`twitch.token_file`); bot.twitch_auth.run_settings makes that choice.
+    stored (`twitch.token_file`); bot.chat.twitch_auth.run_settings makes that choice.
     """
     name = "Twitch token"
     if twitch is None:

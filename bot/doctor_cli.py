@@ -25,7 +25,7 @@ def doctor_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as a JSON list.")] = False,
 ) -> None:
     """Check everything the concert needs before going live; exit status 1 when something would stop it."""
-    from bot.twitch_auth import run_settings
+    from bot.chat.twitch_auth import run_settings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

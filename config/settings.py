@@ -124,7 +124,7 @@ class Train(BaseModel):
 
 class Generation(BaseModel):
     # False samples in the concert's own process (the default). True sends each piece to `concertbot worker`s
-    # through the Redis at REDIS_URL (bot/remote_generation.py), which they share with other concerts.
+    # through the Redis at REDIS_URL (bot/concert/remote.py), which they share with other concerts.
     remote: bool = False
     namespace: str = "concertbot"  # the first part of the job streams' keys; workers and concerts must agree
     wait_seconds: float = Field(30.0, gt=0.0, le=3600.0)  # a remote piece fails after this long with no tokens

@@ -21,15 +21,15 @@ from redis_server import RedisServer
 from serving import free_port, listening
 
 from bot.app import Concert, run_concert
-from bot.chat import ChatMessage
-from bot.keys import Keys
+from bot.chat.message import ChatMessage
+from bot.state.keys import Keys
 from config import Settings, load_settings
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 HAS_REDIS = listening(6379)
 
-# The shapes of the key names `bot.keys.Keys` builds from seeds, weeks and tokens; with its fixed names, every
-# key the bot may make. A key outside them is one that viewer input built.
+# The shapes of the key names `bot.state.keys.Keys` builds from seeds, weeks and tokens; with its fixed names,
+# every key the bot may make. A key outside them is one that viewer input built.
 KEY_SHAPES = re.compile(
     r"(piece|played|votes):[0-9]{19}|board:week:[0-9]{4}-W[0-9]{2}|board:stream:(h[0-9a-f]{32}|[0-9]{1,20})"
 )
@@ -111,7 +111,7 @@ async def concert_on(
 
 
 def stray_keys(namespace: str, keys: list[str]) -> list[str]:
-    """The keys of `namespace` that `bot.keys.Keys` would never make."""
+    """The keys of `namespace` that `bot.state.keys.Keys` would never make."""
     fixed = {value for value in vars(Keys(namespace)).values() if isinstance(value, str) and ":" in value}
     prefix = namespace + ":"
     return [k for k in keys if k not in fixed and not KEY_SHAPES.fullmatch(k.removeprefix(prefix))]

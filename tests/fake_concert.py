@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import mido
 import numpy as np
 
-from bot.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
+from bot.web.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 
 WAV_RATE = 22050
 DRUM_CHANNEL = 9

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.commands import (
+from bot.chat.commands import (
     Command,
     CommandError,
     compose_args,
@@ -16,7 +16,7 @@ from bot.commands import (
     period_arg,
     seed_arg,
 )
-from bot.fairness import Cooldowns, RecentChatters
+from bot.chat.fairness import Cooldowns, RecentChatters
 
 
 @pytest.mark.parametrize(

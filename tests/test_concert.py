@@ -149,7 +149,7 @@ async def test_bad_input_gets_one_short_reply_and_the_concert_goes_on(fake: Fake
             ("kim", "!compose irish violin in H", "unknown key"),
         ]
         # A piece cut short before its tokens were saved, by a model that has been replaced since.
-        from bot.store import PieceRecord
+        from bot.state.store import PieceRecord
 
         await concert.store.save_piece(
             PieceRecord(555, "bach", ("violin",), 90.0, 30.0, 1.0, 0.95, "an-old-model")
@@ -232,7 +232,7 @@ async def test_moderators_steer_and_redemptions_jump_the_queue(fake: FakeTwitch,
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server program")
 async def test_the_concert_survives_its_redis_server_restarting(tmp_path: Path):
-    from bot.chat import ChatMessage
+    from bot.chat.message import ChatMessage
 
     port = free_port()
 
@@ -299,7 +299,7 @@ async def test_the_concert_survives_its_redis_server_restarting(tmp_path: Path):
 async def test_mistakes_are_answered_before_cooldowns_and_web_chat_needs_the_token(tmp_path: Path):
     import aiohttp
 
-    from bot.chat import ChatMessage
+    from bot.chat.message import ChatMessage
 
     port = free_port()
     settings = load_settings(

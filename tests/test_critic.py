@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from bot.conductor import piece_request
-from bot.live import GenerationWorker
-from bot.store import PieceRecord
+from bot.concert.conductor import piece_request
+from bot.concert.live import GenerationWorker
+from bot.state.store import PieceRecord
 from generator import critic
 from generator.decode import Note, NoteDecoder, notes_array
 from generator.form_metrics import ending, smallest_instrument_share

@@ -16,7 +16,7 @@ import pytest
 from fake_twitch import BOT_SCOPES, FakeTwitch
 
 from bot import doctor
-from bot.lock import data_folder_lock
+from bot.state.lock import data_folder_lock
 from synth import soundfonts
 from synth.soundfonts import SoundFont, find_soundfont, found_soundfonts
 
@@ -149,7 +149,7 @@ async def test_the_twitch_token_is_validated_at_the_fake_twitch():
 
 @pytest.mark.anyio
 async def test_a_stored_login_is_the_token_checked_when_twitch_bot_token_is_unset(tmp_path, monkeypatch):
-    from bot.twitch_auth import StoredToken, run_settings, save_token, token_path
+    from bot.chat.twitch_auth import StoredToken, run_settings, save_token, token_path
 
     for name in [k for k in os.environ if k.startswith("TWITCH_")]:
         monkeypatch.delenv(name)

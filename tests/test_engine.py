@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from bot.live import GenerationWorker
+from bot.concert.live import GenerationWorker
 from generator.decode import timed_messages
 from generator.events import piece_events
 from generator.model import load_model

@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 
 from bot.app import Concert, run_concert
 from bot.cli import app
-from bot.view import LiveNote
-from bot.web import make_app
+from bot.web.server import make_app
+from bot.web.view import LiveNote
 from config import UnknownNameError, load_settings
 from generator.corpus import midi_problem
 from generator.decode import decode

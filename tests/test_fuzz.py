@@ -21,9 +21,9 @@ import pytest
 from chat_rig import HAS_REDIS, namespace_keys, playing, running_concert, stray_keys
 from serving import free_port
 
-from bot.chat import ChatMessage
-from bot.commands import ALIASES, EVERYONE, MODERATORS, STEERS
-from bot.sendqueue import BIDI_CONTROLS, MAX_CHARS, SendQueue
+from bot.chat.commands import ALIASES, EVERYONE, MODERATORS, STEERS
+from bot.chat.message import ChatMessage
+from bot.chat.sendqueue import BIDI_CONTROLS, MAX_CHARS, SendQueue
 
 pytestmark = [
     pytest.mark.anyio,

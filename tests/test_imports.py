@@ -3,6 +3,11 @@
 generator/ never imports bot/ or synth/; synth/ never imports generator/ or bot/; config/ (settings and the one
 exception root, which all three use) imports none of them; and no shipped module imports a test module (a
 fixture or fake that works in tests would be missing from an installed bot).
+
+Inside bot/ the rooms point one way too: state/ (Redis, its keys and scripts) stands alone; concert/ (where
+generator and synth meet) uses state/; chat/ uses state/ and the conductor; web/ sees only state/ and its own
+view types, never the engine or the conductor. The modules at the top of bot/ (app, cli, concert_view, doctor)
+wire the rooms together, and no room imports them.
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ FORBIDDEN = {
     "generator": frozenset({"bot", "synth"}),
     "synth": frozenset({"generator", "bot"}),
     "config": frozenset({"bot", "generator", "synth"}),
+}
+# bot/'s rooms: what each may import from the others (its own room always).
+ROOMS = {
+    "state": frozenset(),
+    "concert": frozenset({"state"}),
+    "chat": frozenset({"state", "concert"}),
+    "web": frozenset({"state"}),
 }
 
 
@@ -69,6 +81,19 @@ def names_of_test_modules(root: Path) -> frozenset[str]:
     return frozenset(names | {"tests"})
 
 
+def crossing(module: str, imported: str) -> str:
+    """Why `module` may not import `imported` across bot/'s rooms; "" when it may."""
+    here, there = module.split("."), imported.split(".")
+    if len(here) < 3 or here[0] != "bot" or here[1] not in ROOMS or there[0] != "bot" or len(there) < 2:
+        return ""
+    room, target = here[1], there[1]
+    if target == room or target in ROOMS[room]:
+        return ""
+    if target in ROOMS:
+        return f"bot/{room}/ never imports bot/{target}/"
+    return f"bot/{room}/ never imports bot/'s top ({target})"
+
+
 def violations(root: Path, packages: tuple[str, ...] = SHIPPED) -> list[Violation]:
     """Every import in `root`'s `packages` that goes against the direction of the pipeline."""
     tests = names_of_test_modules(root)
@@ -82,6 +107,8 @@ def violations(root: Path, packages: tuple[str, ...] = SHIPPED) -> list[Violatio
                 rule = ""
                 if head in FORBIDDEN.get(top, ()):
                     rule = f"{top}/ never imports {head}/"
+                elif room_rule := crossing(module, name):
+                    rule = room_rule
                 elif head in tests:
                     rule = "no shipped module imports a test module"
                 if rule:
@@ -116,7 +143,7 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path: Path) -> None:
     # Allowed: the bot wires the other three together; everyone uses config; relative imports stay home.
     write(
         tmp_path,
-        "bot/conductor.py",
+        "bot/concert/conductor.py",
         "import generator.model",
         "from synth import engine",
         "from config import x",
@@ -124,14 +151,14 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path: Path) -> None:
     write(tmp_path, "synth/ok.py", "from config.errors import ConcertbotError", "from . import render")
     write(tmp_path, "generator/sub/near.py", "from .. import model", "from ..vocab import Vocab")
     # Each violation on its own line number, so that the report can be compared exactly.
-    write(tmp_path, "generator/model.py", "import os", "", "from bot.chat import ChatMessage")
+    write(tmp_path, "generator/model.py", "import os", "", "from bot.chat.message import ChatMessage")
     write(
         tmp_path,
         "generator/sub/lazy.py",
         "def f():",
         "    from synth import engine",
         "    import importlib",
-        "    importlib.import_module('bot.web')",
+        "    importlib.import_module('bot.web.server')",
     )
     write(
         tmp_path,
@@ -143,15 +170,38 @@ def test_the_checker_finds_each_kind_of_violation(tmp_path: Path) -> None:
     write(tmp_path, "synth/render.py", "from . import feed", "from bot import cli")
     write(tmp_path, "config/settings.py", "from synth.engine import Engine")
     write(tmp_path, "bot/app.py", "x = 1", "from fake_twitch import FakeTwitch", "import tests.fake_twitch")
+    # Rooms: chat may use the conductor and the store; the web side neither the conductor nor the top.
+    write(
+        tmp_path,
+        "bot/chat/handlers.py",
+        "from bot.concert.conductor import Conductor",
+        "from bot.state import store",
+    )
+    write(
+        tmp_path,
+        "bot/web/server.py",
+        "from bot.web.view import NowView",
+        "from bot.concert.conductor import Conductor",
+        "from bot import app",
+    )
+    write(
+        tmp_path,
+        "bot/state/store.py",
+        "from bot.state.keys import Keys",
+        "from bot.chat.message import ChatMessage",
+    )
 
     found = {(v.path, v.line, v.imported) for v in violations(tmp_path)}
     assert found == {
-        ("generator/model.py", 3, "bot.chat"),
+        ("generator/model.py", 3, "bot.chat.message"),
         ("generator/sub/lazy.py", 2, "synth"),
-        ("generator/sub/lazy.py", 4, "bot.web"),
+        ("generator/sub/lazy.py", 4, "bot.web.server"),
         ("synth/engine.py", 3, "generator"),
         ("synth/render.py", 2, "bot"),
         ("config/settings.py", 1, "synth.engine"),
         ("bot/app.py", 2, "fake_twitch"),
         ("bot/app.py", 3, "tests.fake_twitch"),
+        ("bot/web/server.py", 2, "bot.concert.conductor"),
+        ("bot/web/server.py", 3, "bot.app"),
+        ("bot/state/store.py", 2, "bot.chat.message"),
     }

@@ -16,8 +16,8 @@ from browser import find_chromium, launch_chromium
 from serving import free_port
 
 from bot.app import Concert, run_concert
+from bot.concert.conductor import piece_request
 from bot.concert_view import plan_summary
-from bot.conductor import piece_request
 from config import load_settings
 from generator.decode import decode
 

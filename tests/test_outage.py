@@ -21,7 +21,7 @@ from chat_rig import concert_on
 from redis_server import REDIS_SERVER, RedisServer
 
 from bot.app import Concert
-from bot.chat import ChatMessage
+from bot.chat.message import ChatMessage
 
 pytestmark = [
     pytest.mark.anyio,
@@ -133,9 +133,9 @@ async def test_api_pages_and_chat_say_unavailable_during_a_redis_outage(
             async with http.get(f"{base}/api/queue") as r:
                 assert r.status == 200 and [e["requester"] for e in await r.json()] == ["bob", "cat"]
 
-    web_log = records(caplog, "bot.web", logging.WARNING)
+    web_log = records(caplog, "bot.web.server", logging.WARNING)
     assert len(web_log) == len(paths) + 1 and all("not answering" in r.getMessage() for r in web_log)
-    chat_log = records(caplog, "bot.chatbot")
+    chat_log = records(caplog, "bot.chat.handlers")
     assert [r.levelno for r in chat_log] == [logging.WARNING, logging.INFO]  # once away, once back
     # Nothing logged a traceback: an outage is said once, where it is met.
     assert not [r for r in caplog.records if r.exc_info]
@@ -170,6 +170,6 @@ async def test_a_redis_outage_at_a_piece_boundary_leaves_no_dead_air(
                 assert time.monotonic() < deadline, "the piece played during the outage was never saved"
                 await asyncio.sleep(0.2)
 
-    conductor_log = records(caplog, "bot.conductor")
+    conductor_log = records(caplog, "bot.concert.conductor")
     assert not [r for r in conductor_log if r.exc_info], [r.getMessage() for r in conductor_log]
     assert [r.levelno for r in conductor_log if r.levelno >= logging.WARNING] == [logging.WARNING]

@@ -23,9 +23,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from redis_server import REDIS_SERVER, RedisServer
 
 from bot.app import Concert
-from bot.chat import ChatMessage
-from bot.commands import CommandError
-from bot.journal import (
+from bot.chat.commands import CommandError
+from bot.chat.journal import (
     FULL,
     NOTED,
     WAITING,
@@ -35,7 +34,8 @@ from bot.journal import (
     JournalWriter,
     Written,
 )
-from bot.store import QueueLimits, SongRequest, StoreUnavailable, open_store
+from bot.chat.message import ChatMessage
+from bot.state.store import QueueLimits, SongRequest, StoreUnavailable, open_store
 
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="needs the redis-server program")
 
@@ -104,7 +104,7 @@ def test_past_the_bound_a_command_is_dropped_with_a_plain_reply(caplog: pytest.L
     with pytest.raises(CommandError, match=re.escape(FULL)):
         journal.add_vote(1, "local:f", "s1", 0.0)
     assert (len(journal), journal.journalled, journal.dropped) == (3, 3, 3)
-    assert len([r for r in caplog.records if r.name == "bot.journal"]) == 1  # once, not per command
+    assert len([r for r in caplog.records if r.name == "bot.chat.journal"]) == 1  # once, not per command
 
     head = journal.first()
     assert head is not None
@@ -274,7 +274,7 @@ async def test_stopping_mid_outage_says_what_was_not_written(
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             redis.start()  # for open_store's own goodbye
-    said = [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records if r.name == "bot.journal"]
+    said = [(r.levelno, r.getMessage(), r.exc_info) for r in caplog.records if r.name == "bot.chat.journal"]
     assert said == [(logging.WARNING, "the concert stops with 2 commands of the outage never written", None)]
 
 
@@ -372,7 +372,7 @@ async def test_commands_during_an_outage_are_answered_and_queued_in_order_once(
             assert "in the queue" in concert.local_replies[-1]
 
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
-    journal_log = [r.getMessage() for r in caplog.records if r.name == "bot.journal"]
+    journal_log = [r.getMessage() for r in caplog.records if r.name == "bot.chat.journal"]
     assert journal_log == [f"Redis is back: {n - 1} commands kept during the outage are written"], journal_log
-    chat_log = [r.levelno for r in caplog.records if r.name == "bot.chatbot"]
+    chat_log = [r.levelno for r in caplog.records if r.name == "bot.chat.handlers"]
     assert chat_log == [logging.WARNING, logging.INFO]  # away once, back once: not a line per command

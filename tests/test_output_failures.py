@@ -25,7 +25,7 @@ from fake_concert import FakeConcert
 from serving import free_port, rtmp_listener, running
 from tones import BLOCK, RATE, tone
 
-from bot.web import make_app
+from bot.web.server import make_app
 from synth.ffmpeg import FfmpegPush
 from synth.outputs import FileSink, OutputStatus, SinkRunner
 

@@ -17,8 +17,8 @@ from fake_concert import FakeConcert
 from music21 import converter, stream
 from serving import running
 
-from bot.score import ScoreCache, ScoreSpec, _speller, build, heard_metre, midi_notes, musicxml, svg_pages
-from bot.web import make_app
+from bot.web.score import ScoreCache, ScoreSpec, _speller, build, heard_metre, midi_notes, musicxml, svg_pages
+from bot.web.server import make_app
 from generator.decode import STEPS_PER_BEAT, Note, midi_bytes, to_midi
 from generator.model import load_model
 from generator.recipes import style_defaults

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from chat_rig import HAS_REDIS, playing, running_concert, viewer
 
-from bot.sendqueue import MAX_CHARS, Importance, Outgoing, Sender, SendQueue
+from bot.chat.sendqueue import MAX_CHARS, Importance, Outgoing, Sender, SendQueue
 
 
 def drain(queue: SendQueue, start: float, until: float, step: float = 0.25) -> list[tuple[float, Outgoing]]:

@@ -52,7 +52,7 @@ def test_short_names_a_streamer_sets_by_hand(monkeypatch):
 
 
 def test_a_recording_named_in_the_environment_becomes_an_output(monkeypatch, tmp_path):
-    from bot.player import build_sinks
+    from bot.concert.player import build_sinks
 
     monkeypatch.setenv("CONCERTBOT_RECORD", str(tmp_path / "concert.wav"))
     sinks = build_sinks(load_settings(), device="off")

@@ -27,7 +27,7 @@ PLAY_UNTIL_FIRST_AUDIO = """
 import json, sys, time
 import numpy as np
 import bot.cli, bot.app
-from bot.player import LiveSession
+from bot.concert.player import LiveSession
 from config import load_settings
 from generator.model import load_model
 from generator.recipes import make_request

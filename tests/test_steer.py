@@ -14,10 +14,10 @@ from browser import find_chromium, launch_chromium
 from chat_rig import HAS_REDIS, REDIS_URL, drop_namespace, playing, running_concert, viewer
 from serving import free_port
 
-from bot.commands import Command, parse
+from bot.chat.commands import Command, parse
+from bot.concert.steer_votes import SteerRules, SteerVotes, VoteStatus
 from bot.concert_view import LiveConcertView
-from bot.steer_votes import SteerRules, SteerVotes, VoteStatus
-from bot.store import PieceRecord, open_store
+from bot.state.store import PieceRecord, open_store
 from config.errors import UnknownNameError
 from generator.decode import decode, midi_bytes, to_midi
 from generator.events import piece_events

@@ -26,9 +26,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from bot.embedded_redis import PIDFILE, socket_path
-from bot.keys import Keys, iso_week, token
-from bot.store import (
+from bot.state.embedded_redis import PIDFILE, socket_path
+from bot.state.keys import Keys, iso_week, token
+from bot.state.store import (
     BoardEntry,
     Flags,
     NowPlaying,
@@ -484,7 +484,7 @@ CHILD = textwrap.dedent(
     """
     import asyncio, sys, time
     from pathlib import Path
-    from bot.store import open_store, PieceRecord, SongRequest
+    from bot.state.store import open_store, PieceRecord, SongRequest
 
     async def main():
         async with open_store(None, Path(sys.argv[1]), "sigkill") as store:

@@ -17,7 +17,7 @@ import pytest
 from fake_twitch import FakeTwitch
 from serving import listening
 
-from bot.store import PieceRecord, Store, open_store
+from bot.state.store import PieceRecord, Store, open_store
 from generator import titles
 from generator.model import DEFAULT_MODEL_DIR
 from generator.styles import CORPUS_STYLES
@@ -224,7 +224,7 @@ async def test_the_overlay_shows_the_title_of_the_piece_playing() -> None:
     from fake_concert import FakeConcert
     from serving import running
 
-    from bot.web import make_app
+    from bot.web.server import make_app
 
     if find_chromium() is None:
         pytest.skip("no Chromium installed (apt-get install chromium)")

@@ -1,4 +1,4 @@
-"""The real twitchio client, through bot.twitch, against a fake Twitch that speaks Twitch's protocols."""
+"""The real twitchio client, through bot.chat.twitch, against a fake Twitch that speaks Twitch's protocols."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fake_twitch import REDEMPTION, FakeTwitch
 
-from bot.chat import ChatMessage
-from bot.sendqueue import Importance, Sender, SendQueue
-from bot.twitch import TwitchChat, TwitchError
+from bot.chat.message import ChatMessage
+from bot.chat.sendqueue import Importance, Sender, SendQueue
+from bot.chat.twitch import TwitchChat, TwitchError
 from config.errors import ConfigError
 from config.twitch import TwitchSettings, twitch_settings
 
@@ -164,7 +164,7 @@ async def test_without_the_broadcasters_token_redemptions_come_through_chat(
     fake: FakeTwitch, caplog: pytest.LogCaptureFixture
 ) -> None:
     inbox = Inbox()
-    with caplog.at_level(logging.WARNING, logger="bot.twitch"):
+    with caplog.at_level(logging.WARNING, logger="bot.chat.twitch"):
         async with joined(fake, inbox) as chat:
             assert not chat.redemptions
             assert "redemptions arrive only as chat lines" in caplog.text
@@ -184,7 +184,7 @@ async def test_a_failing_handler_is_logged_with_its_traceback_and_chat_goes_on(
         await fake.say("ada", "boom")
         await fake.say("ada", "after")
         assert [(await inbox.next()).text, (await inbox.next()).text] == ["boom", "after"]
-    failures = [r for r in caplog.records if r.name == "bot.twitch" and r.exc_info]
+    failures = [r for r in caplog.records if r.name == "bot.chat.twitch" and r.exc_info]
     assert len(failures) == 1 and "handler broke" in str(failures[0].exc_info[1])  # type: ignore[index]
 
 

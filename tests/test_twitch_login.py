@@ -1,5 +1,5 @@
 """`concertbot twitch login` / `twitch status` and the stored token: the real CLI against the fake Twitch over
-real HTTP, and the run path through the real twitchio client (bot.twitch) with the stored token."""
+real HTTP, and the run path through the real twitchio client (bot.chat.twitch) with the stored token."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from click.testing import Result
 from fake_twitch import FakeTwitch
 from typer.testing import CliRunner
 
-from bot.chat import ChatMessage
-from bot.cli import app
-from bot.twitch import TwitchChat
-from bot.twitch_auth import (
+from bot.chat.message import ChatMessage
+from bot.chat.twitch import TwitchChat
+from bot.chat.twitch_auth import (
     SLOW_DOWN_STEP,
     DeviceCode,
     Grant,
@@ -31,6 +30,7 @@ from bot.twitch_auth import (
     save_token,
     token_path,
 )
+from bot.cli import app
 from config.errors import ConfigError
 from config.twitch import LOGIN_SCOPES
 

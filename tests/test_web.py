@@ -29,11 +29,11 @@ from serving import running
 from tones import RATE, writing
 
 from bot.concert_view import metre, plan_summary
-from bot.view import LiveNote, NowView
-from bot.web import make_app
-from bot.web_data import parse_panels, parse_seed, seeds_as_text
-from bot.web_overlay import OUTBOX, OverlayClient, PlayClock
-from bot.web_pages import form_line
+from bot.web.data import parse_panels, parse_seed, seeds_as_text
+from bot.web.overlay import OUTBOX, OverlayClient, PlayClock
+from bot.web.pages import form_line
+from bot.web.server import make_app
+from bot.web.view import LiveNote, NowView
 from generator.plan import Phrase, Plan, Section, draw_plan
 from synth.http_audio import AudioBroadcast
 

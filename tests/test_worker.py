@@ -20,9 +20,9 @@ import pytest
 import redis
 from redis_server import RedisServer
 
-from bot.keys import Keys
-from bot.remote_generation import GROUP, GenerationClient, RemoteGenerationError, connect
-from bot.worker import Worker, _Writer
+from bot.concert.remote import GROUP, GenerationClient, RemoteGenerationError, connect
+from bot.concert.worker import Worker, _Writer
+from bot.state.keys import Keys
 from config.settings import load_settings
 from generator.model import load_model
 from generator.recipes import make_request
@@ -119,7 +119,7 @@ def test_a_batching_worker_samples_pieces_together_each_as_composer_stream_would
 
 
 def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, composer, caplog):
-    caplog.set_level(logging.INFO, logger="bot.worker")
+    caplog.set_level(logging.INFO, logger="bot.concert.worker")
     keys = Keys("t8")
     version = composer.loaded.version
     jobs = GenerationClient(client, keys, version, wait_seconds=60)
@@ -139,7 +139,7 @@ def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, 
         thread.join(timeout=30)
     assert got == list(composer.stream(request))
     assert worker.served[-1].outcome == "done" and worker.served[-1].resumed_at > 0
-    said = [r.getMessage() for r in caplog.records if r.name == "bot.worker"]
+    said = [r.getMessage() for r in caplog.records if r.name == "bot.concert.worker"]
     # The outage said once, and its end, however many seconds it lasted.
     assert sum("cannot reach Redis" in m for m in said) == 1
     assert sum("reaches Redis again" in m for m in said) == 1
@@ -257,7 +257,7 @@ def test_a_starting_worker_forgets_departed_workers_but_not_those_holding_a_job(
 
 
 def test_remote_generation_without_redis_url_is_a_config_error(composer):
-    from bot.remote_generation import remote_worker
+    from bot.concert.remote import remote_worker
     from config.errors import ConfigError
 
     settings = load_settings(generation={"remote": True}, concert={"redis_url": None})
@@ -343,7 +343,7 @@ def test_a_killed_workers_pieces_are_finished_by_another_with_the_same_tokens(
 
 
 def test_the_concert_plays_unchanged_with_remote_workers(server, client, composer):
-    from bot.player import LiveSession
+    from bot.concert.player import LiveSession
 
     settings = load_settings(
         concert={"redis_url": server.url},
@@ -368,7 +368,7 @@ def test_the_concert_plays_unchanged_with_remote_workers(server, client, compose
 
 
 def test_a_skipped_piece_stops_its_worker(server, client, composer):
-    from bot.player import LiveSession
+    from bot.concert.player import LiveSession
 
     settings = load_settings(
         concert={"redis_url": server.url},
@@ -394,7 +394,7 @@ def test_a_skipped_piece_stops_its_worker(server, client, composer):
 
 
 def test_a_piece_skipped_while_no_worker_answers_lets_the_concert_go_on(server, client, composer):
-    from bot.player import LiveSession
+    from bot.concert.player import LiveSession
 
     settings = load_settings(
         concert={"redis_url": server.url},

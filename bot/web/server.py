@@ -3,7 +3,7 @@
     app = make_app(view, admin_token=os.environ.get("CONCERTBOT_ADMIN_TOKEN"), broadcast=broadcast)
     runner = web.AppRunner(app)   # or web.run_app(app, host="127.0.0.1", port=8080)
 
-Everything is read through the `ConcertView` protocol (`bot.view`); the app holds no concert state itself.
+Everything is read through the `ConcertView` protocol (`bot.web.view`); the app holds no concert state itself.
 Routes:
 
     /  /overlay ?panels=now,queue,top,roll &period= &audio=1    the OBS browser source
@@ -27,10 +27,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bot import web_overlay, web_pages
-from bot.store import StoreUnavailable
-from bot.view import ConcertView
-from bot.web_data import (
+from bot.state.store import StoreUnavailable
+from bot.web import overlay, pages
+from bot.web.data import (
     WebInputError,
     board_json,
     now_json,
@@ -43,14 +42,15 @@ from bot.web_data import (
     queue_json,
     same_site,
 )
-from bot.web_pages import VIEW
+from bot.web.pages import VIEW
+from bot.web.view import ConcertView
 from synth.http_audio import AudioBroadcast
 from synth.http_audio import add_routes as add_audio_routes
 from synth.outputs import OutputStatus
 
 log = logging.getLogger(__name__)
 
-STATIC = web_overlay.STATIC
+STATIC = overlay.STATIC
 ADMIN_TOKEN = web.AppKey("admin_token", str)
 HOSTS: web.AppKey[tuple[str, ...]] = web.AppKey("hosts", tuple)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -95,12 +95,12 @@ def make_app(
         app[ADMIN_TOKEN] = admin_token
     app.on_response_prepare.append(security_headers)
 
-    hub = web_overlay.add_routes(app, view, has_audio=broadcast is not None, local_chat=local_chat)
+    hub = overlay.add_routes(app, view, has_audio=broadcast is not None, local_chat=local_chat)
     app[REGISTRY] = CollectorRegistry(auto_describe=True)  # one per app: two apps in a process never clash
     app[REGISTRY].register(ConcertCollector(view, hub))
     if outputs is not None:
         app[REGISTRY].register(OutputsCollector(outputs))
-    web_pages.add_routes(app, local_chat)
+    pages.add_routes(app, local_chat)
     app.router.add_get("/api/now", api_now)
     app.router.add_get("/api/queue", api_queue)
     app.router.add_get("/api/leaderboard", api_leaderboard)
@@ -130,8 +130,8 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
         if request.path.startswith("/api/"):
             return web.json_response({"error": reason}, status=exc.status, headers=_allow(exc))
         title = "Not found" if exc.status == 404 else "Method not allowed"
-        chat = request.app.get(web_pages.LOCAL_CHAT, False)
-        response = web_pages.error_page(exc.status, title, "There is nothing like that here.", chat)
+        chat = request.app.get(pages.LOCAL_CHAT, False)
+        response = pages.error_page(exc.status, title, "There is nothing like that here.", chat)
         response.headers.update(_allow(exc))
         return response
     except StoreUnavailable as exc:
@@ -140,7 +140,7 @@ async def error_pages(request: web.Request, handler: Handler) -> web.StreamRespo
         retry = {"Retry-After": "5"}
         if request.path.startswith("/api/"):
             return web.json_response({"error": UNAVAILABLE}, status=503, headers=retry)
-        response = web_pages.error_page(503, "Unavailable", "The concert's records cannot be read right now.")
+        response = pages.error_page(503, "Unavailable", "The concert's records cannot be read right now.")
         response.headers.update(retry)
         return response
 
@@ -255,7 +255,7 @@ async def api_chat(request: web.Request) -> web.Response:
 class ConcertCollector(Collector):
     """Reads `view.metrics()` at each scrape, so the numbers are never stale copies."""
 
-    def __init__(self, view: ConcertView, hub: web_overlay.OverlayHub) -> None:
+    def __init__(self, view: ConcertView, hub: overlay.OverlayHub) -> None:
         self._view = view
         self._hub = hub
 

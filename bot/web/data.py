@@ -1,6 +1,6 @@
 """The web's pure core: view dataclasses to JSON shapes, and the checks on what a browser sends.
 
-Nothing here does I/O; the handlers in `bot.web`, `bot.web_overlay` and `bot.web_pages` call these and
+Nothing here does I/O; the handlers in `bot.web.server`, `bot.web.overlay` and `bot.web.pages` call these and
 turn a `WebInputError` into a 400 (or a 404 for a seed).
 """
 
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from bot.view import BoardView, LiveNote, NowView, Period, PieceView, QueueView
+from bot.web.view import BoardView, LiveNote, NowView, Period, PieceView, QueueView
 
 PERIODS: tuple[Period, ...] = ("stream", "week", "all")
 PANELS = ("now", "queue", "top", "roll")

@@ -4,7 +4,7 @@ The device code flow (RFC 8628, as Twitch runs it) needs no web server and no cl
 hands out a code, the streamer types it at twitch.tv/activate while logged in as the bot's account, and
 `oauth2/token` is polled until Twitch gives the token or says why not. The token and its refresh token go into
 `<data>/twitch-token.json`, readable by its owner only; `concertbot run` reads it when the environment holds
-no TWITCH_BOT_TOKEN, and `bot.twitch` writes a renewed pair back to it.
+no TWITCH_BOT_TOKEN, and `bot.chat.twitch` writes a renewed pair back to it.
 
 No token is ever printed, logged or put in an error message: the dataclasses keep them out of their reprs,
 and Twitch's errors are reduced to its short reason.

@@ -11,8 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from bot.chat import ChatMessage
-from bot.commands import (
+from bot.chat.commands import (
     Command,
     CommandError,
     compose_args,
@@ -23,11 +22,12 @@ from bot.commands import (
     replay_arg,
     steer_arg,
 )
-from bot.conductor import Conductor
-from bot.fairness import Cooldowns, RecentChatters
-from bot.journal import NOTED, Journal, JournalledRequest, Written
-from bot.sendqueue import Importance
-from bot.store import QueueRefused, SongRequest, Store, StoreUnavailable, VoteOutcome
+from bot.chat.fairness import Cooldowns, RecentChatters
+from bot.chat.journal import NOTED, Journal, JournalledRequest, Written
+from bot.chat.message import ChatMessage
+from bot.chat.sendqueue import Importance
+from bot.concert.conductor import Conductor
+from bot.state.store import QueueRefused, SongRequest, Store, StoreUnavailable, VoteOutcome
 from config.errors import ConcertbotError
 from config.settings import Settings
 from generator.instruments import INSTRUMENTS
@@ -68,7 +68,7 @@ class ChatCommands:
         self.votes = 0
         self.requests_by_style: dict[str, int] = {}
         self._store_away = False  # Redis stopped answering: logged once, not at every command
-        # Requests and votes made while Redis is away wait here; bot.journal.JournalWriter writes them.
+        # Requests and votes made while Redis is away wait here; bot.chat.journal.JournalWriter writes them.
         self.journal = Journal(max_requests=c.max_queue)
 
     async def handle(self, msg: ChatMessage) -> list[Reply]:

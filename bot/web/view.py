@@ -2,7 +2,7 @@
 
 The conductor implements `ConcertView`; the web app (overlay, pages, API, metrics) only ever talks to this
 protocol, so it never touches Redis, the engine or the model directly. Any method that reads the concert's
-records may raise `bot.store.StoreUnavailable` while Redis does not answer.
+records may raise `bot.state.store.StoreUnavailable` while Redis does not answer.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from bot.live import GenerationWorker, LivePiece
+from bot.concert.live import GenerationWorker, LivePiece
 from config.settings import Settings
 from generator.model import LoadedModel
 from generator.sampling import Composer, PieceRequest
@@ -109,7 +109,7 @@ class LiveSession:
             on_event=self._on_event,
         )
         if settings.generation.remote:
-            from bot.remote_generation import remote_worker  # sampled by `concertbot worker`s over Redis
+            from bot.concert.remote import remote_worker  # sampled by `concertbot worker`s over Redis
 
             composer = Composer(loaded)
             self.worker: GenerationWorker = remote_worker(settings, composer, e.lookahead_seconds, clock)

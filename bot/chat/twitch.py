@@ -2,7 +2,7 @@
 
 An unmodified `twitchio.Client` does the talking; this module points it at the configured addresses, logs
 in with the app credentials and the bot's user token, finds the channel, subscribes to its chat (and, when
-the token allows, to channel-point redemptions) and turns what arrives into `bot.chat.ChatMessage`.
+the token allows, to channel-point redemptions) and turns what arrives into `bot.chat.message.ChatMessage`.
 twitchio reconnects and resubscribes by itself when the socket drops or Twitch asks it to move.
 
 Nothing twitchio-shaped leaves this module, and no secret reaches an error message: twitchio's own
@@ -23,8 +23,8 @@ from typing import Self
 
 import aiohttp
 
-from bot.chat import ChatMessage
-from bot.twitch_auth import renewed
+from bot.chat.message import ChatMessage
+from bot.chat.twitch_auth import renewed
 from config.errors import ConcertbotError, ConfigError
 from config.twitch import CHAT_SCOPES, TwitchSettings
 

@@ -75,7 +75,7 @@ class Keys:
         self.playing = prefix + "playing"  # hash: the now-playing record
         self.board_all = prefix + "board:all"  # zset: seed_part -> votes
         self.titles = prefix + "titles"  # hash: normalised title -> seed_part of the first piece so named
-        self.gen_jobs = prefix + "gen:jobs"  # stream: pieces for `concertbot worker`s (bot.remote_generation)
+        self.gen_jobs = prefix + "gen:jobs"  # stream: pieces for `concertbot worker`s (bot.concert.remote)
         self.journal_written = prefix + "journal:written"  # hash: outage-journal entry id -> request id
 
     def pattern(self) -> str:

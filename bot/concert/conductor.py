@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.live import LivePiece
-from bot.player import LiveSession
-from bot.steer_votes import OpenVote, SteerRules, SteerVotes, VoteStatus
-from bot.store import PieceRecord, SeedConflictError, SongRequest, Store, StoreUnavailable
+from bot.concert.live import LivePiece
+from bot.concert.player import LiveSession
+from bot.concert.steer_votes import OpenVote, SteerRules, SteerVotes, VoteStatus
+from bot.state.store import PieceRecord, SeedConflictError, SongRequest, Store, StoreUnavailable
 from config.errors import ConcertbotError
 from config.settings import Settings
 from generator.instruments import find_instrument

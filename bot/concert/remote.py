@@ -1,6 +1,6 @@
 """Pieces sampled by `concertbot worker` processes elsewhere, read back over Redis Streams.
 
-The protocol, shared with bot/worker.py (key names in bot.keys):
+The protocol, shared with bot/concert/worker.py (key names in bot.state.keys):
 - `gen:jobs`, a stream read by the consumer group `workers`: one entry per piece, {job, request, model}.
 - `gen:out:<job>`, the piece's own stream: entries {i, n, t, w}, `n` tokens packed in `t` starting at token
   index `i`, written by worker `w`; the last entry also has done=1, or error=<text> when the piece failed. Each
@@ -9,7 +9,7 @@ The protocol, shared with bot/worker.py (key names in bot.keys):
 - `gen:stop:<job>`, set by the concert when it no longer wants the piece (skipped, ended, given up on).
 
 `RemoteGenerationWorker` is the concert's generator with the sampling done remotely: the same `submit` and the
-same feeds as bot.live.GenerationWorker, and a replay still plays its stored tokens without asking anyone.
+same feeds as bot.concert.live.GenerationWorker, and a replay still plays its stored tokens, asking no one.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from bot.keys import Keys
-from bot.live import GenerationWorker, LivePiece
+from bot.concert.live import GenerationWorker, LivePiece
+from bot.state.keys import Keys
 from config.errors import ConcertbotError, ConfigError
 from config.settings import Settings
 from generator.sampling import Composer, PieceRequest
@@ -156,7 +156,7 @@ class GenerationClient:
 
 
 class RemoteGenerationWorker(GenerationWorker):
-    """bot.live.GenerationWorker whose pieces are sampled by `concertbot worker`s (generation.remote)."""
+    """A bot.concert.live.GenerationWorker whose pieces `concertbot worker`s sample (generation.remote)."""
 
     def __init__(
         self,

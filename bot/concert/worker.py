@@ -1,4 +1,4 @@
-"""`concertbot worker`: samples pieces for concerts that send them over Redis Streams (bot.remote_generation).
+"""`concertbot worker`: samples pieces for concerts that send them over Redis Streams (bot.concert.remote).
 
 Each worker is one consumer of the `workers` group on `gen:jobs`: it takes a job (XREADGROUP), streams the
 piece's tokens onto the job's own stream and acknowledges the job with its last tokens. Several workers, on any
@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import redis
 
-from bot.keys import Keys, job_part
-from bot.remote_generation import GROUP, connect, ensure_group, pack, request_from_json, unpack
+from bot.concert.remote import GROUP, connect, ensure_group, pack, request_from_json, unpack
+from bot.state.keys import Keys, job_part
 from generator.model import LoadedModel
 from generator.sampling import Composer, PieceRequest
 

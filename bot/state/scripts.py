@@ -1,6 +1,6 @@
 """The Lua scripts behind every multi-step update of the store; Redis runs each one atomically.
 
-Each script names the keys it touches in KEYS (built by `bot.keys`), never builds one itself. Request ids are
+Each script names the keys it touches in KEYS (built by `bot.state.keys`), never builds one. Request ids are
 16-digit zero-padded numbers, so that sorted-set members with equal scores fall in arrival order.
 """
 

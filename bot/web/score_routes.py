@@ -1,5 +1,5 @@
 """The score's two addresses: `/p/<seed>.musicxml` (the download MuseScore opens) and `/p/<seed>.svg` (the
-engraving the piece page shows). Both come from one `bot.score.ScoreCache` per app, built from the piece's
+engraving the piece page shows). Both come from one `bot.web.score.ScoreCache` per app, built from the piece's
 own MIDI off the event loop.
 """
 
@@ -10,8 +10,8 @@ import re
 
 from aiohttp import web
 
-from bot.score import MUSICXML_TYPE, Score, ScoreCache, ScoreSpec
-from bot.view import ConcertView, PieceView
+from bot.web.score import MUSICXML_TYPE, Score, ScoreCache, ScoreSpec
+from bot.web.view import ConcertView, PieceView
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from bot.store import StoreUnavailable
-from bot.view import ConcertEvent, ConcertView, NowView, Period
-from bot.web_data import (
+from bot.state.store import StoreUnavailable
+from bot.web.data import (
     WebInputError,
     board_json,
     notes_json,
@@ -34,6 +33,7 @@ from bot.web_data import (
     queue_json,
     seeds_as_text,
 )
+from bot.web.view import ConcertEvent, ConcertView, NowView, Period
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.view import BoardView, ConcertView, PieceView
-from bot.web_data import PERIODS, WebInputError, parse_period, parse_seed
-from bot.web_score import KINDS as SCORE_KINDS
-from bot.web_score import add_cache, score_response
+from bot.web.data import PERIODS, WebInputError, parse_period, parse_seed
+from bot.web.score_routes import KINDS as SCORE_KINDS
+from bot.web.score_routes import add_cache, score_response
+from bot.web.view import BoardView, ConcertView, PieceView
 
 VIEW = web.AppKey("concert_view", ConcertView)
 LOCAL_CHAT = web.AppKey("local_chat", bool)  # whether /chat is served: then every page links to it

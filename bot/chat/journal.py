@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bot.commands import CommandError
-from bot.store import QueueRefused, SongRequest, Store, StoreUnavailable, VoteOutcome
+from bot.chat.commands import CommandError
+from bot.state.store import QueueRefused, SongRequest, Store, StoreUnavailable, VoteOutcome
 
 log = logging.getLogger(__name__)
 

@@ -127,7 +127,7 @@ class GenerationWorker:
             piece.feed.put(batch.until, batch.events, batch.done)
 
     def _sample(self, request: PieceRequest) -> Iterator[int]:
-        """The piece's tokens as they are sampled; bot.remote_generation reads them from workers instead."""
+        """The piece's tokens as they are sampled; bot.concert.remote reads them from workers instead."""
         return self.composer.stream(request, steering=self._steering)
 
     def _timed(self, piece: LivePiece, tokens: Iterator[int]) -> Iterator[int]:

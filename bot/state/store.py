@@ -1,7 +1,7 @@
 """The bot's state in Redis: the request queue, what is playing, votes, leaderboards and every piece made.
 
 Plain dataclasses go in and come out; no Redis object leaves this module. Every multi-step update is one Lua
-script (`bot.store_scripts`) or one MULTI transaction, so a crash or a concurrent caller never sees half of one.
+script (`bot.state.scripts`) or one MULTI transaction, so a crash or a concurrent caller never sees half of one.
 The clock is always an argument (`now`, seconds since the epoch); the store never reads it.
 """
 
@@ -26,9 +26,9 @@ from redis.asyncio.connection import BlockingConnectionPool, UnixDomainSocketCon
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from bot import store_scripts as lua
-from bot.embedded_redis import FsyncPolicy, embedded_redis
-from bot.keys import DEFAULT_NAMESPACE, Keys, seed_part, token
+from bot.state import scripts as lua
+from bot.state.embedded_redis import FsyncPolicy, embedded_redis
+from bot.state.keys import DEFAULT_NAMESPACE, Keys, seed_part, token
 from config.errors import ConcertbotError
 from generator.steer import SteerEvent
 from generator.titles import normalised
@@ -347,7 +347,7 @@ class Store:
     async def enqueue_once(self, request: SongRequest, once: str) -> QueueEntry | None:
         """`enqueue`, but a request is queued at most once under the id `once` (kept a day): None when it was.
 
-        For requests written again after a lost reply (the outage journal, `bot.journal`).
+        For requests written again after a lost reply (the outage journal, `bot.chat.journal`).
 
         Raises:
             QueueRefused: as `enqueue`; a refused request is not marked, so it may be tried again.
@@ -498,8 +498,8 @@ class Store:
 
         Whether voting is still open is the caller's to decide (see `PlayWindow.voting_open`); the store only
         refuses pieces that never started playing, and counts each viewer once per piece. `seen_playing`: the
-        caller saw the piece play (a vote kept through a Redis outage, `bot.journal`), whose start Redis may
-        never have heard of; the store does not look for it.
+        caller saw the piece play (a vote kept through a Redis outage, `bot.chat.journal`), whose start Redis
+        may never have heard of; the store does not look for it.
         """
         k = self.keys
         script = self._vote_seen if seen_playing else self._vote

@@ -1,0 +1,1 @@
+"""The concert: the conductor, and the one place where the generator and the synth meet."""

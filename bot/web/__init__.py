@@ -1,0 +1,1 @@
+"""The web side: overlay, pages, JSON API and metrics, over plain view data (never the engine's internals)."""

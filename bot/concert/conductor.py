@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from bot.concert.live import LivePiece
 from bot.concert.player import LiveSession
@@ -34,6 +35,7 @@ from generator.titles import TitleError, TitleModel, titles_for
 from synth.engine import EngineEvent
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 LEAD_SECONDS = 8.0  # hand the next piece to the engine this long before the current one ends
 REPLAY_SHARE = 0.25  # share of autoplay pieces that are top-voted pieces played again
@@ -126,11 +128,9 @@ class Conductor:
             await self.start()
         while True:
             try:
-                try:
-                    event = await asyncio.wait_for(self._events.get(), timeout=0.25)
+                event = await next_event(self._events, 0.25)
+                if event is not None:
                     await self._on_event(event)
-                except TimeoutError:
-                    pass
                 await self._save_finished()
                 self._close_steer_votes()
                 if self.upcoming is None and self._time_for_next():
@@ -460,6 +460,21 @@ class Conductor:
         if self.upcoming is not None:
             first += self.upcoming.record.seconds + e.tail_seconds + e.gap_seconds
         return [first + i * per_piece for i in range(count)]
+
+
+async def next_event(events: asyncio.Queue[_T], seconds: float) -> _T | None:
+    """The next event on `events`, or None after `seconds`.
+
+    Not `asyncio.wait_for`: on Python 3.11 it returns the item and drops the cancel when the cancel and an item
+    arrive in the same turn of the loop (CPython gh-86296). The conductor waits here four times a second with
+    events pouring in, so after an hour or so a Ctrl-C met an event, the conductor played on and the bot
+    never stopped (the soak's hang; a test run that once played on for ten minutes).
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            return await events.get()
+    except TimeoutError:
+        return None
 
 
 def piece_request(record: PieceRecord) -> PieceRequest:

@@ -96,6 +96,16 @@ def learn_density(pieces: Iterable[tuple[np.ndarray, int, int]]) -> dict[str, An
     return {"programs": programs, "roles": roles, "texture": limits([TEXTURE] if TEXTURE in onsets else [])}
 
 
+def chordal_share(pieces: Iterable[tuple[np.ndarray, int, int]]) -> float | None:
+    """The mean over a style's pieces of their chordal-onset share (form_metrics.chordal_onset_share, as eval
+    measures it); None when no piece sounds three pitch classes at once."""
+    from generator.form_metrics import chordal_onset_share
+
+    shares = [chordal_onset_share(notes) for notes, _, _ in pieces if len(notes)]
+    found = [x for x in shares if not math.isnan(x)]
+    return round(float(np.mean(found)), 3) if found else None
+
+
 @dataclass(frozen=True)
 class DensityLimits:
     """Per program: the most notes it may strike at one onset and in one bar of `bar` steps.

@@ -367,6 +367,7 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
         "programs": sorted(overlaps),
         "harmony": harmony.learn_harmony(keyed),
         "density": density.learn_density(textures),
+        "chordal": density.chordal_share(textures),
     }
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from generator import density, harmony, metrics
+from generator import density, harmony, metrics, rhythm
 
 if TYPE_CHECKING:
     from generator.vocab import Vocab
@@ -293,7 +293,8 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
     "intervals" (shares of each melodic interval from -12 to +12 semitones, as metrics.interval_histogram
     measures them), "single_line" (programs whose notes rarely overlap their own next note) and "harmony"
     (its chords and their moves in each mode, generator.harmony.learn_harmony, from the pieces with a key) and
-    "density" (the most notes each instrument strikes at once and in a bar, generator.density.learn_density).
+    "density" (the most notes each instrument strikes at once and in a bar, generator.density.learn_density)
+    and "rhythm" (how often its parts rest and its lines step, generator.rhythm.learn_rhythm).
     """
     bars: Counter[int] = Counter()
     forms: Counter[tuple[int, tuple[tuple[int, bool], ...]]] = Counter()  # (bar, sections) -> pieces
@@ -305,6 +306,7 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
     overlaps: dict[int, list[int]] = {}
     keyed: list[tuple[np.ndarray, int, int, int, bool]] = []  # for the style's harmony
     textures: list[tuple[np.ndarray, int, int]] = []  # for its instruments' density limits
+    lines: list[np.ndarray] = []  # for its rhythm
     for row, notes in zip(rows, notes_of, strict=True):
         pitched = notes[notes[:, 3] >= 0]
         if len(pitched) == 0:
@@ -316,6 +318,7 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
         if row.get("key"):
             keyed.append((pitched, bar, pickup, tonic, minor))
         textures.append((notes, bar, pickup))
+        lines.append(pitched)
         pcs["minor" if minor else "major"] += np.bincount((pitched[:, 1] - tonic) % 12, minlength=12)
         intervals += metrics.interval_counts(pitched, MAX_INTERVAL)
         sections = [(s // TICKS_PER_STEP, e // TICKS_PER_STEP, r) for s, e, r in row.get("sections") or []]
@@ -368,6 +371,7 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
         "harmony": harmony.learn_harmony(keyed),
         "density": density.learn_density(textures),
         "chordal": density.chordal_share(textures),
+        "rhythm": rhythm.learn_rhythm(lines),
     }
 
 

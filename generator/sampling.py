@@ -24,6 +24,7 @@ from generator.grammar import AFTER_PITCH, AFTER_PROGRAM, AT_BOUNDARY, Grammar, 
 from generator.instruments import DRUMS, PROGRAMS, find_instrument
 from generator.model import LoadedModel
 from generator.plan import Plan, bar_steps, draw_plan, form_profile, key_of
+from generator.rhythm import RhythmFollower
 from generator.steer import Steering
 from generator.steering import PlanFollower, VocabTensors
 from generator.vocab import KIND_DURATION, KIND_PITCH, KIND_PROGRAM, KIND_TIMESHIFT, Vocab
@@ -187,11 +188,14 @@ class Composer:
         vocab = self.vocab
         prefix = self.prefix(request)
         plan = self.plan(request)
-        follow = None
+        follow: PlanFollower | None = None
+        rhythm: RhythmFollower | None = None
         if plan is not None:
             key = chosen_key(self.loaded, request.style, request.seed, request.key)
             profile = form_profile(self.loaded.card, request.style)
             follow = PlanFollower(plan, profile, key, request.programs(), self.tensors)
+            if profile.get("rhythm"):  # how the style's lines move in time (generator.rhythm)
+                rhythm = RhythmFollower(profile["rhythm"], request.programs(), self.tensors)
         run = _Run(
             grammar=Grammar(vocab, request.programs() if request.strict_instruments else PROGRAMS),
             decoder=NoteDecoder(vocab),
@@ -203,6 +207,7 @@ class Composer:
             prefix=prefix,
             window=list(prefix),
             starts={s.start * plan.bar for s in plan.sections} if plan is not None else set(),
+            rhythm=rhythm,
         )
         run.logits, run.cache = self._forward(run.window, None)
         return run
@@ -239,6 +244,7 @@ class Composer:
                 request,
                 at_end,
                 generator,
+                run.rhythm,
             )
             run.sampled += 1
         run.state = run.grammar.advance(run.state, token)
@@ -250,6 +256,8 @@ class Composer:
             run.voices.on_note(note)
             if follow is not None:
                 follow.on_note(note.start, note.pitch, note.duration, note.program)
+            if run.rhythm is not None:
+                run.rhythm.on_note(note.start, note.pitch, note.duration, note.program)
             run.notes.append(note)
         run.music.append(token)
         return token
@@ -334,6 +342,7 @@ class Composer:
         request: PieceRequest,
         at_end: bool,
         generator: torch.Generator,
+        rhythm: RhythmFollower | None = None,
     ) -> int:
         """Sample the next token under the grammar, the guards, voice leading and the plan."""
         time = decoder.time
@@ -351,6 +360,8 @@ class Composer:
             planned = follow.boundary_mask(mask, time)
             mask = planned if bool(planned.any()) else mask
             scores = follow.program_bias(scores)
+        if rhythm is not None and state.phase == AT_BOUNDARY:
+            mask, scores = rhythm.boundary(mask, scores, time)
         if state.phase == AT_BOUNDARY:
             # An instrument that has struck its share at this onset or in this bar waits (generator.density).
             full = voices.spent(time)
@@ -363,6 +374,8 @@ class Composer:
             if follow is not None:
                 mask = follow.pitch_mask(mask, state.program, time)
                 scores = follow.pitch_bias(scores, state.program, time)
+            if rhythm is not None:
+                scores = rhythm.pitch_bias(scores, state.program, time)
             leading = voices.allowed(state.program, time)
             # Only while it leaves a pitch to play: an instrument's range may hold no allowed leap.
             if leading is not None and bool((mask & leading & self.is_pitch).any()):
@@ -507,6 +520,7 @@ class _Run:
     logits: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # after the last token fed
     cache: Any = None  # the decoder holding the window's keys and values (FastGPT2, or a bench's own)
     steering: Steering | None = None  # shared by forks: steers land only where a bar starts, before forking
+    rhythm: RhythmFollower | None = None  # generator.rhythm's steer, for a card that learnt the style's rhythm
 
     def fork(self) -> _Run:
         """A copy whose followers and lists can move on without touching this one's (the model's cache is
@@ -517,6 +531,7 @@ class _Run:
             guard=_forked(self.guard),
             voices=_forked(self.voices),
             follow=_forked(self.follow) if self.follow is not None else None,
+            rhythm=_forked(self.rhythm) if self.rhythm is not None else None,
             window=list(self.window),
             music=list(self.music),
             notes=list(self.notes),

@@ -23,6 +23,7 @@ from generator.instruments import PROGRAMS
 from generator.model import load_model
 from generator.plan import STEPS_PER_BEAT, Phrase, Plan, Section, form_profile, key_of
 from generator.recipes import make_request
+from generator.rhythm import RhythmFollower
 from generator.sampling import (
     Composer,
     LoopGuard,
@@ -248,6 +249,12 @@ def _loop_before_the_critic(composer: Composer, request: PieceRequest) -> Iterat
         key = chosen_key(composer.loaded, request.style, request.seed, request.key)
         profile = form_profile(composer.loaded.card, request.style)
         follow = PlanFollower(plan, profile, key, request.programs(), composer.tensors)
+    # The rhythm steer came after the critic: a card without "rhythm" leaves it out, as before.
+    rhythm = (
+        RhythmFollower(profile["rhythm"], request.programs(), composer.tensors)
+        if plan and profile.get("rhythm")
+        else None
+    )
     target = request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT
     context = composer.loaded.context
     window = list(prefix)
@@ -270,7 +277,7 @@ def _loop_before_the_critic(composer: Composer, request: PieceRequest) -> Iterat
             token = replay.pop(0)
         else:
             token = composer._choose(
-                logits, state, grammar, decoder, guard, voices, follow, request, at_end, generator
+                logits, state, grammar, decoder, guard, voices, follow, request, at_end, generator, rhythm
             )
         state = grammar.advance(state, token)
         note = decoder.feed(token)
@@ -281,6 +288,8 @@ def _loop_before_the_critic(composer: Composer, request: PieceRequest) -> Iterat
             voices.on_note(note)
             if follow is not None:
                 follow.on_note(note.start, note.pitch, note.duration, note.program)
+            if rhythm is not None:
+                rhythm.on_note(note.start, note.pitch, note.duration, note.program)
         music.append(token)
         yield token
         window.append(token)

@@ -23,12 +23,13 @@ from bot.chat.sendqueue import Importance, Sender, SendQueue
 from bot.concert.conductor import Conductor
 from bot.concert.player import LiveSession, build_sinks
 from bot.concert_view import LiveConcertView
+from bot.state.embedded_redis import embedded_redis
 from bot.state.lock import data_folder_lock
 from bot.state.store import QueueLimits, Store, open_store
 from config.errors import ConfigError
-from config.settings import Settings
+from config.settings import ChannelPlan, Settings, channel_plans
 from config.twitch import TwitchSettings
-from generator.model import load_model
+from generator.model import LoadedModel, load_model
 from synth.sinks import AudioSink
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Concert:
     conductor: Conductor
     commands: ChatCommands
     say: Callable[[Reply], None]
+    channel: str = "default"
+    twitch: TwitchSettings | None = None  # the Twitch chat it reads; None: local chat
     local_replies: list[str] = field(default_factory=list)
 
     async def chat(self, msg: ChatMessage) -> list[Reply]:
@@ -63,118 +66,154 @@ async def run_concert(
     seconds: float | None = None,
     started: Callable[[Concert], Awaitable[None] | None] | None = None,
     namespace: str = "concertbot",
+    channels_started: Callable[[dict[str, Concert]], Awaitable[None] | None] | None = None,
 ) -> None:
-    """Run the concert until cancelled, or for `seconds`.
+    """Run the concert of every channel the settings name until cancelled, or for `seconds`.
 
     Args:
-        settings: everything configurable.
+        settings: everything configurable; `[[channels]]` in it makes several concerts (see
+            `config.settings.channel_plans`), each with its own queue, leaderboard, engine, outputs and web
+            side, sharing one loaded model and one Redis.
         twitch: Twitch credentials, or None for local chat (typed into `local_input`, one line per message,
-            "name: text" to speak as a viewer, plain text to speak as the streamer).
-        local_input: where local chat comes from; None reads nothing.
-        sinks: outputs to use instead of those the settings name.
+            "name: text" to speak as a viewer, plain text to speak as the streamer). With `[[channels]]`, a
+            channel reads the Twitch chat of its `twitch_channel`, and one without it local (web) chat only.
+        local_input: where local chat comes from (the first channel's); None reads nothing.
+        sinks: outputs to use instead of those the first channel's settings name.
         seconds: stop after this long (demos and tests); None runs until cancelled.
-        started: called with the running Concert once everything is up.
+        started: called with the first channel's running Concert once every channel is up.
         namespace: the first part of every Redis key, so that several bots can share one server.
+        channels_started: called with every running Concert by channel name once every channel is up.
     """
+    plans = channel_plans(settings, namespace, twitch.channel if twitch is not None else None)
     c = settings.concert
     redis_url = c.redis_url.get_secret_value() if c.redis_url else None
     with contextlib.ExitStack() as claimed:
         # What another program can hold is claimed first, so that nothing plays or starts before it fails.
         if redis_url is None:
             claimed.enter_context(data_folder_lock(settings.paths.data_dir))
-        listener = claimed.enter_context(listen(c.http_host, c.http_port)) if c.http_port else None
-        await _run_concert(
-            settings, twitch, redis_url, listener, local_input, sinks, seconds, started, namespace
-        )
+        listeners: dict[str, socket.socket | None] = {}
+        for plan in plans:
+            pc = plan.settings.concert
+            listeners[plan.name] = (
+                claimed.enter_context(listen(pc.http_host, pc.http_port)) if pc.http_port else None
+            )
+        async with contextlib.AsyncExitStack() as stack:
+            if redis_url is None and len(plans) > 1:
+                # One embedded server for every channel; a single channel opens its own as it always did.
+                path = await stack.enter_async_context(embedded_redis(settings.paths.data_dir / "redis"))
+                redis_url = f"unix://{path}"
+            loaded = load_model(settings.paths.model_dir)  # once: every channel samples from the same weights
+            concerts: dict[str, Concert] = {}
+            tasks: list[asyncio.Task[None]] = []
+            conductors: list[asyncio.Task[None]] = []
+            try:
+                for i, plan in enumerate(plans):
+                    chat = twitch.model_copy(update={"channel": plan.twitch_channel}) if twitch else None
+                    concert, more = await _open_channel(
+                        stack,
+                        plan,
+                        loaded,
+                        redis_url,
+                        listeners[plan.name],
+                        chat if plan.twitch_channel else None,
+                        sinks if i == 0 else None,
+                    )
+                    concerts[plan.name] = concert
+                    conductors.append(more[0])
+                    tasks += more
+                first = concerts[plans[0].name]
+                if first.twitch is None and local_input is not None:
+                    tasks.append(asyncio.create_task(_read_local_chat(local_input, first), name="local chat"))
+                if started is not None and asyncio.iscoroutine(result := started(first)):
+                    await result
+                if channels_started is not None and asyncio.iscoroutine(result := channels_started(concerts)):
+                    await result
+                done, _ = await asyncio.wait(conductors, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a conductor only ends by failing: let that be seen
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _run_concert(
-    settings: Settings,
-    twitch: TwitchSettings | None,
+async def _open_channel(
+    stack: contextlib.AsyncExitStack,
+    plan: ChannelPlan,
+    loaded: LoadedModel,
     redis_url: str | None,
     listener: socket.socket | None,
-    local_input: TextIO | None,
+    twitch: TwitchSettings | None,
     sinks: list[AudioSink] | None,
-    seconds: float | None,
-    started: Callable[[Concert], Awaitable[None] | None] | None,
-    namespace: str,
-) -> None:
+) -> tuple[Concert, list[asyncio.Task[None]]]:
+    """Open one channel's parts on `stack` and start its tasks, the conductor's first."""
+    settings = plan.settings
     c = settings.concert
-    loaded = load_model(settings.paths.model_dir)
     limits = QueueLimits(c.max_per_viewer, c.max_queue)
-    async with open_store(redis_url, settings.paths.data_dir, namespace, limits=limits) as store:
-        if not c.autoplay:
-            await store.set_flags(autoplay=False)
-        outputs = build_sinks(settings) if sinks is None else list(sinks)
-        broadcast = None
-        if c.http_port:
-            from synth.http_audio import AudioBroadcast
+    store = await stack.enter_async_context(
+        open_store(redis_url, settings.paths.data_dir, plan.namespace, limits=limits)
+    )
+    if not c.autoplay:
+        await store.set_flags(autoplay=False)
+    outputs = build_sinks(settings) if sinks is None else list(sinks)
+    broadcast = None
+    if c.http_port:
+        from synth.http_audio import AudioBroadcast
 
-            broadcast = AudioBroadcast()  # the overlay's ?audio=1 and any player: /stream.mp3, /stream.wav
-            outputs.append(broadcast)
-        with LiveSession(settings, loaded, outputs) as session:
-            speak: Callable[[Reply], None] = lambda reply: None  # noqa: E731 (replaced once chat is up)
-            conductor = Conductor(
-                settings,
-                loaded,
-                store,
-                session,
-                announce=lambda text, mention: speak(Reply(text, Importance.NOW_PLAYING, None, mention)),
-            )
-            session.listener = conductor.on_engine_event
-            commands = ChatCommands(settings, conductor, store)
-            concert = Concert(settings, store, session, conductor, commands, lambda r: speak(r))
-            async with contextlib.AsyncExitStack() as stack:
-                if twitch is not None:
-                    from bot.chat.twitch import TwitchChat
+        broadcast = AudioBroadcast()  # the overlay's ?audio=1 and any player: /stream.mp3, /stream.wav
+        outputs.append(broadcast)
+    session = stack.enter_context(LiveSession(settings, loaded, outputs))
+    speak: Callable[[Reply], None] = lambda reply: None  # noqa: E731 (replaced once chat is up)
+    conductor = Conductor(
+        settings,
+        loaded,
+        store,
+        session,
+        announce=lambda text, mention: speak(Reply(text, Importance.NOW_PLAYING, None, mention)),
+    )
+    session.listener = conductor.on_engine_event
+    commands = ChatCommands(settings, conductor, store)
+    concert = Concert(settings, store, session, conductor, commands, lambda r: speak(r), plan.name, twitch)
+    if twitch is not None:
+        from bot.chat.twitch import TwitchChat
 
-                    async def on_message(msg: ChatMessage) -> None:
-                        await concert.chat(msg)
+        async def on_message(msg: ChatMessage) -> None:
+            await concert.chat(msg)
 
-                    chat = await stack.enter_async_context(TwitchChat(twitch, on_message))
-                    sender = await stack.enter_async_context(
-                        Sender(SendQueue(), chat.send, is_moderator=lambda: chat.bot_is_moderator)
-                    )
+        chat = await stack.enter_async_context(TwitchChat(twitch, on_message))
+        sender = await stack.enter_async_context(
+            Sender(SendQueue(), chat.send, is_moderator=lambda: chat.bot_is_moderator)
+        )
 
-                    def speak_twitch(reply: Reply) -> None:
-                        sender.say(reply.text, reply.importance, reply.reply_to, reply.mention)
+        def speak_twitch(reply: Reply) -> None:
+            sender.say(reply.text, reply.importance, reply.reply_to, reply.mention)
 
-                    speak = speak_twitch
-                else:
+        speak = speak_twitch
+    else:
+        tag = "" if plan.name == "default" else f"[{plan.name}] "  # which channel's bot, when several speak
 
-                    def speak_local(reply: Reply) -> None:
-                        line = f"@{reply.mention} {reply.text}" if reply.mention else reply.text
-                        concert.local_replies.append(line)
-                        print(f"bot> {line}", flush=True)
+        def speak_local(reply: Reply) -> None:
+            line = f"@{reply.mention} {reply.text}" if reply.mention else reply.text
+            concert.local_replies.append(line)
+            print(f"{tag}bot> {line}", flush=True)
 
-                    speak = speak_local
-                await conductor.start()
-                tasks = [asyncio.create_task(conductor.run(), name="conductor")]
+        speak = speak_local
+    await conductor.start()
+    tasks = [asyncio.create_task(conductor.run(), name=f"conductor {plan.name}")]
 
-                # What chat asked for while Redis was away, written once it is back.
-                def journal_written(written: Written) -> None:
-                    for reply in commands.journal_written(written):
-                        concert.say(reply)
+    # What chat asked for while Redis was away, written once it is back.
+    def journal_written(written: Written) -> None:
+        for reply in commands.journal_written(written):
+            concert.say(reply)
 
-                writer = JournalWriter(commands.journal, store, journal_written)
-                tasks.append(asyncio.create_task(writer.run(), name="outage journal"))
-                if listener is not None:
-                    # The web chat box speaks as anyone, the streamer included: only on a local-only server.
-                    local = twitch is None and c.http_host in ("127.0.0.1", "localhost", "::1")
-                    view = await stack.enter_async_context(_web(concert, broadcast, listener, local=local))
-                    tasks.append(asyncio.create_task(view.publish_forever(), name="overlay updates"))
-                if twitch is None and local_input is not None:
-                    tasks.append(asyncio.create_task(_read_local_chat(local_input, concert), name="local chat"))
-                try:
-                    if started is not None and asyncio.iscoroutine(result := started(concert)):
-                        await result
-                    done, _ = await asyncio.wait([tasks[0]], timeout=seconds)
-                    for task in done:
-                        task.result()  # the conductor only ends by failing: let that be seen
-                finally:
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
+    writer = JournalWriter(commands.journal, store, journal_written)
+    tasks.append(asyncio.create_task(writer.run(), name=f"outage journal {plan.name}"))
+    if listener is not None:
+        # The web chat box speaks as anyone, the streamer included: only on a local-only server.
+        local = twitch is None and c.http_host in ("127.0.0.1", "localhost", "::1")
+        view = await stack.enter_async_context(_web(concert, broadcast, listener, local=local))
+        tasks.append(asyncio.create_task(view.publish_forever(), name=f"overlay updates {plan.name}"))
+    return concert, tasks
 
 
 @contextlib.asynccontextmanager

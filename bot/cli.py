@@ -437,13 +437,22 @@ def run_cmd(
     seconds: Annotated[
         float | None, typer.Option(help="Stop after this long (default: run until Ctrl-C).")
     ] = None,
-    record: Annotated[Path | None, typer.Option(help="Record the concert to this .wav or .flac file.")] = None,
-    device: Annotated[str | None, typer.Option(help="Sound device: auto, off, or a name or number.")] = None,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            help="Record the concert (the first channel's, with [[channels]]) to this .wav or .flac file."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="Sound device (the first channel's): auto, off, or a name or number."),
+    ] = None,
     local: Annotated[
         bool, typer.Option("--local", help="Use local chat even if Twitch is configured.")
     ] = False,
 ) -> None:
-    """Run the concert: Twitch chat when TWITCH_* is set, else local chat typed in this terminal."""
+    """Run the concert: Twitch chat when TWITCH_* is set, else local chat typed in this terminal; with
+    [[channels]] in the config, one concert per channel, each on its own web port."""
     import asyncio
     import logging
     import signal
@@ -451,13 +460,17 @@ def run_cmd(
     from bot.app import run_concert, stdin_if_interactive
     from bot.chat.twitch_auth import run_settings
     from bot.concert.player import build_sinks
+    from config.settings import channel_plans
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every overlay poll is not news
     settings = _settings()
     try:
         twitch = None if local else run_settings(settings.paths.data_dir)
-        sinks = build_sinks(settings, record, device, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
+        plans = channel_plans(settings, "concertbot", twitch.channel if twitch else None)
+        # The command line's outputs are the first channel's: the one this terminal's chat speaks to.
+        first = plans[0].settings
+        sinks = build_sinks(first, record, device, warn=lambda m: err.print(f"[yellow]{m}[/yellow]"))
     except (ConcertbotError, ValueError) as exc:
         raise fail(exc) from None
     if twitch is None:
@@ -465,11 +478,15 @@ def run_cmd(
             "local chat: type commands such as [bold]!compose bach violin cello[/bold] "
             "(or 'name: !vote' to speak as a viewer); Ctrl-C stops"
         )
-        web = settings.concert
-        if web.http_port:  # the same box in a browser, where the replies stay on screen
+    for plan in plans:
+        web = plan.settings.concert
+        if web.http_port and (twitch is None or plan.twitch_channel is None):
+            # The same box in a browser, where the replies stay on screen; a channel without Twitch has no other
+            # chat.
             host = "127.0.0.1" if web.http_host in ("", "0.0.0.0", "::") else web.http_host
             host = f"[{host}]" if ":" in host else host
-            err.print(f"local chat in a browser: http://{host}:{web.http_port}/chat", soft_wrap=True)
+            where = "" if plan.name == "default" else f" of channel {plan.name}"
+            err.print(f"local chat{where} in a browser: http://{host}:{web.http_port}/chat", soft_wrap=True)
     # A service manager stops the bot with SIGTERM: close everything as after Ctrl-C, the embedded Redis too.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

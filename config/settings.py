@@ -8,10 +8,11 @@ then the defaults shipped in `config/concertbot.toml`.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -133,6 +134,23 @@ class Generation(BaseModel):
     claim_idle_seconds: float = Field(3.0, ge=0.5, le=600.0)
 
 
+class Channel(BaseModel):
+    """One `[[channels]]` table: a channel of its own (queue, leaderboard, concert, overlay, outputs) in a
+    deployment that serves several; everything it does not name is the top-level setting."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Its Redis keys live under "<namespace>.<name>", so the name is part of a key name: short and plain.
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    twitch_channel: str | None = None  # the Twitch login whose chat it reads; None: local (web) chat only
+    outputs: Outputs | None = None  # replaces [outputs] whole: one sound card or RTMP push per channel
+    concert: dict[str, Any] = {}  # [concert] keys to override (http_port, max_queue, ...); not redis_url
+    sampling: dict[str, Any] = {}  # [sampling] keys to override (seconds, critic, ...)
+
+
+SHARED_CONCERT_KEYS = ("redis_url",)  # one Redis for every channel
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONCERTBOT_", env_nested_delimiter="__", extra="forbid")
 
@@ -146,6 +164,29 @@ class Settings(BaseSettings):
     data: Data = Data()
     train: Train = Train()
     generation: Generation = Generation()
+    # Empty: one channel, made of the settings above (a single streamer's bot, as it always was).
+    channels: list[Channel] = []
+
+    @model_validator(mode="after")
+    def _channels_apart(self) -> Self:
+        names = [ch.name for ch in self.channels]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"channel names must differ; repeated: {', '.join(dupes)}")
+        ports: dict[int, str] = {}
+        for ch in self.channels:
+            if shared := [k for k in SHARED_CONCERT_KEYS if k in ch.concert]:
+                raise ValueError(f"channel {ch.name!r}: {', '.join(shared)} is shared by every channel")
+            try:
+                port = _overridden(self, ch).concert.http_port
+            except ValidationError as exc:
+                raise ValueError(f"channel {ch.name!r}: " + "; ".join(_problems(exc))) from None
+            if port and port in ports:
+                raise ValueError(
+                    f"channels {ports[port]!r} and {ch.name!r} both want http_port {port}; "
+                    "give each channel its own in its [channels.concert]"
+                )
+            ports[port] = ch.name
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -183,8 +224,51 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{where} = {err.get('input')!r}: {err['msg']}")
-        raise ConfigError("bad settings: " + "; ".join(problems)) from None
+        raise ConfigError("bad settings: " + "; ".join(_problems(exc))) from None
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        # A check of several settings at once (the channels') has no one place: its message names them.
+        problems.append(f"{where} = {err.get('input')!r}: {err['msg']}" if where else err["msg"])
+    return problems
+
+
+@dataclass(frozen=True)
+class ChannelPlan:
+    """What one channel of a deployment runs with: its name, Redis namespace, settings and Twitch login."""
+
+    name: str
+    namespace: str
+    settings: Settings
+    twitch_channel: str | None
+
+
+def _overridden(settings: Settings, ch: Channel) -> Settings:
+    for section, model, given in (("concert", Concert, ch.concert), ("sampling", Sampling, ch.sampling)):
+        if unknown := sorted(set(given) - set(model.model_fields)):
+            # [concert] itself ignores unknown keys; a channel's misspelt override would then do nothing.
+            raise ValueError(f"channel {ch.name!r}: [{section}] has no {', '.join(unknown)}")
+    concert = Concert.model_validate({**settings.concert.model_dump(), **ch.concert})
+    sampling = Sampling.model_validate({**settings.sampling.model_dump(), **ch.sampling})
+    update: dict[str, Any] = {"concert": concert, "sampling": sampling, "channels": []}
+    if ch.outputs is not None:
+        update["outputs"] = ch.outputs
+    return settings.model_copy(update=update)
+
+
+def channel_plans(settings: Settings, namespace: str, twitch_channel: str | None = None) -> list[ChannelPlan]:
+    """The channels `settings` serve, first the one local terminal chat speaks to.
+
+    Without `[[channels]]`: one channel, the settings as they are, under `namespace` itself (so a bot that
+    ran before keeps its queue and leaderboard) and reading `twitch_channel`. With them: each under
+    "<namespace>.<name>".
+    """
+    if not settings.channels:
+        return [ChannelPlan("default", namespace, settings, twitch_channel)]
+    return [
+        ChannelPlan(ch.name, f"{namespace}.{ch.name}", _overridden(settings, ch), ch.twitch_channel)
+        for ch in settings.channels
+    ]

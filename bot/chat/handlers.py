@@ -1,20 +1,27 @@
-"""Chat commands: parse, check who may do it and how often, act through the store and the conductor, reply.
+"""Chat commands: parse, check who may do it, validate, spend the cooldown, act through the store and the
+conductor, reply.
 
 One path for every chat: Twitch messages, redemptions, the terminal and the web chat box all come here as
-`ChatMessage`. Nothing a viewer types escapes as an exception: mistakes get one short, rate-limited reply.
+`ChatMessage`. `bot.chat.commands.COMMANDS` says what each command is; `HANDLERS` says what it does. Nothing a
+viewer types escapes as an exception: mistakes get one short, rate-limited reply, and a fault of ours is logged
+with its traceback and answered with a short apology, rate-limited the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from bot.chat.commands import (
+    COMMANDS,
     Command,
     CommandError,
+    CommandSpec,
+    Cooldown,
     compose_args,
+    help_text,
     login_arg,
     on_off_arg,
     parse,
@@ -45,6 +52,25 @@ class Reply:
     importance: Importance
     reply_to: str | None = None
     mention: str | None = None  # login to @-mention
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A valid request, not yet queued: what a `Cooldown.REQUEST` command's handler gives back, so that the
+    dispatcher spends the cooldown only after everything the viewer typed was checked."""
+
+    style: str
+    ack: Callable[[str], str]  # the reply, given the place: "#2 in the queue, starting within a minute"
+    instruments: tuple[str, ...] = ()
+    tempo: float | None = None
+    seed: int | None = None
+    key: str | None = None
+    counted: bool = True  # counted in requests_by_style (a replay is not a new request of its style)
+
+
+def went_wrong(command: str) -> str:
+    """What a viewer reads when a command failed through no fault of theirs."""
+    return f"something went wrong with !{command}; the concert goes on"
 
 
 class ChatCommands:
@@ -95,23 +121,47 @@ class ChatCommands:
                     self._store_away = False
             if blocked:
                 return []
-            if command.for_moderators and not msg.is_privileged:
-                raise CommandError(f"!{command.name} is for moderators")
-            handler: Callable[[ChatMessage, tuple[str, ...], float], Awaitable[list[Reply]]]
-            handler = getattr(self, f"_{command.name}")
-            return await handler(msg, command.args, now)
+            spec = command.spec
+            if not spec.who.allows(msg):
+                raise CommandError(f"!{spec.name} is for {spec.who.value}")
+            done = await HANDLERS[spec.name](self, msg, command.args, now)
+            if isinstance(done, Planned):
+                return await self._request(msg, spec, done, now)
+            return done
         except StoreUnavailable as exc:
             self._went_away(exc)
-            if not self.cooldowns.may_reply_error(msg.user_id, now):
-                return []
-            return [Reply(UNAVAILABLE, Importance.ERROR_REPLY, msg.message_id or None, msg.login)]
-        except (CommandError, ConcertbotError) as exc:
-            if not self.cooldowns.may_reply_error(msg.user_id, now):
-                return []
-            return [Reply(str(exc), Importance.ERROR_REPLY, msg.message_id or None, msg.login)]
+            return self._error(msg, UNAVAILABLE, now)
+        except ConcertbotError as exc:  # the viewer's mistake (CommandError among them): say what it is
+            return self._error(msg, str(exc), now)
         except Exception:
-            log.exception("command %r failed", command.name)
+            # A fault of ours: the traceback for the operator, a short word for the viewer, the concert goes on.
+            log.exception("command !%s failed on %r", command.name, msg.text[:100])
+            return self._error(msg, went_wrong(command.name), now)
+
+    def _error(self, msg: ChatMessage, text: str, now: float) -> list[Reply]:
+        """An error reply, at most one per viewer per `error_reply_seconds`."""
+        if not self.cooldowns.may_reply_error(msg.user_id, now):
             return []
+        return [Reply(text, Importance.ERROR_REPLY, msg.message_id or None, msg.login)]
+
+    async def _request(self, msg: ChatMessage, spec: CommandSpec, planned: Planned, now: float) -> list[Reply]:
+        """Spend the request cooldown, queue a request its handler checked, and say where it stands."""
+        if spec.cooldown is not Cooldown.REQUEST:
+            raise TypeError(f"!{spec.name} planned a request but spends no request cooldown")
+        priority = self._may_request(msg, now)
+        place = await self._enqueue(
+            msg,
+            now,
+            priority,
+            style=planned.style,
+            instruments=planned.instruments,
+            tempo=planned.tempo,
+            seed=planned.seed,
+            key=planned.key,
+        )
+        if planned.counted:
+            self.requests_by_style[planned.style] = self.requests_by_style.get(planned.style, 0) + 1
+        return [Reply(planned.ack(place), Importance.REQUEST_ACK, msg.message_id or None, msg.login)]
 
     def journal_written(self, written: Written) -> list[Reply]:
         """Once `JournalWriter` wrote an entry of the journal: wake the conductor, count, tell a refusal."""
@@ -136,24 +186,24 @@ class ChatCommands:
 
     # Everyone.
 
-    async def _compose(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+    async def _compose(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> Planned:
         wanted = compose_args(args)
         # Resolving names here means a typo is answered at once, not when the piece's turn comes; and before
-        # the cooldown, so that a typo is answered with what is wrong rather than with a wait.
+        # the cooldown (the dispatcher spends it), so that a typo is answered with what is wrong, not a wait.
         piece = make_request(
             self.conductor.loaded, wanted.style, list(wanted.instruments) or None, wanted.tempo, key=wanted.key
         )
-        priority = self._may_request(msg, now)
-        instruments = piece.instruments if wanted.instruments else ()
-        place = await self._enqueue(
-            msg, now, priority, style=piece.style, instruments=instruments, tempo=wanted.tempo, key=piece.key
-        )
-        self.requests_by_style[piece.style] = self.requests_by_style.get(piece.style, 0) + 1
         in_key = f" in {piece.key}" if piece.key else ""
-        text = f"your {piece.style}{in_key} for {', '.join(piece.instruments)} is {place}"
-        return [Reply(text, Importance.REQUEST_ACK, msg.message_id or None, msg.login)]
+        said = f"your {piece.style}{in_key} for {', '.join(piece.instruments)} is "
+        return Planned(
+            piece.style,
+            ack=lambda place: said + place,
+            instruments=piece.instruments if wanted.instruments else (),
+            tempo=wanted.tempo,
+            key=piece.key,
+        )
 
-    async def _replay(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
+    async def _replay(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> Planned:
         wanted = replay_arg(args)
         if isinstance(wanted, str):
             found = await self.store.seed_of_title(wanted)
@@ -170,11 +220,9 @@ class ChatCommands:
             raise CommandError(
                 f"piece {seed} was cut short before it was saved and its model has changed since"
             )
-        priority = self._may_request(msg, now)
-        place = await self._enqueue(msg, now, priority, style=record.style, seed=seed)
         named = f"{record.title}, " if record.title else ""
-        text = f"piece {seed} ({named}{record.style}) plays again: {place}"
-        return [Reply(text, Importance.REQUEST_ACK, msg.message_id or None, msg.login)]
+        said = f"piece {seed} ({named}{record.style}) plays again: "
+        return Planned(record.style, ack=lambda place: said + place, seed=seed, counted=False)
 
     def _may_request(self, msg: ChatMessage, now: float) -> bool:
         """Check the viewer's cooldown (redemptions and moderators skip it); whether the request is priority."""
@@ -316,12 +364,7 @@ class ChatCommands:
         return self._info(msg, "instruments: " + ", ".join(i.name for i in INSTRUMENTS))
 
     async def _help(self, msg: ChatMessage, args: tuple[str, ...], now: float) -> list[Reply]:
-        return self._info(
-            msg,
-            "!compose <style> [instruments] [tempo] [in <key>] · !queue · !np · !vote · !voteskip · "
-            "!top [week|all] · !replay <seed or title> · !cancel · !styles · !instruments · while it plays: "
-            "!faster !slower !louder !softer !major !minor !add/!drop <instrument> !calmer !wilder !again",
-        )
+        return self._info(msg, help_text())
 
     # Moderators and the broadcaster.
 
@@ -361,6 +404,34 @@ class ChatCommands:
         return self._info(msg, f"autoplay {'on' if on else 'off'}")
 
 
+# What each command of `COMMANDS` does: a handler answers, or (a request) gives back what to queue.
+Handler = Callable[[ChatCommands, ChatMessage, tuple[str, ...], float], Awaitable[list[Reply] | Planned]]
+HANDLERS: Mapping[str, Handler] = {
+    "compose": ChatCommands._compose,
+    "queue": ChatCommands._queue,
+    "np": ChatCommands._np,
+    "vote": ChatCommands._vote,
+    "voteskip": ChatCommands._voteskip,
+    "top": ChatCommands._top,
+    "replay": ChatCommands._replay,
+    "cancel": ChatCommands._cancel,
+    "styles": ChatCommands._styles,
+    "instruments": ChatCommands._instruments,
+    "steer": ChatCommands._steer,
+    "help": ChatCommands._help,
+    "skip": ChatCommands._skip,
+    "pause": ChatCommands._pause,
+    "resume": ChatCommands._resume,
+    "clear": ChatCommands._clear,
+    "remove": ChatCommands._remove,
+    "block": ChatCommands._block,
+    "unblock": ChatCommands._unblock,
+    "autoplay": ChatCommands._autoplay,
+}
+if HANDLERS.keys() != COMMANDS.keys():  # at import, so that a command without a handler never ships
+    raise RuntimeError(f"commands and handlers differ: {sorted(HANDLERS.keys() ^ COMMANDS.keys())}")
+
+
 def _named(title: str | None) -> str:
     return f"{title}: " if title else ""
 
@@ -371,4 +442,4 @@ def _minutes(seconds: float) -> str:
     return f"starting in about {round(seconds / 60)} min"
 
 
-__all__ = ["ChatCommands", "QueueRefused", "Reply"]
+__all__ = ["HANDLERS", "ChatCommands", "Planned", "QueueRefused", "Reply", "went_wrong"]

@@ -5,6 +5,7 @@ and WAV recordings, real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 import wave
 from collections.abc import AsyncIterator
@@ -198,3 +199,21 @@ async def test_channels_share_one_embedded_redis_in_the_data_folder(tmp_path: Pa
             "concertbot.north",
             "concertbot.south",
         )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_channel_whose_port_is_taken_stops_the_start_before_anything_plays(tmp_path: Path) -> None:
+    taken_port = free_port()
+    with socket.create_server(("127.0.0.1", taken_port)):
+        settings = load_settings(
+            paths={"data_dir": str(tmp_path / "data")},
+            concert={"redis_url": "redis://127.0.0.1:1/0"},  # never reached: the port is claimed first
+            outputs={"device": "off"},
+            channels=[
+                {"name": "north", "concert": {"http_port": free_port()}},
+                {"name": "south", "concert": {"http_port": taken_port}},
+            ],
+        )
+        with pytest.raises(ConfigError, match=f"http_port = {taken_port}"):
+            await run_concert(settings, None, sinks=[])

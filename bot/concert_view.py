@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import mido
 
 from bot.chat.message import ChatMessage
-from bot.concert.conductor import Slot, piece_request
+from bot.concert.conductor import Slot
 from bot.state.store import StoreUnavailable
 from bot.web.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
@@ -88,16 +88,16 @@ class LiveConcertView:
         plan = self.concert.conductor.plan_of(r)
         return NowView(
             seed=r.seed,
-            style=r.style,
-            instruments=tuple(r.instruments),
-            tempo=r.tempo,
+            style=r.recipe.style,
+            instruments=tuple(r.recipe.instruments),
+            tempo=r.recipe.tempo,
             requester=slot.request.login if slot.request else None,
             votes=await self.concert.store.votes(r.seed),
             elapsed=round(self.concert.conductor.elapsed(), 1),
-            seconds=r.seconds,
+            seconds=r.recipe.seconds,
             paused=self.concert.session.engine.paused,
             form=plan.form if plan else None,
-            plan=plan_summary(plan, r.tempo) if plan else None,
+            plan=plan_summary(plan, r.recipe.tempo) if plan else None,
             title=self.concert.conductor.title_of(r),
             **self._steering(slot),
         )
@@ -148,14 +148,15 @@ class LiveConcertView:
         slot = c.upcoming
         if slot is not None and slot.started is None:
             e = self.concert.settings.engine
-            left = c.current.record.seconds - c.elapsed() + e.tail_seconds + e.gap_seconds if c.current else 0.0
+            now = c.current.record.recipe if c.current else None
+            left = now.seconds - c.elapsed() + e.tail_seconds + e.gap_seconds if now else 0.0
             request = slot.request
             return [
                 QueueView(
                     position=0,
                     requester=request.login if request else "",  # "" when the bot chose it
-                    style=slot.record.style,
-                    instruments=tuple(slot.record.instruments),
+                    style=slot.record.recipe.style,
+                    instruments=tuple(slot.record.recipe.instruments),
                     eta_seconds=round(max(0.0, left)),
                     replay_seed=request.seed if request else None,
                 )
@@ -176,8 +177,8 @@ class LiveConcertView:
                     rank,
                     entry.seed,
                     entry.votes,
-                    record.style if record else "?",
-                    tuple(record.instruments) if record else (),
+                    record.recipe.style if record else "?",
+                    tuple(record.recipe.instruments) if record else (),
                     (record.requester or None) if record else None,
                 )
             )
@@ -191,12 +192,12 @@ class LiveConcertView:
         played = self.concert.conductor.performance_of(record)
         return PieceView(
             seed=record.seed,
-            style=record.style,
-            instruments=tuple(record.instruments),
-            tempo=record.tempo,
-            seconds=record.seconds,
-            temperature=record.temperature,
-            top_p=record.top_p,
+            style=record.recipe.style,
+            instruments=tuple(record.recipe.instruments),
+            tempo=record.recipe.tempo,
+            seconds=record.recipe.seconds,
+            temperature=record.recipe.temperature,
+            top_p=record.recipe.top_p,
             model_version=record.model_version,
             requester=record.requester or None,
             created_at=record.created_at,
@@ -204,7 +205,7 @@ class LiveConcertView:
             complete=bool(record.tokens),
             key=self.concert.conductor.key_of(record),
             form=plan.form if plan else None,
-            plan=plan_summary(plan, record.tempo) if plan else None,
+            plan=plan_summary(plan, record.recipe.tempo) if plan else None,
             title=self.concert.conductor.title_of(record),  # one made before titles: the one its seed draws
             steers=tuple(
                 {"steer": e.said(), "bar": e.bar, "at": round(played.seconds(e.step), 2)} for e in record.steers
@@ -216,7 +217,7 @@ class LiveConcertView:
         if record is None or not record.tokens:
             return None
         performance = self.concert.conductor.performance_of(record)
-        return midi_bytes(to_midi(self._notes(record), record.tempo, performance))
+        return midi_bytes(to_midi(self._notes(record), record.recipe.tempo, performance))
 
     async def piece_midi_so_far(self, seed: int) -> bytes | None:
         conductor = self.concert.conductor
@@ -225,7 +226,7 @@ class LiveConcertView:
             return None
         # A copy: the generation thread appends to the list while this decodes it.
         notes = decode(conductor.loaded.vocab, list(slot.live.tokens))
-        midi = to_midi(notes, slot.record.tempo, conductor.performance_of(slot.record))
+        midi = to_midi(notes, slot.record.recipe.tempo, conductor.performance_of(slot.record))
         # Marked inside the file too, so a saved copy still says it is not the whole piece.
         text = f"partial: the first {len(notes)} notes of piece {seed}, composed so far"
         midi.tracks[0].insert(0, mido.MetaMessage("marker", text=text, time=0))
@@ -249,13 +250,12 @@ class LiveConcertView:
     def _render(self, record: PieceRecord) -> bytes:
         settings = self.concert.settings
         with FluidSynthRenderer.from_settings(settings.synth) as renderer:
-            programs = piece_request(record).programs()
+            programs = record.recipe.programs()
+            played = self.concert.conductor.performance_of(record)
             # Levelled as the stream is: the download sounds as loud as the piece did live.
             leveler = leveler_for(settings.loudness, settings.synth.sample_rate)
             audio = renderer.render(
-                timed_messages(
-                    self._notes(record), record.tempo, programs, self.concert.conductor.performance_of(record)
-                ),
+                timed_messages(self._notes(record), record.recipe.tempo, programs, played),
                 leveler=leveler,
             )
         out = io.BytesIO()
@@ -376,7 +376,7 @@ class LiveConcertView:
             self._roll = (seed, NoteDecoder(self.concert.conductor.loaded.vocab), 0, 0.0)
         _, decoder, read, _ = self._roll
         tokens = slot.live.tokens
-        seconds_per_step = 60.0 / slot.record.tempo / STEPS_PER_BEAT
+        seconds_per_step = 60.0 / slot.record.recipe.tempo / STEPS_PER_BEAT
         horizon = self.concert.conductor.elapsed() + ROLL_AHEAD
         out = []
         while read < len(tokens) and decoder.time * seconds_per_step < horizon:

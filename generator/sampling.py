@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -67,6 +67,19 @@ class PieceRequest:
 
     def programs(self) -> list[int]:
         return sorted({find_instrument(name).program for name in self.instruments})
+
+    # The one serialised form of a recipe (a worker's job, a stored piece): plain JSON values, every field.
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "instruments": list(self.instruments)}
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> PieceRequest:
+        """The inverse of `to_dict`; a missing field takes its default (a recipe written before it existed).
+
+        Raises:
+            KeyError: no style, instruments, tempo, seconds or seed; TypeError: a name that is not a field.
+        """
+        return cls(**{**fields, "instruments": tuple(fields["instruments"])})
 
 
 @dataclass

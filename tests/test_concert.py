@@ -120,7 +120,8 @@ async def test_request_vote_top_replay_and_reconnect(fake: FakeTwitch, tmp_path:
         )
         replay = concert.conductor.current
         assert replay.record.seed == seed
-        assert replay.record.key == first.record.key == "Em"  # asked for, stored, and replayed with the piece
+        # The key asked for, stored, and replayed with the piece.
+        assert replay.record.recipe.key == first.record.recipe.key == "Em"
         await _wait(lambda: concert.conductor.last is replay, 20)  # played to its end
         assert replay.live.tokens == first.live.tokens  # the very same notes
         assert replay.live.replay is not None  # played from the stored tokens, not sampled again
@@ -150,9 +151,10 @@ async def test_bad_input_gets_one_short_reply_and_the_concert_goes_on(fake: Fake
         ]
         # A piece cut short before its tokens were saved, by a model that has been replaced since.
         from bot.state.store import PieceRecord
+        from generator.sampling import PieceRequest
 
         await concert.store.save_piece(
-            PieceRecord(555, "bach", ("violin",), 90.0, 30.0, 1.0, 0.95, "an-old-model")
+            PieceRecord(PieceRequest("bach", ("violin",), 90.0, 30.0, seed=555), "an-old-model")
         )
         cases.append(("jo", "!replay 555", "cut short"))
         for login, text, expected in cases:

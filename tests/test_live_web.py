@@ -16,7 +16,6 @@ from browser import find_chromium, launch_chromium
 from serving import free_port
 
 from bot.app import Concert, run_concert
-from bot.concert.conductor import piece_request
 from bot.concert_view import plan_summary
 from config import load_settings
 from generator.decode import decode
@@ -75,9 +74,9 @@ async def test_overlay_and_api_follow_the_real_concert(tmp_path: Path):
             assert (now["seed"], now["style"], now["requester"]) == (seed, "bach", "ann")
             assert now["instruments"] == ["violin", "cello"]
             # The plan shown is the one the composer follows; a piece of another model has none known.
-            followed = concert.session.worker.composer.plan(piece_request(slot.record))
+            followed = concert.session.worker.composer.plan(slot.record.recipe)
             assert followed is not None and now["form"] == followed.form
-            assert now["plan"] == plan_summary(followed, slot.record.tempo)
+            assert now["plan"] == plan_summary(followed, slot.record.recipe.tempo)
             assert concert.conductor.plan_of(dataclasses.replace(slot.record, model_version="other")) is None
             sections = await page.evaluate("document.getElementById('now-sections').textContent")
             assert sections == followed.form.replace(" ", "")

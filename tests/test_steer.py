@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -200,12 +201,9 @@ async def test_the_store_keeps_a_pieces_steers_with_its_tokens(steered, tmp_path
     request = steered["request"]
     namespace = f"steer-{uuid.uuid4().hex[:10]}"
     async with open_store(REDIS_URL, tmp_path, namespace) as store:
-        recipe = (request.style, request.instruments, request.tempo, request.seconds, request.temperature)
-        claim = PieceRecord(request.seed, *recipe, request.top_p, "v", key=request.key)
+        claim = PieceRecord(request, "v")
         await store.save_piece(claim)
-        done = PieceRecord(
-            **{**claim.__dict__, "tokens": tuple(steered["tokens"]), "steers": tuple(steered["landed"])}
-        )
+        done = replace(claim, tokens=tuple(steered["tokens"]), steers=tuple(steered["landed"]))
         await store.save_piece(done)
         loaded = await store.load_piece(request.seed)
         assert loaded is not None
@@ -223,7 +221,7 @@ async def test_chat_steers_the_concert_and_a_replay_plays_the_steered_piece(tmp_
         seed = await playing(concert)
         conductor = concert.conductor
         slot = conductor.current
-        playing_now = slot.record.instruments
+        playing_now = slot.record.recipe.instruments
         newcomer = next(n for n in ("violin", "flute", "cello", "harp") if n not in playing_now)
 
         async def say(text: str, login: str = "ann", moderator: bool = False) -> list[str]:
@@ -246,7 +244,7 @@ async def test_chat_steers_the_concert_and_a_replay_plays_the_steered_piece(tmp_
         assert (event.kind, event.arg) == ("add", newcomer)
         played = conductor.performance_of(record)
         plan = conductor.plan_of(record)
-        bar = plan.bar / 8 * 60 / record.tempo
+        bar = plan.bar / 8 * 60 / record.recipe.tempo
         lookahead = concert.settings.engine.lookahead_seconds
         latency = played.seconds(event.step) - event.asked_at
         said = f"look-ahead {lookahead} s + bar {bar:.2f} s"
@@ -276,7 +274,7 @@ async def test_the_overlay_shows_an_open_vote_counting_down_and_the_change_as_it
     port = free_port()
     async with running_concert(tmp_path, seconds=20.0, http_port=port) as concert:
         await playing(concert)
-        instruments = concert.conductor.current.record.instruments
+        instruments = concert.conductor.current.record.recipe.instruments
         newcomer = next(n for n in ("violin", "flute", "cello", "harp") if n not in instruments)
         async with launch_chromium() as browser:
             page = await browser.new_page(f"http://127.0.0.1:{port}/overlay")

@@ -44,6 +44,7 @@ from bot.state.store import (
     open_store,
     pack_tokens,
 )
+from generator.sampling import PieceRequest
 
 REAL_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,13 +337,7 @@ def test_flags_change_one_at_a_time(backend: Backend) -> None:
 
 
 PIECE = PieceRecord(
-    seed=2**63 - 1,
-    style="bach",
-    instruments=("piano", "violin"),
-    tempo=96.0,
-    seconds=60.0,
-    temperature=0.9,
-    top_p=0.95,
+    PieceRequest("bach", ("piano", "violin"), 96.0, 60.0, seed=2**63 - 1, temperature=0.9, top_p=0.95),
     model_version="cpu-small-2000",
     requester="alice",
     created_at=1700000000.25,
@@ -350,8 +345,23 @@ PIECE = PieceRecord(
 )
 
 
+def _remade(record: PieceRecord, **recipe: Any) -> PieceRecord:
+    """The record with some of its recipe changed."""
+    return replace(record, recipe=replace(record.recipe, **recipe))
+
+
+def test_a_recipe_has_one_serialised_form() -> None:
+    every = PieceRequest("irish", ("flute", "cello"), 120.0, 30.0, 9, 0.8, 0.9, False, "D", False, False, 3)
+    assert all(getattr(every, f) != d for f, d in [("voice_leading", True), ("plan", True), ("critic", 1)])
+    assert PieceRequest.from_dict(json.loads(json.dumps(every.to_dict()))) == every
+    old = {"style": "bach", "instruments": ["piano"], "tempo": 96.0, "seconds": 60.0, "seed": 1}
+    assert PieceRequest.from_dict(old) == PieceRequest("bach", ("piano",), 96.0, 60.0, 1)  # defaults fill in
+    with pytest.raises(TypeError):  # a name the recipe does not have: not silently dropped
+        PieceRequest.from_dict({**old, "loudness": 3})
+
+
 def test_piece_round_trip_and_seed_conflicts(backend: Backend) -> None:
-    wide = replace(PIECE, seed=123456789, tokens=(70000, 5, 2**32 - 1))
+    wide = replace(_remade(PIECE, seed=123456789), tokens=(70000, 5, 2**32 - 1))
 
     async def body(store: Store) -> None:
         assert await store.load_piece(PIECE.seed) is None
@@ -363,17 +373,19 @@ def test_piece_round_trip_and_seed_conflicts(backend: Backend) -> None:
         await store.save_piece(replace(PIECE, requester="bob", created_at=1800000000.0))
         assert await store.load_piece(PIECE.seed) == PIECE
         with pytest.raises(SeedConflictError, match=str(PIECE.seed)):
-            await store.save_piece(replace(PIECE, style="irish"))
+            await store.save_piece(_remade(PIECE, style="irish"))
         with pytest.raises(SeedConflictError):
             await store.save_piece(replace(PIECE, tokens=(1, 0, 65535, 300, 301, 2)))
         with pytest.raises(SeedConflictError):
             await store.save_piece(replace(PIECE, model_version="retrained"))
         with pytest.raises(SeedConflictError):
-            await store.save_piece(replace(PIECE, key="D"))  # a key asked for makes another piece
+            await store.save_piece(_remade(PIECE, key="D"))  # a key asked for makes another piece
+        with pytest.raises(SeedConflictError):
+            await store.save_piece(_remade(PIECE, plan=False))  # so does a piece made without its plan
         assert await store.load_piece(PIECE.seed) == PIECE
-        keyed = replace(PIECE, seed=4242, key="F#m")
+        keyed = _remade(PIECE, seed=4242, key="F#m", critic=2, voice_leading=False)
         await store.save_piece(keyed)
-        assert await store.load_piece(4242) == keyed
+        assert await store.load_piece(4242) == keyed  # every recipe field comes back
 
     backend.run(body)
 
@@ -384,7 +396,7 @@ def test_a_piece_stored_before_keys_loads_and_keeps_its_checksum(backend: Backen
         # What a bot from before keys wrote: the same recipe without the field.
         redis_key = store.keys.piece(PIECE.seed)
         recipe = json.loads(await store._redis.hget(redis_key, "recipe"))
-        del recipe["key"]
+        recipe.pop("key", None)
         await store._redis.hset(redis_key, "recipe", json.dumps(recipe))
         assert await store.load_piece(PIECE.seed) == PIECE
         await store.save_piece(replace(PIECE, requester="later"))  # same identity as before: no conflict
@@ -392,13 +404,64 @@ def test_a_piece_stored_before_keys_loads_and_keeps_its_checksum(backend: Backen
     backend.run(body)
 
 
+# Two pieces' hash fields exactly as the store wrote them before the recipe was one PieceRequest (HEAD c5cc0af,
+# where PieceRecord listed the recipe's fields one by one): the identities are that code's checksums.
+BEFORE_RECIPE = {
+    "98fe559ed283392fc070ad17a7139e5500cade5cb6d891bca2f6c663135d0dd2": (
+        '{"seed": 9223372036854775807, "style": "bach", "instruments": ["piano", "violin"], "tempo": 96.0, '
+        '"seconds": 60.0, "temperature": 0.9, "top_p": 0.95, "model_version": "cpu-small-2000", "requester": '
+        '"alice", "created_at": 1700000000.25, "strict_instruments": true, "key": null, "title": "", '
+        '"critic": 1}'
+    ),
+    "0990178e420968c6cc7247cf13e5dcfeb63132f438f35a2584a051dfeb7aab01": (
+        '{"seed": 9223372036854775807, "style": "bach", "instruments": ["piano", "violin"], "tempo": 96.0, '
+        '"seconds": 60.0, "temperature": 0.9, "top_p": 0.95, "model_version": "cpu-small-2000", "requester": '
+        '"alice", "created_at": 1700000000.25, "strict_instruments": true, "key": "Em", "title": "The Lark on '
+        'the Hill", "critic": 2}'
+    ),
+}
+
+
+@pytest.mark.parametrize("identity", list(BEFORE_RECIPE), ids=["plain", "key-critic-title"])
+def test_a_piece_stored_before_the_recipe_type_loads_the_same(backend: Backend, identity: str) -> None:
+    async def body(store: Store) -> None:
+        packed, encoding, checksum = pack_tokens(PIECE.tokens)
+        redis_key = store.keys.piece(PIECE.seed)
+        await store._redis.hset(
+            redis_key,
+            mapping={
+                "identity": identity,
+                "recipe": BEFORE_RECIPE[identity],
+                "tokens": packed,
+                "encoding": encoding,
+                "count": len(PIECE.tokens),
+                "tokens_sha": checksum,
+                "steers": "[]",
+            },
+        )
+        loaded = await store.load_piece(PIECE.seed)
+        assert loaded is not None and loaded.identity() == identity
+        assert loaded.tokens == PIECE.tokens  # the replay plays what was written
+        assert loaded.recipe.voice_leading and loaded.recipe.plan  # as every piece then was made
+        if identity == "0990178e420968c6cc7247cf13e5dcfeb63132f438f35a2584a051dfeb7aab01":
+            assert (loaded.recipe.key, loaded.recipe.critic, loaded.title) == ("Em", 2, "The Lark on the Hill")
+        else:
+            assert loaded == PIECE
+        await store.save_piece(replace(loaded, requester="later"))  # the same piece: no conflict
+        with pytest.raises(SeedConflictError):
+            await store.save_piece(_remade(loaded, tempo=97.0))
+        assert await store._redis.hget(redis_key, "identity") == identity.encode()
+
+    backend.run(body)
+
+
 def test_claiming_a_seed_before_the_tokens_exist(backend: Backend) -> None:
-    claim = replace(PIECE, seed=31337, tokens=())
+    claim = replace(_remade(PIECE, seed=31337), tokens=())
 
     async def body(store: Store) -> None:
         await store.save_piece(claim)
         with pytest.raises(SeedConflictError):
-            await store.save_piece(replace(claim, tempo=120.0))
+            await store.save_piece(_remade(claim, tempo=120.0))
         assert await store.load_piece(31337) == claim
         await store.save_piece(replace(claim, tokens=PIECE.tokens))
         assert await store.load_piece(31337) == replace(claim, tokens=PIECE.tokens)
@@ -485,14 +548,15 @@ CHILD = textwrap.dedent(
     import asyncio, sys, time
     from pathlib import Path
     from bot.state.store import open_store, PieceRecord, SongRequest
+    from generator.sampling import PieceRequest
 
     async def main():
         async with open_store(None, Path(sys.argv[1]), "sigkill") as store:
             for user, style in [("1", "bach"), ("2", "irish"), ("1", "jazz"), ("3", "folk")]:
                 await store.enqueue(SongRequest(user, "u" + user, style, requested_at=1.5))
             await store.pop_next(now=10.0)
-            await store.save_piece(PieceRecord(77, "bach", ("piano",), 96.0, 60.0, 1.0, 0.95, "v1", "u1", 9.0,
-                                               tokens=tuple(range(500))))
+            recipe = PieceRequest("bach", ("piano",), 96.0, 60.0, seed=77)
+            await store.save_piece(PieceRecord(recipe, "v1", "u1", 9.0, tokens=tuple(range(500))))
             await store.start_playing(77, now=11.0)
             for viewer in range(25):
                 await store.vote(77, str(viewer), "stream-x", now=12.0)

@@ -20,6 +20,7 @@ from serving import listening
 from bot.state.store import PieceRecord, Store, open_store
 from generator import titles
 from generator.model import DEFAULT_MODEL_DIR
+from generator.sampling import PieceRequest
 from generator.styles import CORPUS_STYLES
 
 SHIPPED = DEFAULT_MODEL_DIR / titles.FILE_NAME
@@ -166,7 +167,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 def _record(seed: int, title: str) -> PieceRecord:
-    return PieceRecord(seed, "irish", ("flute",), 112.0, 30.0, 1.0, 0.95, "m", title=title)
+    return PieceRecord(PieceRequest("irish", ("flute",), 112.0, 30.0, seed=seed), "m", title=title)
 
 
 @pytest.mark.anyio

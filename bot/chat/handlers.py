@@ -221,8 +221,8 @@ class ChatCommands:
                 f"piece {seed} was cut short before it was saved and its model has changed since"
             )
         named = f"{record.title}, " if record.title else ""
-        said = f"piece {seed} ({named}{record.style}) plays again: "
-        return Planned(record.style, ack=lambda place: said + place, seed=seed, counted=False)
+        said = f"piece {seed} ({named}{record.recipe.style}) plays again: "
+        return Planned(record.recipe.style, ack=lambda place: said + place, seed=seed, counted=False)
 
     def _may_request(self, msg: ChatMessage, now: float) -> bool:
         """Check the viewer's cooldown (redemptions and moderators skip it); whether the request is priority."""
@@ -288,7 +288,7 @@ class ChatCommands:
         votes = await self.store.votes(r.seed)
         return self._info(
             msg,
-            f"{_named(self.conductor.title_of(r))}{r.style} for {', '.join(r.instruments)}{who}: "
+            f"{_named(self.conductor.title_of(r))}{r.recipe.style} for {', '.join(r.recipe.instruments)}{who}: "
             f"seed {r.seed}, {votes} votes (!replay {r.seed})",
         )
 
@@ -353,7 +353,7 @@ class ChatCommands:
         parts = []
         for rank, entry in enumerate(board, 1):
             record = await self.store.load_piece(entry.seed)
-            style = record.style if record else "?"
+            style = record.recipe.style if record else "?"
             parts.append(f"#{rank} {entry.seed} ({style}, {entry.votes})")
         return self._info(msg, f"top of {named}: " + " ".join(parts) + " - !replay <seed>")
 

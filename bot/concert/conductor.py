@@ -154,7 +154,7 @@ class Conductor:
     def _time_for_next(self) -> bool:
         if self.current is None:
             return True
-        remaining = self.current.record.seconds - self.elapsed()
+        remaining = self.current.record.recipe.seconds - self.elapsed()
         return remaining < LEAD_SECONDS or self.current.live.feed.cancelled
 
     async def _schedule_next(self) -> None:
@@ -243,15 +243,7 @@ class Conductor:
 
     def _unclaimed(self, piece: PieceRequest, requester: str = "") -> PieceRecord:
         return PieceRecord(
-            seed=piece.seed,
-            style=piece.style,
-            instruments=piece.instruments,
-            tempo=piece.tempo,
-            seconds=piece.seconds,
-            temperature=piece.temperature,
-            top_p=piece.top_p,
-            key=piece.key,
-            critic=piece.critic,
+            piece,
             model_version=self.loaded.version,
             requester=requester,
             created_at=self.wall(),
@@ -262,19 +254,19 @@ class Conductor:
         """A piece's name: the one it was given, else (made before titles) the one its seed draws now."""
         if record.title:
             return record.title
-        return self.titles.draw(record.seed, record.style) if self.titles else None
+        return self.titles.draw(record.seed, record.recipe.style) if self.titles else None
 
     def key_of(self, record: PieceRecord) -> str | None:
         """The key a piece is in: the one asked for, or the one its seed chose; None for a keyless model."""
         if record.model_version != self.loaded.version:  # another model's seed would have picked another key
-            return record.key
-        return chosen_key(self.loaded, record.style, record.seed, record.key)
+            return record.recipe.key
+        return chosen_key(self.loaded, record.recipe.style, record.seed, record.recipe.key)
 
     def plan_of(self, record: PieceRecord) -> Plan | None:
         """The plan a piece follows, drawn again from its seed; None when another model made it."""
         if record.model_version != self.loaded.version:  # another model's card would draw another plan
             return None
-        return piece_plan(self.loaded, piece_request(record))
+        return piece_plan(self.loaded, record.recipe)
 
     def replayable(self, record: PieceRecord) -> bool:
         """Stored tokens replay anywhere; a piece cut short before it was saved, only on its own model."""
@@ -283,7 +275,7 @@ class Conductor:
     def _hand_over(
         self, record: PieceRecord, request: SongRequest | None, tokens: tuple[int, ...] | None
     ) -> None:
-        recipe = piece_request(record)
+        recipe = record.recipe
         if record.model_version != self.loaded.version:
             # Another model's piece replays its tokens as written: this card's plan is not the one it followed.
             recipe = dataclasses.replace(recipe, plan=False)
@@ -292,8 +284,8 @@ class Conductor:
 
     def performance_of(self, record: PieceRecord) -> Performance:
         """How a stored piece is played (its plan's dynamics and ritardando, its steers), as it was live."""
-        programs = piece_request(record).programs()
-        return steered_performance(self.plan_of(record), record.tempo, programs, record.steers)
+        programs = record.recipe.programs()
+        return steered_performance(self.plan_of(record), record.recipe.tempo, programs, record.steers)
 
     # Engine events.
 
@@ -332,12 +324,8 @@ class Conductor:
             if slot is not None and not slot.saved and slot.live.complete:
                 # Marked saved once written: a piece finished during a Redis outage is saved when it is back.
                 await self.store.save_piece(
-                    PieceRecord(
-                        **{
-                            **slot.record.__dict__,
-                            "tokens": tuple(slot.live.tokens),
-                            "steers": tuple(slot.live.steering.landed),
-                        }
+                    dataclasses.replace(
+                        slot.record, tokens=tuple(slot.live.tokens), steers=tuple(slot.live.steering.landed)
                     )
                 )
                 slot.saved = True
@@ -404,7 +392,7 @@ class Conductor:
             raise SteerError("this piece is composed to its end already; steer the next one")
         arg = find_instrument(arg).name if arg else ""
         state = slot.steer_state or SteerState.of(
-            slot.record.instruments, slot.record.tempo, self.key_of(slot.record)
+            slot.record.recipe.instruments, slot.record.recipe.tempo, self.key_of(slot.record)
         )
         after = state.after(kind, arg)
         said = f"!{kind} {arg}".strip()
@@ -456,9 +444,10 @@ class Conductor:
         per_piece = self.settings.sampling.seconds + e.tail_seconds + e.gap_seconds
         first = 0.0
         if self.current is not None:
-            first += max(0.0, self.current.record.seconds - self.elapsed()) + e.tail_seconds + e.gap_seconds
+            left = max(0.0, self.current.record.recipe.seconds - self.elapsed())
+            first += left + e.tail_seconds + e.gap_seconds
         if self.upcoming is not None:
-            first += self.upcoming.record.seconds + e.tail_seconds + e.gap_seconds
+            first += self.upcoming.record.recipe.seconds + e.tail_seconds + e.gap_seconds
         return [first + i * per_piece for i in range(count)]
 
 
@@ -477,22 +466,6 @@ async def next_event(events: asyncio.Queue[_T], seconds: float) -> _T | None:
         return None
 
 
-def piece_request(record: PieceRecord) -> PieceRequest:
-    """The recipe of a stored piece, as the generator takes it."""
-    return PieceRequest(
-        record.style,
-        record.instruments,
-        record.tempo,
-        record.seconds,
-        record.seed,
-        record.temperature,
-        record.top_p,
-        record.strict_instruments,
-        record.key,
-        critic=record.critic,
-    )
-
-
 def _titles(loaded: LoadedModel) -> TitleModel | None:
     """The model's title model, or none (pieces go untitled) when its file is broken: said once, at start."""
     try:
@@ -509,4 +482,5 @@ def _named(title: str | None) -> str:
 
 def _describe(record: PieceRecord, key: str | None) -> str:
     in_key = f" in {key}" if key else ""
-    return f"{record.style}{in_key} for {', '.join(record.instruments)} at {record.tempo:g} BPM"
+    r = record.recipe
+    return f"{r.style}{in_key} for {', '.join(r.instruments)} at {r.tempo:g} BPM"

@@ -18,7 +18,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -47,16 +46,6 @@ def pack(tokens: list[int]) -> bytes:
 
 def unpack(packed: bytes) -> list[int]:
     return [int(t) for t in np.frombuffer(packed, dtype=TOKEN_DTYPE)]
-
-
-def request_json(request: PieceRequest) -> str:
-    return json.dumps(asdict(request), sort_keys=True)
-
-
-def request_from_json(text: str | bytes) -> PieceRequest:
-    fields: dict[str, Any] = json.loads(text)
-    fields["instruments"] = tuple(fields["instruments"])
-    return PieceRequest(**fields)
 
 
 def ensure_group(client: redis.Redis, keys: Keys) -> None:
@@ -101,7 +90,8 @@ class GenerationClient:
     def submit(self, request: PieceRequest) -> str:
         """Queue a piece for the workers; its job id."""
         job = uuid.uuid4().hex
-        fields = {"job": job, "request": request_json(request), "model": self.model_version}
+        recipe = json.dumps(request.to_dict(), sort_keys=True)  # read back with PieceRequest.from_dict
+        fields = {"job": job, "request": recipe, "model": self.model_version}
         self.client.xadd(self.keys.gen_jobs, fields)
         return job
 

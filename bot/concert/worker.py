@@ -16,6 +16,7 @@ can never write a token twice or out of order.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import redis
 
-from bot.concert.remote import GROUP, connect, ensure_group, pack, request_from_json, unpack
+from bot.concert.remote import GROUP, connect, ensure_group, pack, unpack
 from bot.state.keys import Keys, job_part
 from generator.model import LoadedModel
 from generator.sampling import Composer, PieceRequest
@@ -299,7 +300,7 @@ class Worker:
             return None
         model = fields.get(b"model", b"").decode(errors="replace")
         try:
-            request: PieceRequest | None = request_from_json(fields[b"request"])
+            request: PieceRequest | None = PieceRequest.from_dict(json.loads(fields[b"request"]))
             problem = f"the worker has model {self.model_version}, the piece needs {model}"
             problem = "" if model == self.model_version else problem
         except (KeyError, ValueError, TypeError) as exc:

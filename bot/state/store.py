@@ -7,6 +7,7 @@ The clock is always an argument (`now`, seconds since the epoch); the store neve
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -30,6 +31,7 @@ from bot.state import scripts as lua
 from bot.state.embedded_redis import FsyncPolicy, embedded_redis
 from bot.state.keys import DEFAULT_NAMESPACE, Keys, seed_part, token
 from config.errors import ConcertbotError
+from generator.sampling import PieceRequest
 from generator.steer import SteerEvent
 from generator.titles import normalised
 
@@ -89,7 +91,11 @@ class QueueLimits:
 
 @dataclass(frozen=True)
 class SongRequest:
-    """What a viewer asked for, before the generator resolves names and defaults."""
+    """What a viewer asked for, before the generator resolves names and defaults.
+
+    Not a PieceRequest: names are as typed and most fields may be left to the settings; the conductor makes
+    the one recipe (`generator.recipes.make_request`) when the request's turn comes.
+    """
 
     user_id: str  # Twitch's numeric id, or "local:<name>"
     login: str
@@ -142,49 +148,64 @@ class BoardEntry:
     votes: int
 
 
+# Recipe fields that came after pieces were first stored, at the value every earlier piece was made with. Left
+# out of a record's checksum and JSON at that value, so that old pieces keep theirs; a new PieceRequest field
+# goes here too, or every stored piece would change its checksum and refuse to be saved again.
+_LATER_FIELDS: dict[str, object] = {"key": None, "critic": 1, "voice_leading": True, "plan": True}
+
+
+def _sparse(recipe: PieceRequest) -> dict[str, Any]:
+    """The recipe as records store it: `to_dict` without the later fields at their old value."""
+    fields = recipe.to_dict()
+    for name, old in _LATER_FIELDS.items():
+        if fields[name] == old:
+            del fields[name]
+    return fields
+
+
 @dataclass(frozen=True)
 class PieceRecord:
     """A piece's recipe and its token ids: what `!replay <seed>` needs to play it again exactly."""
 
-    seed: int
-    style: str
-    instruments: tuple[str, ...]
-    tempo: float
-    seconds: float
-    temperature: float
-    top_p: float
+    recipe: PieceRequest
     model_version: str
     requester: str = ""  # login; "" when the bot chose the piece
     created_at: float = 0.0
-    strict_instruments: bool = True
-    key: str | None = None  # asked for; None: the seed chose one of the style's keys
     # Its name, drawn by its seed when it was claimed (generator.titles); kept so that a new title model
     # never renames a piece viewers know. "" for pieces made before titles. Not part of `identity`.
     title: str = ""
-    critic: int = 1  # candidates per bar (generator.critic); 1 for every piece made before the critic
     # Chat's steers as they landed (generator.steer): saved with the tokens they shaped, which a replay plays
     # with them. Not part of `identity` either: a seed is claimed before its piece plays.
     steers: tuple[SteerEvent, ...] = ()
     tokens: tuple[int, ...] = field(default=(), repr=False)  # empty: the seed is claimed, the piece not done
 
+    @property
+    def seed(self) -> int:
+        """What the store keys the piece by (a seed names one piece forever)."""
+        return self.recipe.seed
+
     def identity(self) -> str:
         """A checksum of what decides the notes; who asked and when does not make a different piece."""
-        musical = {
-            "seed": self.seed,
-            "style": self.style,
-            "instruments": list(self.instruments),
-            "tempo": float(self.tempo),
-            "seconds": float(self.seconds),
-            "temperature": float(self.temperature),
-            "top_p": float(self.top_p),
-            "model_version": self.model_version,
-            "strict_instruments": self.strict_instruments,
-        }
-        if self.key is not None:  # absent from pieces made before keys, so their checksums stay the same
-            musical["key"] = self.key
-        if self.critic != 1:  # likewise for pieces made without the critic
-            musical["critic"] = self.critic
+        musical = {**_sparse(self.recipe), "model_version": self.model_version}
+        for name in ("tempo", "seconds", "temperature", "top_p"):  # 96 and 96.0 are one tempo
+            musical[name] = float(musical[name])
         return hashlib.sha256(json.dumps(musical, sort_keys=True).encode()).hexdigest()
+
+
+_RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(PieceRequest))
+
+
+def _record_json(piece: PieceRecord) -> str:
+    """The record's `recipe` hash field: one flat object, as records have been stored since the first."""
+    kept = {"model_version": piece.model_version, "requester": piece.requester, "created_at": piece.created_at}
+    return json.dumps({**_sparse(piece.recipe), **kept, "title": piece.title})
+
+
+def _record_from(recipe: bytes, steers: bytes | None, tokens: tuple[int, ...]) -> PieceRecord:
+    fields: dict[str, Any] = json.loads(recipe)
+    musical = {name: fields.pop(name) for name in _RECIPE_FIELDS if name in fields}
+    steered = tuple(SteerEvent.from_dict(e) for e in json.loads(steers or b"[]"))
+    return PieceRecord(PieceRequest.from_dict(musical), **fields, steers=steered, tokens=tokens)
 
 
 @dataclass(frozen=True)
@@ -537,12 +558,10 @@ class Store:
             SeedConflictError: a different piece already has this seed.
         """
         packed, encoding, checksum = pack_tokens(piece.tokens)
-        recipe = asdict(piece)
-        del recipe["tokens"], recipe["steers"]
         steers = json.dumps([asdict(event) for event in piece.steers])
         outcome = await self._save_piece(
             keys=[self.keys.piece(piece.seed)],
-            args=[piece.identity(), json.dumps(recipe), packed, encoding, len(piece.tokens), checksum, steers],
+            args=[piece.identity(), _record_json(piece), packed, encoding, len(piece.tokens), checksum, steers],
         )
         if outcome == b"conflict":
             raise SeedConflictError(f"seed {piece.seed} already belongs to another piece")
@@ -565,10 +584,7 @@ class Store:
         )
         if recipe is None:
             return None
-        fields = json.loads(recipe)
-        fields["instruments"] = tuple(fields["instruments"])
-        fields["steers"] = tuple(SteerEvent.from_dict(e) for e in json.loads(steers or b"[]"))
-        return PieceRecord(**fields, tokens=unpack_tokens(packed, encoding.decode()))
+        return _record_from(recipe, steers, unpack_tokens(packed, encoding.decode()))
 
     # Flags
 

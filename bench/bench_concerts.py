@@ -12,11 +12,12 @@ channel would, here N of them in one process. "batched" feeds every concert from
 (generator/batch.py, continuous batching): a piece joins the batch when its concert starts it, is stepped with
 all the others, and sits out the steps while its concert is far enough ahead, so the batch holds the pieces that
 need tokens now. An underrun is a block of a concert that was not ready when its clock needed it: the engine
-waited for the generator (`underruns`), or rendered the block after it was due (`late blocks`); a size passes
-with none of either in any concert. `--hog K` runs K busy processes beside it at the same priority.
-CPU is broken down by thread: the batch loop's forward passes (`forward_rows`) against the rest of its steps
-(prefixes, masks, sampling), the concerts' generation threads (sampling when alone, decoding events when
-batched), the engines' render threads and the file outputs.
+waited for the generator (`underruns`), rendered the block after it was due (`late blocks`; not the first, which
+the engine always counts late), or the recording dropped it (`blocks dropped`); a size passes with none of these
+in any concert and no piece failed. The concerts' first pieces start `--spread` seconds apart in all. `--hog K`
+runs K busy processes beside it at the same priority. CPU is broken down by thread: the batch loop's forward
+passes (`forward_rows`) against the rest of its steps (prefixes, masks, sampling), the concerts' generation
+threads (sampling when alone, decoding events when batched), the engines' render threads and the file outputs.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ class BatchLoop:
                 self._admit()
                 wanted = [j for j in self._jobs if j.sent - j.taken < HOLD_TOKENS]
                 if not wanted:
+                    for job in self._jobs:  # what the last steps buffered goes out before the loop waits
+                        self._flush(job)
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue

@@ -489,6 +489,9 @@ def run_cmd(
             err.print(f"local chat{where} in a browser: http://{host}:{web.http_port}/chat", soft_wrap=True)
     # A service manager stops the bot with SIGTERM: close everything as after Ctrl-C, the embedded Redis too.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # And Ctrl-C (SIGINT) always stops it: a program started in the background by a shell (`concertbot run &`,
+    # a script, the soak bench) inherits SIGINT ignored, and asyncio then never hears it: the soak's "hang".
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         asyncio.run(
             run_concert(settings, twitch, local_input=stdin_if_interactive(), sinks=sinks, seconds=seconds)
@@ -695,6 +698,7 @@ def worker_cmd(
             ConcertbotError("`concertbot worker` needs REDIS_URL: the Redis the concerts send pieces to")
         )
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop, as Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # heard even when started in the background
     try:
         loaded = _load_model(settings, model)
         g = settings.generation

@@ -94,3 +94,34 @@ def test_a_second_bot_on_the_same_data_folder_is_refused_and_a_dead_ones_lock_is
         assert (data / "concertbot.lock").read_text().strip() == str(third.pid)
     finally:
         stop(third)
+
+
+def test_ctrl_c_stops_a_bot_started_in_the_background(tmp_path: Path) -> None:
+    # A shell's `concertbot run &` (and the soak bench, run so) starts it with SIGINT ignored; Ctrl-C, or the
+    # bench's SIGINT, must still stop it, its embedded Redis with it.
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
+    port = free_port()
+    ignored = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 (as `&` leaves it)
+    bot = subprocess.Popen(BOT, env=env(tmp_path / "data", port), stdin=subprocess.DEVNULL, text=True,
+                           preexec_fn=ignored, **quiet)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert bot.poll() is None, f"the bot exited with {bot.returncode}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the bot's web side never answered"
+            time.sleep(0.2)
+        bot.send_signal(signal.SIGINT)
+        _, err = bot.communicate(timeout=60)
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+            bot.wait()
+    assert bot.returncode == 0, err
+    assert "stopped" in err and "Traceback" not in err
+    assert not (tmp_path / "data" / "redis" / "redis.pid").exists()  # the embedded Redis stopped with it

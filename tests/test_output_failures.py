@@ -214,6 +214,25 @@ class Tap:
         self._listener.close()
 
 
+def live_command_line(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> bytes:
+    """The command line of `proc`, read while it runs; the test fails if it exits first.
+
+    A process that has exited (a zombie, not yet reaped) shows an empty /proc/<pid>/cmdline, and so does one
+    caught between fork and exec: an empty read would pass "the key is not there" for nothing.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            command_line = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+            # poll() reaps a process that has exited, so None here means it was running at the read above.
+            if command_line and proc.poll() is None:
+                return command_line
+        if proc.poll() is not None:
+            pytest.fail(f"ffmpeg exited (status {proc.returncode}) before its command line could be read")
+        time.sleep(0.01)
+    pytest.fail(f"ffmpeg's command line stayed empty for {timeout:g} s")
+
+
 @needs_ffmpeg
 def test_the_stream_key_reaches_the_server_but_not_ffmpegs_command_line(tmp_path: Path) -> None:
     port = free_port()
@@ -227,7 +246,7 @@ def test_the_stream_key_reaches_the_server_but_not_ffmpegs_command_line(tmp_path
             for i in range(0, 2 * RATE, BLOCK):
                 push.write(tone(i, BLOCK))
             assert push._process is not None
-            command_line = Path(f"/proc/{push._process.proc.pid}/cmdline").read_bytes()
+            command_line = live_command_line(push._process.proc)
         finally:
             push.close()
         server.wait(timeout=15)

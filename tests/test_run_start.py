@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 from serving import free_port
 
 BOT = [sys.executable, "-m", "bot.cli", "run", "--local", "--device", "off"]
+Bot = subprocess.Popen[str]
 
 
 def env(data_dir: Path, port: int) -> dict[str, str]:
@@ -35,24 +37,40 @@ def run_to_the_end(data_dir: Path, port: int) -> subprocess.CompletedProcess[str
     )
 
 
-def start(data_dir: Path, port: int) -> subprocess.Popen[str]:
-    """A bot that plays until stopped, once its web side answers."""
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    bot = subprocess.Popen(BOT, env=env(data_dir, port), stdin=subprocess.PIPE, text=True, **quiet)
-    deadline = time.monotonic() + 90
-    while True:
-        assert bot.poll() is None, f"the bot exited with {bot.returncode}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+def start(data_dir: Path, port: int, *, background: bool = False, stderr: int = subprocess.DEVNULL) -> Bot:
+    """A bot that plays until stopped, once its web side answers.
+
+    `background` starts it as a shell's `concertbot run &` does: SIGINT ignored, stdin from /dev/null.
+    """
+    bot = subprocess.Popen(
+        BOT,
+        env=env(data_dir, port),
+        text=True,
+        stdin=subprocess.DEVNULL if background else subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        preexec_fn=ignore_sigint if background else None,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert bot.poll() is None, f"the bot exited with {bot.returncode}"
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/healthz", timeout=2) as r:
                 if r.status == 200:
                     return bot
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the bot's web side never answered"
-        time.sleep(0.2)
+            assert time.monotonic() < deadline, "the bot's web side never answered"
+            time.sleep(0.2)
+    except BaseException:
+        stop(bot, signal.SIGKILL)
+        raise
 
 
-def stop(bot: subprocess.Popen[str], sig: int = signal.SIGINT) -> None:
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop(bot: Bot, sig: int = signal.SIGINT) -> None:
     bot.send_signal(sig)
     try:
         bot.wait(30)
@@ -99,23 +117,8 @@ def test_a_second_bot_on_the_same_data_folder_is_refused_and_a_dead_ones_lock_is
 def test_ctrl_c_stops_a_bot_started_in_the_background(tmp_path: Path) -> None:
     # A shell's `concertbot run &` (and the soak bench, run so) starts it with SIGINT ignored; Ctrl-C, or the
     # bench's SIGINT, must still stop it, its embedded Redis with it.
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
-    port = free_port()
-    ignored = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 (as `&` leaves it)
-    bot = subprocess.Popen(BOT, env=env(tmp_path / "data", port), stdin=subprocess.DEVNULL, text=True,
-                           preexec_fn=ignored, **quiet)  # fmt: skip
+    bot = start(tmp_path / "data", free_port(), background=True, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert bot.poll() is None, f"the bot exited with {bot.returncode}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the bot's web side never answered"
-            time.sleep(0.2)
         bot.send_signal(signal.SIGINT)
         _, err = bot.communicate(timeout=60)
     finally:

@@ -29,7 +29,9 @@ import itertools
 import logging
 import os
 import queue
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,16 +41,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed, as in the other benches
+import redis
 import torch
+from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
 import generator.batch
 from bot.concert.live import GenerationWorker, LivePiece
 from bot.concert.player import LiveSession
+from bot.concert.remote import GROUP, connect, ensure_group
+from bot.state.keys import Keys
 from config import load_settings
 from config.settings import Settings
 from generator.batch import BatchComposer, BatchPiece
@@ -60,6 +66,7 @@ from generator.steer import Steering
 from generator.threads import use_torch_threads
 from synth.outputs import FileSink
 
+ROOT = Path(__file__).resolve().parents[1]
 STYLES = ["bach", "classical", "irish", "palestrina", "folk", "scottish", "monteverdi", "josquin", "medieval"]
 HOLD_TOKENS = 32  # a piece sits out the batch's steps while this many of its tokens wait for its concert
 FLUSH_SECONDS = 0.05  # tokens go to the concerts' threads in chunks: one wake-up per chunk, not per token
@@ -323,11 +330,13 @@ def play_concerts(
     spread: float = 0.0,
     poll: float = 0.25,
     clock: Callable[[], float] = time.monotonic,
+    elsewhere: Callable[[], dict[str, float]] = dict,
 ) -> Played:
     """Play every concert at once for `seconds` of the clock, keeping a piece queued behind each one playing.
 
     The concerts' first pieces are asked for `spread` seconds apart in all, as channels start at different
     times: N openings in one moment would measure a start-up burst, not what a deployment sustains.
+    `elsewhere` gives the CPU seconds so far of other processes working for the concerts (workers), by kind.
     """
     proc = psutil.Process()
     rss = 0.0
@@ -336,7 +345,7 @@ def play_concerts(
             stack.enter_context(concert.session)
             concert.started()
         kinds = thread_kinds()
-        before, cpu0 = thread_cpu(kinds), time.process_time()
+        before, cpu0 = thread_cpu(kinds) | elsewhere(), time.process_time()
         started = clock()
         while (now := clock()) < started + seconds:
             for i, concert in enumerate(concerts):
@@ -345,7 +354,7 @@ def play_concerts(
             rss = max(rss, proc.memory_info().rss / 2**20)
             time.sleep(min(poll, max(0.0, started + seconds - now)))
         # Read before the sessions close: their threads end with them.
-        after, cpu1 = thread_cpu(kinds), time.process_time()
+        after, cpu1 = thread_cpu(kinds) | elsewhere(), time.process_time()
         wall = clock() - started
     tallies = [c.tally() for c in concerts]  # once closed: the recordings hold every block written
     cpu = {k: v - before.get(k, 0.0) for k, v in after.items()}
@@ -368,6 +377,112 @@ class Hog:
         for proc in self.procs:
             proc.kill()
             proc.wait()
+
+
+class WorkerPool:
+    """A redis-server of the bench's own and `count` `concertbot worker --batch B` processes reading it: the
+    path `concertbot run` takes with generation.remote and REDIS_URL, the sampling out of this process.
+
+    The server listens on a unix socket in `folder` only, so it collides with no other Redis on the machine.
+    Each worker logs its mean batch when it stops; `mean_batch` reads it back once the pool has closed.
+    """
+
+    NAMESPACE = "bench-concerts"
+
+    def __init__(self, count: int, batch: int, folder: Path, timeout: float = 120.0) -> None:
+        self.count = count
+        self.batch = batch
+        self.folder = folder
+        self.timeout = timeout
+        self.url = f"unix://{folder / 'redis.sock'}"
+        self.server: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.steps = 0
+        self.rows = 0  # pieces stepped, summed over the workers' steps
+
+    def __enter__(self) -> Self:
+        sock = self.folder / "redis.sock"
+        cmd = ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"]
+        self.server = subprocess.Popen([*cmd, "--dir", str(self.folder)], stdout=subprocess.DEVNULL)
+        try:
+            client = connect(self.url)
+            self._wait(lambda: sock.exists() and bool(client.ping()), "redis-server")
+            keys = Keys(self.NAMESPACE)
+            ensure_group(client, keys)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CONCERTBOT_")}
+            env |= {"REDIS_URL": self.url, "CONCERTBOT_GENERATION__NAMESPACE": self.NAMESPACE}
+            for n in range(self.count):
+                cmd = [sys.executable, "-m", "bot.cli", "worker", "--name", f"w{n}", "--batch", str(self.batch)]
+                log = (self.folder / f"w{n}.log").open("w")
+                self.procs.append(
+                    subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                )
+            # Listed in the group once its model is loaded: only then is it ready for the concerts' pieces.
+            names = {f"w{n}" for n in range(self.count)}
+            self._wait(lambda: names <= _consumers(client, keys), "the workers in the group")
+            client.close()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def settings(self, settings: Settings) -> Settings:
+        """`settings` with generation sent to this pool's workers."""
+        generation = settings.generation.model_copy(update={"remote": True, "namespace": self.NAMESPACE})
+        concert = settings.concert.model_copy(update={"redis_url": SecretStr(self.url)})
+        return settings.model_copy(update={"generation": generation, "concert": concert})
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the workers and of the server."""
+
+        def used(proc: subprocess.Popen[bytes]) -> float:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(proc.pid).cpu_times()
+                return float(times.user + times.system)
+            return 0.0
+
+        server = used(self.server) if self.server is not None else 0.0
+        return {"workers": sum(used(p) for p in self.procs), "redis": server}
+
+    @property
+    def mean_batch(self) -> float:
+        return self.rows / self.steps if self.steps else 0.0
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)  # as Ctrl-C: the worker says its mean batch as it stops
+        for n, proc in enumerate(self.procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            text = (self.folder / f"w{n}.log").read_text(errors="replace")
+            if found := re.findall(r"stopped: \d+ pieces, (\d+) steps, mean batch ([\d.]+)", text):
+                steps, mean = found[-1]
+                self.steps += int(steps)
+                self.rows += round(int(steps) * float(mean))
+        if self.server is not None:
+            self.server.kill()
+            self.server.wait()
+
+    def _procs(self) -> list[subprocess.Popen[bytes]]:
+        return [*self.procs, *([self.server] if self.server is not None else [])]
+
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            with contextlib.suppress(OSError, redis.ConnectionError):
+                if ready():
+                    return
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self._procs()):
+                raise RuntimeError(f"gave up waiting for {what}; logs in {self.folder}")
+            time.sleep(0.05)
+
+
+def _consumers(client: redis.Redis, keys: Keys) -> set[str]:
+    found: Any = client.xinfo_consumers(keys.gen_jobs, GROUP)
+    return {c["name"].decode() for c in found}
 
 
 class ForwardTimer:
@@ -418,11 +533,17 @@ class Trial:
 def run_trial(
     settings: Settings, loaded: LoadedModel, path: str, critic: int, size: int, args: argparse.Namespace
 ) -> Trial:
-    """`size` concerts on `path` ("alone" or "batched") for `args.seconds`, recording into a scratch folder."""
+    """`size` concerts on `path` ("alone", "batched" or "workers") for `args.seconds`, recording into a scratch
+    folder."""
     folder = Path(tempfile.mkdtemp(prefix="concerts-", dir=args.out))
     try:
         with contextlib.ExitStack() as stack:
-            loop = timer = None
+            loop = timer = pool = None
+            elsewhere: Callable[[], dict[str, float]] = dict
+            if path == "workers":
+                pool = stack.enter_context(WorkerPool(args.workers, args.worker_batch, folder))
+                settings, elsewhere = pool.settings(settings), pool.cpu
+                path = f"workers {args.workers}x{args.worker_batch}"
             if path == "batched":
                 timer = stack.enter_context(ForwardTimer())
                 loop = stack.enter_context(BatchLoop(Composer(loaded)))
@@ -437,10 +558,12 @@ def run_trial(
                 )
                 for i in range(size)
             ]
-            played = play_concerts(concerts, args.seconds, args.spread)
+            played = play_concerts(concerts, args.seconds, args.spread, elsewhere=elsewhere)
         trial = Trial(path, critic, size, played)
         if loop is not None and timer is not None:
             trial.forward_cpu, trial.steps, trial.rows = timer.cpu, loop.steps, loop.rows
+        if pool is not None:  # its workers said how full their batches ran as they stopped
+            trial.steps, trial.rows = pool.steps, pool.rows
         return trial
     finally:
         if not args.keep:
@@ -463,7 +586,7 @@ def search(try_size: Callable[[int], bool], start: int, limit: int) -> int:
     return good
 
 
-KINDS = ["forward", "batch rest", "concerts' generation", "render", "file outputs", "other"]
+KINDS = ["forward", "batch rest", "workers", "redis", "concerts' generation", "render", "file outputs", "other"]
 
 
 def row(trial: Trial) -> list[str]:
@@ -483,7 +606,8 @@ def row(trial: Trial) -> list[str]:
     cells += [f"{under} ({sum(x.underrun_seconds for x in t):.1f} s)", str(late), str(dropped)]
     cells += [f"{hit} of {len(t)}"]
     cells += [str(sum(x.pieces_started for x in t)), str(sum(x.pieces_failed for x in t)), f"{written:.0f}"]
-    cells += [f"{trial.rows / trial.steps:.1f}" if trial.steps else "", f"{100 * cpu['process'] / p.wall:.0f}"]
+    total = cpu["process"] + cpu.get("workers", 0.0) + cpu.get("redis", 0.0)  # this process and its workers
+    cells += [f"{trial.rows / trial.steps:.1f}" if trial.steps else "", f"{100 * total / p.wall:.0f}"]
     cells += [" / ".join(share), f"{p.rss_mib:.0f}", f"{p.load:.1f}"]
     return cells
 
@@ -502,7 +626,7 @@ COLUMNS = [
     "s recorded each",
     "mean batch",
     "CPU % of a core",
-    "CPU %: forward / batch rest / concerts' generation / render / file outputs / other",
+    "CPU %: forward / batch rest / workers / redis / concerts' generation / render / file outputs / other",
     "peak RSS MiB",
     "load",
 ]
@@ -519,6 +643,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long every trial plays")
     parser.add_argument("--spread", type=float, default=10.0, help="seconds over which the concerts start")
     parser.add_argument("--piece-seconds", type=float, default=None, help="default: sampling.seconds (60)")
+    parser.add_argument("--workers", type=int, default=1, help="path workers: `concertbot worker` processes")
+    parser.add_argument("--worker-batch", type=int, default=32, help="path workers: each worker's --batch")
     parser.add_argument("--hog", type=int, nargs="?", const=1, default=0, help="busy processes beside it")
     parser.add_argument("--out", type=Path, default=None, help="where the recordings go (deleted after)")
     parser.add_argument("--keep", action="store_true", help="keep the recordings")

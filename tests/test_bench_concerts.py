@@ -112,3 +112,26 @@ def test_the_shared_loop_gives_each_piece_its_own_tokens_while_some_are_held(
             t.join(timeout=60)
     assert got == alone
     assert loop.rows < loop.steps * 2  # the slow reader's piece was held out of some steps
+
+
+def test_concerts_played_by_a_worker_process_over_the_pools_own_redis(
+    bench: ModuleType, loaded: LoadedModel, tmp_path: Path
+) -> None:
+    settings = load_settings()
+    with bench.WorkerPool(1, 4, tmp_path) as pool:
+        remote = pool.settings(settings)
+        assert remote.generation.remote and remote.concert.redis_url is not None
+        concerts = [
+            bench.Concert(n, remote, loaded, tmp_path / f"c{n}.wav", bench.concert_requests(loaded, n, 3.0, 1))
+            for n in range(2)
+        ]
+        assert all(type(c.session.worker).__name__ == "RemoteGenerationWorker" for c in concerts)
+        played = bench.play_concerts(concerts, seconds=5.0, elsewhere=pool.cpu)
+    for tally in played.tallies:
+        assert tally.pieces_started >= 1 and tally.pieces_failed == 0
+        with wave.open(str(tmp_path / f"c{tally.concert}.wav")) as wav:
+            audio = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+        assert np.abs(audio).max() > 1000  # the worker's notes, rendered here
+    assert played.cpu["workers"] > 0  # the sampling happened in the worker process, and was counted
+    assert pool.steps > 0 and pool.steps <= pool.rows <= 4 * pool.steps  # read from its log as it stopped
+    assert all(proc.poll() is not None for proc in pool.procs) and pool.server.poll() is not None

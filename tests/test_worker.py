@@ -118,6 +118,27 @@ def test_a_batching_worker_samples_pieces_together_each_as_composer_stream_would
     assert client.xpending(keys.gen_jobs, GROUP)["pending"] == 0
 
 
+def test_a_batching_worker_keeps_its_claims_while_a_critic_holds_a_bars_tokens(client, composer):
+    # With a critic a piece's tokens come a bar at a time, and a full batch may step for seconds between two
+    # bars: the worker must refresh its claims meanwhile, or it (or another) takes its own live job "over".
+    keys = Keys("t7")
+    version = composer.loaded.version
+    jobs = GenerationClient(client, keys, version, wait_seconds=60)
+    worker = Worker(client, keys, composer, version, name="wc", claim_idle_seconds=0.05)
+    requests = [make_request(composer.loaded, s, seconds=6.0, seed=7, critic=3) for s in ("bach", "classical")]
+    ids = [jobs.submit(r) for r in requests]
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, kwargs={"stop": stop, "batch": 4}, daemon=True)
+    thread.start()
+    try:
+        got = [list(jobs.tokens(job)) for job in ids]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert got == [list(composer.stream(r)) for r in requests]
+    assert [s.outcome for s in worker.served] == ["done", "done"]  # no piece taken over from itself, none lost
+
+
 def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, composer, caplog):
     caplog.set_level(logging.INFO, logger="bot.concert.worker")
     keys = Keys("t8")

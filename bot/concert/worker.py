@@ -168,6 +168,8 @@ class Worker:
         self.heartbeat = min(0.5, claim_idle_seconds / 4)
         self.clock = clock
         self.served: list[Served] = []
+        self.steps = 0  # batched steps taken, and the pieces in them summed: rows / steps is the mean batch
+        self.rows = 0
         self._append: Any = client.register_script(APPEND)
         self._redis_down = False
         ensure_group(client, keys)
@@ -273,8 +275,15 @@ class Worker:
                             self.served.append(serving.served())
                     if not active:
                         continue
+                    self.steps += 1
+                    self.rows += len(active)
                     for piece, token in batch.step():
                         active[id(piece)][1].feed(token)
+                    # A piece with a critic yields nothing while its bar's candidates are sampled, seconds in a
+                    # full batch: its claim is refreshed anyway, or this worker (or another) takes it "over".
+                    for _, serving in active.values():
+                        if serving.outcome is None and not serving.writer.beat():
+                            serving.outcome = serving.writer.status
                     for key, (piece, serving) in list(active.items()):
                         if piece.error is not None and serving.outcome is None:
                             log.error("worker %s failed piece %s: %r", self.name, serving.job.job, piece.error)
@@ -461,4 +470,15 @@ def run_worker(
     worker = Worker(
         connect(redis_url), Keys(namespace), Composer(loaded, device), loaded.version, name, claim_idle_seconds
     )
-    worker.run(batch=batch)
+    try:
+        worker.run(batch=batch)
+    finally:
+        # How full its batch ran: what an operator sizing --batch (and bench_concerts) reads.
+        mean = worker.rows / worker.steps if worker.steps else 0.0
+        log.info(
+            "worker %s stopped: %d pieces, %d steps, mean batch %.2f",
+            worker.name,
+            len(worker.served),
+            worker.steps,
+            mean,
+        )

@@ -19,6 +19,7 @@ import mido
 from bot.chat.message import ChatMessage
 from bot.concert.conductor import Slot
 from bot.state.store import StoreUnavailable
+from bot.web.data import now_fields
 from bot.web.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
 from generator.plan import Plan
@@ -87,14 +88,10 @@ class LiveConcertView:
         r = slot.record
         plan = self.concert.conductor.plan_of(r)
         return NowView(
-            seed=r.seed,
-            style=r.recipe.style,
-            instruments=tuple(r.recipe.instruments),
-            tempo=r.recipe.tempo,
+            recipe=r.recipe,
             requester=slot.request.login if slot.request else None,
             votes=await self.concert.store.votes(r.seed),
             elapsed=round(self.concert.conductor.elapsed(), 1),
-            seconds=r.recipe.seconds,
             paused=self.concert.session.engine.paused,
             form=plan.form if plan else None,
             plan=plan_summary(plan, r.recipe.tempo) if plan else None,
@@ -191,13 +188,7 @@ class LiveConcertView:
         plan = self.concert.conductor.plan_of(record)
         played = self.concert.conductor.performance_of(record)
         return PieceView(
-            seed=record.seed,
-            style=record.recipe.style,
-            instruments=tuple(record.recipe.instruments),
-            tempo=record.recipe.tempo,
-            seconds=record.recipe.seconds,
-            temperature=record.recipe.temperature,
-            top_p=record.recipe.top_p,
+            recipe=record.recipe,
             model_version=record.model_version,
             requester=record.requester or None,
             created_at=record.created_at,
@@ -350,12 +341,12 @@ class LiveConcertView:
         self._queue_length = sum(1 for q in queue if q.position > 0)  # waiting, not the one being composed
         # Elapsed time and waits tick on their own in the page; a change of anything else is news.
         steady: dict[str, object] = {
-            "now": None if now is None else asdict(now) | {"elapsed": None},
+            "now": None if now is None else now_fields(now) | {"elapsed": None},
             "queue": [asdict(q) | {"eta_seconds": None} for q in queue],
             "votes": None if now is None else (now.seed, now.votes),
         }
         news: dict[str, dict[str, Any]] = {
-            "now": {"now": None if now is None else asdict(now)},
+            "now": {"now": None if now is None else now_fields(now)},
             "queue": {"queue": [asdict(q) for q in queue]},
             "votes": {} if now is None else {"seed": now.seed, "votes": now.votes},
         }

@@ -23,6 +23,7 @@ import mido
 import numpy as np
 
 from bot.web.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
+from generator.sampling import PieceRequest
 
 WAV_RATE = 22050
 DRUM_CHANNEL = 9
@@ -157,14 +158,10 @@ class FakeConcert:
         piece = self.pieces[self.playing.seed]
         elapsed = (self.playing.paused_at or self.clock()) - self.playing.started
         return NowView(
-            piece.seed,
-            piece.style,
-            piece.instruments,
-            piece.tempo,
+            piece.recipe,
             piece.requester,
             piece.votes,
             elapsed,
-            piece.seconds,
             form=piece.form,
             plan=piece.plan,
             title=piece.title,
@@ -172,7 +169,7 @@ class FakeConcert:
 
     async def queue(self) -> list[QueueView]:
         now = await self.now()
-        wait = max(0.0, now.seconds - now.elapsed) if now else 0.0
+        wait = max(0.0, now.recipe.seconds - now.elapsed) if now else 0.0
         views = []
         for position, r in enumerate(self.requests, start=1):
             views.append(QueueView(position, r.requester, r.style, r.instruments, wait, r.replay_seed))
@@ -187,7 +184,8 @@ class FakeConcert:
         board = []
         for rank, (seed, count) in enumerate(ranked[:n], start=1):
             piece = self.pieces[seed]
-            board.append(BoardView(rank, seed, count, piece.style, piece.instruments, piece.requester))
+            recipe = piece.recipe
+            board.append(BoardView(rank, seed, count, recipe.style, recipe.instruments, piece.requester))
         return board
 
     async def piece(self, seed: int) -> PieceView | None:
@@ -199,7 +197,7 @@ class FakeConcert:
         piece = self.pieces.get(seed)
         if piece is None or not piece.complete:
             return None
-        return midi_bytes(self.notes[seed], piece.tempo)
+        return midi_bytes(self.notes[seed], piece.recipe.tempo)
 
     async def piece_midi_so_far(self, seed: int) -> bytes | None:
         """The notes played so far of the piece playing, as the real view gives those composed so far."""
@@ -207,7 +205,7 @@ class FakeConcert:
         piece = self.pieces.get(seed)
         if piece is None or piece.complete or self.playing is None or self.playing.seed != seed:
             return None
-        return midi_bytes(self.notes[seed], piece.tempo)
+        return midi_bytes(self.notes[seed], piece.recipe.tempo)
 
     async def piece_wav(self, seed: int) -> bytes | None:
         self.lookups.append(seed)
@@ -234,7 +232,7 @@ class FakeConcert:
             return [f"@{user} thanks for voting" if self.vote(user) else f"@{user} nothing to vote for"]
         if words[0] == "!np":
             now = await self.now()
-            return [f"now playing: {now.style} (seed {now.seed})" if now else "nothing is playing"]
+            return [f"now playing: {now.recipe.style} (seed {now.seed})" if now else "nothing is playing"]
         return []
 
     async def skip(self) -> None:
@@ -295,13 +293,7 @@ def recipe(
 ) -> PieceView:
     """A piece just started: no votes, not complete."""
     return PieceView(
-        seed=seed,
-        style=style,
-        instruments=instruments,
-        tempo=tempo,
-        seconds=seconds,
-        temperature=1.0,
-        top_p=0.95,
+        recipe=PieceRequest(style, instruments, tempo, seconds, seed),
         model_version="fake-1",
         requester=requester,
         created_at=time.time() if created_at is None else created_at,

@@ -35,6 +35,7 @@ from bot.web.pages import form_line
 from bot.web.server import make_app
 from bot.web.view import LiveNote, NowView
 from generator.plan import Phrase, Plan, Section, draw_plan
+from generator.sampling import PieceRequest
 from synth.http_audio import AudioBroadcast
 
 pytestmark = pytest.mark.anyio
@@ -140,7 +141,7 @@ def test_play_clock_stops_when_elapsed_stands_still() -> None:
     clock = PlayClock()
 
     def at(elapsed: float, seed: int = 1) -> NowView:
-        return NowView(seed, "bach", ("organ",), 90.0, None, 0, elapsed, 60.0)
+        return NowView(PieceRequest("bach", ("organ",), 90.0, 60.0, seed), None, 0, elapsed)
 
     assert clock.observe(at(10.0), at=100.0)
     assert clock.observe(at(10.0), at=100.5)  # too soon to tell
@@ -227,6 +228,30 @@ async def test_piece_api_and_its_404() -> None:
                 assert (await r.json())["error"] == "no such piece"
     assert piece["seed"] == 2**63 - 1 and piece["instruments"] == ["organ", "choir"] and piece["votes"] == 4
     assert piece["midi_url"] == f"/p/{2**63 - 1}.mid" and piece["complete"] is True
+
+
+# Every field the API served before the views held their piece's recipe: the overlay's script and API users read
+# these names, flat, so the recipe inside a view must not show in the JSON.
+NOW_FIELDS = {"seed", "style", "instruments", "tempo", "seconds", "requester", "votes", "elapsed", "paused"}
+NOW_FIELDS |= {"form", "plan", "title", "steer_votes", "steers", "url"}
+PIECE_FIELDS = {"seed", "style", "instruments", "tempo", "seconds", "temperature", "top_p", "model_version"}
+PIECE_FIELDS |= {"requester", "created_at", "votes", "complete", "key", "form", "plan", "title", "steers"}
+PIECE_FIELDS |= {"url", "midi_url", "wav_url"}
+
+
+async def test_now_and_piece_json_spread_the_recipe_among_their_own_fields() -> None:
+    concert = FakeConcert()
+    concert.start(4242, "irish", ("flute", "harp"), "ann", tempo=112, seconds=80, key="D")
+    async with client(concert) as (url, http):
+        async with http.get(f"{url}/api/now") as r:
+            now = await r.json()
+        concert.finish()
+        async with http.get(f"{url}/api/pieces/4242") as r:
+            piece = await r.json()
+    assert set(now) == NOW_FIELDS and set(piece) == PIECE_FIELDS
+    recipe = {"seed": 4242, "style": "irish", "instruments": ["flute", "harp"], "tempo": 112, "seconds": 80}
+    assert {name: now[name] for name in recipe} == recipe == {name: piece[name] for name in recipe}
+    assert (piece["temperature"], piece["top_p"], piece["key"]) == (1.0, 0.95, "D")
 
 
 # Pages

@@ -148,13 +148,21 @@ def parse_chat(body: Any) -> ChatLine:
 
 
 # JSON shapes. Tuples become lists; seeds stay numbers here (the overlay's messages turn them into text).
+# A view's recipe is spread flat among its own fields, as the API has always served it and the overlay reads it.
+NOW_RECIPE = ("seed", "style", "instruments", "tempo", "seconds")
+PIECE_RECIPE = (*NOW_RECIPE, "temperature", "top_p")
+
+
+def now_fields(now: NowView) -> dict[str, Any]:
+    """What is playing as plain JSON values: the API's `/api/now` and the overlay's "now" event."""
+    return _plain(now, NOW_RECIPE)
 
 
 def now_json(now: NowView | None) -> dict[str, Any] | None:
     """What is playing, with its page's address; None when the concert is silent."""
     if now is None:
         return None
-    return {**_plain(now), "url": f"/p/{now.seed}"}
+    return {**now_fields(now), "url": f"/p/{now.seed}"}
 
 
 def queue_json(queue: list[QueueView]) -> list[dict[str, Any]]:
@@ -170,7 +178,7 @@ def board_json(board: list[BoardView]) -> list[dict[str, Any]]:
 def piece_json(piece: PieceView) -> dict[str, Any]:
     """A stored piece's recipe and votes, with its page and download addresses."""
     links = {"url": f"/p/{piece.seed}", "midi_url": f"/p/{piece.seed}.mid", "wav_url": f"/p/{piece.seed}.wav"}
-    return {**_plain(piece), **(links if piece.complete else {"url": links["url"]})}
+    return {**_plain(piece, PIECE_RECIPE), **(links if piece.complete else {"url": links["url"]})}
 
 
 def notes_json(data: dict[str, Any]) -> dict[str, Any]:
@@ -212,5 +220,10 @@ def seeds_as_text(value: Any) -> Any:
     return value
 
 
-def _plain(view: Any) -> dict[str, Any]:
-    return {key: list(item) if isinstance(item, tuple) else item for key, item in asdict(view).items()}
+def _plain(view: Any, shown: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`view`'s fields, its recipe's `shown` fields in place of the recipe, tuples as lists."""
+    fields = asdict(view)
+    if "recipe" in fields:
+        recipe = fields.pop("recipe")
+        fields = {name: recipe[name] for name in shown} | fields
+    return {key: list(item) if isinstance(item, tuple) else item for key, item in fields.items()}

@@ -116,18 +116,18 @@ def piece_body(piece: PieceView, chat: bool = False) -> str:
 
     `chat`: the local chat box is served, and the hint to replay the piece links to it.
     """
-    seed = piece.seed
+    seed, recipe = piece.seed, piece.recipe
     created = dt.datetime.fromtimestamp(piece.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = [
-        ("Style", html.escape(piece.style)),
-        ("Instruments", _names(piece.instruments)),
-        ("Tempo", f"{piece.tempo:g} bpm"),
+        ("Style", html.escape(recipe.style)),
+        ("Instruments", _names(recipe.instruments)),
+        ("Tempo", f"{recipe.tempo:g} bpm"),
         *([("Key", _key(piece.key))] if piece.key else []),
-        ("Length", _length(piece.seconds)),
+        ("Length", _length(recipe.seconds)),
         *([("Form", form_line(piece.plan, piece.key))] if piece.plan else []),
         *([("Steered by chat", _steers(piece.steers))] if piece.steers else []),
-        ("Temperature", f"{piece.temperature:g}"),
-        ("Top-p", f"{piece.top_p:g}"),
+        ("Temperature", f"{recipe.temperature:g}"),
+        ("Top-p", f"{recipe.top_p:g}"),
         ("Model", html.escape(piece.model_version)),
         ("Requested by", _who(piece.requester)),
         ("Composed", created),
@@ -149,10 +149,10 @@ finished.</p>
     votes = "vote" if piece.votes == 1 else "votes"
     where = '<a href="/chat">the local chat</a>' if chat else "chat"
     # A title names the piece; the style is then the line above it, as a programme prints them.
-    kicker = f"{html.escape(piece.style)} · " if piece.title else ""
+    kicker = f"{html.escape(recipe.style)} · " if piece.title else ""
     return f"""<section class="card piece">
 <p class="kicker">{kicker}Piece <span class="seed">{seed}</span></p>
-<h1>{html.escape(piece.title or piece.style)}</h1>
+<h1>{html.escape(piece.title or recipe.style)}</h1>
 <p class="votes"><strong>{piece.votes}</strong> {votes}</p>
 {listen}
 <table class="recipe">
@@ -221,7 +221,7 @@ async def piece_route(request: web.Request) -> web.StreamResponse:
     if piece is None:
         return not_found(f"No piece has the seed {seed} (yet).", chat)
     if not dot:
-        return page(f"{piece.title or piece.style} · {seed}", piece_body(piece, chat), chat=chat)
+        return page(f"{piece.title or piece.recipe.style} · {seed}", piece_body(piece, chat), chat=chat)
     if not piece.complete:
         so_far = await view.piece_midi_so_far(seed) if kind == "mid" else None
         if so_far is None:

@@ -29,9 +29,9 @@ def spec_of(piece: PieceView) -> ScoreSpec:
     """What the score prints beside the notes, from the piece's page data."""
     metre = piece.plan.get("metre") if piece.plan else None
     return ScoreSpec(
-        title=piece.title or f"{piece.style.capitalize()} {piece.seed}",
-        instruments=piece.instruments,
-        tempo=piece.tempo,
+        title=piece.title or f"{piece.recipe.style.capitalize()} {piece.seed}",
+        instruments=piece.recipe.instruments,
+        tempo=piece.recipe.tempo,
         key=piece.key,
         metre=metre,
     )

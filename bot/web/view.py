@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:  # only named in annotations: the web side's types stay free of torch and the model
+    from generator.sampling import PieceRequest
 
 Period = Literal["stream", "week", "all"]
 
 
 @dataclass(frozen=True)
 class NowView:
-    seed: int
-    style: str
-    instruments: tuple[str, ...]
-    tempo: float
+    recipe: PieceRequest  # the piece as it was composed: its seed, style, instruments, tempo, length ...
     requester: str | None  # login; None when the bot chose the piece itself
     votes: int
     elapsed: float  # seconds of the piece played so far
-    seconds: float  # the piece's planned length
     paused: bool = False
     form: str | None = None  # its sections as a listener names them, "A A B B"; None without a plan
     # `bot.concert_view.plan_summary`: its bars, sections and cadences in seconds
@@ -33,6 +32,10 @@ class NowView:
     # seconds}, and steers that passed {"steer": "!add harp", "at": seconds into the piece, None until it lands}
     steer_votes: tuple[dict[str, Any], ...] = ()
     steers: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
 
 
 @dataclass(frozen=True)
@@ -57,24 +60,24 @@ class BoardView:
 
 @dataclass(frozen=True)
 class PieceView:
-    seed: int
-    style: str
-    instruments: tuple[str, ...]
-    tempo: float
-    seconds: float
-    temperature: float
-    top_p: float
+    recipe: PieceRequest  # as stored with the piece
     model_version: str
     requester: str | None
     created_at: float  # unix time
     votes: int
     complete: bool  # False while the piece is still being generated
-    key: str | None = None  # the one asked for or the one its seed chose; None for a keyless model
+    # The key it is in: the one asked for or the one its seed chose (the recipe's is None then); None for a
+    # keyless model
+    key: str | None = None
     form: str | None = None  # as in NowView
     plan: dict[str, Any] | None = None  # as in NowView
     title: str | None = None  # the piece's name, when its record has one
     # What chat changed while it played: {"steer": "!add harp", "bar": 5 (from 0), "at": seconds into it}
     steers: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from bot.chat.twitch_auth import (
     device_login,
     load_token,
     read_token_answer,
+    renewed,
     run_settings,
     save_token,
     token_path,
@@ -237,6 +238,19 @@ def test_saving_replaces_the_file_atomically_at_mode_0600(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="not a Twitch token file"):
         load_token(path)
     assert load_token(tmp_path / "none.json") is None
+
+
+def test_a_renewed_pair_is_written_back_with_its_expiry_only_for_the_files_account(tmp_path: Path) -> None:
+    path = tmp_path / "twitch-token.json"
+    save_token(path, StoredToken("cid", "1001", "concertbot", ("user:bot",), 1e9, "old-access", "old-refresh"))
+    renewed(path, "2002", "other-access", "other-refresh", 3600, ["user:bot"], wall=lambda: 2e9)
+    assert load_token(path) == StoredToken(  # another account's pair: the file stays as it was
+        "cid", "1001", "concertbot", ("user:bot",), 1e9, "old-access", "old-refresh"
+    )
+    renewed(path, "1001", "new-access", "new-refresh", 3600, [], wall=lambda: 2e9)
+    assert load_token(path) == StoredToken(
+        "cid", "1001", "concertbot", ("user:bot",), 2e9 + 3600, "new-access", "new-refresh"
+    )
 
 
 # --- status ---------------------------------------------------------------------------------------------------

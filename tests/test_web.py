@@ -30,7 +30,7 @@ from tones import RATE, writing
 
 from bot.concert_view import metre, plan_summary
 from bot.web.data import parse_panels, parse_seed, seeds_as_text
-from bot.web.overlay import OUTBOX, OverlayClient, PlayClock
+from bot.web.overlay import OUTBOX, PAUSE_AFTER, OverlayClient, OverlayHub, PlayClock
 from bot.web.pages import form_line
 from bot.web.server import make_app
 from bot.web.view import LiveNote, NowView
@@ -156,6 +156,26 @@ async def test_a_stalled_overlay_is_cut_off_not_buffered_forever() -> None:
         overlay.send(f"message {i}")
     assert overlay.stalled
     assert overlay.outbox.qsize() == 1 and overlay.outbox.get_nowait() is None  # only the hang-up remains
+
+
+async def test_the_overlay_hub_tells_a_pause_by_its_own_clock() -> None:
+    concert = FakeConcert(clock=lambda: 50.0)  # the piece's elapsed time stands still, as when paused
+    concert.start(7, "bach", ("organ",), "ann")
+    hub_time = [100.0]
+    hub = OverlayHub(concert, clock=lambda: hub_time[0])
+
+    async def ticking() -> bool:
+        overlay = OverlayClient(web.WebSocketResponse(), "stream")
+        await hub.join(overlay)
+        message = json.loads(overlay.outbox.get_nowait())
+        assert message["type"] == "now" and message["now"]["seed"] == "7"
+        return bool(message["ticking"])
+
+    assert await ticking()
+    hub_time[0] += PAUSE_AFTER / 2
+    assert await ticking()  # not still for long enough yet
+    hub_time[0] += PAUSE_AFTER
+    assert not await ticking()
 
 
 # JSON API

@@ -184,9 +184,18 @@ def run_settings(data_dir: Path) -> TwitchSettings | None:
 
 
 def renewed(
-    path: Path, user_id: str, access_token: str, refresh_token: str, expires_in: float, scopes: Any
+    path: Path,
+    user_id: str,
+    access_token: str,
+    refresh_token: str,
+    expires_in: float,
+    scopes: Any,
+    wall: Callable[[], float] = time.time,
 ) -> None:
-    """Write a pair that twitchio renewed back to the token file at `path`, if it is that file's account's."""
+    """Write a pair that twitchio renewed back to the token file at `path`, if it is that file's account's.
+
+    `wall` is unix time now: the pair runs out `expires_in` seconds after it.
+    """
     stored = load_token(path)
     if stored is None or stored.user_id != user_id:
         return
@@ -194,7 +203,7 @@ def renewed(
         stored,
         access_token=access_token,
         refresh_token=refresh_token,
-        expires_at=time.time() + expires_in,
+        expires_at=wall() + expires_in,
         scopes=tuple(scopes) or stored.scopes,
     )
     save_token(path, new)

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -97,10 +97,12 @@ class OverlayClient:
 class OverlayHub:
     """Fans the view's events out to every connected overlay, as JSON text messages."""
 
-    def __init__(self, view: ConcertView) -> None:
+    def __init__(self, view: ConcertView, clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock`: monotonic seconds, by which a piece whose elapsed time stands still counts as paused."""
         self.view = view
         self.clients: set[OverlayClient] = set()
-        self._clock = PlayClock()
+        self._clock = clock
+        self._play = PlayClock()
         # The piece's latest "notes" messages, so that an overlay that (re)loads mid-piece shows a full roll.
         self._recent_notes: deque[str] = deque(maxlen=RECENT_NOTES)
         # Held while reading state and queueing it, so a joining overlay's snapshot and the updates after it
@@ -185,7 +187,7 @@ class OverlayHub:
                 break
             now, queue = await self.view.now(), await self.view.queue()
         if "now" in kinds:
-            ticking = self._clock.observe(now, time.monotonic())
+            ticking = self._play.observe(now, self._clock())
             state.append(_message("now", now=now_json(now), ticking=ticking))
         if "queue" in kinds:
             state.append(_message("queue", queue=queue_json(queue)))

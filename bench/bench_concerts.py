@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import itertools
+import json
 import logging
 import os
 import queue
@@ -331,12 +333,14 @@ def play_concerts(
     poll: float = 0.25,
     clock: Callable[[], float] = time.monotonic,
     elsewhere: Callable[[], dict[str, float]] = dict,
+    ready: Callable[[], None] = lambda: None,
 ) -> Played:
     """Play every concert at once for `seconds` of the clock, keeping a piece queued behind each one playing.
 
     The concerts' first pieces are asked for `spread` seconds apart in all, as channels start at different
     times: N openings in one moment would measure a start-up burst, not what a deployment sustains.
-    `elsewhere` gives the CPU seconds so far of other processes working for the concerts (workers), by kind.
+    `elsewhere` gives the CPU seconds so far of other processes working for the concerts (workers), by kind;
+    `ready` is called once every session is open, and the clock starts when it returns.
     """
     proc = psutil.Process()
     rss = 0.0
@@ -344,6 +348,7 @@ def play_concerts(
         for concert in concerts:
             stack.enter_context(concert.session)
             concert.started()
+        ready()
         kinds = thread_kinds()
         before, cpu0 = thread_cpu(kinds) | elsewhere(), time.process_time()
         started = clock()
@@ -428,9 +433,7 @@ class WorkerPool:
 
     def settings(self, settings: Settings) -> Settings:
         """`settings` with generation sent to this pool's workers."""
-        generation = settings.generation.model_copy(update={"remote": True, "namespace": self.NAMESPACE})
-        concert = settings.concert.model_copy(update={"redis_url": SecretStr(self.url)})
-        return settings.model_copy(update={"generation": generation, "concert": concert})
+        return remote_settings(settings, self.url)
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far of the workers and of the server."""
@@ -478,6 +481,13 @@ class WorkerPool:
             if time.monotonic() > deadline or any(p.poll() is not None for p in self._procs()):
                 raise RuntimeError(f"gave up waiting for {what}; logs in {self.folder}")
             time.sleep(0.05)
+
+
+def remote_settings(settings: Settings, url: str) -> Settings:
+    """`settings` with generation sent to the workers of the Redis at `url`, in the pool's namespace."""
+    generation = settings.generation.model_copy(update={"remote": True, "namespace": WorkerPool.NAMESPACE})
+    concert = settings.concert.model_copy(update={"redis_url": SecretStr(url)})
+    return settings.model_copy(update={"generation": generation, "concert": concert})
 
 
 def _consumers(client: redis.Redis, keys: Keys) -> set[str]:
@@ -544,6 +554,9 @@ def run_trial(
                 pool = stack.enter_context(WorkerPool(args.workers, args.worker_batch, folder))
                 settings, elsewhere = pool.settings(settings), pool.cpu
                 path = f"workers {args.workers}x{args.worker_batch}"
+            if pool is not None and args.procs > 1:
+                played = play_in_processes(pool, critic, size, folder, args)
+                path += f", {args.procs} processes"
             if path == "batched":
                 timer = stack.enter_context(ForwardTimer())
                 loop = stack.enter_context(BatchLoop(Composer(loaded)))
@@ -556,9 +569,10 @@ def run_trial(
                     concert_requests(loaded, i, args.piece_seconds, critic),
                     loop,
                 )
-                for i in range(size)
+                for i in range(size if args.procs == 1 or pool is None else 0)
             ]
-            played = play_concerts(concerts, args.seconds, args.spread, elsewhere=elsewhere)
+            if concerts:
+                played = play_concerts(concerts, args.seconds, args.spread, elsewhere=elsewhere)
         trial = Trial(path, critic, size, played)
         if loop is not None and timer is not None:
             trial.forward_cpu, trial.steps, trial.rows = timer.cpu, loop.steps, loop.rows
@@ -568,6 +582,74 @@ def run_trial(
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def play_in_processes(
+    pool: WorkerPool, critic: int, size: int, folder: Path, args: argparse.Namespace
+) -> Played:
+    """The concerts split over `args.procs` processes (this bench again, with --share), all fed by `pool`:
+    each process plays every P-th concert; their clocks start together once all have opened their sessions."""
+    procs = []
+    for k in range(args.procs):
+        share = {"url": pool.url, "numbers": list(range(k, size, args.procs)), "critic": critic}
+        share |= {"folder": str(folder), "out": str(folder / f"share-{k}.json")}
+        cmd = [sys.executable, __file__, "--share", json.dumps(share), "--seconds", str(args.seconds)]
+        cmd += ["--spread", str(args.spread), "--piece-seconds", str(args.piece_seconds)]
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    try:
+        for proc in procs:  # each says "ready" once its sessions are open, then waits for the word to start
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", (
+                "a share did not start"
+            )
+        before, started = pool.cpu(), time.monotonic()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        time.sleep(args.seconds)
+        after = pool.cpu()
+        for proc in procs:
+            assert proc.wait(timeout=120) == 0, "a share failed"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    parts = []
+    for k in range(args.procs):
+        found = json.loads((folder / f"share-{k}.json").read_text())
+        parts.append(Played([Tally(**t) for t in found.pop("tallies")], **found))
+    cpu = {kind: after[kind] - before[kind] for kind in after}
+    for part in parts:
+        for kind, seconds in part.cpu.items():
+            cpu[kind] = cpu.get(kind, 0.0) + seconds
+    tallies = sorted((t for part in parts for t in part.tallies), key=lambda t: t.concert)
+    rss = sum(part.rss_mib for part in parts)  # the processes' peaks, summed
+    return Played(tallies, cpu, time.monotonic() - started, rss, os.getloadavg()[0])
+
+
+def play_share(
+    settings: Settings, loaded: LoadedModel, share: dict[str, Any], args: argparse.Namespace
+) -> None:
+    """A --share process: its concerts, fed by the workers at share["url"]; what they played, as JSON."""
+    remote, folder = remote_settings(settings, share["url"]), Path(share["folder"])
+    concerts = [
+        Concert(
+            n,
+            remote,
+            loaded,
+            folder / f"concert-{n}.wav",
+            concert_requests(loaded, n, args.piece_seconds, share["critic"]),
+        )
+        for n in share["numbers"]
+    ]
+
+    def ready() -> None:
+        print("ready", flush=True)
+        sys.stdin.readline()
+
+    played = play_concerts(concerts, args.seconds, args.spread, ready=ready)
+    Path(share["out"]).write_text(json.dumps(dataclasses.asdict(played)))
 
 
 def search(try_size: Callable[[int], bool], start: int, limit: int) -> int:
@@ -645,6 +727,8 @@ def main() -> None:
     parser.add_argument("--piece-seconds", type=float, default=None, help="default: sampling.seconds (60)")
     parser.add_argument("--workers", type=int, default=1, help="path workers: `concertbot worker` processes")
     parser.add_argument("--worker-batch", type=int, default=32, help="path workers: each worker's --batch")
+    parser.add_argument("--procs", type=int, default=1, help="path workers: bench processes the concerts share")
+    parser.add_argument("--share", default=None, help=argparse.SUPPRESS)  # set for the processes --procs starts
     parser.add_argument("--hog", type=int, nargs="?", const=1, default=0, help="busy processes beside it")
     parser.add_argument("--out", type=Path, default=None, help="where the recordings go (deleted after)")
     parser.add_argument("--keep", action="store_true", help="keep the recordings")
@@ -655,6 +739,9 @@ def main() -> None:
     args.piece_seconds = args.piece_seconds or settings.sampling.seconds
     threads = use_torch_threads("sample", settings.engine.torch_threads)  # as `concertbot run` samples
     loaded = load_model(settings.paths.model_dir)
+    if args.share is not None:
+        play_share(settings, loaded, json.loads(args.share), args)
+        return
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
     trials: list[Trial] = []

@@ -3,6 +3,7 @@ shared batch loop giving each piece the tokens `Composer.stream` gives it alone.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import sys
 import threading
@@ -135,3 +136,16 @@ def test_concerts_played_by_a_worker_process_over_the_pools_own_redis(
     assert played.cpu["workers"] > 0  # the sampling happened in the worker process, and was counted
     assert pool.steps > 0 and pool.steps <= pool.rows <= 4 * pool.steps  # read from its log as it stopped
     assert all(proc.poll() is not None for proc in pool.procs) and pool.server.poll() is not None
+
+
+def test_concerts_split_over_two_processes_all_play_and_are_counted(bench: ModuleType, tmp_path: Path) -> None:
+    args = argparse.Namespace(seconds=4.0, spread=0.0, piece_seconds=3.0, procs=2)
+    with bench.WorkerPool(1, 4, tmp_path) as pool:
+        played = bench.play_in_processes(pool, 1, 3, tmp_path, args)
+    assert [t.concert for t in played.tallies] == [0, 1, 2]  # every concert once, from both processes
+    for tally in played.tallies:
+        assert tally.pieces_started >= 1 and tally.pieces_failed == 0
+        with wave.open(str(tmp_path / f"concert-{tally.concert}.wav")) as wav:
+            audio = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+        assert np.abs(audio).max() > 1000
+    assert played.cpu["render"] > 0 and played.cpu["workers"] > 0 and played.cpu["process"] > 0

@@ -18,7 +18,7 @@ import mido
 
 from bot.chat.message import ChatMessage
 from bot.concert.conductor import Slot
-from bot.state.store import StoreUnavailable
+from bot.state.outage import FailureLog
 from bot.web.data import now_fields
 from bot.web.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
@@ -315,23 +315,17 @@ class LiveConcertView:
         of failures, and the updates go on.
         """
         last: dict[str, object] = {}
-        failing: type[Exception] | None = None
+        said = FailureLog(log, "overlay updates")
         wait = PUBLISH_EVERY
         while True:
             try:
                 await self._publish_changes(last)
-            except StoreUnavailable as exc:
-                if failing is not StoreUnavailable:
-                    log.warning("overlay updates paused: %s; retrying", exc)
-                failing, wait = StoreUnavailable, min(wait * 2, RETRY_MAX)
             except Exception as exc:
-                if failing is not type(exc):
-                    log.exception("overlay updates failed; retrying")
-                failing, wait = type(exc), min(wait * 2, RETRY_MAX)
+                said.failed(exc)
+                wait = min(wait * 2, RETRY_MAX)
             else:
-                if failing is not None:
-                    log.info("overlay updates resumed")
-                failing, wait = None, PUBLISH_EVERY
+                said.worked()
+                wait = PUBLISH_EVERY
             await asyncio.sleep(wait)
 
     async def _publish_changes(self, last: dict[str, object]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
+from bot.state.outage import FailureLog
 from bot.state.store import StoreUnavailable
 from bot.web.data import (
     WebInputError,
@@ -112,7 +113,7 @@ class OverlayHub:
     async def run(self) -> None:
         """Forward the view's events until cancelled."""
         events = self.view.subscribe()
-        away = False  # Redis is not answering: said once, not at every try
+        said = FailureLog(log, "overlay refreshes")  # once when they start failing, once when they work again
         try:
             while True:
                 batch = await _next_batch(events, RESYNC)
@@ -122,16 +123,11 @@ class OverlayHub:
                 try:
                     async with self._lock:
                         await self._publish(batch, notes)
-                except StoreUnavailable as exc:
-                    if not away:
-                        log.warning("could not update the overlays: %s", exc)
-                    away = True
-                    await asyncio.sleep(RESYNC)
-                except Exception:
-                    log.exception("could not update the overlays")
+                except Exception as exc:
+                    said.failed(exc)
                     await asyncio.sleep(RESYNC)
                 else:
-                    away = False
+                    said.worked()
         finally:
             self.view.unsubscribe(events)
 

@@ -26,7 +26,7 @@ from bot.state.keys import Keys
 from config.settings import load_settings
 from generator.model import load_model
 from generator.recipes import make_request
-from generator.sampling import Composer
+from generator.sampling import Composer, PieceRequest
 from generator.threads import use_torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,11 +66,24 @@ class _Silence:
         pass
 
 
-def _worker_thread(worker: Worker) -> tuple[threading.Thread, threading.Event]:
+def _worker_thread(worker: Worker, batch: int = 1) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread = threading.Thread(target=worker.run, kwargs={"stop": stop, "batch": batch}, daemon=True)
     thread.start()
     return thread, stop
+
+
+def _served(
+    worker: Worker, jobs: GenerationClient, requests: list[PieceRequest], batch: int
+) -> list[list[int]]:
+    """Each request's tokens as `worker`, on a thread taking up to `batch` pieces together, wrote them."""
+    ids = [jobs.submit(r) for r in requests]
+    thread, stop = _worker_thread(worker, batch)
+    try:
+        return [list(jobs.tokens(job)) for job in ids]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def test_a_thread_worker_writes_the_piece_composer_stream_would(client, composer):
@@ -104,15 +117,7 @@ def test_a_batching_worker_samples_pieces_together_each_as_composer_stream_would
         make_request(composer.loaded, "irish", seconds=9.0, seed=2),
         make_request(composer.loaded, "classical", seconds=4.0, seed=3),
     ]
-    ids = [jobs.submit(r) for r in requests]
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, kwargs={"stop": stop, "batch": 4}, daemon=True)
-    thread.start()
-    try:
-        got = [list(jobs.tokens(job)) for job in ids]
-    finally:
-        stop.set()
-        thread.join(timeout=30)
+    got = _served(worker, jobs, requests, batch=4)
     assert got == [list(composer.stream(r)) for r in requests]
     assert sorted(s.outcome for s in worker.served) == ["done"] * 3
     assert client.xpending(keys.gen_jobs, GROUP)["pending"] == 0
@@ -126,15 +131,7 @@ def test_a_batching_worker_keeps_its_claims_while_a_critic_holds_a_bars_tokens(c
     jobs = GenerationClient(client, keys, version, wait_seconds=60)
     worker = Worker(client, keys, composer, version, name="wc", claim_idle_seconds=0.05)
     requests = [make_request(composer.loaded, s, seconds=6.0, seed=7, critic=3) for s in ("bach", "classical")]
-    ids = [jobs.submit(r) for r in requests]
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, kwargs={"stop": stop, "batch": 4}, daemon=True)
-    thread.start()
-    try:
-        got = [list(jobs.tokens(job)) for job in ids]
-    finally:
-        stop.set()
-        thread.join(timeout=30)
+    got = _served(worker, jobs, requests, batch=4)
     assert got == [list(composer.stream(r)) for r in requests]
     assert [s.outcome for s in worker.served] == ["done", "done"]  # no piece taken over from itself, none lost
 

@@ -30,7 +30,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import re
 import shutil
 import signal
@@ -42,7 +41,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed, as in the other benches
@@ -53,166 +51,22 @@ from rich.console import Console
 from rich.table import Table
 
 import generator.batch
-from bot.concert.live import GenerationWorker, LivePiece
+from bot.concert.batchloop import BatchLoop, SourcedWorker, TokenSource
+from bot.concert.live import LivePiece
 from bot.concert.player import LiveSession
 from bot.concert.remote import GROUP, connect, ensure_group
 from bot.state.keys import Keys
 from config import load_settings
 from config.settings import Settings
-from generator.batch import BatchComposer, BatchPiece
 from generator.fastgpt import FastGPT2, forward_rows
 from generator.model import LoadedModel, load_model
 from generator.recipes import make_request
 from generator.sampling import Composer, PieceRequest
-from generator.steer import Steering
 from generator.threads import use_torch_threads
 from synth.outputs import FileSink
 
 ROOT = Path(__file__).resolve().parents[1]
 STYLES = ["bach", "classical", "irish", "palestrina", "folk", "scottish", "monteverdi", "josquin", "medieval"]
-HOLD_TOKENS = 32  # a piece sits out the batch's steps while this many of its tokens wait for its concert
-FLUSH_SECONDS = 0.05  # tokens go to the concerts' threads in chunks: one wake-up per chunk, not per token
-# A concert's piece: its source yields the tokens; `_sample` of the concert's worker asks for them.
-TokenSource = Callable[[PieceRequest, Steering | None], Iterator[int]]
-
-
-class _Job:
-    """One piece of one concert in the shared batch: its tokens on their way to the concert's thread."""
-
-    def __init__(self, request: PieceRequest, steering: Steering | None) -> None:
-        self.request = request
-        self.steering = steering
-        self.out: queue.SimpleQueue[list[int] | BaseException | None] = queue.SimpleQueue()
-        self.sent = 0  # tokens handed to the concert (written by the loop)
-        self.taken = 0  # tokens the concert has read (written by the concert's thread)
-        self.buffer: list[int] = []
-        self.left = False  # the concert no longer wants it (skipped, or the bench is over)
-        self.piece: BatchPiece | None = None
-
-
-class BatchLoop:
-    """One thread owns a BatchComposer and steps every concert's piece that needs tokens; a `TokenSource`."""
-
-    def __init__(self, composer: Composer, clock: Callable[[], float] = time.monotonic) -> None:
-        self.batch = BatchComposer(composer)
-        self.clock = clock
-        self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._jobs: list[_Job] = []
-        self.steps = 0
-        self.rows = 0  # pieces stepped, summed over steps: rows / steps is the mean batch
-        self.cpu = 0.0  # this thread's CPU seconds
-        self._thread = threading.Thread(target=self._run, name="batch", daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
-
-    def __call__(self, request: PieceRequest, steering: Steering | None) -> Iterator[int]:
-        """The piece's tokens as the batch samples them (called in the concert's own generation thread)."""
-        job = _Job(request, steering)
-        self._inbox.put(job)
-        self._wake.set()
-        try:
-            while (chunk := job.out.get()) is not None:
-                if isinstance(chunk, BaseException):
-                    raise chunk
-                job.taken += len(chunk)
-                self._wake.set()  # it may have been held for us
-                yield from chunk
-        finally:
-            job.left = True  # done, skipped or cancelled: the loop drops it at its next step
-            self._wake.set()
-
-    def _run(self) -> None:
-        flushed = self.clock()
-        try:
-            while not self._stop.is_set():
-                self._admit()
-                wanted = [j for j in self._jobs if j.sent - j.taken < HOLD_TOKENS]
-                if not wanted:
-                    for job in self._jobs:  # what the last steps buffered goes out before the loop waits
-                        self._flush(job)
-                    self._wake.wait(0.05)
-                    self._wake.clear()
-                    continue
-                self._step([j.piece for j in wanted if j.piece is not None])
-                if (now := self.clock()) - flushed >= FLUSH_SECONDS:
-                    flushed = now
-                    for job in self._jobs:
-                        self._flush(job)
-        finally:
-            self.cpu = time.thread_time()
-            for job in self._jobs:
-                job.out.put(None)
-            self.batch.close()
-
-    def _admit(self) -> None:
-        while True:
-            try:
-                job = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            job.piece = self.batch.add(job.request, job.steering)
-            self._jobs.append(job)
-            if job.piece.done:  # failed before its first token
-                self._end(job)
-        for job in [j for j in self._jobs if j.left]:
-            if job.piece is not None:
-                self.batch.cancel(job.piece)
-            self._jobs.remove(job)
-
-    def _step(self, pieces: list[BatchPiece]) -> None:
-        # BatchComposer steps all its live pieces; those held stay out of this step (their pending pass waits,
-        # and a piece's tokens never depend on what else is stepped with it).
-        held = [p for p in self.batch.live if p not in pieces]
-        self.batch.live = pieces
-        try:
-            out = self.batch.step()
-        finally:
-            self.batch.live = self.batch.live + held
-        self.steps += 1
-        self.rows += len(pieces)
-        by_piece = {id(j.piece): j for j in self._jobs}
-        for piece, token in out:
-            job = by_piece[id(piece)]
-            job.buffer.append(token)
-            job.sent += 1
-            if job.sent <= 8:  # a piece's opening goes at once: its concert waits for it to start
-                self._flush(job)
-        for job in [j for j in self._jobs if j.piece is not None and j.piece.done]:
-            self._end(job)
-
-    def _flush(self, job: _Job) -> None:
-        if job.buffer:
-            job.out.put(job.buffer)
-            job.buffer = []
-
-    def _end(self, job: _Job) -> None:
-        self._flush(job)
-        assert job.piece is not None
-        job.out.put(job.piece.error if job.piece.error is not None else None)
-        self._jobs.remove(job)
-
-
-class SourcedWorker(GenerationWorker):
-    """A concert's generation thread whose tokens come from `source` (the shared batch) instead of its own
-    sampler; decoding into events and the feed's look-ahead are the concert's own, as in `concertbot run`."""
-
-    def __init__(self, composer: Composer, source: TokenSource, lookahead_seconds: float) -> None:
-        self.source = source
-        super().__init__(composer, lookahead_seconds)
-
-    def _sample(self, request: PieceRequest) -> Iterator[int]:
-        return self.source(request, self._steering)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from bot.chat.handlers import ChatCommands, Reply
 from bot.chat.journal import JournalWriter, Written
 from bot.chat.message import ChatMessage
 from bot.chat.sendqueue import Importance, Sender, SendQueue
+from bot.concert.batchloop import BatchLoop, TokenSource
 from bot.concert.conductor import Conductor
 from bot.concert.player import LiveSession, build_sinks
 from bot.concert_view import LiveConcertView
@@ -30,6 +31,7 @@ from config.errors import ConfigError
 from config.settings import ChannelPlan, Settings, channel_plans
 from config.twitch import TwitchSettings
 from generator.model import LoadedModel, load_model
+from generator.sampling import Composer
 from synth.sinks import AudioSink
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,11 @@ async def run_concert(
                 path = await stack.enter_async_context(embedded_redis(settings.paths.data_dir / "redis"))
                 redis_url = f"unix://{path}"
             loaded = load_model(settings.paths.model_dir)  # once: every channel samples from the same weights
+            source: TokenSource | None = None
+            if shares_generator(settings, len(plans)):
+                # Opened before the channels, closed after them: no channel's thread waits on a stopped loop.
+                source = stack.enter_context(BatchLoop(Composer(loaded)))
+                log.info("generation: one batched generator for %d channel(s)", len(plans))
             concerts: dict[str, Concert] = {}
             tasks: list[asyncio.Task[None]] = []
             conductors: list[asyncio.Task[None]] = []
@@ -117,6 +124,7 @@ async def run_concert(
                         listeners[plan.name],
                         chat if plan.twitch_channel else None,
                         sinks if i == 0 else None,
+                        source,
                     )
                     concerts[plan.name] = concert
                     conductors.append(more[0])
@@ -145,6 +153,7 @@ async def _open_channel(
     listener: socket.socket | None,
     twitch: TwitchSettings | None,
     sinks: list[AudioSink] | None,
+    source: TokenSource | None = None,
 ) -> tuple[Concert, list[asyncio.Task[None]]]:
     """Open one channel's parts on `stack` and start its tasks, the conductor's first."""
     settings = plan.settings
@@ -162,7 +171,7 @@ async def _open_channel(
 
         broadcast = AudioBroadcast()  # the overlay's ?audio=1 and any player: /stream.mp3, /stream.wav
         outputs.append(broadcast)
-    session = stack.enter_context(LiveSession(settings, loaded, outputs))
+    session = stack.enter_context(LiveSession(settings, loaded, outputs, source=source))
     speak: Callable[[Reply], None] = lambda reply: None  # noqa: E731 (replaced once chat is up)
     conductor = Conductor(
         settings,
@@ -214,6 +223,14 @@ async def _open_channel(
         view = await stack.enter_async_context(_web(concert, broadcast, listener, local=local))
         tasks.append(asyncio.create_task(view.publish_forever(), name=f"overlay updates {plan.name}"))
     return concert, tasks
+
+
+def shares_generator(settings: Settings, channels: int) -> bool:
+    """Whether the deployment's channels sample in one shared batched loop (`generation.batched`)."""
+    g = settings.generation
+    if g.remote:  # `concertbot worker`s sample every piece
+        return False
+    return g.batched == "on" or (g.batched == "auto" and channels > 1)
 
 
 @contextlib.asynccontextmanager

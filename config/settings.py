@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -132,6 +132,10 @@ class Generation(BaseModel):
     # A worker that has not refreshed its claim on a piece for this long is taken for dead, and another worker
     # continues the piece. Live workers refresh theirs several times a second.
     claim_idle_seconds: float = Field(3.0, ge=0.5, le=600.0)
+    # In-process pieces of `concertbot run`: "on" samples every channel's pieces in one shared batched loop
+    # (bot/concert/batchloop.py), "off" each channel one piece at a time in its own thread, "auto" batches
+    # with two channels or more. A piece's notes are the same either way.
+    batched: Literal["auto", "on", "off"] = "auto"
 
 
 class Channel(BaseModel):

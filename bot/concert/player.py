@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from bot.concert.batchloop import SourcedWorker, TokenSource
 from bot.concert.live import GenerationWorker, LivePiece
 from config.settings import Settings
 from generator.model import LoadedModel
@@ -85,7 +86,11 @@ class LiveSession:
         realtime: bool = True,
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[EngineEvent], None] | None = None,
+        source: TokenSource | None = None,
     ) -> None:
+        """`source`: where new pieces' tokens come from (bot.concert.batchloop.BatchLoop, the generator every
+        channel of a deployment shares); None samples them here, one at a time. With `generation.remote`,
+        `concertbot worker`s sample them whatever `source` says."""
         self.settings = settings
         self.clock = clock
         self.events: collections.deque[EngineEvent] = collections.deque(maxlen=1000)
@@ -113,6 +118,8 @@ class LiveSession:
 
             composer = Composer(loaded)
             self.worker: GenerationWorker = remote_worker(settings, composer, e.lookahead_seconds, clock)
+        elif source is not None:
+            self.worker = SourcedWorker(Composer(loaded), source, e.lookahead_seconds, clock)
         else:
             self.worker = GenerationWorker(Composer(loaded), e.lookahead_seconds, clock=clock)
 

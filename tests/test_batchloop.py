@@ -1,0 +1,181 @@
+"""One batched generator for every channel (bot/concert/batchloop.py): each channel's pieces come out of the
+shared batch exactly as `concertbot compose` makes them alone, a skipped piece leaves the batch without
+touching the others, and a steer under batching lands as it does one piece at a time. The real model, real
+FluidSynth engines and, end to end, `concertbot run` with two channels on the embedded Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+from chat_rig import viewer
+from test_channels import NO_COOLDOWNS, deployment
+
+from bot.app import shares_generator
+from bot.concert.batchloop import BatchLoop, SourcedWorker
+from bot.concert.live import GenerationWorker, LivePiece
+from bot.concert.player import LiveSession
+from config import Settings, load_settings
+from generator.decode import decode, midi_bytes, to_midi
+from generator.model import LoadedModel, load_model
+from generator.performance import planned
+from generator.recipes import make_request
+from generator.sampling import Composer, PieceRequest
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def composer(loaded: LoadedModel) -> Composer:
+    return Composer(loaded)
+
+
+def quiet() -> Settings:
+    return load_settings(outputs={"device": "off"})
+
+
+@contextmanager
+def channels(loaded: LoadedModel, loop: BatchLoop, *realtime: bool) -> Iterator[list[LiveSession]]:
+    """One LiveSession a channel, each fed by `loop`, playing in real time or as fast as it renders."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(LiveSession(quiet(), loaded, [], rt, source=loop)) for rt in realtime]
+
+
+def composed_midi(composer: Composer, request: PieceRequest, tokens: list[int]) -> bytes:
+    """The MIDI file `concertbot compose` writes for a piece of these tokens."""
+    played = planned(composer.plan(request), request.tempo, request.programs())
+    return midi_bytes(to_midi(decode(composer.vocab, tokens), request.tempo, played))
+
+
+def wait_until(ready: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError("gave up waiting")
+        time.sleep(0.002)
+
+
+def finished(*pieces: LivePiece) -> None:
+    for piece in pieces:
+        assert piece.finished.wait(timeout=180), f"{piece.id} never finished"
+
+
+def test_the_deployment_shares_one_generator_with_two_channels_or_when_told() -> None:
+    def told(batched: str, remote: bool = False) -> Settings:
+        return load_settings(generation={"batched": batched, "remote": remote})
+
+    assert [shares_generator(told("auto"), n) for n in (1, 2, 5)] == [False, True, True]
+    assert [shares_generator(told("on"), n) for n in (1, 2)] == [True, True]
+    assert [shares_generator(told("off"), n) for n in (1, 2)] == [False, False]
+    assert not shares_generator(told("on", remote=True), 2)  # remote workers sample every piece
+
+
+def test_two_channels_in_one_batch_get_the_pieces_compose_makes_alone(
+    loaded: LoadedModel, composer: Composer
+) -> None:
+    requests = [
+        make_request(loaded, "bach", seconds=5.0, seed=61, critic=2),  # its critic's candidates: rows too
+        make_request(loaded, "irish", seconds=6.0, seed=62, critic=1),
+    ]
+    alone = [composer.compose(r) for r in requests]
+    with BatchLoop(Composer(loaded)) as loop, channels(loaded, loop, False, False) as sessions:
+        assert all(isinstance(s.worker, SourcedWorker) for s in sessions)
+        pieces = [s.request(f"c{i}", r) for i, (s, r) in enumerate(zip(sessions, requests, strict=True))]
+        finished(*pieces)
+        assert all(p.complete for p in pieces)  # before the sessions close, which cut what still plays
+    for piece, comp, request in zip(pieces, alone, requests, strict=True):
+        assert piece.tokens == comp.tokens
+        assert composed_midi(composer, request, piece.tokens) == composed_midi(composer, request, comp.tokens)
+        assert piece.feed.done and piece.music_seconds > 0  # decoded into the channel's own feed
+    assert loop.rows > loop.steps  # some steps sampled both channels' pieces in one pass
+
+
+def test_a_skipped_piece_leaves_the_batch_and_the_other_channel_plays_on(
+    loaded: LoadedModel, composer: Composer
+) -> None:
+    long = make_request(loaded, "classical", seconds=120.0, seed=63, critic=1)
+    short = make_request(loaded, "folk", seconds=6.0, seed=64, critic=1)
+    with BatchLoop(Composer(loaded)) as loop, channels(loaded, loop, True, False) as (north, south):
+        skipped = north.request("north", long)  # real time: it stays in the batch until skipped
+        assert north.wait_for("north", ("start",), timeout=120) is not None
+        played = south.request("south", short)
+        wait_until(lambda: len(skipped.tokens) >= 40 and len(played.tokens) >= 40)
+        north.engine.skip()
+        finished(skipped)
+        # The loop drops it at its next step: its row's cache slot is free while the other piece goes on.
+        wait_until(lambda: loop.pieces <= (0 if played.finished.is_set() else 1))
+        finished(played)
+        assert played.complete
+        wait_until(lambda: loop.pieces == 0)
+        assert all(pool.idle for pool in loop.batch._pools)
+    assert skipped.feed.cancelled and not skipped.complete and skipped.error is None
+    heard = len(skipped.tokens)
+    assert heard < 2000  # far from its end: two minutes of music
+    assert skipped.tokens == list(itertools.islice(composer.stream(long), heard))
+    assert played.tokens == composer.compose(short).tokens
+
+
+def test_a_steer_under_batching_lands_as_the_same_steer_does_one_piece_at_a_time(loaded: LoadedModel) -> None:
+    request = make_request(loaded, "irish", ["flute", "harp"], tempo=168, seconds=12.0, seed=31, critic=2)
+    other = make_request(loaded, "bach", seconds=6.0, seed=65, critic=1)
+    with BatchLoop(Composer(loaded)) as loop, channels(loaded, loop, False, False) as (north, south):
+        beside = south.request("beside", other)
+        steered = north.request("steered", request)
+        wait_until(lambda: len(steered.tokens) >= 30)
+        steered.steering.ask("add", "violin", asked_at=1.0)  # as a vote that passed in chat does
+        finished(steered, beside)
+        assert steered.complete
+    landed = list(steered.steering.landed)
+    assert [e.kind for e in landed] == ["add"] and landed[0].step > 0
+    violin = [n for n in decode(loaded.vocab, steered.tokens) if n.program == 40]
+    assert violin and min(n.start for n in violin) >= landed[0].step  # it reached the piece, at its bar line
+    # The same steer landing at the same step, one piece at a time in a channel's own thread.
+    alone = GenerationWorker(Composer(loaded), lookahead_seconds=600.0)
+    try:
+        again = alone.submit("again", request, steers=landed)
+        finished(again)
+    finally:
+        alone.close()
+    assert again.tokens == steered.tokens and again.steering.landed == landed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_concertbot_run_feeds_both_channels_from_one_batch(tmp_path: Path, composer: Composer) -> None:
+    settings = load_settings(
+        paths={"data_dir": str(tmp_path / "data")},
+        sampling={"seconds": 5.0},
+        concert={"autoplay": False, "http_port": 0, **NO_COOLDOWNS},
+        outputs={"device": "off"},
+        channels=[{"name": "north"}, {"name": "south", "sampling": {"critic": 1}}],
+    )
+    async with deployment(settings, "concertbot") as running:
+        north, south = running["north"], running["south"]
+        workers = [c.session.worker for c in (north, south)]
+        assert all(isinstance(w, SourcedWorker) for w in workers)
+        shared = [w.source for w in workers if isinstance(w, SourcedWorker)]
+        assert isinstance(shared[0], BatchLoop) and shared[0] is shared[1]
+        await north.chat(viewer("ada", "!compose bach violin cello"))
+        await south.chat(viewer("bob", "!compose irish flute"))
+        slots = []
+        for concert in (north, south):
+            async with asyncio.timeout(90):
+                while concert.conductor.current is None:
+                    await asyncio.sleep(0.05)
+            slots.append(concert.conductor.current)
+        for slot in slots:
+            assert await asyncio.to_thread(slot.live.finished.wait, 120)
+            assert slot.live.complete
+    for slot in slots:
+        assert slot.live.tokens == composer.compose(slot.record.recipe).tokens
+    assert [s.record.recipe.critic for s in slots] == [settings.sampling.critic, 1]

@@ -155,6 +155,7 @@ async def test_concertbot_run_feeds_both_channels_from_one_batch(tmp_path: Path,
     settings = load_settings(
         paths={"data_dir": str(tmp_path / "data")},
         sampling={"seconds": 5.0},
+        generation={"batched": "auto"},  # the default, whatever the environment says
         concert={"autoplay": False, "http_port": 0, **NO_COOLDOWNS},
         outputs={"device": "off"},
         channels=[{"name": "north"}, {"name": "south", "sampling": {"critic": 1}}],

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +102,7 @@ class LiveConcertView:
         """The open steering votes (closing at unix times, stable from one update to the next) and the steers
         that passed: when each landed, in seconds of the piece, or None while it is on its way."""
         conductor = self.concert.conductor
-        mono, wall = time.monotonic(), time.time()
+        mono, wall = conductor.clock(), conductor.wall()
         votes = tuple(
             {
                 "steer": v.said(),

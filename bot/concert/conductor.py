@@ -21,6 +21,7 @@ from typing import TypeVar
 from bot.concert.live import LivePiece
 from bot.concert.player import LiveSession
 from bot.concert.steer_votes import OpenVote, SteerRules, SteerVotes, VoteStatus
+from bot.state.outage import FailureLog
 from bot.state.store import PieceRecord, SeedConflictError, SongRequest, Store, StoreUnavailable
 from config.errors import ConcertbotError
 from config.settings import Settings
@@ -66,11 +67,14 @@ class Conductor:
         session: LiveSession,
         announce: Callable[[str, str | None], None] = lambda text, mention: None,
         wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         """Args:
         announce: says something in chat, `(text, login to mention or None)`; must not block.
         wall: unix time for the store's records and leaderboards (weeks); injected for tests.
+        clock: monotonic seconds for a piece's elapsed time, the vote grace and the steering votes' windows;
+            None: the session's, the clock the engine stamps its events with (when pieces start and end).
         rng: chooses autoplay styles and replays; seeded in tests.
         """
         self.settings = settings
@@ -79,6 +83,7 @@ class Conductor:
         self.session = session
         self.announce = announce
         self.wall = wall
+        self.clock = clock or session.clock
         self.rng = rng or random.Random()
         self.stream_id = ""
         self.current: Slot | None = None
@@ -88,6 +93,7 @@ class Conductor:
         self.last: Slot | None = None  # the piece that ended most recently: votes still count for a while
         self.autoplay_index = 0
         self._store_away = False  # Redis stopped answering: said once, not every second
+        self._trouble = FailureLog(log, "the conductor")  # any other failure of its loop, said the same way
         self._autoplay_on = settings.concert.autoplay  # as the store last said; used while it cannot
         self.changed = asyncio.Event()  # set whenever what plays changes; the web side listens
         self._events: asyncio.Queue[EngineEvent] = asyncio.Queue()
@@ -126,7 +132,12 @@ class Conductor:
         """The conductor's loop; cancel it to stop."""
         if self._loop is None:
             await self.start()
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # A cancel that landed in a Redis call was swallowed: redis-py wraps its socket writes in
+                # asyncio.wait_for, which on Python 3.11 drops a cancel that meets a finished write (gh-86296).
+                raise asyncio.CancelledError
             try:
                 event = await next_event(self._events, 0.25)
                 if event is not None:
@@ -144,10 +155,13 @@ class Conductor:
                 if self.upcoming is None and self._time_for_next() and self._autoplay_on:
                     self._hand_over(self._unclaimed(self._next_autoplay()), None, None)
                 await asyncio.sleep(1.0)
-            except Exception:
-                # A full disk, a bug: the music already queued plays on while this retries.
-                log.exception("the conductor stumbled; retrying in a second")
+            except Exception as exc:
+                # A full Redis, a bug: the music already queued plays on while this retries. The traceback
+                # once, not every second for as long as it lasts.
+                self._trouble.failed(exc)
                 await asyncio.sleep(1.0)
+            else:
+                self._trouble.worked()
 
     # What plays next.
 
@@ -343,17 +357,13 @@ class Conductor:
         if self.current is None or self.current.started is None:
             return 0.0
         position = self.session.engine.position(str(self.current.record.seed))
-        return position if position is not None else max(0.0, time.monotonic() - self.current.started)
+        return position if position is not None else max(0.0, self.clock() - self.current.started)
 
     def vote_target(self, grace: float) -> int | None:
         """The piece a `!vote` now counts for: the one playing, else the last one for `grace` seconds."""
         if self.current is not None:
             return self.current.record.seed
-        if (
-            self.last is not None
-            and self.last.ended is not None
-            and time.monotonic() - self.last.ended <= grace
-        ):
+        if self.last is not None and self.last.ended is not None and self.clock() - self.last.ended <= grace:
             return self.last.record.seed
         return None
 
@@ -420,7 +430,7 @@ class Conductor:
         if self.current is None or self.current.record.seed != self.steer_votes.piece:
             self.steer_votes.reset()
             return
-        for vote in self.steer_votes.expire(time.monotonic()):
+        for vote in self.steer_votes.expire(self.clock()):
             self.announce(f"the vote for {vote.said()} ran out ({vote.votes}/{vote.needed})", None)
             self.changed.set()
 

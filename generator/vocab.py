@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from config.errors import ConfigError
-from generator.instruments import BY_NAME, BY_PROGRAM, DRUMS, INSTRUMENTS, PROGRAMS
+from generator.instruments import DRUMS, INSTRUMENTS, PROGRAMS
 
 if TYPE_CHECKING:  # MidiTok is imported where it is used: it took a second of every concert's start-up
     from miditok import TSD, TokenizerConfig
@@ -227,10 +227,6 @@ def _value(token: str) -> int:
     if head in ("Pitch", "Program"):
         return int(rest)
     return 0
-
-
-def instrument_of_program(program: int) -> str:
-    return BY_PROGRAM[program].name if program in BY_PROGRAM else BY_NAME["piano"].name
 
 
 __all__ = ["DRUMS", "KEYS", "TEMPO_BINS", "TPQ", "Vocab", "nearest_tempo_bin", "tokenizer_config"]

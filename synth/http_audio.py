@@ -197,7 +197,10 @@ class AudioBroadcast:
         self.max_lag = max_lag
         self.burst_bytes = int(burst * mp3_bitrate * 125)
         self.linger = linger
-        self.dropped_bytes = 0  # PCM the encoder could not take in time (a glitch in the MP3 stream)
+        # What an operator watches in /metrics: audio the MP3 encoder could not take at once (a glitch every
+        # MP3 listener hears), and listeners cut off for falling more than `max_lag` behind.
+        self.dropped_seconds = 0.0
+        self.too_slow = 0
         self._ffmpeg = ffmpeg
         # Shared by the engine's thread and the event loop; held only for quick, non-blocking steps.
         self._lock = threading.Lock()
@@ -231,11 +234,13 @@ class AudioBroadcast:
         """Pass one block to the WAV listeners and the MP3 encoder; never waits."""
         data = pcm_bytes(block)
         with self._lock:  # also keeps `_stop_encoder` from closing the pipe under this write
-            loop, wav, encoder = self._loop, self._wav_listeners > 0, self._encoder
-            if encoder is not None:
+            loop, wav, encoder, rate = self._loop, self._wav_listeners > 0, self._encoder, self._rate
+            if encoder is not None and rate is not None:
                 # A dead encoder is reported by its output thread, which also ends the MP3 listeners.
                 with contextlib.suppress(FfmpegError):
-                    self.dropped_bytes += len(data) - encoder.process.offer(data)
+                    dropped = len(data) - encoder.process.offer(data)
+                    if dropped:
+                        self.dropped_seconds += dropped / (len(data) // len(block)) / rate
         if wav and loop is not None:
             self._post(loop, "wav", data)
 
@@ -381,6 +386,7 @@ class AudioBroadcast:
         for listener in [x for x in self._listeners if x.kind == kind]:
             if not listener.push(data):
                 log.warning("a %s listener fell %g s behind; disconnecting it", kind, self.max_lag)
+                self.too_slow += 1
                 self._leave(listener)
                 if listener.transport is not None:
                     # Its handler waits for the socket to drain, which a client that stopped reading never

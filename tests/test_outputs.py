@@ -6,7 +6,9 @@ import asyncio
 import base64
 import contextlib
 import math
+import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -19,10 +21,12 @@ import numpy as np
 import pytest
 from aiohttp import web
 from browser import find_chromium, launch_chromium, wait_until_playing
+from fake_concert import FakeConcert
 from serving import free_port, rtmp_listener, running
 from tones import BLOCK, RATE, TONE_HZ, tone, writing
 
-from synth.ffmpeg import FfmpegError, FfmpegPush, output_args, redact_url
+from bot.web.server import make_app
+from synth.ffmpeg import PIPE_BYTES, FfmpegError, FfmpegPush, output_args, redact_url
 from synth.http_audio import AudioBroadcast, add_routes, mp3_frame_start
 
 KEY = "live_4242_s3cretStreamKey"
@@ -383,6 +387,54 @@ def test_a_listener_that_never_reads_neither_blocks_writes_nor_other_listeners()
             reader.close()
         broadcast.close()
         assert sine_breaks(np.frombuffer(bytes(heard), dtype="<i2")[::2]) == 0
+        assert broadcast.too_slow == 1  # /metrics: concertbot_http_audio_slow_listeners
+
+    asyncio.run(main())
+
+
+def child_pids(pattern: str) -> list[int]:
+    """This process's children whose command line matches `pattern`."""
+    found = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", pattern], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+async def scraped(session: aiohttp.ClientSession, url: str, *names: str) -> list[float]:
+    """The values of metrics `names` in what `/metrics` answers now."""
+    async with session.get(f"{url}/metrics") as response:
+        lines = (await response.text()).splitlines()
+    samples = (line.partition(" ") for line in lines if not line.startswith("#"))
+    values = {name: float(value) for name, _, value in samples}
+    return [values[name] for name in names]
+
+
+@needs_ffmpeg
+def test_audio_the_mp3_encoder_could_not_take_in_time_is_counted_in_metrics() -> None:
+    names = ("concertbot_http_audio_listeners", "concertbot_http_audio_dropped_seconds_total")
+
+    async def main() -> None:
+        broadcast = AudioBroadcast()
+        broadcast.open(RATE)
+        app = make_app(FakeConcert(), None, broadcast=broadcast)
+        async with running(app) as url, aiohttp.ClientSession() as session:
+            with writing(broadcast, speed=8.0) as writer:
+                listener = await session.get(f"{url}/stream.mp3")
+                await read_for(listener, 8000)
+                assert await scraped(session, url, *names) == [1.0, 0.0]  # the encoder keeps up
+                [encoder] = child_pids("libmp3lame")
+                os.kill(encoder, signal.SIGSTOP)  # an encoder that falls behind: its input pipe fills
+                try:
+                    stopped_at = writer.frames
+                    await wait_until(lambda: writer.frames - stopped_at > 9 * RATE, timeout=10)
+                    [listeners, dropped] = await scraped(session, url, *names)
+                    written = (writer.frames - stopped_at) / RATE
+                finally:
+                    os.kill(encoder, signal.SIGCONT)
+                listener.close()
+        broadcast.close()
+        assert listeners == 1.0
+        # What was written since, less what the encoder's pipe took (it held a little when ffmpeg stopped).
+        pipe = PIPE_BYTES / 4 / RATE
+        assert written - pipe - 1.0 < dropped <= written - pipe + 1.0
 
     asyncio.run(main())
 

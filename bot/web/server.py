@@ -114,6 +114,7 @@ def make_app(
     app.router.add_static("/static/", STATIC)
     if broadcast is not None:
         add_audio_routes(app, broadcast)
+        app[REGISTRY].register(BroadcastCollector(broadcast))
     return app
 
 
@@ -315,6 +316,27 @@ class OutputsCollector(Collector):
             retry.add_metric([o.name], o.retry_delay)
             dropped.add_metric([o.name], o.dropped_blocks)
         yield from (failures, state, retry, dropped)
+
+
+class BroadcastCollector(Collector):
+    """The HTTP audio streams' listeners and what they lost, read at each scrape."""
+
+    def __init__(self, broadcast: AudioBroadcast) -> None:
+        self._broadcast = broadcast
+
+    def collect(self) -> Iterator[Metric]:
+        b = self._broadcast
+        yield GaugeMetricFamily(
+            "concertbot_http_audio_listeners", "Clients of /stream.mp3 and /stream.wav now.", b.listeners
+        )
+        yield CounterMetricFamily(
+            "concertbot_http_audio_dropped_seconds",
+            "Audio the MP3 encoder could not take in time: a glitch every MP3 listener heard.",
+            b.dropped_seconds,
+        )
+        yield CounterMetricFamily(
+            "concertbot_http_audio_slow_listeners", "Listeners cut off for falling behind.", b.too_slow
+        )
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -623,6 +623,7 @@ _FORM_COLUMNS = [
     ("chordal onsets (real)", _form_figure("chordal_onset_share", ".0%")),
     ("leaps over 4 semitones (real)", _form_figure("leap_share", ".0%")),
     ("2 bars recur (real)", _form_figure("recurring_share", ".0%")),
+    ("2 bars recur, real as written", lambda v: f"{v['recurring_share_written_real']:.0%}"),
     ("longest recurring bars (real)", _form_figure("longest_recurring_bars", ".1f")),
     ("key kept (real)", _form_figure("key_kept", ".0%")),
     ("smallest instrument share (real)", _form_figure("smallest_instrument_share", ".0%")),
@@ -631,6 +632,7 @@ _FORM_COLUMNS = [
     ("chord roots by 4ths/5ths (real)", _form_figure("fifth_moves", ".0%")),
     ("chords in the key (real)", _form_figure("diatonic_share", ".0%")),
     ("chord changes a bar (real)", _form_figure("chord_changes_per_bar", ".1f")),
+    ("strong beats clashing (real)", _form_figure("strong_beat_clashes", ".0%")),
 ]
 
 

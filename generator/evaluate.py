@@ -11,10 +11,10 @@ moved by octaves into its new instrument's range. The classifier hears pitch cla
 moves, rhythm against the beat and texture, never instruments, register or tempo; the last figure shows it.
 
 Then form and texture (generator.form_metrics), generated next to real: how pieces end (on a strong beat, held,
-on the tonic), how chordal and leapy they are, whether passages recur, whether the asked key is kept, how
-evenly the instruments share the notes and how thick the texture gets. Texture is measured on the real
-pieces' openings, as long as the generated pieces; endings on the whole real pieces, since an opening is cut
-off rather than ended.
+on the tonic), how chordal and leapy they are, how often their strong beats clash, whether passages recur,
+whether the asked key is kept, how evenly the instruments share the notes and how thick the texture gets.
+Texture is measured on the real pieces' openings as played (a section the score repeats heard twice), as long
+as the generated pieces; endings on the whole real pieces, since an opening is cut off rather than ended.
 """
 
 from __future__ import annotations
@@ -101,6 +101,10 @@ class StyleReport:
     diatonic_share_real: float
     chord_changes_per_bar: float
     chord_changes_per_bar_real: float
+    strong_beat_clashes: float
+    strong_beat_clashes_real: float
+    # The real openings as written, repeat signs not played: the data set's notes play a repeated strain once.
+    recurring_share_written_real: float
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,7 @@ class RealPiece:
     pickup: int  # steps before the first downbeat
     # (tonic pitch class, minor): the row's, else estimated from the notes as the data set estimates it.
     key: tuple[int, bool]
+    sections: tuple[tuple[int, int, bool], ...] = ()  # (start, end, repeated) in steps, as the score marks them
 
 
 def row_form(row: dict[str, Any]) -> tuple[int, int, tuple[int, bool] | None]:
@@ -142,7 +147,11 @@ def real_pieces(
             notes = notes_array(decode(vocab, ids))
             bar, pickup, tonality = row_form(row)
             tonality = tonality or metrics.key(metrics.pitch_class_histogram(notes))
-            mine.append(RealPiece(notes, row["tempo"], bar, pickup, tonality))
+            sections = tuple(
+                (s // plan.TICKS_PER_STEP, e // plan.TICKS_PER_STEP, bool(r))
+                for s, e, r in row.get("sections") or ()
+            )
+            mine.append(RealPiece(notes, row["tempo"], bar, pickup, tonality, sections))
     return out
 
 
@@ -158,6 +167,12 @@ def _programs(notes: np.ndarray) -> list[int]:
 def opening(notes: np.ndarray, tempo: float, seconds: float) -> np.ndarray:
     """The notes that start in a piece's first `seconds`."""
     return notes[notes[:, metrics.START] < seconds * tempo / 60.0 * metrics.STEPS_PER_BEAT]
+
+
+def played_opening(piece: RealPiece, seconds: float) -> np.ndarray:
+    """A real piece's first `seconds` as a listener hears it played, its repeated sections twice, as a
+    generated piece plays its returning ones (the data set writes a repeated strain once)."""
+    return opening(form_metrics.as_played(piece.notes, piece.sections, piece.bar), piece.tempo, seconds)
 
 
 def _default_programs(loaded: LoadedModel, style: str) -> list[int]:
@@ -212,6 +227,7 @@ class PieceForm:
     most_simultaneous: int
     self_overlap_share: float  # nan: no note followed by another of its program
     harmony: form_metrics.Harmony
+    strong_beat_clashes: float  # nan: no strong beat sounds two pitch classes
 
 
 def piece_form(
@@ -221,10 +237,12 @@ def piece_form(
     pickup: int,
     asked_key: tuple[int, bool] | None,
     programs: Iterable[int],
+    tritone: bool = False,
 ) -> PieceForm:
     """Measure a piece's texture on `texture` and its ending on `whole` (the same notes for a generated one).
 
     Without an asked key the ending is heard against the piece's own estimated key, and `key_kept` is nan.
+    `tritone`: a tritone over the bass on a strong beat is a clash (form_metrics.TRITONE_CLASHES).
     """
     tonic, minor = asked_key or metrics.key(metrics.pitch_class_histogram(whole))
     return PieceForm(
@@ -237,6 +255,7 @@ def piece_form(
         most_simultaneous=form_metrics.most_simultaneous(texture),
         self_overlap_share=form_metrics.self_overlap_share(texture),
         harmony=form_metrics.harmony_of(texture, bar, pickup, tonic, minor),
+        strong_beat_clashes=form_metrics.strong_beat_clash_share(texture, bar, pickup, tritone),
     )
 
 
@@ -267,6 +286,7 @@ def form_summary(forms: list[PieceForm]) -> dict[str, float]:
         "fifth_moves": _nanmean(f.harmony.fifth_moves for f in forms),
         "diatonic_share": _nanmean(f.harmony.diatonic for f in forms),
         "chord_changes_per_bar": _nanmean(f.harmony.changes_per_bar for f in forms),
+        "strong_beat_clashes": _nanmean(f.strong_beat_clashes for f in forms),
     }
 
 
@@ -322,6 +342,7 @@ def evaluate(
     for style in [s for s in styles if s in only] if only else styles:
         instruments, tempo = style_defaults(loaded, style)
         bar = bar_steps(loaded.card, style)
+        tritone = style in form_metrics.TRITONE_CLASHES
         made, made_forms, on_instruments, total_notes = [], [], 0, 0
         for i in range(pieces_per_style):
             request = PieceRequest(
@@ -349,6 +370,7 @@ def evaluate(
                     0,
                     key_of(asked) if asked else None,
                     request.programs(),
+                    tritone,
                 )
             )
             loose = composer.compose(replace(request, strict_instruments=False))
@@ -358,7 +380,11 @@ def evaluate(
         progress(style)
         real_valid, real_train = valid[style], train[style]
         real_forms = [
-            piece_form(opening(p.notes, p.tempo, seconds), p.notes, p.bar, p.pickup, p.key, _programs(p.notes))
+            piece_form(played_opening(p, seconds), p.notes, p.bar, p.pickup, p.key, _programs(p.notes), tritone)
+            for p in valid_pieces[style]
+        ]
+        written = [
+            form_metrics.recurrence(opening(p.notes, p.tempo, seconds), p.bar, p.pickup).recurs
             for p in valid_pieces[style]
         ]
 
@@ -395,6 +421,7 @@ def evaluate(
                 key_free_recognised=made_recognised,
                 key_free_recognised_real=real_recognised,
                 **_paired(form_summary(made_forms), form_summary(real_forms)),
+                recurring_share_written_real=_nanmean(written),
             )
         )
     return reports

@@ -87,15 +87,71 @@ def ending(notes: np.ndarray, bar_steps: int, pickup: int, tonic: int, minor: bo
         return Ending(False, False, False)
     last = int(notes[:, START].max())
     struck = notes[notes[:, START] == last]
-    into_bar = (last - pickup) % bar_steps
-    even_beats = bar_steps % (2 * STEPS_PER_BEAT) == 0
-    on_downbeat = into_bar == 0 or (even_beats and into_bar == bar_steps // 2)
+    on_downbeat = bool(strong_beats(np.array([last]), bar_steps, pickup)[0])
     held = int(struck[:, DURATION].max())
     long = held >= STEPS_PER_BEAT and held >= 2 * float(np.median(notes[:, DURATION]))
     low, high = int(struck[:, PITCH].min()) % 12, int(struck[:, PITCH].max()) % 12
     triad = {tonic % 12, (tonic + (3 if minor else 4)) % 12, (tonic + 7) % 12}
     on_tonic = low == tonic % 12 and (len(struck) == 1 or high in triad)
     return Ending(bool(on_downbeat), bool(long), bool(on_tonic))
+
+
+def strong_beats(times: np.ndarray, bar_steps: int, pickup: int) -> np.ndarray:
+    """bool per time: on a downbeat, or on the half-bar of a bar of an even number of beats (not 3/4, 6/8)."""
+    into_bar = (times - pickup) % bar_steps
+    even_beats = bar_steps % (2 * STEPS_PER_BEAT) == 0
+    strong: np.ndarray = (into_bar == 0) | (even_beats & (into_bar == bar_steps // 2))
+    return strong
+
+
+def is_strong_beat(time: int, bar_steps: int) -> bool:
+    """`strong_beats` for one time of a piece that starts on a downbeat, as the sampler asks it per note."""
+    into_bar = time % bar_steps
+    return into_bar == 0 or (bar_steps % (2 * STEPS_PER_BEAT) == 0 and 2 * into_bar == bar_steps)
+
+
+# Styles written before the tritone over the bass was a chord tone (a dominant seventh's inversions): in a
+# motet or a trecento piece it is a clash on a strong beat, in a chorale or a quartet it is harmony.
+TRITONE_CLASHES = frozenset({"medieval", "josquin", "palestrina", "monteverdi"})
+
+
+def clashes(pitches: Iterable[int], tritone: bool = False) -> bool:
+    """Whether notes sounding together clash: two a minor second, a major seventh or either an octave or more
+    wider apart; with `tritone`, a note a tritone (or a compound one) above the lowest."""
+    heard = sorted(set(pitches))
+    classes = {p % 12 for p in heard}
+    if any((pc + 1) % 12 in classes for pc in classes):
+        return True
+    return tritone and bool(heard) and any((p - heard[0]) % 12 == 6 for p in heard)
+
+
+def strong_beat_clash_counts(
+    notes: np.ndarray, bar_steps: int, pickup: int, tritone: bool = False
+) -> tuple[int, int]:
+    """(judged, clashing): the strong-beat onsets sounding two or more pitch classes, and those that clash."""
+    if bar_steps <= 0:
+        raise ValueError(f"a bar must last at least one step, got bar_steps={bar_steps}")
+    notes = _pitched(_checked(notes))
+    onsets = np.unique(notes[:, START])
+    strong = onsets[strong_beats(onsets, bar_steps, pickup)]
+    starts, ends = notes[:, START], notes[:, START] + notes[:, DURATION]
+    judged = clashing = 0
+    for time in strong.tolist():
+        pitches = notes[(starts <= time) & (ends > time), PITCH].tolist()
+        if len({p % 12 for p in pitches}) >= 2:
+            judged += 1
+            clashing += clashes(pitches, tritone)
+    return judged, clashing
+
+
+def strong_beat_clash_share(notes: np.ndarray, bar_steps: int, pickup: int, tritone: bool = False) -> float:
+    """Share of the strong-beat onsets (as `ending` counts them) whose sounding notes clash (`clashes`).
+
+    A note sounds at an onset when struck there or still held, so a suspension held over the bar line counts,
+    as a listener hears it. Only onsets sounding two or more pitch classes are judged: nan for a single line.
+    """
+    judged, clashing = strong_beat_clash_counts(notes, bar_steps, pickup, tritone)
+    return clashing / judged if judged else float("nan")
 
 
 def _sounding_pitch_classes(notes: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -192,6 +248,36 @@ def recurrence(notes: np.ndarray, bar_steps: int, pickup: int, bars: int = 2) ->
         same = (ids[:-lag] == ids[lag:]) & (ids[lag:] >= 0)
         longest = max(longest, min(_longest_true_run(same), lag))
     return Recurrence(longest >= bars, longest)
+
+
+def as_played(notes: np.ndarray, sections: Iterable[tuple[int, int, bool]], bar_steps: int) -> np.ndarray:
+    """The notes as a performance plays them: each section the score repeats played twice, what follows it
+    later by as much.
+
+    Args:
+        notes: note array [N, 4].
+        sections: (start, end, repeated) in steps, in score order (generator.corpus.Form's, in steps); a note
+            before the first or after the last belongs to it.
+        bar_steps: steps per bar. A repeat moves the music by whole bars, so that its bar lines stay where
+            they were (a strain whose last bar is written full as well as its pickup still lines up).
+    """
+    notes = _checked(notes)
+    sections = sorted(sections)
+    if not any(repeated for _, _, repeated in sections):
+        return notes
+    starts = np.array([start for start, _, _ in sections])
+    which = np.clip(np.searchsorted(starts, notes[:, START], side="right") - 1, 0, len(sections) - 1)
+    out, later = [], 0
+    for i, (start, end, repeated) in enumerate(sections):
+        mine = notes[which == i]
+        length = max(1, round((end - start) / bar_steps)) * bar_steps
+        for again in range(2 if repeated else 1):
+            moved = mine.copy()
+            moved[:, START] += later + again * length
+            out.append(moved)
+        later += length if repeated else 0
+    played: np.ndarray = np.concatenate(out)
+    return played
 
 
 def _longest_true_run(flags: np.ndarray) -> int:

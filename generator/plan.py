@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from generator import density, harmony, metrics, rhythm
+from generator import density, form_metrics, harmony, metrics, rhythm
 
 if TYPE_CHECKING:
     from generator.vocab import Vocab
@@ -44,6 +45,7 @@ TUNE_PASSES = 3
 REPEAT_BARS = (8, 4, 2)  # lengths of passage looked for played twice in writing, the longest first
 REPEAT_MATCH = 0.85  # share of a passage's (onset, pitch) pairs that must come back: endings may differ
 MIN_REPEAT_NOTES = 6
+ECHO_PHRASE_BARS = 4  # a phrase this long or longer may open as the phrase before it did (its first half)
 SINGLE_LINE_OVERLAP = 0.05  # an instrument whose notes overlap its own next note less often plays one line
 _MINOR_KEY = "m"
 
@@ -64,6 +66,8 @@ class Phrase:
     bars: int
     cadence: int  # root of the chord it comes to rest on, in semitones above the tonic (7: the dominant)
     section: int  # index into Plan.sections
+    # Index of the phrase before it whose first half it opens with again (a reel's "a a'"), None for new music.
+    echo: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,21 @@ class Plan:
 
     def end(self) -> int:
         return self.bars * self.bar
+
+    def replays(self) -> dict[int, tuple[int, int]]:
+        """Where the notes play earlier ones again: step -> (the step they were first played at, how many
+        steps). A returning section replays its source but its last bar (it cadences anew, a second ending); a
+        phrase that echoes another opens with the other's first half."""
+        out = {}
+        for section in self.sections:
+            if section.returns is not None:
+                source = self.sections[section.returns].start * self.bar
+                out[section.start * self.bar] = (source, (section.bars - 1) * self.bar)
+        for phrase in self.phrases:
+            if phrase.echo is not None:
+                source = self.phrases[phrase.echo].start * self.bar
+                out[phrase.start * self.bar] = (source, phrase.bars // 2 * self.bar)
+        return out
 
     def progression(self) -> list[str]:
         """The chords bar by bar as Roman numerals, a bar's two halves joined by a space: ["I", "IV V", ...]."""
@@ -173,7 +192,9 @@ def draw_plan(
             phrases.append(Phrase(start, length, cadence, index))
             start += length
     final = phrases[-1]
-    phrases[-1] = Phrase(final.start, final.bars, 0, final.section)  # a piece ends on its tonic
+    phrases[-1] = replace(final, cadence=0)  # a piece ends on its tonic
+    if profile.get("echo"):  # its own draws: a card without echoes keeps every seed's plan as it was
+        phrases = _echoes(phrases, sections, float(profile["echo"]), np.random.default_rng([seed, 0x6563686F]))
     plan = Plan(bar, bars, tuple(sections), tuple(phrases))
     if minor is None or not profile.get("harmony"):
         return plan
@@ -182,30 +203,47 @@ def draw_plan(
     return Plan(bar, bars, plan.sections, plan.phrases, tuple(chords))
 
 
+def _echoes(
+    phrases: list[Phrase], sections: Sequence[Section], share: float, rng: np.random.Generator
+) -> list[Phrase]:
+    """Each second phrase of a pair in new music, as long as the first and ECHO_PHRASE_BARS or more, opens
+    as the first did with chance `share` (the style's, learnt by `_echo_counts`)."""
+    out = list(phrases)
+    for index, section in enumerate(sections):
+        if section.returns is not None:
+            continue  # a return replays its source's echoes with its notes
+        mine = [i for i, p in enumerate(out) if p.section == index]
+        for first, second in zip(mine[::2], mine[1::2], strict=False):
+            drawn = rng.random()  # drawn for every pair, so that one pair's length never moves another's
+            if out[first].bars == out[second].bars >= ECHO_PHRASE_BARS and drawn < share:
+                out[second] = replace(out[second], echo=first)
+    return out
+
+
 def _chords(plan: Plan, learnt: dict[str, Any], minor: bool, rng: np.random.Generator) -> list[int]:
     """A chord per span, section by section: the tonic first, each phrase's cadence chord from its last
-    downbeat to its end, and a returning section's source chords (its notes replay them) but its last bar."""
+    downbeat to its end, and what the notes replay (a returning section but its last bar, a phrase's echoed
+    opening) on the chords they were first played on."""
     per_bar = plan.bar // plan.span
+    cadences: dict[int, int] = {}  # span -> the cadence chord it holds
+    for p in plan.phrases:
+        chord = harmony.cadence_chord(p.cadence, minor)
+        cadences.update(
+            {i: chord for i in range((p.start + p.bars - 1) * per_bar, (p.start + p.bars) * per_bar)}
+        )
+    replays = {
+        at // plan.span: (was // plan.span, steps // plan.span) for at, (was, steps) in plan.replays().items()
+    }
+    # Drawn up to each replay in turn, so that its source's chords are known when it is pinned to them.
+    cuts = sorted({0, *(s.start * per_bar for s in plan.sections), *replays, plan.bars * per_bar})
     out: list[int] = []
-    for index, section in enumerate(plan.sections):
-        first = section.start * per_bar
-        spans = section.bars * per_bar
-        pins: dict[int, int] = {}
-        if section.returns is not None:
-            source = plan.sections[section.returns].start * per_bar
-            pins.update({i: out[source + i] for i in range(spans - per_bar) if source + i < first})
-        for p in plan.phrases:
-            if p.section == index:
-                chord = harmony.cadence_chord(p.cadence, minor)
-                pins.update(
-                    {
-                        i - first: chord
-                        for i in range((p.start + p.bars - 1) * per_bar, (p.start + p.bars) * per_bar)
-                    }
-                )
+    for begin, end in pairwise(cuts):
+        source, spans = replays.get(begin, (begin, 0))
+        pins = {i: out[source + i] for i in range(spans) if source + i < begin}
+        pins.update({t - begin: c for t, c in cadences.items() if begin <= t < end})
         if not out:
             pins.setdefault(0, harmony.state(0, harmony.MINOR if minor else harmony.MAJOR))
-        out += harmony.draw_chords(learnt, minor, spans, pins, rng, out[-1] if out else None)
+        out += harmony.draw_chords(learnt, minor, end - begin, pins, rng, out[-1] if out else None)
     return out
 
 
@@ -280,7 +318,9 @@ def _choose(rng: np.random.Generator, weighted: Sequence[tuple[Any, float]]) -> 
 # --- learning a style's profile from its real pieces -------------------------------------------------------
 
 
-def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -> dict[str, Any]:
+def learn_form(
+    rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray], tritone: bool = False
+) -> dict[str, Any]:
     """A style's form profile from its real pieces: index rows of the data set (with "bar", "pickup",
     "sections" and "fermatas" in ticks, and "key") and each piece's note array (steps, as
     generator.decode.notes_array), in the same order.
@@ -294,7 +334,10 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
     measures them), "single_line" (programs whose notes rarely overlap their own next note) and "harmony"
     (its chords and their moves in each mode, generator.harmony.learn_harmony, from the pieces with a key) and
     "density" (the most notes each instrument strikes at once and in a bar, generator.density.learn_density)
-    and "rhythm" (how often its parts rest and its lines step, generator.rhythm.learn_rhythm).
+    and "rhythm" (how often its parts rest and its lines step, generator.rhythm.learn_rhythm), "echo" (the
+    share of its strains whose second phrase opens as the first, `_echo_counts`) and "clashes" (the share of
+    its strong beats that clash, form_metrics.strong_beat_clash_counts; with `tritone`, the style hears a
+    tritone over the bass as a clash, and "clash_tritone" says so).
     """
     bars: Counter[int] = Counter()
     forms: Counter[tuple[int, tuple[tuple[int, bool], ...]]] = Counter()  # (bar, sections) -> pieces
@@ -307,6 +350,8 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
     keyed: list[tuple[np.ndarray, int, int, int, bool]] = []  # for the style's harmony
     textures: list[tuple[np.ndarray, int, int]] = []  # for its instruments' density limits
     lines: list[np.ndarray] = []  # for its rhythm
+    echoes = [0, 0]  # phrase pairs in new music, and those whose second opens as the first
+    strong = [0, 0]  # strong beats sounding two pitch classes or more, and those that clash
     for row, notes in zip(rows, notes_of, strict=True):
         pitched = notes[notes[:, 3] >= 0]
         if len(pitched) == 0:
@@ -328,6 +373,12 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
         # The shape as heard (music written out twice is a repeat); phrases and cadences as the score marks.
         heard = written_repeats(sections, pitched, bar, pickup)
         forms[(bar, tuple((max(1, round((e - s) / bar)), bool(r)) for s, e, r in heard))] += 1
+        pairs, echoed = _echo_counts(heard, pitched, bar, pickup)
+        echoes[0] += pairs
+        echoes[1] += echoed
+        judged, clashing = form_metrics.strong_beat_clash_counts(pitched, bar, pickup, tritone)
+        strong[0] += judged
+        strong[1] += clashing
         fermatas = sorted({f // TICKS_PER_STEP for f in row.get("fermatas") or []})
         ends = fermatas or sorted({e for _, e, _ in sections})
         # Phrases are read where a score marks them: between fermatas (a chorale), else in its sections (a
@@ -372,6 +423,8 @@ def learn_form(rows: Iterable[dict[str, Any]], notes_of: Iterable[np.ndarray]) -
         "density": density.learn_density(textures),
         "chordal": density.chordal_share(textures),
         "rhythm": rhythm.learn_rhythm(lines),
+        "echo": round(echoes[1] / echoes[0], 5) if echoes[0] else 0.0,
+        **({"clashes": round(strong[1] / strong[0], 5), "clash_tritone": tritone} if strong[0] else {}),
     }
 
 
@@ -411,14 +464,32 @@ def written_repeats(
     return out
 
 
-def _same(notes: np.ndarray, at: int, length: int) -> bool:
-    """Whether the music of [at, at + length) comes back at once, nearly note for note (a first and second
-    ending, or a different cadence, may change its end)."""
+def _echo_counts(
+    sections: list[tuple[int, int, bool]], notes: np.ndarray, bar: int, pickup: int
+) -> tuple[int, int]:
+    """(pairs, echoed): the sections that fall into two phrases of ECHO_PHRASE_BARS or more (as the plan
+    draws a tune's eight-bar strain), and those whose second phrase's first half is the first's again."""
+    pairs = echoed = 0
+    for start, end, _ in sections:
+        bars = round((end - start) / bar)
+        if bars < 2 * ECHO_PHRASE_BARS or bars % 2:
+            continue
+        at = start + pickup if start == 0 else start
+        half = bars // 2 * bar
+        pairs += 1
+        echoed += _same(notes, at, bars // 4 * bar, again=at + half)
+    return pairs, echoed
+
+
+def _same(notes: np.ndarray, at: int, length: int, again: int | None = None) -> bool:
+    """Whether the music of [at, at + length) comes back nearly note for note at `again` (at once, by
+    default): a first and second ending, or a different cadence, may change its end."""
+    later = at + length if again is None else again
     first = _onsets(notes, at, at + length)
-    again = _onsets(notes, at + length, at + 2 * length)
-    if len(first) < MIN_REPEAT_NOTES or len(again) < MIN_REPEAT_NOTES:
+    second = _onsets(notes, later, later + length)
+    if len(first) < MIN_REPEAT_NOTES or len(second) < MIN_REPEAT_NOTES:
         return False
-    return len(first & again) >= REPEAT_MATCH * max(len(first), len(again))
+    return len(first & second) >= REPEAT_MATCH * max(len(first), len(second))
 
 
 def _onsets(notes: np.ndarray, start: int, end: int) -> set[tuple[int, int]]:
@@ -477,7 +548,7 @@ def learn_forms(dataset_dir: Path, vocab: Vocab, per_style: int = MAX_PIECES) ->
         mine = [r for r in rows if r["style"] == style]
         mine = mine[:: max(1, len(mine) // per_style)][:per_style]
         notes = (notes_array(decode(vocab, tokens[r["offset"] : r["offset"] + r["length"]])) for r in mine)
-        out[style] = learn_form(mine, notes)
+        out[style] = learn_form(mine, notes, tritone=style in form_metrics.TRITONE_CLASHES)
     return out
 
 

@@ -219,7 +219,7 @@ class Composer:
             target=request.seconds * request.tempo / 60.0 * STEPS_PER_BEAT,
             prefix=prefix,
             window=list(prefix),
-            starts={s.start * plan.bar for s in plan.sections} if plan is not None else set(),
+            starts=replay_points(plan) if plan is not None else set(),
             rhythm=rhythm,
         )
         run.logits, run.cache = self._forward(run.window, None)
@@ -233,7 +233,7 @@ class Composer:
             at_end or (follow is not None and follow.finished(decoder.time))
         ):
             return vocab.eos
-        fresh = decoder.time in run.starts and decoder.time not in run.section_at  # a section begins
+        fresh = decoder.time in run.starts and decoder.time not in run.section_at  # a section or phrase begins
         if plan is not None and fresh and run.state.phase == AT_BOUNDARY:
             run.section_at[decoder.time] = len(run.music)
             if not run.replay:
@@ -404,16 +404,15 @@ class Composer:
     def _returning(
         plan: Plan, time: int, section_at: dict[int, int], music: list[int], vocab: Vocab
     ) -> list[int]:
-        """The tokens a section starting at `time` plays again: its source's, up to its own last cadence."""
-        section = next((s for s in plan.sections if s.start * plan.bar == time), None)
-        if section is None or section.returns is None:
+        """The tokens played again from `time` (Plan.replays): a returning section's source's up to its own
+        last cadence, or the opening of the phrase an echoing phrase opens with."""
+        replay = plan.replays().get(time)
+        if replay is None:
             return []
-        source = plan.sections[section.returns]
-        begin = section_at.get(source.start * plan.bar)
+        source, steps = replay
+        begin = section_at.get(source)
         if begin is None:
             return []
-        # All but the last bar: the return closes with a cadence of its own (a second ending).
-        steps = (section.bars - 1) * plan.bar
         durations = sorted((int(vocab.value[t]), int(t)) for t in np.flatnonzero(vocab.kind == KIND_DURATION))
         out: list[int] = []
         moved = 0
@@ -455,6 +454,12 @@ class Composer:
             cache = self.fast
             cache.reset()
         return cache.forward(ids).to("cpu"), cache
+
+
+def replay_points(plan: Plan) -> set[int]:
+    """The steps where music starts that is played again, or that plays earlier music again."""
+    replays = plan.replays()
+    return {s.start * plan.bar for s in plan.sections} | set(replays) | {was for was, _ in replays.values()}
 
 
 def piece_plan(loaded: LoadedModel, request: PieceRequest) -> Plan | None:
@@ -523,7 +528,7 @@ class _Run:
     target: float  # steps; without a plan the piece ends at the first boundary past it
     prefix: list[int]
     window: list[int]
-    starts: set[int]  # steps where a section of the plan starts
+    starts: set[int]  # steps where a section of the plan starts, or music that is played again (replay_points)
     state: GrammarState = field(default_factory=GrammarState)
     music: list[int] = field(default_factory=list)  # the music tokens so far, for a returning section
     notes: list[Note] = field(default_factory=list)

@@ -374,7 +374,8 @@ class Steering:
     ) -> list[int]:
         """The last section again: the one before the section playing (in the first, what it played so far),
         cut to whole bars that end a bar before the final cadence."""
-        starts = sorted(s for s in section_at if s < time)
+        sections = {s.start * plan.bar for s in plan.sections}  # not the phrases echoed (Plan.replays)
+        starts = sorted(s for s in section_at if s < time and s in sections)
         if not starts:
             return []
         current = starts[-1]

@@ -31,6 +31,7 @@ from generator.sampling import (
     _tail,
     candidate_seed,
     chosen_key,
+    replay_points,
 )
 from generator.steering import PlanFollower
 
@@ -260,7 +261,7 @@ def _loop_before_the_critic(composer: Composer, request: PieceRequest) -> Iterat
     context = composer.loaded.context
     window = list(prefix)
     music: list[int] = []
-    starts = {s.start * plan.bar for s in plan.sections} if plan is not None else set()
+    starts = replay_points(plan) if plan is not None else set()  # sections, and phrases echoed since
     section_at: dict[int, int] = {}
     replay: list[int] = []
     logits, cache = composer._forward(window, None)

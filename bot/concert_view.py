@@ -17,7 +17,7 @@ import mido
 
 from bot.chat.message import ChatMessage
 from bot.concert.conductor import Slot
-from bot.state.outage import FailureLog
+from bot.state.outage import FailureLog, stop_if_cancelled
 from bot.web.data import now_fields
 from bot.web.view import BoardView, ConcertEvent, LiveNote, MetricsView, NowView, Period, PieceView, QueueView
 from generator.decode import STEPS_PER_BEAT, NoteDecoder, decode, midi_bytes, timed_messages, to_midi
@@ -317,6 +317,7 @@ class LiveConcertView:
         said = FailureLog(log, "overlay updates")
         wait = PUBLISH_EVERY
         while True:
+            stop_if_cancelled()  # a cancel that a Redis read swallowed still stops the updates
             try:
                 await self._publish_changes(last)
             except Exception as exc:

@@ -16,7 +16,7 @@ from chat_rig import concert_on
 from redis_server import REDIS_SERVER, RedisServer
 from test_outage import queued, records, until
 
-from bot.state.outage import FailureLog
+from bot.state.outage import FailureLog, stop_if_cancelled
 from bot.state.store import StoreUnavailable
 
 LOGGER = "test.failure_log"
@@ -94,3 +94,47 @@ async def test_the_overlay_hub_says_a_redis_outage_once_and_its_end_once(
     assert [level for level, _, _ in hub] == [logging.WARNING, logging.INFO], hub
     assert "overlay refreshes paused" in hub[0][1] and "not answering" in hub[0][1] and not hub[0][2]
     assert hub[1][1] == "overlay refreshes resumed"
+
+
+@pytest.mark.anyio
+async def test_a_loop_stops_on_a_cancel_that_asyncio_wait_for_swallowed() -> None:
+    """The race of CPython gh-86296, which redis-py's socket writes go through: a cancel arriving in the same
+    turn of the loop as the awaited result. On Python 3.11 wait_for returns the result and the cancel is lost;
+    the loop's `stop_if_cancelled` still ends it, where a bare loop would go round forever."""
+    loop = asyncio.get_running_loop()
+    turns = 0
+    waiting: list[asyncio.Future[None]] = []
+
+    async def retrying(check: bool) -> None:
+        nonlocal turns
+        while True:
+            if check:
+                stop_if_cancelled()
+            turns += 1
+            if turns > 50:
+                return  # went round long after its cancel: the cancel was lost
+            answer: asyncio.Future[None] = loop.create_future()
+            waiting.append(answer)
+            await asyncio.wait_for(answer, 5)
+
+    for check in (False, True):
+        turns = 0
+        task = asyncio.create_task(retrying(check))
+        for _ in range(50):  # let it reach its first wait
+            if waiting:
+                break
+            await asyncio.sleep(0)
+        answer = waiting.pop()
+        answer.set_result(None)  # the write finishes ...
+        task.cancel()  # ... as Ctrl-C arrives, in the same turn
+        while len(waiting) < 1 and not task.done():  # answer every later wait at once
+            await asyncio.sleep(0)
+        while not task.done():
+            if waiting:
+                waiting.pop().set_result(None)
+            await asyncio.sleep(0)
+        if check:
+            assert task.cancelled(), "stop_if_cancelled let the loop go on"
+            assert turns == 1
+        elif not task.cancelled():
+            assert turns > 50  # this Python drops the cancel (3.11): the bare loop ran on

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bot.chat.commands import CommandError
+from bot.state.outage import stop_if_cancelled
 from bot.state.store import QueueRefused, SongRequest, Store, StoreUnavailable, VoteOutcome
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ class JournalWriter:
         before: int | None = None  # what was written before this outage: its count spans interrupted flushes
         stumbled = False
         while True:
+            stop_if_cancelled()  # a cancel that a Redis write swallowed still stops the writer
             await self._wake.wait()
             if before is None:
                 before = j.flushed + j.refused

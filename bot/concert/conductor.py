@@ -21,7 +21,7 @@ from typing import TypeVar
 from bot.concert.live import LivePiece
 from bot.concert.player import LiveSession
 from bot.concert.steer_votes import OpenVote, SteerRules, SteerVotes, VoteStatus
-from bot.state.outage import FailureLog
+from bot.state.outage import FailureLog, stop_if_cancelled
 from bot.state.store import PieceRecord, SeedConflictError, SongRequest, Store, StoreUnavailable
 from config.errors import ConcertbotError
 from config.settings import Settings
@@ -132,12 +132,8 @@ class Conductor:
         """The conductor's loop; cancel it to stop."""
         if self._loop is None:
             await self.start()
-        task = asyncio.current_task()
         while True:
-            if task is not None and task.cancelling():
-                # A cancel that landed in a Redis call was swallowed: redis-py wraps its socket writes in
-                # asyncio.wait_for, which on Python 3.11 drops a cancel that meets a finished write (gh-86296).
-                raise asyncio.CancelledError
+            stop_if_cancelled()  # a cancel that a Redis call swallowed still stops the loop
             try:
                 event = await next_event(self._events, 0.25)
                 if event is not None:

@@ -7,9 +7,22 @@ a bug or a broken part and gets its traceback, once per run of failures of its k
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from bot.state.store import StoreUnavailable
+
+
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if the running task was cancelled and the cancel went missing on the way.
+
+    redis-py wraps its socket writes in asyncio.wait_for, which on Python 3.11 drops a cancel that arrives as
+    the write finishes (CPython gh-86296): the call returns normally, the task stays marked as cancelling, and
+    a loop that goes round again never stops, so Ctrl-C hangs. A loop that talks to Redis calls this each turn.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class FailureLog:

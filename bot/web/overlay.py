@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from bot.state.outage import FailureLog
+from bot.state.outage import FailureLog, stop_if_cancelled
 from bot.state.store import StoreUnavailable
 from bot.web.data import (
     WebInputError,
@@ -116,6 +116,7 @@ class OverlayHub:
         said = FailureLog(log, "overlay refreshes")  # once when they start failing, once when they work again
         try:
             while True:
+                stop_if_cancelled()  # a cancel that a Redis read swallowed still stops the hub
                 batch = await _next_batch(events, RESYNC)
                 notes = self._remember_notes(batch)
                 if not self.clients:

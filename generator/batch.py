@@ -2,12 +2,12 @@
 step (continuous batching, as text-generation servers do).
 
 A piece's tokens are exactly those `Composer.stream` samples for its request, whatever else is in the batch:
-each piece is sampled by the sampler's own steps (`Composer._begin`, `_next`, `_feed`, the loop `stream` runs:
-grammar, guards, voice leading, the plan and the piece's own seeded `torch.Generator`, all untouched), and only
-its forward passes are taken out of its hands: a step notes the tokens each row wants logits for, one batched
-pass (`fastgpt.forward_rows`, bit for bit batch-1's arithmetic per row) answers them all, then each row samples
-its next token (a steer that lands re-conditions the model on a new prefix in the middle of choosing: that one
-pass runs at once, batch-1's own, on the row's cache).
+each piece is sampled by the sampler's own steps (`Composer._begin`, `_next`'s two halves `_prepare` and
+`_commit`, `_feed`, as `stream` runs them: grammar, guards, voice leading, the plan and the piece's own seeded
+`torch.Generator`, all untouched), and only its forward passes are taken out of its hands: a step notes the
+tokens each row wants logits for, one batched pass (`fastgpt.forward_rows`, bit for bit batch-1's arithmetic per
+row) answers them all, then each row samples its next token (a steer that lands re-conditions the model on a new
+prefix in the middle of choosing: that one pass runs at once, batch-1's own, on the row's cache).
 
 A piece with a critic (`request.critic` = K > 1) writes each bar K times from the same state and keeps the one
 the critic scores best, as `Composer._criticised` does one candidate after another; here the K candidates are
@@ -16,15 +16,17 @@ starts and drawing from its own generator (seeded by piece, bar and candidate al
 every byte of the piece, is the sequential critic's. A bar ends when its slowest candidate ends; the chosen
 one's cache becomes the piece's.
 
-The masks stay per row (`Composer._choose`, tensors over the vocabulary): batching them as [B, vocab] tensors
-needs a sampler written for rows, which this module leaves for a later change.
+Each row's masks are built row by row (`Composer._prepare`, up to the draw); the draw itself is the batch's:
+the rows' scores stacked into one [B, vocab] softmax, top-p and argmax (`sampling.sample_rows`), each row still
+drawing from its own generator, then each row goes on from its token (`Composer._commit`). A row's sampler is a
+coroutine that yields its scores and is sent its token, so a critic's candidates and every piece draw together.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -34,10 +36,26 @@ from generator import critic
 from generator.fastgpt import CachePool, FastGPT2, forward_rows
 from generator.grammar import AT_BOUNDARY
 from generator.plan import form_profile
-from generator.sampling import BAR_STEPS, Composer, Composition, PieceRequest, _Run, candidate_seed, chosen_key
+from generator.sampling import (
+    BAR_STEPS,
+    Composer,
+    Composition,
+    PieceRequest,
+    _Run,
+    candidate_seed,
+    chosen_key,
+    sample_rows,
+)
 from generator.steer import Steering
 
 POOL_SLOTS = 16  # sequences' caches allocated together (3 MB each for the shipped model)
+
+# A row's draw: its masked scores [vocab], its request (temperature, top-p) and its generator.
+_Draw = tuple[torch.Tensor, PieceRequest, torch.Generator]
+# A candidate's token: yields its draw (if it draws), is sent the token.
+_RowSampler = Generator[_Draw, int, None]
+# A piece's step: yields the draws its rows want (at most once a step), is sent their tokens in that order.
+_Step = Generator[list[_Draw], list[int], None]
 
 
 class _Row:
@@ -89,15 +107,17 @@ class _Bar:
         live = self.candidates[:1] if self.alone else self.candidates
         return [c.row for c in live if not c.done and c.row.pending is not None]
 
-    def step(self, piece: BatchPiece) -> None:
+    def step(self, piece: BatchPiece) -> _Step:
         """Each candidate whose logits are in samples one token; those waiting on candidate 0 may start."""
-        for candidate in self.candidates[:1] if self.alone else self.candidates:
-            if not candidate.done and candidate.row.pending is None:
-                self._sample(piece, candidate)
-        if self.alone and self.candidates[0].run.sampled > self.base.sampled:
-            self.alone = False  # candidate 0 drew a token: the bar is the model's, write the others
-            for candidate in self.candidates[1:]:
-                self._sample(piece, candidate)
+        ran = self.candidates[:1] if self.alone else self.candidates
+        drawing = _started(self._sample(piece, c) for c in ran if not c.done and c.row.pending is None)
+        if self.alone and drawing:
+            self.alone = False  # candidate 0 draws a token: the bar is the model's, write the others
+            drawing += _started(self._sample(piece, c) for c in self.candidates[1:])
+        if drawing:
+            tokens = yield [draw for _, draw in drawing]
+            for (sampler, _), token in zip(drawing, tokens, strict=True):
+                _finish(sampler, token)
 
     @property
     def finished(self) -> bool:
@@ -117,28 +137,32 @@ class _Bar:
             self.base.steering._made = ran[-1].made
         return best
 
-    def _sample(self, piece: BatchPiece, candidate: _Candidate) -> None:
-        """One token of one candidate, as `Composer._criticised` draws it."""
+    def _sample(self, piece: BatchPiece, candidate: _Candidate) -> _RowSampler:
+        """One token of one candidate, as `Composer._criticised` draws it: yields its draw, if it draws."""
         run, steering = candidate.run, candidate.run.steering
         run.logits = candidate.row.logits if candidate.row.logits is not None else run.logits
+        candidate.row.logits = None
         # The steering is shared by the candidates, as it is by the sequential critic's; the one thing a
-        # candidate changes in it mid-bar is the returning section it last fitted (`Steering.turn`), which
-        # the sequential loop sees for one candidate at a time: each candidate keeps its own.
+        # candidate changes in it mid-bar is the returning section it last fitted (`Steering.turn`, before
+        # the draw), which the sequential loop sees for one candidate at a time: each candidate keeps its own.
         if steering is not None:
             steering._made = candidate.made
         piece._current = candidate.row
         try:
-            token = piece._draw(run, candidate.generator)
-            candidate.tokens.append(token)
-            if token == piece._eos:
-                candidate.done = True
-                return
-            piece._row._feed(run, token)
-            candidate.done = run.state.phase == AT_BOUNDARY and run.decoder.time >= self.end
+            with piece._at_once():
+                chosen = piece._row._prepare(run, piece.request)
         finally:
-            candidate.row.logits = None
             if steering is not None:
                 candidate.made = steering._made
+        if isinstance(chosen, torch.Tensor):
+            chosen = piece._row._commit(run, (yield chosen, piece.request, candidate.generator), drawn=True)
+        candidate.tokens.append(chosen)
+        if chosen == piece._eos:
+            candidate.done = True
+            return
+        piece._current = candidate.row  # the other candidates ran while this one waited for its token
+        piece._row._feed(run, chosen)
+        candidate.done = run.state.phase == AT_BOUNDARY and run.decoder.time >= self.end
 
 
 class BatchPiece:
@@ -202,16 +226,17 @@ class BatchPiece:
         except Exception as exc:
             self._fail(exc)
 
-    def _advance(self) -> None:
-        """With the logits in, sample one token a row and run up to the next forward pass (or the end)."""
+    def _advance(self) -> _Step:
+        """With the logits in, sample one token a row and run up to the next forward pass (or the end); yields
+        the rows' draws and is sent their tokens."""
         try:
             if self.request.critic > 1:
-                self._advance_critic()
+                yield from self._advance_critic()
                 return
             run = self._run
             run.logits = self.row.logits
             self.row.logits = None
-            token = self._draw(run, self._generator)
+            token = yield from self._draw(run, self._generator)
             self.tokens.append(token)
             if token == self._eos:
                 self.report.steered = run.guard.steered
@@ -221,7 +246,7 @@ class BatchPiece:
         except Exception as exc:
             self._fail(exc)
 
-    def _advance_critic(self) -> None:
+    def _advance_critic(self) -> _Step:
         """A critic's step: a bar begins once the piece's logits are in, its candidates step, and once the
         last has ended, the critic's choice is the piece's."""
         assert self._setup is not None
@@ -234,7 +259,7 @@ class BatchPiece:
                     run.steering.turn(self._row, run, self.request, run.decoder.time, bar_start=True)
             self._bar = _Bar(self, run, self._setup)
         bar = self._bar
-        bar.step(self)
+        yield from bar.step(self)
         if not bar.finished:
             return
         chosen = bar.chosen(self._setup)
@@ -250,10 +275,14 @@ class BatchPiece:
             self.report.steered = chosen.run.guard.steered
             self.done = True
 
-    def _draw(self, run: _Run, generator: torch.Generator) -> int:
-        """The sampler's next token for `run` (the row now current), drawn from `generator`."""
+    def _draw(self, run: _Run, generator: torch.Generator) -> Generator[list[_Draw], list[int], int]:
+        """The sampler's next token for `run` (the row now current), drawn from `generator` with the batch."""
         with self._at_once():
-            return self._row._next(run, self.request, generator)
+            chosen = self._row._prepare(run, self.request)
+        if not isinstance(chosen, torch.Tensor):
+            return chosen
+        (token,) = yield [(chosen, self.request, generator)]
+        return self._row._commit(run, token, drawn=True)
 
     @contextlib.contextmanager
     def _at_once(self) -> Iterator[None]:
@@ -290,6 +319,49 @@ class BatchPiece:
 
 
 _LATER = torch.empty(0)  # stands for logits not computed yet
+
+
+def _started(samplers: Iterable[_RowSampler]) -> list[tuple[_RowSampler, _Draw]]:
+    """Each row sampler run up to its draw; those that drew nothing (a replayed token, the end) are done."""
+    out = []
+    for sampler in samplers:
+        with contextlib.suppress(StopIteration):
+            out.append((sampler, next(sampler)))
+    return out
+
+
+def _finish(sampler: Generator[Any, Any, None], sent: Any) -> None:
+    """A sampler sent its token(s): it runs to its end, its step's one draw done."""
+    try:
+        sampler.send(sent)
+    except StopIteration:
+        return
+    raise AssertionError("a row drew twice in one step")
+
+
+def _draw_all(drawing: list[tuple[BatchPiece, _Step, list[_Draw]]]) -> None:
+    """Every row's token at once, sent to its piece; if one piece's scores leave nothing to draw, each piece
+    draws alone and only that one fails."""
+    try:
+        tokens = _sampled([draw for _, _, mine in drawing for draw in mine])
+    except RuntimeError:
+        for _, step, mine in drawing:
+            try:
+                alone = _sampled(mine)
+            except RuntimeError as exc:
+                with contextlib.suppress(StopIteration):
+                    step.throw(exc)  # the piece's `_advance` records it
+                continue
+            _finish(step, alone)
+        return
+    at = 0
+    for _, step, mine in drawing:
+        _finish(step, tokens[at : at + len(mine)])
+        at += len(mine)
+
+
+def _sampled(draws: list[_Draw]) -> list[int]:
+    return sample_rows(torch.stack([d[0] for d in draws]), [d[1] for d in draws], [d[2] for d in draws])
 
 
 def _copied(source: FastGPT2, into: FastGPT2) -> FastGPT2:
@@ -385,12 +457,18 @@ class BatchComposer:
         token is EOS, or whose sampler raised (then `piece.error` says what), leaves the batch.
         """
         self._forward()
+        before = [len(piece.tokens) for piece in self.live]
+        drawing = []
+        for piece in self.live:
+            step = piece._advance()
+            with contextlib.suppress(StopIteration):
+                drawing.append((piece, step, next(step)))
+        if drawing:
+            _draw_all(drawing)
         out = []
         staying = []
-        for piece in self.live:
-            before = len(piece.tokens)
-            piece._advance()
-            out += [(piece, token) for token in piece.tokens[before:]]
+        for piece, had in zip(self.live, before, strict=True):
+            out += [(piece, token) for token in piece.tokens[had:]]
             if piece.done:
                 self._release(piece)
             else:

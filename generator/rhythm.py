@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from generator.memo import Memo
+
 if TYPE_CHECKING:  # by name only: generator.plan learns rhythm, and steering imports plan
     from generator.steering import VocabTensors
 
@@ -80,6 +82,7 @@ class RhythmFollower:
         self.last: dict[int, tuple[int, int]] = {}  # program -> (latest onset, highest pitch struck there)
         self.struck_at = -1
         self.struck: set[int] = set()
+        self.memo = Memo()  # the masks and biases below, by what they depend on
 
     def boundary(
         self, mask: torch.Tensor, scores: torch.Tensor, time: int
@@ -91,12 +94,16 @@ class RhythmFollower:
         vt = self.vt
         falling = [end for end in self.ends.values() if end > time]
         if falling:
-            capped = mask & ~(vt.is_timeshift & (time + vt.shift_of > min(falling)))
+            room = min(falling) - time
+            capped = mask & self.memo(("room", room), lambda: ~(vt.is_timeshift & (vt.shift_of > room)))
             mask = capped if bool((capped & vt.is_timeshift).any()) else mask
         struck = self.struck if self.struck_at == time else set()
         silent = [p for p in self.voices if self.ends.get(p, 0) <= time and p not in struck]
         if silent:
-            scores = scores + SILENT_BONUS * torch.isin(vt.program_of, torch.tensor(silent))
+            bonus = self.memo(
+                ("silent", *silent), lambda: SILENT_BONUS * torch.isin(vt.program_of, torch.tensor(silent))
+            )
+            scores = scores + bonus
         return mask, scores
 
     def pitch_bias(self, scores: torch.Tensor, program: int, time: int) -> torch.Tensor:
@@ -104,8 +111,11 @@ class RhythmFollower:
         onset, top = self.last.get(program, (-1, -1))
         if not self.step_bonus or onset < 0 or onset == time:
             return scores
+        return scores + self.memo(("step", top), lambda: self._steps_from(top))
+
+    def _steps_from(self, top: int) -> torch.Tensor:
         moves = (self.vt.pitch_of - top).abs()
-        return scores + self.step_bonus * (self.vt.is_pitch & (moves >= 1) & (moves <= STEP))
+        return self.step_bonus * (self.vt.is_pitch & (moves >= 1) & (moves <= STEP))
 
     def on_note(self, start: int, pitch: int, duration: int, program: int) -> None:
         self.ends[program] = max(self.ends.get(program, 0), start + duration)

@@ -19,6 +19,7 @@ piece. What it asks of each token:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 from generator.form_metrics import CHORDS, clashes, is_strong_beat
 from generator.harmony import chord_pitch_classes
 from generator.instruments import BY_PROGRAM
+from generator.memo import Memo
 from generator.plan import STEPS_PER_BEAT, Plan, key_of
 
 CHORDAL = frozenset({0, 6, 19, 24, 46, 48})  # piano, harpsichord, organ, guitar, harp, string ensemble
@@ -79,6 +81,7 @@ class VocabTensors:
     duration_of: torch.Tensor  # steps, or 0
 
 
+@functools.lru_cache(maxsize=4096)
 def consonant_with(sounding: frozenset[int]) -> frozenset[int]:
     """Pitch classes that, added to `sounding`, still fit within one triad or seventh chord."""
     return frozenset(pc for pc in range(12) if any(sounding | {pc} <= chord for chord in _CHORDS))
@@ -160,6 +163,7 @@ class PlanFollower:
         # The bass: the instrument whose range lies lowest; it takes the cadence chord's root.
         ranged = [p for p in self.programs if p in BY_PROGRAM and p >= 0]
         self.bass = min(ranged, key=lambda p: (BY_PROGRAM[p].low + BY_PROGRAM[p].high, p), default=None)
+        self.memo = Memo()  # the masks and biases below by what they depend on: built once, not every token
 
     # --- what the plan asks -----------------------------------------------------------------------------
 
@@ -196,11 +200,12 @@ class PlanFollower:
         vt = self.vt
         due = self.due(time)
         if due:
-            return mask & torch.isin(vt.program_of, torch.tensor(due))
-        mask = mask & ~(vt.is_timeshift & (time + vt.shift_of > self.next_boundary(time)))
+            return mask & self.memo(("due", *due), lambda: torch.isin(vt.program_of, torch.tensor(due)))
+        room = self.next_boundary(time) - time
+        mask = mask & self.memo(("room", room), lambda: ~(vt.is_timeshift & (vt.shift_of > room)))
         busy = [p for p in self.single if self.ends.get(p, 0) > time]
         if busy:
-            mask = mask & ~torch.isin(vt.program_of, torch.tensor(busy))
+            mask = mask & self.memo(("busy", *busy), lambda: ~torch.isin(vt.program_of, torch.tensor(busy)))
         return mask
 
     def program_bias(self, scores: torch.Tensor) -> torch.Tensor:
@@ -211,7 +216,9 @@ class PlanFollower:
         behind = [p for p, n in self.counts.items() if n < fair / 2]
         if not behind:
             return scores
-        return scores + FAIR_BONUS * torch.isin(self.vt.program_of, torch.tensor(behind))
+        return scores + self.memo(
+            ("behind", *behind), lambda: FAIR_BONUS * torch.isin(self.vt.program_of, torch.tensor(behind))
+        )
 
     def pitch_mask(self, mask: torch.Tensor, program: int, time: int) -> torch.Tensor:
         """At a cadence, the cadence chord (its root for the lowest instrument); elsewhere no limit."""
@@ -235,29 +242,42 @@ class PlanFollower:
             scores = scores + self.key_bias
         onset, top = self.melody.get(program, (-1, -1))
         # The voice's next melody note (not a chord note under one it struck at this onset).
-        if self.interval_bias is not None and onset >= 0 and onset != time:
-            moves = (self.vt.pitch_of - top).clamp(-127, 127) + 127
-            scores = scores + torch.where(self.vt.is_pitch, self.interval_bias[moves], torch.zeros(()))
+        melodic = onset >= 0 and onset != time
+        if self.interval_bias is not None and melodic:
+            scores = scores + self.memo(("interval", top), lambda: self._interval_bias(top))
         chord = self.plan.chord_at(time)
         if chord is not None and chord in self.chord_tones and time % STEPS_PER_BEAT == 0:
             tones, root = self.chord_tones[chord]
             changes = time % self.plan.span == 0
-            weight = (PLANNED_STRONG if changes else PLANNED_BEAT) * tones.float()
-            if onset >= 0 and onset != time:
-                near = (self.vt.pitch_of - top).abs() <= NEAR_TONE
-                weight = torch.where(near, weight, FAR_TONE_SHARE * weight)
-            scores = scores + weight
+
+            def weigh() -> torch.Tensor:
+                weight = (PLANNED_STRONG if changes else PLANNED_BEAT) * tones.float()
+                if melodic:
+                    near = (self.vt.pitch_of - top).abs() <= NEAR_TONE
+                    weight = torch.where(near, weight, FAR_TONE_SHARE * weight)
+                return weight
+
+            scores = scores + self.memo(("chord", chord, changes, top if melodic else None), weigh)
             if changes and program == self.bass and len(self.programs) > 1:
-                scores = scores + PLANNED_ROOT * root
+                scores = scores + self.memo(("root", chord), lambda: PLANNED_ROOT * root)
         if program >= 0 and self.clash_budget_spent(time):
             held = frozenset(p for end, p in self.sounding if end > time)
             if held:
                 scores = scores - self._clashing(held)
         sounding = frozenset(p % 12 for end, p in self.sounding if end > time)
         if sounding and self.chordal_below_target():
-            fits = torch.tensor(sorted(consonant_with(sounding)) or [-1])
-            scores = scores + CHORD_BONUS * (torch.isin(self.vt.pitch_of % 12, fits) & self.vt.is_pitch)
+            fits = consonant_with(sounding)
+            scores = scores + self.memo(("fits", fits), lambda: self._fitting(fits))
         return scores
+
+    def _interval_bias(self, top: int) -> torch.Tensor:
+        assert self.interval_bias is not None
+        moves = (self.vt.pitch_of - top).clamp(-127, 127) + 127
+        return torch.where(self.vt.is_pitch, self.interval_bias[moves], torch.zeros(()))
+
+    def _fitting(self, fits: frozenset[int]) -> torch.Tensor:
+        found = torch.tensor(sorted(fits) or [-1])
+        return CHORD_BONUS * (torch.isin(self.vt.pitch_of % 12, found) & self.vt.is_pitch)
 
     def _clashing(self, held: frozenset[int]) -> torch.Tensor:
         """CLASH_PENALTY on each pitch that would clash with the pitches `held` (form_metrics.clashes)."""

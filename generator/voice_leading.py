@@ -14,6 +14,8 @@ instrument to the notes a style's real parts strike at once and in a bar (genera
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from generator import metrics
 from generator.decode import Note, decode, notes_array
 from generator.density import DensityLimits, spent
 from generator.instruments import DRUMS
+from generator.memo import Memo
 from generator.vocab import Vocab
 
 MAX_LEAP = 24  # wider leaps count as this wide: two octaves either way
@@ -104,6 +107,7 @@ class VoiceLeading:
         # Frozen sets: a critic's candidate forks this dict (sampling._forked), and must leave the original be.
         self.struck: dict[int, tuple[int, frozenset[int]]] = {}
         self.in_bar: dict[int, tuple[int, int]] = {}  # program -> (bar of its latest note, notes in that bar)
+        self.memo = Memo()  # `allowed`'s masks by what they depend on
 
     def on_note(self, note: Note) -> None:
         at, pitches = self.struck.get(note.program, (-1, frozenset()))
@@ -128,24 +132,37 @@ class VoiceLeading:
     def allowed(self, program: int, time: int) -> torch.Tensor | None:
         """Token mask for the pitch of `program`'s next note, starting at `time`; None when anything goes."""
         at, pitches = self.struck.get(program, (-1, frozenset()))
-        fresh = ~torch.isin(self.pitch_of, torch.tensor(sorted(pitches))) if at == time else None
-        if program == DRUMS:
-            return fresh
-        mask = self.in_register.get(program)
-        if fresh is not None:
-            mask = fresh if mask is None else mask & fresh
-        leap = self._leap(program, time)
-        if leap is not None:
-            mask = self.not_pitch | leap if mask is None else mask & (self.not_pitch | leap)
-        return mask
+        struck = pitches if at == time else None
+        leap = None if program == DRUMS else self._leap_from(program, time)
+        if struck is None and (program == DRUMS or (leap is None and program not in self.in_register)):
+            return None
+        return self.memo((program, struck, leap), lambda: self._allowed(program, struck, leap))
 
-    def _leap(self, program: int, time: int) -> torch.Tensor | None:
+    def _allowed(
+        self, program: int, struck: frozenset[int] | None, leap: tuple[int, int | None] | None
+    ) -> torch.Tensor:
+        """`allowed`'s mask, for a voice that struck `struck` at this onset (None: nothing yet) and leaps from
+        `leap` (`_leap_from`); at least one of them, or a register, limits it."""
+        parts = [] if program == DRUMS else [m for m in [self.in_register.get(program)] if m is not None]
+        if struck is not None:
+            parts.append(~torch.isin(self.pitch_of, torch.tensor(sorted(struck))))
+        if leap is not None:
+            parts.append(self.not_pitch | self._leap(*leap))
+        return functools.reduce(operator.and_, parts)
+
+    def _leap_from(self, program: int, time: int) -> tuple[int, int | None] | None:
+        """What a note at `time` leaps from: (the voice's melody note, None) at a new onset, (the top so far,
+        the melody note before) for another note at this onset; None where no leap is ruled."""
         if self.ok is None or program not in self.voices:
             return None
         onset, top, before = self.voices[program]
         if time != onset:
-            return self.ok[(self.pitch_of - top).clamp(-127, 127) + 127]
+            return top, None
+        return None if before is None else (top, before)
+
+    def _leap(self, top: int, before: int | None) -> torch.Tensor:
+        assert self.ok is not None
         if before is None:
-            return None
+            return self.ok[(self.pitch_of - top).clamp(-127, 127) + 127]
         # Another note at this onset: below the top it is harmony; above, it becomes the melody's new note.
         return (self.pitch_of <= top) | self.ok[(self.pitch_of - before).clamp(-127, 127) + 127]

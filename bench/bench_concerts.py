@@ -248,9 +248,12 @@ class WorkerPool:
 
     NAMESPACE = "bench-concerts"
 
-    def __init__(self, count: int, batch: int, folder: Path, timeout: float = 120.0) -> None:
+    def __init__(
+        self, count: int, batch: int, folder: Path, timeout: float = 120.0, ahead: float | None = None
+    ) -> None:
         self.count = count
         self.batch = batch
+        self.ahead = ahead  # the workers' --ahead: a piece held this far ahead of its time
         self.folder = folder
         self.timeout = timeout
         self.url = f"unix://{folder / 'redis.sock'}"
@@ -272,6 +275,7 @@ class WorkerPool:
             env |= {"REDIS_URL": self.url, "CONCERTBOT_GENERATION__NAMESPACE": self.NAMESPACE}
             for n in range(self.count):
                 cmd = [sys.executable, "-m", "bot.cli", "worker", "--name", f"w{n}", "--batch", str(self.batch)]
+                cmd += [] if self.ahead is None else ["--ahead", str(self.ahead)]
                 log = (self.folder / f"w{n}.log").open("w")
                 self.procs.append(
                     subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -405,9 +409,12 @@ def run_trial(
             loop = timer = pool = None
             elsewhere: Callable[[], dict[str, float]] = dict
             if path == "workers":
-                pool = stack.enter_context(WorkerPool(args.workers, args.worker_batch, folder))
+                pool = stack.enter_context(
+                    WorkerPool(args.workers, args.worker_batch, folder, ahead=args.ahead)
+                )
                 settings, elsewhere = pool.settings(settings), pool.cpu
                 path = f"workers {args.workers}x{args.worker_batch}"
+                path += "" if args.ahead is None else f", ahead {args.ahead:g} s"
             if pool is not None and args.procs > 1:
                 played = play_in_processes(pool, critic, size, folder, args)
                 path += f", {args.procs} processes"
@@ -581,6 +588,7 @@ def main() -> None:
     parser.add_argument("--piece-seconds", type=float, default=None, help="default: sampling.seconds (60)")
     parser.add_argument("--workers", type=int, default=1, help="path workers: `concertbot worker` processes")
     parser.add_argument("--worker-batch", type=int, default=32, help="path workers: each worker's --batch")
+    parser.add_argument("--ahead", type=float, default=None, help="path workers: the workers' --ahead")
     parser.add_argument("--procs", type=int, default=1, help="path workers: bench processes the concerts share")
     parser.add_argument("--share", default=None, help=argparse.SUPPRESS)  # set for the processes --procs starts
     parser.add_argument("--hog", type=int, nargs="?", const=1, default=0, help="busy processes beside it")

@@ -683,6 +683,9 @@ def worker_cmd(
     device: Annotated[str, typer.Option(help="Torch device to sample on: cpu, cuda, cuda:1 ...")] = "cpu",
     name: Annotated[str | None, typer.Option(help="Consumer name (default: host-pid-random).")] = None,
     batch: Annotated[int, typer.Option(min=1, help="Pieces sampled together (1: one at a time).")] = 1,
+    ahead: Annotated[
+        float | None, typer.Option(min=0.0, help="With --batch: hold a piece this many seconds ahead.")
+    ] = None,
 ) -> None:
     """Sample pieces for concerts with generation.remote = true, taken from the Redis at REDIS_URL."""
     import logging
@@ -704,7 +707,9 @@ def worker_cmd(
     try:
         loaded = _load_model(settings, model)
         g = settings.generation
-        run_worker(url.get_secret_value(), loaded, g.namespace, g.claim_idle_seconds, device, name, batch)
+        run_worker(
+            url.get_secret_value(), loaded, g.namespace, g.claim_idle_seconds, device, name, batch, ahead
+        )
     except KeyboardInterrupt:
         err.print("stopped")
     except redis.ConnectionError as exc:

@@ -136,6 +136,27 @@ def test_a_batching_worker_keeps_its_claims_while_a_critic_holds_a_bars_tokens(c
     assert [s.outcome for s in worker.served] == ["done", "done"]  # no piece taken over from itself, none lost
 
 
+def test_a_pacing_worker_holds_a_piece_ahead_of_its_time_and_keeps_its_tokens(client, composer):
+    keys = Keys("t8")
+    version = composer.loaded.version
+    jobs = GenerationClient(client, keys, version, wait_seconds=60)
+    worker = Worker(client, keys, composer, version, name="wp")
+    requests = [make_request(composer.loaded, s, seconds=5.0, seed=8) for s in ("irish", "folk")]
+    ids = [jobs.submit(r) for r in requests]
+    stop = threading.Event()
+    run = {"stop": stop, "batch": 4, "ahead": 0.5}  # far less than the music: held most of the way
+    thread = threading.Thread(target=worker.run, kwargs=run, daemon=True)
+    thread.start()
+    try:
+        got = [list(jobs.tokens(job)) for job in ids]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert got == [list(composer.stream(r)) for r in requests]
+    assert [s.outcome for s in worker.served] == ["done", "done"]
+    assert worker.held > 0
+
+
 def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, composer, caplog):
     caplog.set_level(logging.INFO, logger="bot.concert.worker")
     keys = Keys("t8")

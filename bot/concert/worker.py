@@ -31,8 +31,10 @@ import redis
 
 from bot.concert.remote import GROUP, connect, ensure_group, pack, unpack
 from bot.state.keys import Keys, job_part
+from generator.decode import STEPS_PER_BEAT
 from generator.model import LoadedModel
 from generator.sampling import Composer, PieceRequest
+from generator.vocab import KIND_TIMESHIFT
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,7 @@ class Worker:
         self.served: list[Served] = []
         self.steps = 0  # batched steps taken, and the pieces in them summed: rows / steps is the mean batch
         self.rows = 0
+        self.held = 0  # pieces held out of steps (`ahead`), summed over the loop's turns
         self._append: Any = client.register_script(APPEND)
         self._redis_down = False
         ensure_group(client, keys)
@@ -177,14 +180,18 @@ class Worker:
         self.client.xgroup_createconsumer(keys.gen_jobs, GROUP, self.name)
         self._forget_departed(departed_seconds)
 
-    def run(self, stop: threading.Event | None = None, batch: int = 1) -> None:
-        """Serve jobs until `stop` is set: one at a time, or up to `batch` together (generator.batch)."""
+    def run(self, stop: threading.Event | None = None, batch: int = 1, ahead: float | None = None) -> None:
+        """Serve jobs until `stop` is set: one at a time, or up to `batch` together (generator.batch).
+
+        `ahead` (batching only): a new piece sits out the batch's steps while its music runs more than this many
+        seconds ahead of the time since it was taken, so the steps go to the pieces its listeners need next.
+        """
         stop = stop or threading.Event()
         log.info("worker %s waiting for pieces on %s", self.name, self.keys.gen_jobs)
         while not stop.is_set():
             try:
                 if batch > 1:
-                    self._run_batched(stop, batch)
+                    self._run_batched(stop, batch, ahead)
                 elif (job := self.next_job()) is not None:
                     self.served.append(self.serve(job, stop))
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -244,7 +251,7 @@ class Worker:
             serving.fail(f"the worker failed: {type(exc).__name__}: {exc}")
         return serving.served()
 
-    def _run_batched(self, stop: threading.Event, size: int) -> None:
+    def _run_batched(self, stop: threading.Event, size: int, ahead: float | None = None) -> None:
         """Up to `size` pieces at once, one batched forward pass per step; each piece's tokens are its own."""
         from generator.batch import BatchComposer, BatchPiece  # only a batching worker needs it
 
@@ -275,9 +282,23 @@ class Worker:
                             self.served.append(serving.served())
                     if not active:
                         continue
+                    # Every live piece gets one token a step, so a step's time sets a piece's pace: a batch
+                    # full of pieces far ahead of their listeners starves a dense one that is not.
+                    now = self.clock()
+                    held = [p for p, s in active.values() if ahead is not None and s.ahead(now) > ahead]
+                    self.held += len(held)
+                    if len(held) == len(active):
+                        stop.wait(POLL_SECONDS)
+                        continue
+                    skip = {id(p) for p in held}
+                    batch.live = [p for p in batch.live if id(p) not in skip]
+                    try:
+                        stepped = batch.step()
+                    finally:
+                        batch.live = batch.live + held
                     self.steps += 1
-                    self.rows += len(active)
-                    for piece, token in batch.step():
+                    self.rows += len(active) - len(held)
+                    for piece, token in stepped:
                         active[id(piece)][1].feed(token)
                     # A piece with a critic yields nothing while its bar's candidates are sampled, seconds in a
                     # full batch: its claim is refreshed anyway, or this worker (or another) takes it "over".
@@ -352,6 +373,8 @@ class _Serving:
         self.eos = worker.composer.vocab.eos
         self.outcome: Outcome | None = None  # set once the job has ended here
         self.started = worker.clock()
+        self.music = 0.0  # seconds of music in the tokens sampled so far
+        self._tempo = job.request.tempo if job.request is not None else 120.0
         if job.taken_over:
             log.info("worker %s took over piece %s at token %d", worker.name, job.job, self.resumed_at)
         if job.problem:
@@ -359,10 +382,18 @@ class _Serving:
         elif job.taken_over and worker._deliveries(job) > MAX_DELIVERIES:
             self.fail(f"{MAX_DELIVERIES} workers stopped on this piece; giving up on it")
 
+    def ahead(self, now: float) -> float:
+        """How far its music runs ahead of the time since it was taken; 0 for a piece taken over (its listener
+        is already into it)."""
+        return 0.0 if self.job.taken_over else self.music - (now - self.started)
+
     def feed(self, token: int) -> bool:
         """Take the next sampled token; False once the job has ended here (`outcome` says how)."""
         if self.outcome is not None:
             return False
+        vocab = self.worker.composer.vocab
+        if vocab.kind[token] == KIND_TIMESHIFT:
+            self.music += int(vocab.value[token]) / STEPS_PER_BEAT * 60.0 / self._tempo
         index = self.index
         self.index += 1
         if index < self.resumed_at:
@@ -465,13 +496,14 @@ def run_worker(
     device: str = "cpu",
     name: str | None = None,
     batch: int = 1,
+    ahead: float | None = None,
 ) -> None:
     """Serve jobs until interrupted (Ctrl-C, SIGTERM); a piece cut off here is taken over by another worker."""
     worker = Worker(
         connect(redis_url), Keys(namespace), Composer(loaded, device), loaded.version, name, claim_idle_seconds
     )
     try:
-        worker.run(batch=batch)
+        worker.run(batch=batch, ahead=ahead)
     finally:
         # How full its batch ran: what an operator sizing --batch (and bench_concerts) reads.
         mean = worker.rows / worker.steps if worker.steps else 0.0

@@ -12,9 +12,10 @@ import logging
 import socket
 import sys
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bot.chat.handlers import ChatCommands, Reply
 from bot.chat.journal import JournalWriter, Written
@@ -33,6 +34,9 @@ from config.twitch import TwitchSettings
 from generator.model import LoadedModel, load_model
 from generator.sampling import Composer
 from synth.sinks import AudioSink
+
+if TYPE_CHECKING:
+    from bot.chat.twitch import TwitchConnection
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,8 @@ async def run_concert(
             side, sharing one loaded model and one Redis.
         twitch: Twitch credentials, or None for local chat (typed into `local_input`, one line per message,
             "name: text" to speak as a viewer, plain text to speak as the streamer). With `[[channels]]`, a
-            channel reads the Twitch chat of its `twitch_channel`, and one without it local (web) chat only.
+            channel reads the Twitch chat of its `twitch_channel`, and one without it local (web) chat only;
+            every channel's chat goes over one connection of the bot account (`TwitchConnection`).
         local_input: where local chat comes from (the first channel's); None reads nothing.
         sinks: outputs to use instead of those the first channel's settings name.
         seconds: stop after this long (demos and tests); None runs until cancelled.
@@ -87,6 +92,7 @@ async def run_concert(
         channels_started: called with every running Concert by channel name once every channel is up.
     """
     plans = channel_plans(settings, namespace, twitch.channel if twitch is not None else None)
+    _one_channel_per_chat(plans)
     c = settings.concert
     redis_url = c.redis_url.get_secret_value() if c.redis_url else None
     with contextlib.ExitStack() as claimed:
@@ -110,12 +116,20 @@ async def run_concert(
                 # Opened before the channels, closed after them: no channel's thread waits on a stopped loop.
                 source = stack.enter_context(BatchLoop(Composer(loaded)))
                 log.info("generation: one batched generator for %d channel(s)", len(plans))
+            link: TwitchConnection | None = None
+            if twitch is not None and any(plan.twitch_channel for plan in plans):
+                from bot.chat.twitch import TwitchConnection
+
+                # One login, one EventSub WebSocket for every channel's chat (Twitch allows a user three).
+                link = await stack.enter_async_context(TwitchConnection(twitch))
+            account_sends: deque[float] = deque()  # the bot account's lines, which Twitch counts over channels
             concerts: dict[str, Concert] = {}
             tasks: list[asyncio.Task[None]] = []
             conductors: list[asyncio.Task[None]] = []
             try:
                 for i, plan in enumerate(plans):
-                    chat = twitch.model_copy(update={"channel": plan.twitch_channel}) if twitch else None
+                    login = chat_login(plan.twitch_channel or "")
+                    chat = twitch.model_copy(update={"channel": login}) if twitch else None
                     concert, more = await _open_channel(
                         stack,
                         plan,
@@ -125,6 +139,8 @@ async def run_concert(
                         chat if plan.twitch_channel else None,
                         sinks if i == 0 else None,
                         source,
+                        link=link,
+                        account_sends=account_sends,
                     )
                     concerts[plan.name] = concert
                     conductors.append(more[0])
@@ -154,6 +170,9 @@ async def _open_channel(
     twitch: TwitchSettings | None,
     sinks: list[AudioSink] | None,
     source: TokenSource | None = None,
+    *,
+    link: TwitchConnection | None = None,
+    account_sends: deque[float] | None = None,
 ) -> tuple[Concert, list[asyncio.Task[None]]]:
     """Open one channel's parts on `stack` and start its tasks, the conductor's first."""
     settings = plan.settings
@@ -183,15 +202,16 @@ async def _open_channel(
     session.listener = conductor.on_engine_event
     commands = ChatCommands(settings, conductor, store)
     concert = Concert(settings, store, session, conductor, commands, lambda r: speak(r), plan.name, twitch)
-    if twitch is not None:
-        from bot.chat.twitch import TwitchChat
+    if twitch is not None and link is not None:
 
         async def on_message(msg: ChatMessage) -> None:
             await concert.chat(msg)
 
-        chat = await stack.enter_async_context(TwitchChat(twitch, on_message))
+        setting = "TWITCH_CHANNEL" if plan.name == "default" else f"channels {plan.name!r}: twitch_channel"
+        chat = await link.join(twitch.channel, on_message, setting=setting)
+        # Its own queue (order, merging, the moderator's limit where the bot moderates), counted with the rest.
         sender = await stack.enter_async_context(
-            Sender(SendQueue(), chat.send, is_moderator=lambda: chat.bot_is_moderator)
+            Sender(SendQueue(sent=account_sends), chat.send, is_moderator=lambda: chat.bot_is_moderator)
         )
 
         def speak_twitch(reply: Reply) -> None:
@@ -223,6 +243,26 @@ async def _open_channel(
         view = await stack.enter_async_context(_web(concert, broadcast, listener, local=local))
         tasks.append(asyncio.create_task(view.publish_forever(), name=f"overlay updates {plan.name}"))
     return concert, tasks
+
+
+def _one_channel_per_chat(plans: list[ChannelPlan]) -> None:
+    """ConfigError when two channels name one Twitch chat: both concerts would answer every line in it."""
+    readers: dict[str, str] = {}
+    for plan in plans:
+        if plan.twitch_channel is None:
+            continue
+        login = chat_login(plan.twitch_channel)
+        if login in readers:
+            raise ConfigError(
+                f"channels {readers[login]!r} and {plan.name!r} both read twitch_channel {login!r}; "
+                "give each its own Twitch chat"
+            )
+        readers[login] = plan.name
+
+
+def chat_login(twitch_channel: str) -> str:
+    """A `twitch_channel` as Twitch names the chat: its login, without `#` or capitals."""
+    return twitch_channel.strip().removeprefix("#").lower()
 
 
 def shares_generator(settings: Settings, channels: int) -> bool:

@@ -10,6 +10,14 @@ subscription, subscriptions of a dead session turning `websocket_disconnected`, 
 the chat rate limit (20 lines per 30 s, 100 for a moderator or the broadcaster; more are dropped) and a
 non-moderator's line identical to one it sent within the window (dropped as a duplicate).
 
+It serves several channels at once (`channels=`), as Twitch does for a bot in many chats: each channel has
+its own broadcaster, moderators and chat; a subscription hears only its `broadcaster_user_id`'s channel, a
+line goes only to the chat its `broadcaster_id` names, and a reply's parent must be a message of that chat.
+Twitch's documented limits for one account apply across channels: one WebSocket session carries at most 300
+enabled subscriptions and a user at most 3 sessions with enabled ones (429 beyond); the account's lines in
+the window are counted over every channel, each new line checked against the limit of the channel it goes
+to (20, or 100 where the sender moderates), and the duplicate rule is per channel.
+
     async with FakeTwitch() as fake:
         async with TwitchChat(fake.settings(), on_message) as chat:
             await fake.say("ada", "!compose bach violin")
@@ -43,6 +51,8 @@ REDEMPTION = "channel.channel_points_custom_reward_redemption.add"
 BOT_SCOPES = ("user:read:chat", "user:write:chat", "user:bot", "channel:read:redemptions")
 JSON = dict[str, Any]
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+SESSION_SUBSCRIPTIONS = 300  # enabled subscriptions one EventSub WebSocket session may carry
+USER_SESSIONS = 3  # WebSocket sessions with enabled subscriptions one user (per client id) may have
 
 
 @dataclass(frozen=True)
@@ -102,12 +112,14 @@ class _Session:
 
 
 class FakeTwitch:
-    """A fake Twitch server for one channel; use as `async with FakeTwitch(...) as fake`.
+    """A fake Twitch server for one channel or several; use as `async with FakeTwitch(...) as fake`.
 
     Args:
-        channel: the broadcaster's login.
+        channel: the broadcaster's login (the first channel, `broadcaster`).
+        channels: more broadcasters' logins, each a chat of its own beside `channel`'s.
         bot: the bot account's login; the same as `channel` for a bot running on the broadcaster's account.
-        bot_is_moderator: whether the bot account moderates the channel (higher rate limit, mod badge).
+        bot_is_moderator: whether the bot account moderates every channel (higher rate limit, mod badge);
+            `moderate(login, channel)` makes someone a moderator of one channel.
         bot_scopes: the scopes of the bot's user token.
         keepalive: seconds between `session_keepalive` frames.
         rate_window: the seconds over which chat lines are counted (Twitch: 30); shrink it with the bot's queue.
@@ -120,6 +132,7 @@ class FakeTwitch:
         self,
         *,
         channel: str = "composer",
+        channels: tuple[str, ...] = (),
         bot: str = "concertbot",
         bot_is_moderator: bool = False,
         bot_scopes: tuple[str, ...] = BOT_SCOPES,
@@ -138,16 +151,24 @@ class FakeTwitch:
         self._ids = itertools.count(1001)
         self._users: dict[str, User] = {}
         self.broadcaster = self.user(channel)
+        self.channels = [self.broadcaster] + [
+            self.user(c) for c in channels if c.lower() != self.broadcaster.login
+        ]
         self.bot = self.user(bot)
-        self.moderators: set[str] = {self.bot.id} if bot_is_moderator else set()
+        # Each channel's moderators by broadcaster id; `moderators` is the first channel's set.
+        self._moderators: dict[str, set[str]] = {
+            b.id: ({self.bot.id} if bot_is_moderator else set()) for b in self.channels
+        }
+        self.moderators = self._moderators[self.broadcaster.id]
         self._tokens: dict[str, _Token] = {}  # the valid ones
         self._issued: list[_Token] = []  # every one ever, for secrets()
         self.bot_token = self._issue(self.bot.id, bot_scopes, refresh=True)
         self.sent: list[SentChat] = []
         self.subscription_posts = 0  # POSTs to /helix/eventsub/subscriptions, accepted or not
         self._subs: dict[str, JSON] = {}
+        self._sub_users: dict[str, str] = {}  # subscription id -> the user whose token made it
         self._sessions: dict[str, _Session] = {}
-        self._messages: dict[str, tuple[User, str]] = {}  # chat message id -> author and text, for replies
+        self._messages: dict[str, tuple[User, str, str]] = {}  # message id -> author, text, broadcaster id
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -219,6 +240,18 @@ class FakeTwitch:
             self._users[login] = User(str(next(self._ids)), login, login.capitalize())
         return self._users[login]
 
+    def moderate(self, login: str, channel: str | None = None) -> None:
+        """`channel`'s broadcaster (default: the first channel's) makes `login` a moderator (`/mod login`)."""
+        self._moderators[self._channel(channel).id].add(self.user(login).id)
+
+    def _channel(self, login: str | None) -> User:
+        if login is None:
+            return self.broadcaster
+        room = next((b for b in self.channels if b.login == login.lower()), None)
+        if room is None:
+            raise ValueError(f"{login} is not one of this fake's channels")
+        return room
+
     def user_token(self, login: str, scopes: tuple[str, ...] = BOT_SCOPES, expires_in: int = 14400) -> str:
         """A valid user access token for `login`, e.g. to log the bot in as someone else."""
         return self._issue(self.user(login).id, scopes, refresh=True, expires_in=expires_in).value
@@ -232,27 +265,40 @@ class FakeTwitch:
         broadcaster: bool | None = None,
         reply_to: str | None = None,
         reward_id: str | None = None,
+        channel: str | None = None,
+        shared_with: tuple[str, ...] = (),
         timeout: float = 5.0,
     ) -> str:
         """`login` writes `text` in chat; returns the message id once every chat subscriber has been sent it.
 
-        `broadcaster` defaults to whether `login` is the channel; True for anyone else is an error.
-        `reply_to` makes the line a reply to that message id; `reward_id` marks it as the text of a
-        channel-point redemption, as Twitch does. Waits up to `timeout` for a live `channel.chat.message`
-        subscription and raises TimeoutError without one.
+        `channel` is the chat's broadcaster login (default: the first channel). `broadcaster` defaults to
+        whether `login` is that channel; True for anyone else is an error. `reply_to` makes the line a reply
+        to that message id; `reward_id` marks it as the text of a channel-point redemption, as Twitch does.
+        Waits up to `timeout` for a live `channel.chat.message` subscription to that channel and raises
+        TimeoutError without one. `shared_with`: the channels in a shared chat session with it; as on Twitch,
+        each of their subscribers also gets the line, under a message id of its own and with the
+        `source_broadcaster_*` and `source_message_id` fields naming where it was typed.
         """
+        room = self._channel(channel)
         user = self.user(login)
-        is_broadcaster = user == self.broadcaster
+        is_broadcaster = user == room
         if broadcaster and not is_broadcaster:
-            raise ValueError(f"only {self.broadcaster.login} can speak as the broadcaster")
+            raise ValueError(f"only {room.login} can speak as the broadcaster")
         badges = []
         if is_broadcaster:
             badges.append({"set_id": "broadcaster", "id": "1", "info": ""})
-        if moderator or user.id in self.moderators:
+        if moderator or user.id in self._moderators[room.id]:
             badges.append({"set_id": "moderator", "id": "1", "info": ""})
-        await self._wait_for_listener(CHAT, timeout)
+        others = [self._channel(c) for c in shared_with]
+        await self._wait_for_listener(CHAT, [room, *others], timeout)
         message_id = str(uuid.uuid4())
-        await self._notify(CHAT, self._chat_event(user, text, message_id, badges, reply_to, reward_id))
+        await self._notify(CHAT, self._chat_event(room, user, text, message_id, badges, reply_to, reward_id))
+        for other in others:
+            event = self._chat_event(other, user, text, str(uuid.uuid4()), [], None, reward_id)
+            source = {"user_id": room.id, "user_login": room.login, "user_name": room.display_name}
+            event |= {f"source_broadcaster_{k}": v for k, v in source.items()}
+            event |= {"source_message_id": message_id, "source_badges": badges, "is_source_only": False}
+            await self._notify(CHAT, event)
         return message_id
 
     async def redeem(
@@ -262,16 +308,17 @@ class FakeTwitch:
         *,
         reward_id: str = "reward-compose",
         title: str = "Compose a piece",
+        channel: str | None = None,
         timeout: float = 5.0,
     ) -> str:
         """`login` redeems a channel-point reward with `user_input`; returns the redemption id.
 
         As on Twitch, the redemption goes to `...redemption.add` subscribers and, when the reward takes text,
-        the text also appears in chat as a line carrying the reward's id.
+        the text also appears in chat as a line carrying the reward's id. `channel` as for `say`.
         """
+        b = self._channel(channel)
         user = self.user(login)
         redemption_id = str(uuid.uuid4())
-        b = self.broadcaster
         event = {
             "id": redemption_id,
             "broadcaster_user_id": b.id,
@@ -285,10 +332,10 @@ class FakeTwitch:
             "reward": {"id": reward_id, "title": title, "cost": 100, "prompt": "Style and instrument"},
             "redeemed_at": _now(),
         }
-        await self._wait_for_listener(CHAT if user_input else REDEMPTION, timeout)
+        await self._wait_for_listener(CHAT if user_input else REDEMPTION, [b], timeout)
         await self._notify(REDEMPTION, event)
         if user_input:
-            await self.say(login, user_input, reward_id=reward_id)
+            await self.say(login, user_input, reward_id=reward_id, channel=b.login)
         return redemption_id
 
     async def drop_socket(self, code: int | None = None) -> list[str]:
@@ -511,8 +558,7 @@ class FakeTwitch:
             return _error(400, "user_id must be the user of the token")
         if "user:read:moderated_channels" not in token.scopes:
             return _error(401, "Missing scope: user:read:moderated_channels")
-        b = self.broadcaster
-        channels = [b] if token.user_id in self.moderators else []
+        channels = [b for b in self.channels if token.user_id in self._moderators[b.id]]
         data = [
             {"broadcaster_id": u.id, "broadcaster_login": u.login, "broadcaster_name": u.display_name}
             for u in channels
@@ -541,6 +587,14 @@ class FakeTwitch:
         for sub in self._subs.values():
             if sub["status"] == "enabled" and (sub["type"], sub["condition"]) == (kind, condition):
                 return _error(409, "subscription already exists")
+        enabled = [s for s in self._subs.values() if s["status"] == "enabled"]
+        if sum(s["transport"]["session_id"] == session.id for s in enabled) >= SESSION_SUBSCRIPTIONS:
+            return _error(429, "websocket transport session subscriptions limit exceeded")
+        theirs = {
+            s["transport"]["session_id"] for s in enabled if self._sub_users.get(s["id"]) == token.user_id
+        }
+        if session.id not in theirs and len(theirs) >= USER_SESSIONS:
+            return _error(429, "websocket transports limit exceeded")
         sub = {
             "id": str(uuid.uuid4()),
             "status": "enabled",
@@ -556,6 +610,7 @@ class FakeTwitch:
             "cost": 0,
         }
         self._subs[sub["id"]] = sub
+        self._sub_users[sub["id"]] = token.user_id
         await self._notify_changed()
         return web.json_response(
             {"data": [sub], "total": len(self._subs), "total_cost": 0, "max_total_cost": 10}, status=202
@@ -585,19 +640,25 @@ class FakeTwitch:
         sender_id, text = str(body.get("sender_id", "")), str(body.get("message", ""))
         broadcaster_id, reply_to = str(body.get("broadcaster_id", "")), body.get("reply_parent_message_id")
         sender = next((u for u in self._users.values() if u.id == sender_id), None)
-        if sender is None or broadcaster_id != self.broadcaster.id:
+        room = next((b for b in self.channels if b.id == broadcaster_id), None)
+        if sender is None or room is None:
             return _error(400, "unknown sender or broadcaster")
         if not self._may_send(token, sender_id):
             return _error(403, "the sender has not authorised this app to chat")
         if not text.strip() or len(text) > 500:
             return _error(400, "message must be 1 to 500 characters")
+        if reply_to and self._messages.get(reply_to, (None, None, broadcaster_id))[2] != broadcaster_id:
+            return _error(400, "the reply's parent message is not in this chat")
         now = time.monotonic()
+        # The account's lines in the window over every channel, checked against this channel's limit.
         recent = [
             m for m in self.sent if m.is_sent and m.sender_id == sender_id and m.at > now - self.rate_window
         ]
-        privileged = sender_id in self.moderators or sender == self.broadcaster
+        mods = self._moderators[room.id]
+        privileged = sender_id in mods or sender == room
         drop = "msg_rate_limit" if len(recent) >= (100 if privileged else 20) else None
-        if drop is None and not privileged and any(m.text == text for m in recent):
+        here = [m for m in recent if m.broadcaster_id == broadcaster_id]
+        if drop is None and not privileged and any(m.text == text for m in here):
             drop = "msg_duplicate"  # Twitch drops a non-moderator's line identical to one in the window
         message_id = str(uuid.uuid4())
         self.sent.append(
@@ -616,10 +677,11 @@ class FakeTwitch:
         await self._notify_changed()
         if drop is None:
             # Twitch echoes the bot's own lines to every chat subscriber, often before this response arrives.
-            badges = [{"set_id": "moderator", "id": "1", "info": ""}] if sender_id in self.moderators else []
-            if sender == self.broadcaster:
+            badges = [{"set_id": "moderator", "id": "1", "info": ""}] if sender_id in mods else []
+            if sender == room:
                 badges = [{"set_id": "broadcaster", "id": "1", "info": ""}]
-            await self._notify(CHAT, self._chat_event(sender, text.strip(), message_id, badges, reply_to, None))
+            event = self._chat_event(room, sender, text.strip(), message_id, badges, reply_to, None)
+            await self._notify(CHAT, event)
         reason = None if drop is None else {"code": drop, "message": f"Your message was not sent: {drop}."}
         return web.json_response(
             {"data": [{"message_id": message_id, "is_sent": drop is None, "drop_reason": reason}]}
@@ -690,12 +752,12 @@ class FakeTwitch:
         return next((s for s in reversed(self._sessions.values()) if s.open), None)
 
     async def _notify(self, kind: str, event: JSON) -> int:
-        """Send a notification to every enabled subscription of `kind` on this channel; returns how many."""
+        """Notify every enabled subscription of `kind` to the event's channel; returns how many were sent."""
         sent = 0
         for sub in list(self._subs.values()):
             if sub["type"] != kind or sub["status"] != "enabled":
                 continue
-            if sub["condition"].get("broadcaster_user_id") != self.broadcaster.id:
+            if sub["condition"].get("broadcaster_user_id") != event["broadcaster_user_id"]:
                 continue
             session = self._sessions.get(sub["transport"]["session_id"])
             if session is None or not session.open:
@@ -708,21 +770,27 @@ class FakeTwitch:
                 sent += 1
         return sent
 
-    def _has_listener(self, kind: str) -> bool:
+    def _has_listener(self, kind: str, rooms: list[User]) -> bool:
         for sub in self._subs.values():
+            if sub["type"] != kind or sub["status"] != "enabled":
+                continue
+            if sub["condition"].get("broadcaster_user_id") not in {room.id for room in rooms}:
+                continue
             session = self._sessions.get(sub["transport"]["session_id"])
-            if sub["type"] == kind and sub["status"] == "enabled" and session is not None and session.open:
+            if session is not None and session.open:
                 return True
         return False
 
-    async def _wait_for_listener(self, kind: str, timeout: float) -> None:
+    async def _wait_for_listener(self, kind: str, rooms: list[User], timeout: float) -> None:
         try:
-            await self._wait(lambda: self._has_listener(kind), timeout)
+            await self._wait(lambda: self._has_listener(kind, rooms), timeout)
         except TimeoutError:
-            raise TimeoutError(f"nobody subscribed to {kind} within {timeout} s") from None
+            chats = ", ".join(f"#{room.login}" for room in rooms)
+            raise TimeoutError(f"nobody subscribed to {kind} of {chats} within {timeout} s") from None
 
     def _chat_event(
         self,
+        b: User,
         user: User,
         text: str,
         message_id: str,
@@ -730,10 +798,9 @@ class FakeTwitch:
         reply_to: str | None,
         reward_id: str | None,
     ) -> JSON:
-        b = self.broadcaster
         reply = None
         if reply_to is not None and reply_to in self._messages:
-            parent, body = self._messages[reply_to]
+            parent, body, _ = self._messages[reply_to]
             reply = {
                 "parent_message_id": reply_to,
                 "parent_message_body": body,
@@ -745,7 +812,7 @@ class FakeTwitch:
                 "thread_user_login": parent.login,
                 "thread_user_name": parent.display_name,
             }
-        self._messages[message_id] = (user, text)
+        self._messages[message_id] = (user, text, b.id)
         fragment = {"type": "text", "text": text, "cheermote": None, "emote": None, "mention": None}
         return {
             "broadcaster_user_id": b.id,
@@ -809,7 +876,14 @@ def _grant_json(token: _Token) -> web.Response:
 
 
 def _error(status: int, message: str) -> web.Response:
-    reasons = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict"}
+    reasons = {
+        400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        409: "Conflict",
+        429: "Too Many Requests",
+    }
     return web.json_response({"error": reasons[status], "status": status, "message": message}, status=status)
 
 

@@ -89,6 +89,9 @@ class SendQueue:
         max_age: seconds after which an unsent line is dropped as stale; None keeps lines forever.
         window: the seconds over which Twitch counts; only tests change it.
         limits: Twitch's (normal, moderator) line counts per window; only tests change them.
+        sent: the send times this queue counts against its limit, shared by the queues of every channel one
+            account chats in (`deque()` given to each): Twitch counts the account's lines over all its channels
+            and checks each line against the limit of the channel it goes to. None: this queue's own.
 
     The queue sends at most 90 % of the limit (18 or 90 lines) in any stretch of `window` plus 1/30 of it
     (31 s), so that network jitter never lets Twitch count one line too many.
@@ -102,6 +105,7 @@ class SendQueue:
         max_age: float | None = 120.0,
         window: float = WINDOW,
         limits: tuple[int, int] = (LIMIT, MODERATOR_LIMIT),
+        sent: deque[float] | None = None,
     ) -> None:
         if max_len < 1:
             raise ValueError("max_len must be at least 1")
@@ -111,7 +115,7 @@ class SendQueue:
         self.span = window + window / 30
         self._budgets = tuple(max(1, n - max(1, n // 10)) for n in limits)
         self._pending: list[_Pending] = []
-        self._sent: deque[float] = deque()  # times of sends still inside the span, oldest first
+        self._sent = deque() if sent is None else sent  # times of sends still inside the span, oldest first
         self._recent: dict[str, float] = {}  # text of each line sent within the span -> when, oldest first
         self._seq = 0
         self.dropped = 0  # lines dropped for space or age since the queue was made

@@ -19,7 +19,7 @@ from fake_twitch import CHAT, FakeTwitch, SentChat
 
 from bot.app import Concert, run_concert
 from bot.chat.message import ChatMessage
-from bot.chat.sendqueue import Importance, Sender, SendQueue
+from bot.chat.sendqueue import Importance, Outgoing, Sender, SendQueue
 from bot.chat.twitch import TwitchConnection, TwitchError
 from config import load_settings
 from config.errors import ConfigError
@@ -151,6 +151,18 @@ async def test_twitch_counts_the_accounts_lines_over_every_channel(fake: FakeTwi
             await south.send("one too many")
         fake.moderate(fake.bot.login, "north")
         await north.send("a moderator may send 100")  # each line checked against its own channel's limit
+
+
+def test_a_channel_where_the_bot_is_no_moderator_waits_while_the_account_has_sent_18() -> None:
+    sends: deque[float] = deque()
+    north, south = SendQueue(moderator=True, sent=sends), SendQueue(sent=sends)
+    for i in range(25):
+        north.push(f"north {i}", Importance.INFO, now=0.0)
+    assert [north.pop_ready(0.0) is not None for _ in range(25)] == [True] * 25  # 90 where it moderates
+    south.push("south 0", Importance.INFO, now=0.0)
+    assert south.pop_ready(0.0) is None and south.next_ready_at(0.0) == south.span  # 25 sent >= its 18
+    assert south.pop_ready(south.span) == Outgoing("south 0", Importance.INFO)
+    assert len(sends) == 1  # the 25 left the window; south's line is counted for north too
 
 
 async def _paced(fake: FakeTwitch, window: float, shared: bool) -> list[SentChat]:

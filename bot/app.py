@@ -12,6 +12,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ async def run_concert(
     started: Callable[[Concert], Awaitable[None] | None] | None = None,
     namespace: str = "concertbot",
     channels_started: Callable[[dict[str, Concert]], Awaitable[None] | None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Run the concert of every channel the settings name until cancelled, or for `seconds`.
 
@@ -90,6 +92,8 @@ async def run_concert(
         started: called with the first channel's running Concert once every channel is up.
         namespace: the first part of every Redis key, so that several bots can share one server.
         channels_started: called with every running Concert by channel name once every channel is up.
+        clock: monotonic seconds, the one clock every channel's engine, generator, conductor, chat cooldowns
+            and overlay keep time by; injected for tests.
     """
     plans = channel_plans(settings, namespace, twitch.channel if twitch is not None else None)
     _one_channel_per_chat(plans)
@@ -114,7 +118,7 @@ async def run_concert(
             source: TokenSource | None = None
             if shares_generator(settings, len(plans)):
                 # Opened before the channels, closed after them: no channel's thread waits on a stopped loop.
-                source = stack.enter_context(BatchLoop(Composer(loaded)))
+                source = stack.enter_context(BatchLoop(Composer(loaded), clock))
                 log.info("generation: one batched generator for %d channel(s)", len(plans))
             link: TwitchConnection | None = None
             if twitch is not None and any(plan.twitch_channel for plan in plans):
@@ -139,6 +143,7 @@ async def run_concert(
                         chat if plan.twitch_channel else None,
                         sinks if i == 0 else None,
                         source,
+                        clock,
                         link=link,
                         account_sends=account_sends,
                     )
@@ -170,6 +175,7 @@ async def _open_channel(
     twitch: TwitchSettings | None,
     sinks: list[AudioSink] | None,
     source: TokenSource | None = None,
+    clock: Callable[[], float] = time.monotonic,
     *,
     link: TwitchConnection | None = None,
     account_sends: deque[float] | None = None,
@@ -190,7 +196,7 @@ async def _open_channel(
 
         broadcast = AudioBroadcast()  # the overlay's ?audio=1 and any player: /stream.mp3, /stream.wav
         outputs.append(broadcast)
-    session = stack.enter_context(LiveSession(settings, loaded, outputs, source=source))
+    session = stack.enter_context(LiveSession(settings, loaded, outputs, clock=clock, source=source))
     speak: Callable[[Reply], None] = lambda reply: None  # noqa: E731 (replaced once chat is up)
     conductor = Conductor(
         settings,
@@ -294,6 +300,7 @@ async def _web(
         local_chat=local,
         hosts=[c.http_host],
         outputs=lambda: [r.status() for r in runners],
+        clock=concert.conductor.clock,
     )
     app[REGISTRY].register(JournalCollector(concert.commands.journal))
     runner = web.AppRunner(app)

@@ -63,12 +63,14 @@ async def running_concert(tmp_path: Path, seconds: float = 240.0, **concert: Any
 
 
 @asynccontextmanager
-async def started(settings: Settings, namespace: str, timeout: float = 60.0) -> AsyncIterator[Concert]:
+async def started(
+    settings: Settings, namespace: str, timeout: float = 60.0, **run: Any
+) -> AsyncIterator[Concert]:
     """The concert of `settings` (no Twitch, no outputs) from its start to the end of the block; a concert
-    that fails to start raises why."""
+    that fails to start raises why. `run`: more arguments for `run_concert` (its `clock`)."""
     ready: asyncio.Future[Concert] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        run_concert(settings, None, sinks=[], started=ready.set_result, namespace=namespace)
+        run_concert(settings, None, sinks=[], started=ready.set_result, namespace=namespace, **run)
     )
     try:
         done, _ = await asyncio.wait([ready, task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -10,7 +10,6 @@ with its traceback and answered with a short apology, rate-limited the same way.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -81,13 +80,15 @@ class ChatCommands:
         settings: Settings,
         conductor: Conductor,
         store: Store,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """`clock`: monotonic seconds for the cooldowns and the count of recent chatters; None: the conductor's,
+        so that a cooldown, a steering vote's window and the overlay keep one time."""
         c = settings.concert
         self.settings = settings
         self.conductor = conductor
         self.store = store
-        self.clock = clock
+        self.clock = clock or conductor.clock
         self.cooldowns = Cooldowns(c.viewer_cooldown_seconds, c.global_cooldown_seconds, c.error_reply_seconds)
         self.chatters = RecentChatters(c.chatter_window_seconds)
         self.messages = 0

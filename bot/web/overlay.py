@@ -288,13 +288,18 @@ async def _drain(client: OverlayClient) -> None:
 
 
 def add_routes(
-    app: web.Application, view: ConcertView, has_audio: bool, local_chat: bool = False
+    app: web.Application,
+    view: ConcertView,
+    has_audio: bool,
+    local_chat: bool = False,
+    clock: Callable[[], float] = time.monotonic,
 ) -> OverlayHub:
     """Serve the overlay at `/` and `/overlay`, its updates at `/ws`, and run their hub with the app.
 
-    `local_chat`: `/chat` is served, and the overlay links to it when it is not open in OBS.
+    `local_chat`: `/chat` is served, and the overlay links to it when it is not open in OBS. `clock`: the
+    hub's (`OverlayHub`).
     """
-    hub = OverlayHub(view)
+    hub = OverlayHub(view, clock)
     app[HUB] = hub
     app[HAS_AUDIO] = has_audio
     app[LOCAL_CHAT] = local_chat

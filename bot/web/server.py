@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 
 from aiohttp import web
@@ -73,6 +74,7 @@ def make_app(
     local_chat: bool = False,
     hosts: Collection[str] = (),
     outputs: Callable[[], Sequence[OutputStatus]] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """The web app for one concert.
 
@@ -87,6 +89,7 @@ def make_app(
         hosts: the address the server listens on besides localhost, 127.0.0.1 and [::1] (`concert.http_host`);
             a POST whose `Host` or `Origin` names anything else is refused with 403.
         outputs: the engine's outputs as they are now, for `/metrics` (failures and state of each).
+        clock: monotonic seconds, the concert's (its conductor's): by it the overlay tells a paused piece.
     """
     app = web.Application(middlewares=[error_pages, same_site_only])
     app[VIEW] = view
@@ -95,7 +98,7 @@ def make_app(
         app[ADMIN_TOKEN] = admin_token
     app.on_response_prepare.append(security_headers)
 
-    hub = overlay.add_routes(app, view, has_audio=broadcast is not None, local_chat=local_chat)
+    hub = overlay.add_routes(app, view, has_audio=broadcast is not None, local_chat=local_chat, clock=clock)
     app[REGISTRY] = CollectorRegistry(auto_describe=True)  # one per app: two apps in a process never clash
     app[REGISTRY].register(ConcertCollector(view, hub))
     if outputs is not None:

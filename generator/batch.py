@@ -445,6 +445,21 @@ class BatchComposer:
         self.live.remove(piece)
         self._release(piece)
 
+    def release(self, piece: BatchPiece) -> None:
+        """Take a piece out of the batch whatever its state, its caches' slots free for the next to join.
+
+        For whoever drives the batch after a `step` that raised: that step left its pieces in `live`, some of
+        them done (finished, or failed on their own) with their slots still taken, which `cancel` leaves alone.
+        An unfinished piece counts as cancelled. A piece that has left already (its slots went back as it left)
+        is left alone: releasing it again does nothing.
+        """
+        if piece not in self.live:
+            return
+        if not piece.done:
+            piece._cancel()
+        self.live.remove(piece)
+        self._release(piece)
+
     def close(self) -> None:
         for piece in list(self.live):
             self.cancel(piece)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,6 +28,7 @@ from generator.model import LoadedModel, load_model
 from generator.performance import planned
 from generator.recipes import make_request
 from generator.sampling import Composer, PieceRequest
+from generator.steer import Steering
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -123,6 +126,88 @@ def test_a_skipped_piece_leaves_the_batch_and_the_other_channel_plays_on(
     assert heard < 2000  # far from its end: two minutes of music
     assert skipped.tokens == list(itertools.islice(composer.stream(long), heard))
     assert played.tokens == composer.compose(short).tokens
+
+
+class _Reader(threading.Thread):
+    """A channel's generation thread cut down to its reads from the loop: `first` tokens of a piece (all of them
+    when None), the rest once `more` is set; what ended them in `error`."""
+
+    def __init__(
+        self, loop: BatchLoop, request: PieceRequest, first: int | None = None, steering: Steering | None = None
+    ) -> None:
+        super().__init__(daemon=True)
+        self.loop, self.request, self.first, self.steering = loop, request, first, steering
+        self.tokens: list[int] = []
+        self.error: BaseException | None = None
+        self.more = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            for token in self.loop(self.request, self.steering, lambda: False):
+                self.tokens.append(token)
+                if len(self.tokens) == self.first:
+                    self.more.wait(180)
+        except Exception as exc:
+            self.error = exc
+
+
+def _taken(loop: BatchLoop) -> int:
+    """Cache slots the loop's pieces hold, over all its pools."""
+    return sum(pool._slots - len(pool._free) for pool in loop.batch._pools)
+
+
+def test_a_failed_step_frees_its_pieces_slots_and_a_piece_it_finished_ends_whole(
+    loaded: LoadedModel, composer: Composer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="bot.concert.batchloop")
+    held = make_request(loaded, "irish", seconds=6.0, seed=62, critic=1)  # sits the failed step out
+    ending = make_request(loaded, "folk", seconds=1.0, seed=70, critic=1)  # its end in the failed step
+    later = make_request(loaded, "folk", seconds=4.0, seed=71, critic=1)  # joins after it
+    # A recipe read back with no temperature: the batch's draw raises a TypeError for it, which the draw does
+    # not take for one row's fault (it redraws row by row only on a RuntimeError), so the whole step fails.
+    broken = PieceRequest.from_dict(
+        {**make_request(loaded, "bach", seconds=5.0, seed=72).to_dict(), "temperature": None}
+    )
+    alone = {r: composer.compose(r).tokens for r in (held, ending, later)}
+    n = len(alone[ending])
+    assert n < 30  # never held: its channel reads every token at once
+    gate_at, paused, opened = 33 + n - 1, threading.Event(), threading.Event()
+    loops: list[BatchLoop] = []
+
+    def clock() -> float:
+        # Read on the loop's thread after each step: it waits there once, when `ending` has all but its end,
+        # for `broken` to be queued, so that both are in the next step.
+        if loops[0].steps == gate_at and not opened.is_set():
+            paused.set()
+            opened.wait(120)
+        return time.monotonic()
+
+    loops.append(BatchLoop(Composer(loaded), clock=clock))
+    with loops[0] as loop:
+        b = _Reader(loop, held, first=1)  # one token taken: the loop steps it to 1 + 32 tokens, then holds it
+        wait_until(lambda: loop.steps == 33)
+        a = _Reader(loop, ending)
+        assert paused.wait(120)
+        x = _Reader(loop, broken)
+        wait_until(lambda: loop._inbox.qsize() == 1)
+        opened.set()
+        for reader in (a, x):
+            reader.join(120)
+        wait_until(lambda: loop.pieces == 1)
+        assert _taken(loop) == 1  # only the held piece's: the finished one's and the culprit's are free
+        failed = [r for r in caplog.records if "a step of the shared generator failed" in r.getMessage()]
+        assert len(failed) == 1 and loop.steps == gate_at  # the step with both failed, and only that one
+        assert isinstance(x.error, TypeError)
+        assert a.error is None and a.tokens == alone[ending]  # its end came in the failed step: it is whole
+        b.more.set()
+        b.join(120)
+        c = _Reader(loop, later)
+        c.join(120)
+        wait_until(lambda: loop.pieces == 0)
+        assert _taken(loop) == 0 and all(pool.idle for pool in loop.batch._pools)
+    assert b.error is None and b.tokens == alone[held]
+    assert c.error is None and c.tokens == alone[later]
 
 
 def test_a_steer_under_batching_lands_as_the_same_steer_does_one_piece_at_a_time(loaded: LoadedModel) -> None:

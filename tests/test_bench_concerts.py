@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -51,10 +51,12 @@ def test_a_concert_whose_generation_stalls_counts_its_underrun(
     concerts: list[Any] = []  # bench_concerts.Concert: the module is loaded from its file
     gated = threading.Event()
 
-    def replay(request: PieceRequest, steering: Steering | None) -> Iterator[int]:
+    def replay(request: PieceRequest, steering: Steering | None, skipped: Callable[[], bool]) -> Iterator[int]:
         return iter(tokens)  # every token at once: this concert never waits for its generator
 
-    def stalling(request: PieceRequest, steering: Steering | None) -> Iterator[int]:
+    def stalling(
+        request: PieceRequest, steering: Steering | None, skipped: Callable[[], bool]
+    ) -> Iterator[int]:
         # The first piece's tokens stop once a second of it is in its feed, until its engine has played past
         # them by a few blocks (a stall, however slow the machine); then the rest come at once.
         concert = concerts[1]

@@ -7,9 +7,10 @@ playback is waiting for. Each piece keeps its own seeded generator, so its token
 `Composer.stream` samples for its request alone, whatever else is in the batch.
 
 `SourcedWorker` is a channel's generation thread (bot.concert.live.GenerationWorker) whose tokens come from
-such a source instead of its own sampler: decoding into events, the feed's look-ahead, replays and steers stay
-the channel's own. A steer asked in chat reaches the piece through its `Steering`, which the loop's sampler
-reads as it reaches each bar line, as the one-at-a-time sampler does.
+such a source instead of its own sampler (this loop, or bot.concert.remote's generator workers over Redis):
+decoding into events, the feed's look-ahead, replays and steers stay the channel's own. A steer asked in chat
+reaches the piece through its `Steering`, which the loop's sampler reads as it reaches each bar line, as the
+one-at-a-time sampler does.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ log = logging.getLogger(__name__)
 HOLD_TOKENS = 32  # a piece sits out the batch's steps while this many of its tokens wait for its channel
 FLUSH_SECONDS = 0.05  # tokens go to the channels' threads in chunks: one wake-up per chunk, not per token
 OPENING_TOKENS = 8  # a piece's first tokens go at once: its channel waits for them to start playing
-WAIT_SECONDS = 1.0  # how often a channel's thread waiting for tokens checks that the loop still runs
-# A piece's tokens as they come: the shared loop, or (in tests and benches) any other source.
-TokenSource = Callable[[PieceRequest, Steering | None], Iterator[int]]
+WAIT_SECONDS = 1.0  # how often a channel's thread waiting for tokens checks for a skip and that the loop runs
+# A piece's tokens as they come, given its request, its steering and whether its channel still wants it (a
+# skip while the source waits): the shared loop, the generator workers (bot.concert.remote), or any other.
+TokenSource = Callable[[PieceRequest, Steering | None, Callable[[], bool]], Iterator[int]]
 
 
 class BatchLoopStopped(RuntimeError):
@@ -93,8 +95,11 @@ class BatchLoop:
         """Pieces in the loop now, stepped or held, read from any thread (a skipped one until the next step)."""
         return len(self._jobs)
 
-    def __call__(self, request: PieceRequest, steering: Steering | None) -> Iterator[int]:
-        """The piece's tokens as the batch samples them (read in the channel's own generation thread).
+    def __call__(
+        self, request: PieceRequest, steering: Steering | None, cancelled: Callable[[], bool] = lambda: False
+    ) -> Iterator[int]:
+        """The piece's tokens as the batch samples them (read in the channel's own generation thread), until
+        their end or until `cancelled()` while it waits for them.
 
         Raises:
             BatchLoopStopped: the loop has stopped before the piece's end.
@@ -108,6 +113,8 @@ class BatchLoop:
                 try:
                     chunk = job.out.get(timeout=WAIT_SECONDS)
                 except queue.Empty:
+                    if cancelled():
+                        return
                     if self._thread.is_alive():
                         continue
                     raise BatchLoopStopped("the shared generator is not running") from None
@@ -138,10 +145,11 @@ class BatchLoop:
                     self._step(wanted)
                 except Exception as exc:
                     # Not one piece's fault (those end in the piece): the pieces of this step cannot go on,
-                    # the loop can, for the others and the pieces to come.
+                    # the loop can, for the others and the pieces to come. A piece that reached its end in
+                    # the step before it failed is whole: it ends as finished.
                     log.exception("a step of the shared generator failed; its %d piece(s) end", len(wanted))
                     for job in wanted:
-                        self._end(job, exc)
+                        self._end(job, failed=exc)
                 if (now := self.clock()) - flushed >= FLUSH_SECONDS:
                     flushed = now
                     for job in self._jobs:
@@ -150,7 +158,7 @@ class BatchLoop:
             self.cpu = time.thread_time()
             stopped = BatchLoopStopped("the shared generator stopped before the piece's end")
             for job in list(self._jobs):
-                self._end(job, stopped)
+                self._end(job, failed=stopped)
             self.batch.close()
 
     def _admit(self) -> None:
@@ -165,7 +173,7 @@ class BatchLoop:
                 self._end(job)
         for job in [j for j in self._jobs if j.left]:
             if job.piece is not None:
-                self.batch.cancel(job.piece)  # its row and cache slots free for the next piece
+                self.batch.release(job.piece)  # its row and cache slots free for the next piece
             self._jobs.remove(job)
 
     def _step(self, wanted: list[_Job]) -> None:
@@ -182,36 +190,42 @@ class BatchLoop:
         self.rows += len(pieces)
         by_piece = {id(j.piece): j for j in self._jobs}
         for piece, token in out:
-            job = by_piece[id(piece)]
+            self._send(by_piece[id(piece)], [token])
+        for job in [j for j in self._jobs if j.piece is not None and j.piece.done]:
+            self._end(job)
+
+    def _send(self, job: _Job, tokens: list[int]) -> None:
+        for token in tokens:
             job.buffer.append(token)
             job.sent += 1
             if job.sent <= OPENING_TOKENS:
                 self._flush(job)
-        for job in [j for j in self._jobs if j.piece is not None and j.piece.done]:
-            self._end(job)
 
     def _flush(self, job: _Job) -> None:
         if job.buffer:
             job.out.put(job.buffer)
             job.buffer = []
 
-    def _end(self, job: _Job, error: BaseException | None = None) -> None:
-        """The job's last tokens and its end (None: finished; or what stopped it); it leaves the loop."""
-        self._flush(job)
+    def _end(self, job: _Job, failed: BaseException | None = None) -> None:
+        """The job's last tokens and its end: None once its piece has finished, else what its sampler raised, or
+        else `failed` (what stopped it: a failed step, the loop stopping). It leaves the loop, its cache slots
+        free: a failed step leaves its pieces in the batch, finished ones too."""
+        error = failed
         piece = job.piece
-        if piece is not None and not piece.done:
-            self.batch.cancel(piece)
-        elif piece is not None and piece in self.batch.live:  # a step that failed left it there
-            self.batch.live.remove(piece)
-        if error is None and piece is not None:
-            error = piece.error
+        if piece is not None:
+            # What a step that failed sampled before it raised (its end, say) is the piece's own all the same.
+            self._send(job, piece.tokens[job.sent :])
+            error = None if piece.finished else (piece.error or failed)
+            self.batch.release(piece)
+        self._flush(job)
         job.out.put(error)
         self._jobs.remove(job)
 
 
 class SourcedWorker(GenerationWorker):
-    """A channel's generation thread whose tokens come from `source` (the shared loop) instead of its own
-    sampler; decoding into events and the feed's look-ahead are the channel's own, as in `concertbot run`.
+    """A channel's generation thread whose tokens come from `source` (the shared loop, as in `concertbot run`,
+    or the generator workers) instead of its own sampler; decoding into events and the feed's look-ahead are
+    the channel's own.
 
     Args:
         composer: the loaded model, here for its vocabulary and plans (decoding tokens into events).
@@ -228,18 +242,20 @@ class SourcedWorker(GenerationWorker):
     ) -> None:
         self.source = source
         self._tokens: Iterator[int] | None = None
+        self._skipped: Callable[[], bool] = lambda: False
         super().__init__(composer, lookahead_seconds, clock)
 
     def _sample(self, request: PieceRequest) -> Iterator[int]:
-        self._tokens = self.source(request, self._steering)
+        self._tokens = self.source(request, self._steering, self._skipped)
         return self._tokens
 
     def _generate(self, piece: LivePiece) -> None:
+        self._skipped = lambda: piece.feed.cancelled  # for the source to notice a skip while it waits
         try:
             super()._generate(piece)
         finally:
-            # A skip raises FeedCancelled out of the feed: the piece leaves the batch now, not whenever its
-            # generator is collected.
+            # A skip raises FeedCancelled out of the feed: the piece leaves the batch (or its worker stops) now,
+            # not whenever its generator is collected.
             if isinstance(self._tokens, Generator):
                 self._tokens.close()
             self._tokens = None

@@ -8,7 +8,8 @@ The protocol, shared with bot/concert/worker.py (key names in bot.state.keys):
   tells a worker taking the job over how far the piece got, even after old entries were trimmed.
 - `gen:stop:<job>`, set by the concert when it no longer wants the piece (skipped, ended, given up on).
 
-`RemoteGenerationWorker` is the concert's generator with the sampling done remotely: the same `submit` and the
+`RemoteGenerationWorker` is the concert's generator with the sampling done remotely: a
+bot.concert.batchloop.SourcedWorker whose token source is the `GenerationClient`, so the same `submit` and the
 same feeds as bot.concert.live.GenerationWorker, and a replay still plays its stored tokens, asking no one.
 """
 
@@ -23,11 +24,12 @@ from typing import Any
 import numpy as np
 import redis
 
-from bot.concert.live import GenerationWorker, LivePiece
+from bot.concert.batchloop import SourcedWorker
 from bot.state.keys import Keys
 from config.errors import ConcertbotError, ConfigError
 from config.settings import Settings
 from generator.sampling import Composer, PieceRequest
+from generator.steer import Steering
 
 GROUP = "workers"
 TOKEN_DTYPE = "<i4"
@@ -63,7 +65,8 @@ def connect(redis_url: str) -> redis.Redis:
 
 
 class GenerationClient:
-    """Sends pieces to the workers and reads their tokens back; thread-safe (redis-py's pool)."""
+    """Sends pieces to the workers and reads their tokens back; thread-safe (redis-py's pool). A token source
+    (bot.concert.batchloop.TokenSource) for a channel's generation thread."""
 
     def __init__(
         self,
@@ -137,6 +140,23 @@ class GenerationClient:
                 if b"done" in fields:
                     return
 
+    def __call__(
+        self, request: PieceRequest, steering: Steering | None, cancelled: Callable[[], bool]
+    ) -> Iterator[int]:
+        """The piece's tokens, sent to the workers when its turn comes (as the in-process generator starts it:
+        a concert has one piece at a time out with them), until their end or until `cancelled()` while no
+        tokens come. Done, skipped or failed alike, its worker stops and its stream goes once it is read.
+        The workers sample the request as it is: `steering` stays with the channel.
+
+        Raises:
+            RemoteGenerationError: as `tokens`.
+        """
+        job = self.submit(request)
+        try:
+            yield from self.tokens(job, cancelled)
+        finally:
+            self.stop(job)
+
     def stop(self, job: str) -> None:
         """Nobody wants the piece any more: the worker on it stops, and its stream goes."""
         pipe = self.client.pipeline(transaction=True)
@@ -145,38 +165,11 @@ class GenerationClient:
         pipe.execute()
 
 
-class RemoteGenerationWorker(GenerationWorker):
-    """A bot.concert.live.GenerationWorker whose pieces `concertbot worker`s sample (generation.remote)."""
+class RemoteGenerationWorker(SourcedWorker):
+    """A channel's generation thread whose pieces `concertbot worker`s sample (generation.remote): its source is
+    a `GenerationClient`. Built as SourcedWorker(composer, client, lookahead_seconds, clock)."""
 
-    def __init__(
-        self,
-        composer: Composer,
-        client: GenerationClient,
-        lookahead_seconds: float = 4.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        """Args:
-        composer: the loaded model, here only for its vocabulary and plans (decoding tokens into events).
-        client: where pieces go and their tokens come from.
-        lookahead_seconds, clock: as GenerationWorker's.
-        """
-        self.client = client
-        super().__init__(composer, lookahead_seconds, clock)
-
-    def _generate(self, piece: LivePiece) -> None:
-        self._piece = piece  # the one piece this thread reads now, for `_sample` to notice a skip
-        super()._generate(piece)
-
-    def _sample(self, request: PieceRequest) -> Iterator[int]:
-        # Sent only when this piece's turn comes, as the in-process generator starts it: a concert has one piece
-        # at a time out with the workers.
-        job = self.client.submit(request)
-        feed = self._piece.feed
-        try:
-            yield from self.client.tokens(job, cancelled=lambda: feed.cancelled)
-        finally:
-            # Done, skipped or failed alike: the stream has been read, so it can go.
-            self.client.stop(job)
+    source: GenerationClient
 
 
 def remote_worker(

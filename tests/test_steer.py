@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from bot.concert.steer_votes import SteerRules, SteerVotes, VoteStatus
 from bot.concert_view import LiveConcertView
 from bot.state.store import PieceRecord, open_store
 from config.errors import UnknownNameError
-from generator.decode import decode, midi_bytes, to_midi
+from generator.decode import NoteDecoder, decode, midi_bytes, to_midi
 from generator.events import piece_events
 from generator.model import load_model
 from generator.performance import planned
@@ -36,6 +37,7 @@ from generator.steer import (
     SteerState,
     steered_performance,
 )
+from generator.vocab import KIND_DURATION, KIND_TIMESHIFT, Vocab
 
 # --- votes, with an injected clock ---------------------------------------------------------------------
 
@@ -168,6 +170,11 @@ def test_a_steer_lands_on_a_bar_line_and_the_notes_before_it_are_unchanged(steer
     landed = steered["landed"]
     assert [e.kind for e in landed] == ["add", "faster", "drop"]
     assert all(e.step % plan.bar == 0 and e.bar == e.step // plan.bar for e in landed)
+    # Asked between tokens on the sampler's own thread: seen at its first look after, landed by the rule.
+    looks = sampler_looks(vocab, steered["tokens"], plan.bar, bar_wise=steered["request"].critic > 1)
+    for event, asked in zip(landed, (30, 60, 60), strict=True):
+        assert event.seen == next(i for i, _, _ in looks if i >= asked)
+        assert event.step == landing_step(looks, event.seen, plan.bar)
     first = landed[0].step
     plain, tokens = decode(vocab, steered["plain"]), decode(vocab, steered["tokens"])
     assert [n for n in tokens if n.start < first] == [n for n in plain if n.start < first]
@@ -214,6 +221,45 @@ async def test_the_store_keeps_a_pieces_steers_with_its_tokens(steered, tmp_path
 # --- the real concert -----------------------------------------------------------------------------------
 
 
+def sampler_looks(vocab: Vocab, tokens: Sequence[int], bar: int, bar_wise: bool) -> list[tuple[int, int, bool]]:
+    """Where the sampler looks for steers as it writes `tokens`: (tokens written, step, its first look at that
+    step), as generator.sampling calls generator.steer.Steering.turn; restated here for the test.
+
+    It looks at every note boundary, or with the critic (`bar_wise`, whole bars written) where it starts a bar:
+    the first boundary at or past the end of the bar it started.
+    """
+    decoder = NoteDecoder(vocab)
+    looks, end = [(0, 0, True)], bar
+    for index, token in enumerate(tokens, 1):
+        decoder.feed(int(token))
+        if vocab.kind[token] == KIND_TIMESHIFT and (not bar_wise or decoder.time >= end):
+            looks.append((index, decoder.time, True))
+            end = (decoder.time // bar + 1) * bar
+        elif not bar_wise and vocab.kind[token] == KIND_DURATION:
+            looks.append((index, decoder.time, False))  # a note struck: the step is no longer fresh
+    return looks
+
+
+def landing_step(looks: list[tuple[int, int, bool]], seen: int, bar: int) -> int:
+    """Where a steer the sampler saw at its look `seen` lands (generator.steer.Steering._due): on the bar line
+    it is on if it struck no note there yet, else on the next; at its first fresh look on or after that line."""
+    [(at, fresh)] = [(step, fresh) for i, step, fresh in looks if i == seen]
+    line = at if fresh and at % bar == 0 else (at // bar + 1) * bar
+    return next(step for i, step, fresh in looks if i >= seen and fresh and step >= line)
+
+
+def step_handed_over(vocab: Vocab, tokens: Sequence[int]) -> int:
+    """The step of the last batch of events the generator had handed over, and waited on, before these tokens'
+    last time shift (generator.events.piece_events gives one batch per step reached)."""
+    decoder, handed = NoteDecoder(vocab), 0
+    for token in tokens:
+        before = decoder.time
+        decoder.feed(int(token))
+        if decoder.time != before:
+            handed = before
+    return handed
+
+
 @pytest.mark.skipif(not HAS_REDIS, reason="needs the Redis server on 127.0.0.1:6379")
 @pytest.mark.anyio
 async def test_chat_steers_the_concert_and_a_replay_plays_the_steered_piece(tmp_path: Path):
@@ -235,7 +281,10 @@ async def test_chat_steers_the_concert_and_a_replay_plays_the_steered_piece(tmp_
             [reply] = await say(hostile, login)
             assert reply.startswith("unknown instrument") and len(reply) <= 200
         assert await say(f"!add {newcomer}", "cy") == [f"!add {newcomer}: 1/2 votes, 15 s left"]
+        # How far the generator had written when the vote landed: between these two counts of tokens.
+        written = len(slot.live.tokens)
         assert await say(f"!add {newcomer}", "mod", moderator=True) == [f"!add {newcomer}: from the next bar"]
+        written_after = len(slot.live.tokens)
         async with asyncio.timeout(90):
             while not (conductor.last is slot and slot.saved):
                 await asyncio.sleep(0.1)
@@ -244,12 +293,38 @@ async def test_chat_steers_the_concert_and_a_replay_plays_the_steered_piece(tmp_
         assert (event.kind, event.arg) == ("add", newcomer)
         played = conductor.performance_of(record)
         plan = conductor.plan_of(record)
-        bar = plan.bar / 8 * 60 / record.recipe.tempo
         lookahead = concert.settings.engine.lookahead_seconds
+        # How late a steer may land is not one number of seconds: under load the old bound (look-ahead plus
+        # a bar) read 7.16 s against 6.25 s, which the code allows. It is three rules of the code, checked on
+        # what the test read when the vote landed (`written`: tokens the generator had handed to the engine)
+        # and on what the piece recorded (`seen`: tokens written when the sampler saw the steer).
+        # 1. The generator was at most the look-ahead past playback: synth.feed.EventFeed.put adds a step's
+        #    events, then waits while it is more than `lookahead` ahead; so every step it had handed over and
+        #    gone on from was within the look-ahead of what played when the vote closed (`asked_at`).
+        # 2. The sampler saw the steer at its first look for steers after the vote: at a note boundary, or with
+        #    the critic (which writes whole bars, so it may have a bar written that the engine has not taken
+        #    yet) at the next bar it starts. That bar may begin past a bar line: a bar ends on a time shift,
+        #    which may cross the line (up to 12 beats).
+        # 3. It landed at the first bar line the sampler had not written yet (generator.steer.Steering._due).
+        # Latency is then at most the look-ahead plus the music from the last step handed over to the landing,
+        # whatever the load; a steer seen a look late, held back a bar, or a generator running past its
+        # look-ahead still fails. (Here the sampler is the piece's own thread; a shared BatchLoop samples up
+        # to 32 tokens past what it handed over.)
+        vocab, bar = conductor.loaded.vocab, plan.bar
+        looks = sampler_looks(vocab, record.tokens, bar, bar_wise=record.recipe.critic > 1)
+        first_look = next(i for i, _, _ in looks if i >= written)
+        last_look = next(i for i, _, _ in looks if i > written_after)  # the sampler may be past a look
+        assert first_look <= event.seen <= last_look, (written, written_after, event.seen)
+        assert event.step == landing_step(looks, event.seen, bar)
+        handed = played.seconds(step_handed_over(vocab, record.tokens[:written]))
+        assert handed - event.asked_at <= lookahead + 1e-6
         latency = played.seconds(event.step) - event.asked_at
-        said = f"look-ahead {lookahead} s + bar {bar:.2f} s"
-        print(f"steer latency {latency:.2f} s from the vote to bar {event.bar} ({said})")
-        assert 0 <= latency <= lookahead + bar
+        bound = lookahead + played.seconds(event.step) - handed
+        print(
+            f"steer latency {latency:.2f} s from the vote to bar {event.bar}; the generator had handed over "
+            f"{handed - event.asked_at:.2f} s past playback (look-ahead {lookahead} s); bound {bound:.2f} s"
+        )
+        assert 0 <= latency <= bound
         notes = decode(conductor.loaded.vocab, record.tokens)
         program = {"violin": 40, "flute": 73, "cello": 42, "harp": 46}[newcomer]
         assert min(n.start for n in notes if n.program == program) >= event.step

@@ -146,18 +146,24 @@ async def test_a_redis_outage_at_a_piece_boundary_leaves_no_dead_air(
 ):
     caplog.set_level(logging.INFO)
     with RedisServer(tmp_path / "redis") as redis:
-        async with concert_on(redis, tmp_path, seconds=4.0, autoplay=True) as (concert, _):
+        # 12-s pieces: the next is chosen 8 s before the end (conductor.LEAD_SECONDS), so after Redis is gone.
+        async with concert_on(redis, tmp_path, seconds=12.0, autoplay=True) as (concert, _):
             conductor = concert.conductor
             await until(lambda: conductor.current is not None, what="playing")
             first = conductor.current.record.seed
 
-            redis.kill()  # the 4-s piece ends while Redis is away
+            redis.kill()  # the piece ends while Redis is away
+            assert conductor.upcoming is None and conductor.elapsed() < 4.0  # nothing chosen yet
             await until(
                 lambda: conductor.current is not None and conductor.current.record.seed != first,
                 timeout=60,
                 what="a new piece during the outage",
             )
             during = conductor.current.record.seed
+            # No dead air: the next piece was handed to the engine before the first one ended (it used to wait
+            # ~13 s for Redis), so it follows after the engine's usual gap.
+            [ended] = [e for e in concert.session.events if e.piece_id == str(first) and e.kind == "end"]
+            assert conductor.current.live.requested_at < ended.at
             redis.start()
 
             # The piece played while Redis was away is saved, tokens and all, once it is back.

@@ -11,6 +11,22 @@ from generator.model import load_model
 from generator.train import train
 
 
+def test_curves_of_a_single_evaluation_show_it(tmp_path):
+    """A run stopped after its first evaluation still shows it (a line through one point draws nothing)."""
+    import matplotlib.image
+
+    from generator.train import plot_curves
+
+    row = {"step": 10, "train_loss": 3.0, "valid_loss": 3.2, "train_acc": 0.2, "valid_acc": 0.18}
+
+    def blue(history: list[dict[str, float]]) -> int:  # pixels in the train curve's colour (matplotlib's C0)
+        plot_curves(history, tmp_path / "curves.png")
+        rgb = (matplotlib.image.imread(tmp_path / "curves.png")[..., :3] * 255).round()
+        return int(((abs(rgb - (31, 119, 180))).max(axis=-1) <= 24).sum())
+
+    assert blue([row]) > blue([]) + 20  # the legend is drawn either way; the point only with it
+
+
 def test_tiny_model_learns(tiny_model, dataset):
     with open(tiny_model / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

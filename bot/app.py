@@ -13,7 +13,6 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TextIO
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 from bot.chat.handlers import ChatCommands, Reply
 from bot.chat.journal import JournalWriter, Written
 from bot.chat.message import ChatMessage
-from bot.chat.sendqueue import Importance, Sender, SendQueue
+from bot.chat.sendqueue import Importance, Sender, SendQueue, SendWindow
 from bot.concert.batchloop import BatchLoop, TokenSource
 from bot.concert.conductor import Conductor
 from bot.concert.player import LiveSession, build_sinks
@@ -126,7 +125,7 @@ async def run_concert(
 
                 # One login, one EventSub WebSocket for every channel's chat (Twitch allows a user three).
                 link = await stack.enter_async_context(TwitchConnection(twitch))
-            account_sends: deque[float] = deque()  # the bot account's lines, which Twitch counts over channels
+            account_sends = SendWindow()  # the bot account's lines, which Twitch counts over channels
             concerts: dict[str, Concert] = {}
             tasks: list[asyncio.Task[None]] = []
             conductors: list[asyncio.Task[None]] = []
@@ -178,7 +177,7 @@ async def _open_channel(
     clock: Callable[[], float] = time.monotonic,
     *,
     link: TwitchConnection | None = None,
-    account_sends: deque[float] | None = None,
+    account_sends: SendWindow | None = None,
 ) -> tuple[Concert, list[asyncio.Task[None]]]:
     """Open one channel's parts on `stack` and start its tasks, the conductor's first."""
     settings = plan.settings

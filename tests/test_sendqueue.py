@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from chat_rig import HAS_REDIS, playing, running_concert, viewer
 
-from bot.chat.sendqueue import MAX_CHARS, Importance, Outgoing, Sender, SendQueue
+from bot.chat.sendqueue import MAX_CHARS, Importance, Outgoing, Sender, SendQueue, SendWindow
 
 
 def drain(queue: SendQueue, start: float, until: float, step: float = 0.25) -> list[tuple[float, Outgoing]]:
@@ -129,6 +129,84 @@ def test_long_and_blank_lines() -> None:
     queue.push("x" * 600, Importance.INFO, now=0.0)
     line = queue.pop_ready(0.0)
     assert line is not None and len(line.text) == MAX_CHARS and line.text.endswith("…")
+
+
+def drain_in_turn(
+    queues: dict[str, SendQueue], until: float, step: float = 0.25
+) -> list[tuple[float, str, Outgoing]]:
+    """Every queue's releases when polled every `step` seconds from 0 to `until`, each emptied in the given
+    order before the next is asked (the first one always gets first go at a free slot)."""
+    sent = []
+    now = 0.0
+    while now <= until:
+        for name, queue in queues.items():
+            while (line := queue.pop_ready(now)) is not None:
+                sent.append((now, name, line))
+        now += step
+    return sent
+
+
+def test_a_flooding_moderated_channel_leaves_the_others_their_share_of_the_account_window() -> None:
+    window = SendWindow()
+    north = SendQueue(max_len=1000, moderator=True, max_age=None, sent=window)
+    south = SendQueue(max_len=1000, max_age=None, sent=window)
+    for i in range(300):
+        north.push(f"north {i}", Importance.INFO, now=0.0)  # the bot moderates north: 90 per 31 s of its own
+    for i in range(3):
+        south.push(f"south {i}", Importance.INFO, now=0.0)
+    sent = drain_in_turn({"north": north, "south": south}, until=100.0)
+
+    order = [name for _, name, _ in sent]
+    # South's first line goes within north's share (18 // 2 channels) of sends, its others as their turn comes.
+    assert "south" in order and order.index("south") <= 9
+    assert [line.text for _, name, line in sent if name == "south"] == ["south 0", "south 1", "south 2"]
+    # Never over the account's count: a south line only while the account sent fewer than its 18 in the span.
+    for at, name, _ in sent:
+        if name == "south":
+            assert sum(at - south.span < t <= at for t, _, _ in sent) <= south.budget
+    assert most_in_any_window([t for t, _, _ in sent], window=north.span) <= north.budget
+    # Once south has nothing left, north has the whole moderator's window again.
+    last_south = max(t for t, name, _ in sent if name == "south")
+    alone = [t for t, name, _ in sent if name == "north" and t >= last_south + north.span]
+    assert most_in_any_window(alone, window=north.span) == north.budget
+
+
+def test_two_flooding_channels_share_the_account_window_evenly() -> None:
+    window = SendWindow()
+    queues = {name: SendQueue(max_len=1000, max_age=None, sent=window) for name in ("north", "south")}
+    for i in range(200):
+        for name, queue in queues.items():
+            queue.push(f"{name} {i}", Importance.INFO, now=0.0)
+    span = queues["north"].span
+    sent = drain_in_turn(queues, until=9.5 * span)  # ten bursts, one as each span runs out
+    counts = {name: sum(n == name for _, n, _ in sent) for name in queues}
+    assert counts == {"north": 90, "south": 90}  # 9 each per span, though north always asks first
+
+
+def test_two_senders_on_one_window_give_the_quiet_channel_its_turn() -> None:
+    # The same through the real Sender tasks on a real clock and a 0.5 s window: counts only, no times.
+    said: list[str] = []
+
+    async def send(text: str, reply_to: str | None) -> None:
+        said.append(text)
+
+    async def main() -> None:
+        window = SendWindow()
+        north = SendQueue(max_len=1000, max_age=None, window=0.5, sent=window)
+        south = SendQueue(max_len=1000, max_age=None, window=0.5, sent=window)
+        async with Sender(north, send, is_moderator=lambda: True) as to_north, Sender(south, send) as to_south:
+            for i in range(200):
+                to_north.say(f"north {i}", Importance.INFO)
+            for i in range(3):
+                to_south.say(f"south {i}", Importance.INFO)
+            while len(said) < 203:
+                await asyncio.sleep(0.05)
+        assert window.wakers == []  # each Sender left the window's wake-ups as it stopped
+
+    asyncio.run(asyncio.wait_for(main(), timeout=60))
+    assert said.index("south 0") <= 9  # without the shares: after north's first 90
+    assert [t for t in said if t.startswith("south")] == ["south 0", "south 1", "south 2"]
+    assert [t for t in said if t.startswith("north")] == [f"north {i}" for i in range(200)]
 
 
 def test_the_sender_drains_in_order_at_the_allowed_pace_and_survives_failures() -> None:

@@ -8,7 +8,6 @@ import asyncio
 import re
 import unittest.mock
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from fake_twitch import CHAT, FakeTwitch, SentChat
 
 from bot.app import Concert, run_concert
 from bot.chat.message import ChatMessage
-from bot.chat.sendqueue import Importance, Outgoing, Sender, SendQueue
+from bot.chat.sendqueue import Importance, Outgoing, Sender, SendQueue, SendWindow
 from bot.chat.twitch import TwitchConnection, TwitchError
 from config import load_settings
 from config.errors import ConfigError
@@ -154,7 +153,7 @@ async def test_twitch_counts_the_accounts_lines_over_every_channel(fake: FakeTwi
 
 
 def test_a_channel_where_the_bot_is_no_moderator_waits_while_the_account_has_sent_18() -> None:
-    sends: deque[float] = deque()
+    sends = SendWindow()
     north, south = SendQueue(moderator=True, sent=sends), SendQueue(sent=sends)
     for i in range(25):
         north.push(f"north {i}", Importance.INFO, now=0.0)
@@ -167,7 +166,7 @@ def test_a_channel_where_the_bot_is_no_moderator_waits_while_the_account_has_sen
 
 async def _paced(fake: FakeTwitch, window: float, shared: bool) -> list[SentChat]:
     """25 lines in each of two chats through a Sender each, their queues counting together or apart."""
-    sends: deque[float] | None = deque() if shared else None
+    sends = SendWindow() if shared else None
     async with TwitchConnection(fake.settings()) as link:
         north, south = await link.join("north", Inbox()), await link.join("south", Inbox())
         north_queue, south_queue = (SendQueue(window=window, sent=sends) for _ in range(2))

@@ -9,6 +9,8 @@ Twitch also drops a line identical to one the same (non-moderator) account sent 
 every line for a viewer starts with their @name, reply thread or not ("you already voted for 87" to five
 viewers is five different lines), and a line that would still repeat one sent within the window is not
 sent: that viewer, or the whole chat, read those very words moments ago. `SendQueue.repeats` counts them.
+The queues of one account's channels count their sends together in one `SendWindow`, and while several
+have lines waiting each may hold only its share of it, so that a busy channel cannot hold the others back.
 `SendQueue` is pure (time comes in as `now`); `Sender` is the small task that drains it into chat with a real
 clock.
 """
@@ -19,6 +21,7 @@ import asyncio
 import logging
 import time
 import unicodedata
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -79,6 +82,28 @@ class _Pending:
         return Outgoing(_clip(self.line()), self.importance, self.reply_to if len(self.mentions) <= 1 else None)
 
 
+class SendWindow:
+    """The send times of one account's queues, counted together, and the queues that count in it.
+
+    Give the same `SendWindow()` to the `SendQueue` of every channel the account chats in: Twitch counts the
+    account's lines over all its channels and checks each line against the limit of the channel it goes to.
+    """
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()  # sends still inside the span, oldest first
+        self.queues: weakref.WeakSet[SendQueue] = weakref.WeakSet()
+        self.wakers: list[Callable[[], None]] = []  # each running Sender's wake-up, called when another sends
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def sent_by(self, waker: Callable[[], None]) -> None:
+        """A Sender has sent: wake the others, whose share may have grown (their wait is recomputed)."""
+        for wake in self.wakers:
+            if wake != waker:
+                wake()
+
+
 class SendQueue:
     """Chat lines waiting to be sent, released no faster than Twitch's rate limit (pure: time is an argument).
 
@@ -89,12 +114,15 @@ class SendQueue:
         max_age: seconds after which an unsent line is dropped as stale; None keeps lines forever.
         window: the seconds over which Twitch counts; only tests change it.
         limits: Twitch's (normal, moderator) line counts per window; only tests change them.
-        sent: the send times this queue counts against its limit, shared by the queues of every channel one
-            account chats in (`deque()` given to each): Twitch counts the account's lines over all its channels
-            and checks each line against the limit of the channel it goes to. None: this queue's own.
+        sent: the window this queue counts its sends in, shared by the queues of every channel one account
+            chats in (one `SendWindow()` given to each). None: a window of its own.
 
     The queue sends at most 90 % of the limit (18 or 90 lines) in any stretch of `window` plus 1/30 of it
-    (31 s), so that network jitter never lets Twitch count one line too many.
+    (31 s), so that network jitter never lets Twitch count one line too many. Each line is checked against
+    the count of the whole shared window. While other queues of the window have lines waiting, this one may
+    also hold at most its share of the window's sends: the smallest budget among the waiting queues (its own
+    included) divided by their number, at least 1. Without it a channel where the bot moderates (90) could
+    keep the count above a non-moderated channel's 18 for as long as it has lines.
     """
 
     def __init__(
@@ -105,7 +133,7 @@ class SendQueue:
         max_age: float | None = 120.0,
         window: float = WINDOW,
         limits: tuple[int, int] = (LIMIT, MODERATOR_LIMIT),
-        sent: deque[float] | None = None,
+        sent: SendWindow | None = None,
     ) -> None:
         if max_len < 1:
             raise ValueError("max_len must be at least 1")
@@ -115,7 +143,10 @@ class SendQueue:
         self.span = window + window / 30
         self._budgets = tuple(max(1, n - max(1, n // 10)) for n in limits)
         self._pending: list[_Pending] = []
-        self._sent = deque() if sent is None else sent  # times of sends still inside the span, oldest first
+        self.window = SendWindow() if sent is None else sent
+        self.window.queues.add(self)
+        self._sent = self.window.times  # times of the window's sends still inside the span, oldest first
+        self._mine: deque[float] = deque()  # this queue's own sends among them
         self._recent: dict[str, float] = {}  # text of each line sent within the span -> when, oldest first
         self._seq = 0
         self.dropped = 0  # lines dropped for space or age since the queue was made
@@ -190,7 +221,10 @@ class SendQueue:
         `repeats`: Twitch would drop it, and whoever it is for has just read the same words.
         """
         self._expire(now)
+        share = self._share(now)
         while True:
+            if share is not None and len(self._mine) >= share:
+                return None
             allowed = [p for p in self._pending if len(self._sent) < self._limit(p.importance)]
             if not allowed:
                 return None
@@ -202,6 +236,7 @@ class SendQueue:
                 logger.debug("not repeating within %.0f s: %r", self.span, line.text)
                 continue
             self._sent.append(now)
+            self._mine.append(now)
             self._recent[line.text] = now
             return line
 
@@ -214,12 +249,30 @@ class SendQueue:
         for importance in {p.importance for p in self._pending}:
             over = len(self._sent) - self._limit(importance)
             ready.append(now if over < 0 else self._sent[over] + self.span)
-        return min(ready)
+        soonest = min(ready)
+        share = self._share(now)
+        if share is not None and len(self._mine) >= share:
+            # When enough of its own sends have left the span; the others' sends meanwhile only add to it.
+            soonest = max(soonest, self._mine[len(self._mine) - share] + self.span)
+        return soonest
+
+    def _share(self, now: float) -> int | None:
+        """How many of the window's sends this queue may hold while other queues' lines wait; None: no cap."""
+        waiting = [q for q in self.window.queues if q is not self and q._waits(now)]
+        if not waiting:
+            return None
+        smallest = min(q.budget for q in [self, *waiting])
+        return max(1, smallest // (len(waiting) + 1))
+
+    def _waits(self, now: float) -> bool:
+        # Read without expiring: another queue's pop must not change this one's state.
+        return any(self.max_age is None or now - p.queued_at <= self.max_age for p in self._pending)
 
     def _expire(self, now: float) -> None:
         # Written as next_ready_at computes it, so that a line is ready exactly at the time promised.
-        while self._sent and self._sent[0] + self.span <= now:
-            self._sent.popleft()
+        for sends in (self._sent, self._mine):
+            while sends and sends[0] + self.span <= now:
+                sends.popleft()
         # Insertion order is sending order, so the stale texts are at the front.
         for text, at in list(self._recent.items()):
             if at + self.span > now:
@@ -292,7 +345,16 @@ class Sender:
         self._wake.set()
 
     async def run(self) -> None:
-        """Send queued lines forever, sleeping until the next is allowed or a new one arrives."""
+        """Send queued lines forever, sleeping until the next is allowed, a new one arrives, or another Sender
+        of the same window sends."""
+        window = self.queue.window
+        window.wakers.append(self._wake.set)
+        try:
+            await self._drain(window)
+        finally:
+            window.wakers.remove(self._wake.set)
+
+    async def _drain(self, window: SendWindow) -> None:
         while True:
             self._wake.clear()  # before popping, so a say() during the send below is never missed
             if self._is_moderator is not None:
@@ -300,6 +362,7 @@ class Sender:
             now = self._clock()
             line = self.queue.pop_ready(now)
             if line is not None:
+                window.sent_by(self._wake.set)
                 await self._post(line)
                 continue
             ready = self.queue.next_ready_at(now)

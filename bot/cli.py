@@ -458,7 +458,7 @@ def run_cmd(
     import signal
 
     from bot.app import run_concert, stdin_if_interactive
-    from bot.chat.twitch_auth import run_settings
+    from bot.chat.twitch_auth import config_chats, run_settings
     from bot.concert.player import build_sinks
     from config.settings import channel_plans
 
@@ -466,7 +466,8 @@ def run_cmd(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every overlay poll is not news
     settings = _settings()
     try:
-        twitch = None if local else run_settings(settings.paths.data_dir)
+        chats = [login for _, login in config_chats(settings) or []]  # with them, TWITCH_CHANNEL is not needed
+        twitch = None if local else run_settings(settings.paths.data_dir, chats)
         plans = channel_plans(settings, "concertbot", twitch.channel if twitch else None)
         # The command line's outputs are the first channel's: the one this terminal's chat speaks to.
         first = plans[0].settings

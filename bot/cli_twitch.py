@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,6 +13,9 @@ from rich.markup import escape
 
 from config.errors import ConcertbotError
 from config.twitch import CHAT_SCOPES, LOGIN_SCOPES, TwitchAddresses
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 twitch_app = typer.Typer(help="Log the bot in to Twitch and check its token.", no_args_is_help=True)
 out = Console(soft_wrap=True)
@@ -27,13 +29,13 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _setup() -> tuple[Path, TwitchAddresses]:
-    """The data folder and Twitch's addresses; a bad setting ends the command with one line (exit 2)."""
+def _setup() -> tuple[Settings, TwitchAddresses]:
+    """The settings and Twitch's addresses; a bad setting ends the command with one line (exit 2)."""
     from config import load_settings
     from config.twitch import twitch_addresses
 
     try:
-        return load_settings().paths.data_dir, twitch_addresses()
+        return load_settings(), twitch_addresses()
     except ConcertbotError as exc:
         raise _fail(str(exc), 2) from None
 
@@ -64,7 +66,8 @@ def login_cmd(
     """Log the bot's account in with a code typed at twitch.tv/activate; the token is kept in a private file."""
     from bot.chat.twitch_auth import DeviceCode, device_login, save_token, token_path
 
-    data_dir, addresses = _setup()
+    settings, addresses = _setup()
+    data_dir = settings.paths.data_dir
     client_id = (client_id or os.environ.get("TWITCH_CLIENT_ID") or "").strip()
     if not client_id:
         raise _fail(
@@ -97,22 +100,36 @@ def login_cmd(
 
 @twitch_app.command("status")
 def status_cmd() -> None:
-    """Who the bot's token belongs to, its scopes and expiry, and whether the bot moderates the channel."""
-    from bot.chat.twitch_auth import LOGIN_AGAIN, inspect_token
+    """Who the bot's token belongs to, its scopes and expiry, and for each channel's chat (TWITCH_CHANNEL's, or
+    every [[channels]] table's) whether it exists and the bot moderates it."""
+    from bot.chat.twitch_auth import LOGIN_AGAIN, config_chats, inspect_token
 
-    data_dir, addresses = _setup()
-    report = _talk(lambda session: inspect_token(session, addresses.helix_url, addresses.id_url, data_dir))
+    settings, addresses = _setup()
+    chats = config_chats(settings)
+    report = _talk(
+        lambda session: inspect_token(
+            session, addresses.helix_url, addresses.id_url, settings.paths.data_dir, chats
+        )
+    )
     renewed = " (it had run out and was renewed)" if report.renewed else ""
     out.print(f"token: {escape(report.source)}{renewed}")
     out.print(f"account: {escape(report.login)} (user id {report.user_id})")
     out.print(f"scopes: {', '.join(report.scopes) or 'none'}")
     out.print(f"expires in: {report.expires_in:.0f} s")
-    out.print(f"moderator in #{escape(report.channel)}: {escape(report.moderator)}")
-    if report.moderator == "no":
-        out.print(
-            f"  (/mod {escape(report.login)} in #{escape(report.channel)}'s chat allows 100 lines per 30 s)"
-        )
+    if not report.chats:
+        out.print("chats: none ([[channels]] names no twitch_channel: every channel has local chat)")
+    for chat in report.chats:
+        out.print(escape(chat.line()))
+        if chat.moderator == "no":
+            out.print(
+                f"  (/mod {escape(report.login)} in #{escape(chat.login)}'s chat allows 100 lines per 30 s)"
+            )
+    problems = []
+    if unknown := [f"{c.setting} = {c.login!r}" for c in report.chats if not c.exists]:
+        problems.append(f"not a Twitch account: {', '.join(unknown)}; correct the login (twitch.tv/<login>)")
     if report.missing:
-        raise _fail(
-            f"the token lacks {', '.join(report.missing)}, which the bot needs to chat; {LOGIN_AGAIN}", 1
+        problems.append(
+            f"the token lacks {', '.join(report.missing)}, which the bot needs to chat; {LOGIN_AGAIN}"
         )
+    if problems:
+        raise _fail("; ".join(problems), 1)

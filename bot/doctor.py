@@ -383,6 +383,51 @@ def check_twitch(twitch: TwitchSettings | None, timeout: float = 10.0) -> Check:
     return Check(name, "OK", found)
 
 
+def check_chats(twitch: TwitchSettings, chats: Sequence[tuple[str, str]], timeout: float = 10.0) -> list[Check]:
+    """A row per chat the bot would join, each (setting, login) in `chats`: the channel is a Twitch account
+    (else `concertbot run` stops at it), and whether the bot is its broadcaster or a moderator there (100 lines
+    per 30 s) or not (20). No rows when Twitch rejects the token: the token's row says so."""
+    import asyncio
+
+    import aiohttp
+
+    from bot.chat.twitch_auth import ChatReport, TwitchLoginError, inspect_chats, validate
+
+    token = twitch.bot_token.get_secret_value()
+
+    async def ask() -> tuple[str, list[ChatReport]] | None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            who = await validate(session, twitch.id_url, token)
+            if who is None:
+                return None
+            return who.login, await inspect_chats(
+                session, twitch.helix_url, twitch.client_id, token, who, chats
+            )
+
+    try:
+        found = asyncio.run(ask())
+    except TwitchLoginError as exc:
+        return [
+            Check(f"Twitch #{login}", "FAIL", f"{setting}: not checked: {exc}", "try again in a minute")
+            for setting, login in chats
+        ]
+    if found is None:
+        return []
+    bot, reports = found
+    rows = []
+    for chat in reports:
+        name = f"Twitch #{chat.login}"
+        if not chat.exists:
+            fix = f"correct {chat.setting} to the login in the channel's address (twitch.tv/<login>)"
+            rows.append(Check(name, "FAIL", chat.line(), fix))
+        elif chat.moderator == "no":
+            fix = f"/mod {bot} in #{chat.login}'s chat allows 100"
+            rows.append(Check(name, "OK", chat.line() + ": 20 lines per 30 s", fix))
+        else:
+            rows.append(Check(name, "OK", chat.line()))
+    return rows
+
+
 # --- disk ------------------------------------------------------------------------------------------------
 
 
@@ -436,17 +481,26 @@ def check_torch(torch_threads: int, cores: int | None = None) -> Check:
 
 
 def run_checks(settings: Settings, twitch: Callable[[], TwitchSettings | None]) -> list[Check]:
-    """Every check, in the order the concert meets them; `twitch` reads the Twitch settings (may raise)."""
+    """Every check, in the order the concert meets them; `twitch` reads the Twitch settings (may raise).
+
+    After the token, a row for each chat the bot would join: TWITCH_CHANNEL's, or each `[[channels]]` table's.
+    """
+    from bot.chat.twitch_auth import chat_setting, config_chats
+
     c = settings.concert
 
-    def twitch_check() -> Check:
+    def twitch_checks() -> list[Check]:
         try:
             found = twitch()
         except ConcertbotError as exc:
-            return Check("Twitch token", "FAIL", str(exc), "set the TWITCH_* variables the message names")
-        return check_twitch(found)
+            return [Check("Twitch token", "FAIL", str(exc), "set the TWITCH_* variables the message names")]
+        token = check_twitch(found)
+        if found is None or token.status == "FAIL":
+            return [token]
+        chats = config_chats(settings)
+        return [token, *check_chats(found, [(chat_setting(None), found.channel)] if chats is None else chats)]
 
-    steps: list[tuple[str, Callable[[], Check]]] = [
+    steps: list[tuple[str, Callable[[], Check | list[Check]]]] = [
         ("sound devices", lambda: check_sound(settings.outputs.device)),
         ("ffmpeg", lambda: check_ffmpeg(needed_encoders(settings))),
         ("SoundFont", lambda: check_soundfont(settings.synth.soundfont)),
@@ -458,14 +512,15 @@ def run_checks(settings: Settings, twitch: Callable[[], TwitchSettings | None]) 
                 c.redis_url.get_secret_value() if c.redis_url else None, settings.paths.data_dir
             ),
         ),
-        ("Twitch token", twitch_check),
+        ("Twitch token", twitch_checks),
         ("disk", lambda: check_disk(settings)),
         ("torch threads", lambda: check_torch(settings.engine.torch_threads)),
     ]
     checks = []
     for name, step in steps:
         try:
-            checks.append(step())
+            found = step()
+            checks += found if isinstance(found, list) else [found]
         except Exception as exc:  # a check's own bug must not hide the other checks
             log.exception("the %s check crashed", name)
             checks.append(

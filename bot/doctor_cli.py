@@ -25,7 +25,7 @@ def doctor_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as a JSON list.")] = False,
 ) -> None:
     """Check everything the concert needs before going live; exit status 1 when something would stop it."""
-    from bot.chat.twitch_auth import run_settings
+    from bot.chat.twitch_auth import config_chats, run_settings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -33,7 +33,8 @@ def doctor_cmd(
     except ConcertbotError as exc:
         checks = [Check("settings", "FAIL", str(exc), "fix the value the message quotes")]
     else:
-        checks = run_checks(settings, lambda: run_settings(settings.paths.data_dir))
+        chats = [login for _, login in config_chats(settings) or []]
+        checks = run_checks(settings, lambda: run_settings(settings.paths.data_dir, chats))
     if as_json:
         print(json.dumps([asdict(c) for c in checks]))
     else:

@@ -131,8 +131,9 @@ def twitch_settings(fallback: Mapping[str, Any] | None = None) -> TwitchSettings
     except ValidationError as exc:
         errors = exc.errors()
     missing = sorted(str(e["loc"][0]) for e in errors if e["type"] == "missing")
-    secret_set = any(os.environ.get(env_name(s)) for s in SECRETS)
-    if set(missing) == set(REQUIRED) and len(errors) == len(missing) and not secret_set:
+    # A fallback alone (the channel that [[channels]] names) is no credential: local chat, as with none.
+    credential_set = any(os.environ.get(env_name(f)) for f in (*REQUIRED, *SECRETS))
+    if len(errors) == len(missing) and not credential_set:
         return None
     problems = []
     if missing:

@@ -17,6 +17,7 @@ from fake_twitch import BOT_SCOPES, FakeTwitch
 
 from bot import doctor
 from bot.state.lock import data_folder_lock
+from config.twitch import LOGIN_SCOPES
 from synth import soundfonts
 from synth.soundfonts import SoundFont, find_soundfont, found_soundfonts
 
@@ -166,6 +167,82 @@ async def test_a_stored_login_is_the_token_checked_when_twitch_bot_token_is_unse
         stale = await asyncio.to_thread(doctor.check_twitch, run_settings(tmp_path))
     assert good.status == "OK" and str(token_path(tmp_path)) in good.found and "concertbot" in good.found
     assert stale.status == "FAIL" and "stored token" in stale.found and "twitch status" in stale.fix
+
+
+@pytest.mark.anyio
+async def test_each_chat_the_bot_would_join_is_a_row_of_its_own():
+    async with FakeTwitch(channel="north", channels=("south",)) as fake:
+        fake.moderate(fake.bot.login, "north")
+        token = fake.user_token("concertbot", scopes=LOGIN_SCOPES)
+        chats = [
+            ("channels 'n': twitch_channel", "north"),
+            ("channels 's': twitch_channel", "south"),
+            ("channels 't': twitch_channel", "sotuh"),  # a typo
+            ("channels 'u': twitch_channel", "no such"),  # not even a login: Twitch would answer 400
+            ("channels 'b': twitch_channel", "concertbot"),  # the bot's own channel
+        ]
+        found = await asyncio.to_thread(doctor.check_chats, fake.settings(bot_token=token), chats)
+        narrow = await asyncio.to_thread(doctor.check_chats, fake.settings(), chats[:2])
+        refused = await asyncio.to_thread(doctor.check_chats, fake.settings(bot_token="revoked"), chats)
+    by_name = {c.name: c for c in found}
+    assert list(by_name) == [
+        "Twitch #north",
+        "Twitch #south",
+        "Twitch #sotuh",
+        "Twitch #no such",
+        "Twitch #concertbot",
+    ]
+    assert (
+        by_name["Twitch #north"].status == "OK" and "moderator in #north: yes" in by_name["Twitch #north"].found
+    )
+    south = by_name["Twitch #south"]
+    assert south.status == "OK" and "moderator in #south: no" in south.found and "/mod concertbot" in south.fix
+    typo = by_name["Twitch #sotuh"]
+    assert typo.status == "FAIL" and "not a Twitch account" in typo.found and "channels 't'" in typo.found
+    assert "twitch.tv/<login>" in typo.fix
+    assert by_name["Twitch #no such"].status == "FAIL"
+    assert "broadcaster" in by_name["Twitch #concertbot"].found
+    assert [c.status for c in narrow] == ["OK", "OK"] and "lacks user:read:moderated_channels" in narrow[
+        0
+    ].found
+    assert refused == []  # the token's own row says Twitch rejects it
+
+
+@pytest.mark.anyio
+async def test_doctor_checks_every_channels_chat_and_names_the_typo(tmp_path):
+    config = tmp_path / "channels.toml"
+    config.write_text(
+        '[[channels]]\nname = "north"\ntwitch_channel = "#North"\n\n'
+        '[[channels]]\nname = "south"\ntwitch_channel = "sotuh"\n\n'
+        '[[channels]]\nname = "local"\n'
+    )
+    async with FakeTwitch(channel="north", channels=("south",)) as fake:
+        fake.moderate(fake.bot.login, "north")
+        s = fake.settings()
+        env = {
+            "CONCERTBOT_CONFIG": str(config),
+            "CONCERTBOT_HTTP_PORT": "0",
+            "TWITCH_CLIENT_ID": s.client_id,
+            "TWITCH_CLIENT_SECRET": s.client_secret.get_secret_value(),
+            "TWITCH_BOT_ID": s.bot_id,
+            "TWITCH_BOT_TOKEN": fake.user_token("concertbot", scopes=LOGIN_SCOPES),
+            "TWITCH_HELIX_URL": s.helix_url,
+            "TWITCH_ID_URL": s.id_url,
+            "TWITCH_EVENTSUB_URL": s.eventsub_url,
+        }  # no TWITCH_CHANNEL: with [[channels]] each names its own chat
+        done = await asyncio.to_thread(cli, ["doctor", "--json"], tmp_path, **env)
+        shown = await asyncio.to_thread(cli, ["doctor"], tmp_path, **env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = rows(done)
+    assert found["Twitch token"]["status"] == "OK"
+    assert (
+        found["Twitch #north"]["status"] == "OK" and "yes (channels 'north'" in found["Twitch #north"]["found"]
+    )
+    assert found["Twitch #sotuh"]["status"] == "FAIL"
+    assert "channels 'south': twitch_channel" in found["Twitch #sotuh"]["found"]
+    assert [n for n in found if n.startswith("Twitch #")] == ["Twitch #north", "Twitch #sotuh"]
+    assert "would stop the concert: Twitch #sotuh" in shown.stderr
+    assert "Traceback" not in done.stdout + done.stderr + shown.stdout + shown.stderr
 
 
 @pytest.fixture

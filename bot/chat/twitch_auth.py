@@ -16,16 +16,20 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from config.errors import ConcertbotError, ConfigError
 from config.twitch import CHAT_SCOPES, TwitchSettings, twitch_settings
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 TOKEN_FILE = "twitch-token.json"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -33,6 +37,7 @@ LOGIN_AGAIN = "run `concertbot twitch login`"
 # RFC 8628: without an interval the client waits 5 s, and each slow_down adds 5 s.
 DEFAULT_INTERVAL = 5.0
 SLOW_DOWN_STEP = 5.0
+LOGIN = re.compile(r"[a-z0-9_]{1,25}")  # what Twitch accepts as a login; it answers 400 to anything else
 
 
 class TwitchLoginError(ConcertbotError):
@@ -155,16 +160,19 @@ def stored_for_run(data_dir: Path) -> StoredToken | None:
     return load_token(token_path(data_dir))
 
 
-def run_settings(data_dir: Path) -> TwitchSettings | None:
+def run_settings(data_dir: Path, chats: Sequence[str] = ()) -> TwitchSettings | None:
     """The Twitch settings for `concertbot run`: the environment's, completed by the stored login if any.
 
     The stored token is used only when the environment gives no TWITCH_BOT_TOKEN; it then also supplies the
     bot's user id, the client id and, unless TWITCH_CHANNEL is set, the channel (the bot account's own: the
     streamer logged in as themselves). None means local chat.
+
+    `chats` are the logins the `[[channels]]` tables name (`config_chats`): each such channel reads its own
+    chat, so TWITCH_CHANNEL is then not needed, and the first of them stands in for it.
     """
     stored = stored_for_run(data_dir)
     if stored is None:
-        return twitch_settings()
+        return twitch_settings({"channel": chats[0]} if chats else None)
     client_id = os.environ.get("TWITCH_CLIENT_ID")
     if client_id and client_id != stored.client_id:
         raise ConfigError(
@@ -175,7 +183,7 @@ def run_settings(data_dir: Path) -> TwitchSettings | None:
         {
             "client_id": stored.client_id,
             "bot_id": stored.user_id,
-            "channel": stored.login,
+            "channel": chats[0] if chats else stored.login,
             "bot_token": stored.access_token,
             "bot_refresh_token": stored.refresh_token,
             "token_file": token_path(data_dir),
@@ -411,30 +419,120 @@ async def refresh(
     )
 
 
-async def moderates(
-    session: aiohttp.ClientSession,
-    helix_url: str,
-    client_id: str,
-    access_token: str,
-    user_id: str,
-    channel: str,
-) -> bool:
-    """Whether `user_id` moderates `channel` (Helix `moderation/channels`, user:read:moderated_channels)."""
+async def moderated_channels(
+    session: aiohttp.ClientSession, helix_url: str, client_id: str, access_token: str, user_id: str
+) -> set[str]:
+    """The logins of the channels `user_id` moderates (Helix `moderation/channels`, every page)."""
     url = helix_url + "moderation/channels"
     headers = {"Authorization": f"Bearer {access_token}", "Client-Id": client_id}
     params = {"user_id": user_id, "first": "100"}
+    found: set[str] = set()
     while True:
         status, body = await _call(session, "GET", url, headers=headers, params=params)
         if status != 200:
             raise TwitchLoginError(
                 f"Twitch would not list the bot's channels (HTTP {status}: {twitch_says(body)})"
             )
-        if any(str(c.get("broadcaster_login", "")).lower() == channel for c in body.get("data") or ()):
-            return True
+        found |= {str(c.get("broadcaster_login", "")).lower() for c in body.get("data") or ()}
         cursor = (body.get("pagination") or {}).get("cursor")
         if not cursor:
-            return False
+            return found
         params["after"] = str(cursor)
+
+
+async def existing_accounts(
+    session: aiohttp.ClientSession, helix_url: str, client_id: str, access_token: str, logins: Sequence[str]
+) -> set[str]:
+    """Which of `logins` are Twitch accounts (Helix `users`, 100 logins a request); malformed ones are not."""
+    wellformed = sorted({login for login in logins if LOGIN.fullmatch(login)})
+    headers = {"Authorization": f"Bearer {access_token}", "Client-Id": client_id}
+    found: set[str] = set()
+    for start in range(0, len(wellformed), 100):
+        query = [("login", login) for login in wellformed[start : start + 100]]
+        status, body = await _call(session, "GET", helix_url + "users", headers=headers, params=query)
+        if status != 200:
+            raise TwitchLoginError(
+                f"Twitch would not look the channels up (HTTP {status}: {twitch_says(body)})"
+            )
+        found |= {str(u.get("login", "")).lower() for u in body.get("data") or ()}
+    return found
+
+
+# --- the chats the bot would join ----------------------------------------------------------------------------
+
+
+def chat_setting(channel: str | None) -> str:
+    """What names a channel's chat in the settings, quoted in messages about it (as `bot.app` quotes it)."""
+    return "TWITCH_CHANNEL" if channel is None else f"channels {channel!r}: twitch_channel"
+
+
+def chat_login(channel: str) -> str:
+    """A configured channel as Twitch names its chat: the login, without `#` or capitals."""
+    return channel.strip().removeprefix("#").lower()
+
+
+def config_chats(settings: Settings) -> list[tuple[str, str]] | None:
+    """The chats the `[[channels]]` tables name, as (setting, login); None without tables (TWITCH_CHANNEL's)."""
+    if not settings.channels:
+        return None
+    return [
+        (chat_setting(ch.name), chat_login(ch.twitch_channel)) for ch in settings.channels if ch.twitch_channel
+    ]
+
+
+@dataclass(frozen=True)
+class ChatReport:
+    """What `concertbot twitch status` and `concertbot doctor` find of one chat the bot would join.
+
+    Attributes:
+        setting: what names the chat ("TWITCH_CHANNEL", "channels 'north': twitch_channel").
+        login: the broadcaster's login as configured (lower case, no `#`).
+        exists: whether Twitch knows an account of that login; the bot cannot join a chat without one.
+        moderator: "broadcaster", "yes", "no", or why it is unknown; "" when the channel does not exist.
+    """
+
+    setting: str
+    login: str
+    exists: bool
+    moderator: str
+
+    def line(self) -> str:
+        """The chat in one line for the operator."""
+        if not self.exists:
+            return f"#{self.login} ({self.setting}): not a Twitch account; the bot cannot join its chat"
+        return f"moderator in #{self.login}: {self.moderator}" + (
+            "" if self.setting == "TWITCH_CHANNEL" else f" ({self.setting})"
+        )
+
+
+async def inspect_chats(
+    session: aiohttp.ClientSession,
+    helix_url: str,
+    client_id: str,
+    access_token: str,
+    who: Validation,
+    chats: Sequence[tuple[str, str]],
+) -> list[ChatReport]:
+    """For each (setting, login) in `chats`: whether the channel exists and whether the bot moderates it."""
+    logins = [login for _, login in chats]
+    existing = await existing_accounts(session, helix_url, client_id, access_token, logins)
+    moderated: set[str] | None = None
+    if "user:read:moderated_channels" in who.scopes and any(
+        login in existing and login != who.login for login in logins
+    ):
+        moderated = await moderated_channels(session, helix_url, client_id, access_token, who.user_id)
+    reports = []
+    for setting, login in chats:
+        if login not in existing:
+            moderator = ""
+        elif login == who.login:
+            moderator = "broadcaster"
+        elif moderated is None:
+            moderator = "unknown (the token lacks user:read:moderated_channels)"
+        else:
+            moderator = "yes" if login in moderated else "no"
+        reports.append(ChatReport(setting, login, login in existing, moderator))
+    return reports
 
 
 def missing_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
@@ -451,8 +549,8 @@ class TokenReport:
         login, user_id, scopes: the account and what it allows, as Twitch validates them now.
         expires_in: seconds until the access token runs out.
         missing: the chat scopes it lacks (the bot cannot chat without them).
-        channel: the channel the bot would join.
-        moderator: "broadcaster", "yes", "no", or why it is unknown.
+        chats: each chat the bot would join: TWITCH_CHANNEL's (the account's own when unset), or those the
+            `[[channels]]` tables name.
         renewed: the stored token had run out and was renewed (and written back) to check it.
     """
 
@@ -462,8 +560,7 @@ class TokenReport:
     scopes: tuple[str, ...]
     expires_in: float
     missing: tuple[str, ...]
-    channel: str
-    moderator: str
+    chats: tuple[ChatReport, ...]
     renewed: bool = False
 
 
@@ -472,9 +569,13 @@ async def inspect_token(
     helix_url: str,
     id_url: str,
     data_dir: Path,
+    chats: Sequence[tuple[str, str]] | None = None,
     wall: Callable[[], float] = time.time,
 ) -> TokenReport:
-    """Check the token `concertbot run` would use, renewing a stored one that has run out.
+    """Check the token `concertbot run` would use, renewing a stored one that has run out, and its chats.
+
+    `chats` are (setting, login) pairs (`config_chats`); None: the one TWITCH_CHANNEL names, else the
+    account's own.
 
     Raises:
         TwitchLoginError: there is no token, or it is invalid and cannot be renewed (the message says the fix).
@@ -498,15 +599,10 @@ async def inspect_token(
         raise TwitchLoginError(f"the Twitch token in {source} is not valid (expired or revoked); {fix}")
     if not who.user_id:
         raise TwitchLoginError(f"the token in {source} is an app token, not the bot account's; {LOGIN_AGAIN}")
-    channel = (os.environ.get("TWITCH_CHANNEL") or who.login).strip().removeprefix("#").lower()
-    if channel == who.login:
-        moderator = "broadcaster"
-    elif "user:read:moderated_channels" not in who.scopes:
-        moderator = "unknown (the token lacks user:read:moderated_channels)"
-    else:
-        client_id = who.client_id or (stored.client_id if stored else "")
-        found = await moderates(session, helix_url, client_id, access, who.user_id, channel)
-        moderator = "yes" if found else "no"
+    if chats is None:
+        chats = [(chat_setting(None), chat_login(os.environ.get("TWITCH_CHANNEL") or who.login))]
+    client_id = who.client_id or (stored.client_id if stored else "")
+    found = await inspect_chats(session, helix_url, client_id, access, who, chats)
     return TokenReport(
         source=source,
         login=who.login,
@@ -514,7 +610,6 @@ async def inspect_token(
         scopes=who.scopes,
         expires_in=who.expires_in,
         missing=missing_scopes(who.scopes),
-        channel=channel,
-        moderator=moderator,
+        chats=tuple(found),
         renewed=renewed_now,
     )

@@ -26,14 +26,9 @@ class Who(Enum):
 
     EVERYONE = "everyone"
     MODERATOR = "moderators"  # and the broadcaster
-    BROADCASTER = "the broadcaster"
 
     def allows(self, msg: ChatMessage) -> bool:
-        if self is Who.EVERYONE:
-            return True
-        if self is Who.MODERATOR:
-            return msg.is_privileged
-        return msg.is_broadcaster
+        return self is Who.EVERYONE or msg.is_privileged
 
 
 class Cooldown(Enum):

@@ -10,6 +10,7 @@ logits.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -212,7 +213,7 @@ class CachePool:
         self.values = torch.zeros_like(self.keys)
         self._model = model
         self._slots = slots
-        self._free = list(range(slots))[::-1]
+        self._free = list(range(slots))  # a heap: the lowest slot goes first, so a step's rows sit close
 
     @property
     def idle(self) -> bool:
@@ -223,7 +224,7 @@ class CachePool:
         """A decoder over the model's weights, its cache a free slot of the pool; None when all are taken."""
         if not self._free:
             return None
-        slot = self._free.pop()
+        slot = heapq.heappop(self._free)
         twin = object.__new__(FastGPT2)
         twin.__dict__.update(self._model.__dict__)
         twin.keys, twin.values = self.keys[:, slot], self.values[:, slot]  # [layer, head, position, dim] views
@@ -234,7 +235,7 @@ class CachePool:
     def give(self, row: FastGPT2) -> None:
         """Free the slot of a decoder from `take`."""
         assert row.pool is not None and row.pool[0] is self
-        self._free.append(row.pool[1])
+        heapq.heappush(self._free, row.pool[1])
         row.pool = None
 
 
@@ -247,8 +248,8 @@ def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
     computed as B [1, C] @ [C, N] ones (MKL takes a matrix-vector path at one row, and its sums run in another
     order), nor is a [B, C] @ [C, V] output layer as B matrix-vector products. A batch of B one-row products
     (`baddbmm`, `bmm` over the weight expanded, not copied) is, and still reads each weight once per layer
-    for the whole batch instead of once per sequence (tests/test_batch.py checks the bits). Attention runs row
-    by row over each sequence's own cache, with batch-1's very operations: the sequences differ in length.
+    for the whole batch instead of once per sequence (tests/test_batch.py checks the bits). Attention is
+    `_PoolAttention`'s: each row's scores its own product, the rest for a pool's rows at once.
 
     Args:
         rows: decoders over the same weights (`FastGPT2.fork`), each with its own cache; at least one.
@@ -262,45 +263,34 @@ def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
             raise ValueError(f"sequence of {start + 1} tokens exceeds the context of {row.context}")
     device = first.wte.device
     x = first.wte[torch.tensor(ids, device=device)] + first.wpe[torch.tensor(starts, device=device)]  # [B, C]
-    # Rows whose caches share a pool have their new keys written in one copy per pool; the others, one by one.
-    groups: dict[int, tuple[CachePool, list[int], list[int]]] = {}  # pool -> (pool, rows, their slots)
-    lone: list[int] = []
+    # Rows whose caches share a pool attend together; the others (forks of their own, a pool's few), one by one.
+    members: dict[int, tuple[CachePool, list[int]]] = {}  # pool -> (pool, its rows)
     for i, row in enumerate(rows):
-        if row.pool is None:
-            lone.append(i)
-        else:
-            pool, slot = row.pool
-            members = groups.setdefault(id(pool), (pool, [], []))
-            members[1].append(i)
-            members[2].append(slot)
-    writes = [
-        (pool, torch.tensor(members, device=device), torch.tensor(slots, device=device),
-         torch.tensor([starts[i] for i in members], device=device))
-        for pool, members, slots in groups.values()
-    ]  # fmt: skip
+        if row.pool is not None:
+            members.setdefault(id(row.pool[0]), (row.pool[0], []))[1].append(i)
+    together = [(pool, at) for pool, at in members.values() if len(at) >= _POOLED_FROM]
+    pools = [_PoolAttention(pool, rows, starts, at) for pool, at in together]
+    pooled = {i for _, at in together for i in at}
+    lone = [i for i in range(n) if i not in pooled]
     scale = math.sqrt(dim)
     y = torch.empty(n, heads, 1, dim, device=device, dtype=x.dtype)  # each row's attention output
-    # Per row, batch-1's attention in as few operations as it can be written: at a batch of 64 the Python
-    # around each one costs as much as its arithmetic, so every view that does not change with the layer is
-    # taken once per step. Each row's cache up to and with its new token, keys as [layer, H, D, T]:
+    # A lone row's cache up to and with its new token, keys as [layer, H, D, T], taken once per step.
     seen = [
-        (row.keys[:, :, : start + 1].transpose(2, 3), row.values[:, :, : start + 1], y[i])
-        for i, (row, start) in enumerate(zip(rows, starts, strict=True))
+        (i, rows[i].keys[:, :, : starts[i] + 1].transpose(2, 3), rows[i].values[:, :, : starts[i] + 1])
+        for i in lone
     ]
     for layer, (g1, b1, wa, ba, wp, bp, g2, b2, wf, bf, wo, bo) in enumerate(first.blocks):
         h = F.layer_norm(x, (c,), g1, b1, first.eps)
         qkv = _rows_addmm(ba, h, wa)  # [B, 3C]
         q, k, v = (part.view(n, heads, dim) for part in qkv.split(c, dim=1))  # [B, H, D] each
-        for pool, index, slots, at in writes:
-            pool.keys[layer, slots, :, at] = k[index]
-            pool.values[layer, slots, :, at] = v[index]
-        for i in lone:
+        queries = q.unsqueeze(2).unbind(0)  # B of [H, 1, D]
+        for pool in pools:
+            pool.attend(layer, queries, k, v, y)
+        for i, keys, values in seen:
             rows[i].keys[layer, :, starts[i]] = k[i]
             rows[i].values[layer, :, starts[i]] = v[i]
-        queries = q.unsqueeze(2)  # [B, H, 1, D]
-        for i, (keys, values, out) in enumerate(seen):
             att = torch.softmax(queries[i] @ keys[layer] / scale, dim=-1)  # [H, 1, T]
-            torch.matmul(att, values[layer], out=out)  # [H, 1, D]
+            torch.matmul(att, values[layer], out=y[i])  # [H, 1, D]
         x = x + _rows_addmm(bp, y.view(n, c), wp)  # [H, 1, D] rows laid out as batch-1's [1, C]
         h = F.layer_norm(x, (c,), g2, b2, first.eps)
         x = x + _rows_addmm(bo, F.gelu(_rows_addmm(bf, h, wf), approximate="tanh"), wo)
@@ -309,6 +299,83 @@ def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
     last = F.layer_norm(x, (c,), *first.ln_f, first.eps)  # [B, C]
     # lm_head @ last, one matrix-vector product per row, as a batch of [1, C] @ [C, V] products.
     return torch.bmm(last.unsqueeze(1), first.lm_head.T.expand(n, c, -1)).squeeze(1)
+
+
+# A pool's rows attend together from this many on: below, the step's set-up (its index tensors, the padded
+# buffer) costs more than the ops it saves (forward_rows pooled against one by one, all rows in one pool:
+# 0.85x as fast at 2 rows, 0.95x at 4, 1.13x at 8; a micro-benchmark at load 12-25).
+_POOLED_FROM = 6
+# Below this many positions a row's softmax runs on its own: the CPU kernel sums a row in vector lanes (8
+# floats with AVX2, 16 with AVX-512), and a row shorter than one vector is summed another way, so padding it
+# would change its bits.
+_PADDED_SOFTMAX_FROM = 16
+
+
+class _PoolAttention:
+    """One step's attention for the rows whose caches share a pool, with batch-1's bits per row.
+
+    Batch-1 attends over exactly its T positions: softmax(q @ keys^T / sqrt(D)) [H, 1, T], then @ values. MKL
+    splits a matrix-vector product's work by its length, so a row's scores padded to another length come out in
+    other bits: each row's scores stay its own `bmm`. Gathered into one [slots, H, 1, T_max] buffer (one
+    scatter), the softmax and the product with the values then run once for the pool, padded: a position past a
+    row's T scores -inf, so the softmax kernel's vector lanes add exact zeros for it (the same sums, from 16
+    positions on), and its cached value is weighed by an exact zero (tests/test_batch_pools.py checks the bits).
+    A row costs one op a layer instead of four, and three more a step.
+
+    Args:
+        pool: the caches' pool.
+        rows: the batch's decoders; `members` index those in `pool`.
+        starts: each row's cached length before this step's token.
+    """
+
+    def __init__(
+        self, pool: CachePool, rows: Sequence[FastGPT2], starts: list[int], members: list[int]
+    ) -> None:
+        device, heads = pool.keys.device, pool.keys.shape[2]
+        slots = [pool_slot[1] for pool_slot in (rows[i].pool for i in members) if pool_slot is not None]
+        lengths = [starts[i] + 1 for i in members]
+        low, high, wide = min(slots), max(slots) + 1, max(lengths)  # slots go lowest first: few idle between
+        self.pool, self.span = pool, slice(low, high)
+        self.members = members
+        self.index = torch.tensor(members, device=device)
+        self.slots = torch.tensor(slots, device=device)
+        self.at = torch.tensor([starts[i] for i in members], device=device)
+        self.rows = self.slots - low  # each member's place in the buffer
+        self.keys = [
+            rows[i].keys[:, :, :n].transpose(2, 3).unbind(0) for i, n in zip(members, lengths, strict=True)
+        ]
+        # The rows' scores side by side [H, 1, sum of T] go to [(row * H + h) * T_max + t] of the buffer.
+        length = torch.tensor(lengths, device=device)
+        begins = torch.repeat_interleave(self.rows * heads * wide - (length.cumsum(0) - length), length)
+        spots = begins + torch.arange(int(length.sum()), device=device)
+        self.into = (spots[None, :] + (torch.arange(heads, device=device) * wide)[:, None]).view(-1)
+        length_of = torch.full((high - low,), wide, device=device)  # an idle slot's scores stay 0: finite
+        length_of[self.rows] = length
+        past = torch.arange(wide, device=device) >= length_of[:, None]  # [slots, T_max]
+        self.scores = pool.keys.new_zeros(high - low, heads, 1, wide).masked_fill_(
+            past[:, None, None], -math.inf
+        )
+        self.short = [
+            (r, n) for r, n in zip(self.rows.tolist(), lengths, strict=True) if n < _PADDED_SOFTMAX_FROM
+        ]
+
+    def attend(
+        self, layer: int, queries: Sequence[torch.Tensor], k: torch.Tensor, v: torch.Tensor, y: torch.Tensor
+    ) -> None:
+        """The members' new keys and values [B, H, D] into the pool, their outputs [H, 1, D] into y."""
+        pool = self.pool
+        pool.keys[layer, self.slots, :, self.at] = k[self.index]
+        pool.values[layer, self.slots, :, self.at] = v[self.index]
+        scores = torch.cat(
+            [torch.bmm(queries[i], keys[layer]) for i, keys in zip(self.members, self.keys, strict=True)], 2
+        )
+        self.scores.view(-1)[self.into] = scores.div_(math.sqrt(k.shape[2])).view(-1)
+        att = torch.softmax(self.scores, dim=-1)
+        for r, n in self.short:
+            att[r, :, :, :n] = torch.softmax(self.scores[r, :, :, :n], dim=-1)
+        span, heads, _, wide = att.shape
+        values = pool.values[layer, self.span].view(span * heads, -1, k.shape[2])[:, :wide]  # [slots * H, T, D]
+        y[self.index] = torch.bmm(att.view(span * heads, 1, wide), values).view(span, heads, 1, -1)[self.rows]
 
 
 def _rows_addmm(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

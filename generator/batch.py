@@ -340,15 +340,15 @@ def _finish(sampler: Generator[Any, Any, None], sent: Any) -> None:
 
 
 def _draw_all(drawing: list[tuple[BatchPiece, _Step, list[_Draw]]]) -> None:
-    """Every row's token at once, sent to its piece; if one piece's scores leave nothing to draw, each piece
-    draws alone and only that one fails."""
+    """Every row's token at once, sent to its piece; if the batch's draw raises (one piece's scores leave
+    nothing to draw, a recipe's temperature is no number), each piece draws alone and only that one fails."""
     try:
         tokens = _sampled([draw for _, _, mine in drawing for draw in mine])
-    except RuntimeError:
+    except Exception:
         for _, step, mine in drawing:
             try:
                 alone = _sampled(mine)
-            except RuntimeError as exc:
+            except Exception as exc:
                 with contextlib.suppress(StopIteration):
                     step.throw(exc)  # the piece's `_advance` records it
                 continue
@@ -428,8 +428,17 @@ class BatchComposer:
         Args:
             request: the piece.
             steering: its steers (generator.steer), as `Composer.stream` takes them; None for none.
+
+        Raises:
+            Exception: what building the piece raised (a style the model lacks), its slot given back.
         """
-        piece = BatchPiece(request, self.composer, self._take(), steering, self._take)
+        cache = self._take()
+        try:
+            piece = BatchPiece(request, self.composer, cache, steering, self._take)
+        except Exception:  # a recipe it cannot begin (a style the model lacks): the slot it took goes back
+            if cache.pool is not None:
+                cache.pool[0].give(cache)
+            raise
         piece._start()
         if piece.done:  # its sampler failed before its first forward pass
             self._release(piece)

@@ -6,6 +6,7 @@ FluidSynth engines and, end to end, `concertbot run` with two channels on the em
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import threading
@@ -13,16 +14,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chat_rig import viewer
 from test_channels import NO_COOLDOWNS, deployment
 
+import generator.batch as batch_module
 from bot.app import shares_generator
 from bot.concert.batchloop import BatchLoop, SourcedWorker
 from bot.concert.live import GenerationWorker, LivePiece
 from bot.concert.player import LiveSession
 from config import Settings, load_settings
+from config.errors import ConfigError
 from generator.decode import decode, midi_bytes, to_midi
 from generator.model import LoadedModel, load_model
 from generator.performance import planned
@@ -158,29 +162,39 @@ def _taken(loop: BatchLoop) -> int:
 
 
 def test_a_failed_step_frees_its_pieces_slots_and_a_piece_it_finished_ends_whole(
-    loaded: LoadedModel, composer: Composer, caplog: pytest.LogCaptureFixture
+    loaded: LoadedModel, composer: Composer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.ERROR, logger="bot.concert.batchloop")
     held = make_request(loaded, "irish", seconds=6.0, seed=62, critic=1)  # sits the failed step out
     ending = make_request(loaded, "folk", seconds=1.0, seed=70, critic=1)  # its end in the failed step
+    culprit = make_request(loaded, "bach", seconds=5.0, seed=72, critic=1)  # its first draw in the failed step
     later = make_request(loaded, "folk", seconds=4.0, seed=71, critic=1)  # joins after it
-    # A recipe read back with no temperature: the batch's draw raises a TypeError for it, which the draw does
-    # not take for one row's fault (it redraws row by row only on a RuntimeError), so the whole step fails.
-    broken = PieceRequest.from_dict(
-        {**make_request(loaded, "bach", seconds=5.0, seed=72).to_dict(), "temperature": None}
-    )
     alone = {r: composer.compose(r).tokens for r in (held, ending, later)}
     n = len(alone[ending])
     assert n < 30  # never held: its channel reads every token at once
     gate_at, paused, opened = 33 + n - 1, threading.Event(), threading.Event()
     loops: list[BatchLoop] = []
+    # No recipe fails a whole step since one row's draw fails only its piece, whatever it raises; what still
+    # can is a fault of the batch itself (memory, a kernel), here the batch's draw failing once, in the step
+    # after the gate opens: after `ending` has sampled its end, before `culprit` gets its first token.
+    fault = RuntimeError("the batch's draw failed")
+    armed: list[bool] = []
+    draw_all = batch_module._draw_all
+
+    def faulty(drawing: Any) -> None:
+        if armed and armed.pop():
+            raise fault
+        draw_all(drawing)
+
+    monkeypatch.setattr(batch_module, "_draw_all", faulty)
 
     def clock() -> float:
         # Read on the loop's thread after each step: it waits there once, when `ending` has all but its end,
-        # for `broken` to be queued, so that both are in the next step.
+        # for `culprit` to be queued, so that both are in the next step.
         if loops[0].steps == gate_at and not opened.is_set():
             paused.set()
             opened.wait(120)
+            armed.append(True)
         return time.monotonic()
 
     loops.append(BatchLoop(Composer(loaded), clock=clock))
@@ -189,7 +203,7 @@ def test_a_failed_step_frees_its_pieces_slots_and_a_piece_it_finished_ends_whole
         wait_until(lambda: loop.steps == 33)
         a = _Reader(loop, ending)
         assert paused.wait(120)
-        x = _Reader(loop, broken)
+        x = _Reader(loop, culprit)
         wait_until(lambda: loop._inbox.qsize() == 1)
         opened.set()
         for reader in (a, x):
@@ -198,7 +212,7 @@ def test_a_failed_step_frees_its_pieces_slots_and_a_piece_it_finished_ends_whole
         assert _taken(loop) == 1  # only the held piece's: the finished one's and the culprit's are free
         failed = [r for r in caplog.records if "a step of the shared generator failed" in r.getMessage()]
         assert len(failed) == 1 and loop.steps == gate_at  # the step with both failed, and only that one
-        assert isinstance(x.error, TypeError)
+        assert x.error is fault and x.tokens == []
         assert a.error is None and a.tokens == alone[ending]  # its end came in the failed step: it is whole
         b.more.set()
         b.join(120)
@@ -206,8 +220,72 @@ def test_a_failed_step_frees_its_pieces_slots_and_a_piece_it_finished_ends_whole
         c.join(120)
         wait_until(lambda: loop.pieces == 0)
         assert _taken(loop) == 0 and all(pool.idle for pool in loop.batch._pools)
+    assert not armed  # the fault fired, once
     assert b.error is None and b.tokens == alone[held]
     assert c.error is None and c.tokens == alone[later]
+
+
+def test_a_piece_whose_draw_raises_fails_alone_in_its_step(
+    loaded: LoadedModel, composer: Composer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="bot.concert.batchloop")
+    good = make_request(loaded, "irish", seconds=4.0, seed=73, critic=1)
+    # A recipe read back with no temperature: its draw raises a TypeError (not the RuntimeError of a row with
+    # nothing to draw), in the batch's draw and in its own.
+    broken = PieceRequest.from_dict(
+        {**make_request(loaded, "bach", seconds=4.0, seed=74).to_dict(), "temperature": None}
+    )
+    opened = threading.Event()
+
+    def clock() -> float:
+        opened.wait(120)  # the loop starts once both pieces are queued: they join together, step together
+        return time.monotonic()
+
+    with BatchLoop(Composer(loaded), clock=clock) as loop:
+        x = _Reader(loop, broken)
+        g = _Reader(loop, good)
+        wait_until(lambda: loop._inbox.qsize() == 2)
+        opened.set()
+        for reader in (x, g):
+            reader.join(120)
+        wait_until(lambda: loop.pieces == 0)
+        assert _taken(loop) == 0
+    assert isinstance(x.error, TypeError) and x.tokens == []
+    assert g.error is None and g.tokens == composer.compose(good).tokens
+    assert loop.rows > loop.steps  # both pieces were in its first step
+    assert not [r for r in caplog.records if "a step of the shared generator failed" in r.getMessage()]
+
+
+def test_a_piece_that_cannot_join_fails_alone_and_the_loop_serves_on(
+    loaded: LoadedModel, composer: Composer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="bot.concert.batchloop")
+    held = make_request(loaded, "irish", seconds=6.0, seed=75, critic=1)  # in the loop as the bad one comes
+    beside = make_request(loaded, "folk", seconds=4.0, seed=76, critic=2)  # sampled around it
+    later = make_request(loaded, "bach", seconds=4.0, seed=77, critic=1)  # joins after it
+    # A recipe as a store or a job may carry it, whose piece cannot even be built: no such style in the model.
+    bad = dataclasses.replace(later, style="no-such-style")
+    with BatchLoop(Composer(loaded)) as loop:
+        a = _Reader(loop, held, first=1)  # stays in the loop, held, until told to read on
+        wait_until(lambda: loop.steps >= 33)
+        b = _Reader(loop, beside)
+        x = _Reader(loop, bad)
+        x.join(120)
+        assert isinstance(x.error, ConfigError) and "no-such-style" in str(x.error) and x.tokens == []
+        assert loop._thread.is_alive() and loop.pieces >= 1  # the held piece is still in
+        a.more.set()
+        for reader in (a, b):
+            reader.join(120)
+        c = _Reader(loop, later)
+        c.join(120)
+        wait_until(lambda: loop.pieces == 0)
+        assert _taken(loop) == 0  # the bad piece's slot went back as it failed
+    assert a.error is None and a.tokens == composer.compose(held).tokens
+    assert b.error is None and b.tokens == composer.compose(beside).tokens
+    assert c.error is None and c.tokens == composer.compose(later).tokens
+    said = [r for r in caplog.records if "could not join" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is not None  # logged once, with its traceback
+    assert not [r for r in caplog.records if "a step of the shared generator failed" in r.getMessage()]
 
 
 def test_a_steer_under_batching_lands_as_the_same_steer_does_one_piece_at_a_time(loaded: LoadedModel) -> None:

@@ -167,7 +167,14 @@ class BatchLoop:
                 job = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            job.piece = self.batch.add(job.request, job.steering)
+            try:
+                job.piece = self.batch.add(job.request, job.steering)
+            except Exception as exc:
+                # A recipe its sampler cannot even begin (a style the model lacks, say): that piece fails, its
+                # slot back in the pool (BatchComposer.add), and the loop goes on serving every other channel.
+                log.exception("a piece could not join the shared generator: %s", job.request)
+                job.out.put(exc)
+                continue
             self._jobs.append(job)
             if job.piece.done:  # failed before its first token
                 self._end(job)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from config.errors import ConcertbotError
+from config.errors import ConcertbotError, UnknownNameError
 from config.settings import Sampling
 from generator.instruments import BY_PROGRAM, find_instrument
 from generator.model import LoadedModel
 from generator.sampling import PieceRequest
 from generator.styles import CORPUS_BY_NAME, resolve_style
-from generator.vocab import find_key
+from generator.vocab import KEYS, find_key
 
 MAX_INSTRUMENTS = 6
 MIN_TEMPO, MAX_TEMPO = 30, 240
@@ -55,23 +56,11 @@ def make_request(
         if instruments
         else default_instruments
     )
-    if len(names) > MAX_INSTRUMENTS:
-        raise RequestError(f"at most {MAX_INSTRUMENTS} instruments at once, not {len(names)}")
     bpm = default_tempo if tempo is None else tempo
-    if not MIN_TEMPO <= bpm <= MAX_TEMPO:
-        raise RequestError(f"tempo {bpm:g} is out of range; use {MIN_TEMPO}-{MAX_TEMPO} BPM")
-    if not 0 < seconds <= 3600:
-        raise RequestError(f"length {seconds:g} s is out of range; use up to 3600 s")
-    check_sampling(temperature, top_p)
-    if seed is None:
-        seed = new_seed()
-    if not 0 <= seed < 2**63:
-        raise RequestError(f"seed {seed} is out of range; seeds are 0 to 2^63-1")
+    seed = new_seed() if seed is None else seed
+    _check_ranges(len(names), bpm, seconds, seed, temperature, top_p)
     if key is not None:
-        try:
-            key = find_key(key)
-        except ValueError as exc:
-            raise RequestError(str(exc)) from None
+        key = _known_key(key)
         if not loaded.vocab.keyed:
             raise RequestError(f"model {loaded.version} was trained without keys; leave the key out")
     return PieceRequest(
@@ -87,10 +76,84 @@ def make_request(
     )
 
 
-def check_sampling(temperature: float, top_p: float) -> None:
+def recipe_from_dict(fields: Mapping[str, Any]) -> PieceRequest:
+    """`PieceRequest.from_dict` for a recipe from outside the process (a worker's job), every field checked as
+    `make_request` checks what a viewer typed, so that a bad one is refused here, its field named, and not
+    deep in the sampler. The style is left to the model that plays it (its vocabulary says).
+
+    Raises:
+        RequestError: a field missing, unknown, of the wrong type or out of range.
+    """
+    try:
+        request = PieceRequest.from_dict(fields)
+    except (KeyError, TypeError) as exc:
+        raise RequestError(f"not a recipe ({type(exc).__name__}: {exc})") from None
+    wrong = [f"{name} {getattr(request, name)!r}" for name in _FIELD_TYPES if _mistyped(request, name)]
+    if not all(isinstance(name, str) for name in request.instruments):
+        wrong.append(f"instruments {list(request.instruments)!r}")
+    if wrong:
+        raise RequestError(f"a field of the wrong type: {', '.join(wrong)}")
+    if not request.instruments:
+        raise RequestError("no instruments")
+    try:
+        programs = request.programs()
+    except UnknownNameError as exc:
+        raise RequestError(str(exc)) from None
+    _check_ranges(
+        len(programs), request.tempo, request.seconds, request.seed, request.temperature, request.top_p
+    )
+    check_sampling(request.temperature, request.top_p, request.critic)
+    if request.key is not None and request.key not in KEYS:  # as `to_dict` writes it: a name, spelled so
+        raise RequestError(f"key {request.key!r} is not one of {', '.join(KEYS)}")
+    return request
+
+
+# Each field's JSON type (bool apart: it is an int to Python, and no number is a bool).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "style": (str,),
+    "tempo": (int, float),
+    "seconds": (int, float),
+    "seed": (int,),
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "strict_instruments": (bool,),
+    "voice_leading": (bool,),
+    "plan": (bool,),
+    "critic": (int,),
+    "key": (str, type(None)),
+}
+
+
+def _mistyped(request: PieceRequest, name: str) -> bool:
+    value, kinds = getattr(request, name), _FIELD_TYPES[name]
+    return not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+
+
+def _check_ranges(
+    instruments: int, tempo: float, seconds: float, seed: int, temperature: float, top_p: float
+) -> None:
+    if instruments > MAX_INSTRUMENTS:
+        raise RequestError(f"at most {MAX_INSTRUMENTS} instruments at once, not {instruments}")
+    if not MIN_TEMPO <= tempo <= MAX_TEMPO:
+        raise RequestError(f"tempo {tempo:g} is out of range; use {MIN_TEMPO}-{MAX_TEMPO} BPM")
+    if not 0 < seconds <= 3600:
+        raise RequestError(f"length {seconds:g} s is out of range; use up to 3600 s")
+    check_sampling(temperature, top_p)
+    if not 0 <= seed < 2**63:
+        raise RequestError(f"seed {seed} is out of range; seeds are 0 to 2^63-1")
+
+
+def _known_key(key: str) -> str:
+    try:
+        return find_key(key)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def check_sampling(temperature: float, top_p: float, critic: int = 1) -> None:
     """The settings' own bounds (`config.settings.Sampling`), for values that come from a command line."""
     try:
-        Sampling(temperature=temperature, top_p=top_p)
+        Sampling(temperature=temperature, top_p=top_p, critic=critic)
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]).replace("_", "-")

@@ -185,27 +185,37 @@ def test_a_piece_rides_out_a_redis_restart_with_the_same_tokens(server, client, 
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_a_piece_the_model_cannot_play_fails_alone_and_says_why(client, composer, batch):
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("style", "no-such-style", "the worker failed"),  # its model's to say: it lacks the style
+        # As a concert of another version, or anything else on the stream, might write it: a recipe with a
+        # null temperature reads back as a PieceRequest, and only the sampler would trip on it.
+        ("temperature", None, r"cannot read the request: .*temperature None"),
+    ],
+)
+def test_a_piece_the_model_cannot_play_fails_alone_and_says_why(client, composer, batch, field, value, said):
     from dataclasses import replace
 
-    keys = Keys(f"t9-{batch}")
+    keys = Keys(f"t9-{batch}-{field}")
     version = composer.loaded.version
     jobs = GenerationClient(client, keys, version, wait_seconds=60)
     worker = Worker(client, keys, composer, version, name="w")
     good = make_request(composer.loaded, "irish", seconds=5.0, seed=2)
-    bad = jobs.submit(replace(good, style="no-such-style"))
+    bad = jobs.submit(replace(good, **{field: value}))
     fine = jobs.submit(good)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, kwargs={"stop": stop, "batch": batch}, daemon=True)
     thread.start()
     try:
-        with pytest.raises(RemoteGenerationError, match="the worker failed"):
+        with pytest.raises(RemoteGenerationError, match=said):
             list(jobs.tokens(bad))
         assert list(jobs.tokens(fine)) == list(composer.stream(good))
     finally:
         stop.set()
         thread.join(timeout=30)
     assert thread.is_alive() is False and sorted(s.outcome for s in worker.served) == ["done", "failed"]
+    assert [s.written for s in worker.served if s.outcome == "failed"] == [0]  # failed before any token
 
 
 def test_a_batching_worker_leaves_a_dead_workers_job_to_a_one_at_a_time_worker_first(client, composer):

@@ -33,6 +33,7 @@ from bot.concert.remote import GROUP, connect, ensure_group, pack, unpack
 from bot.state.keys import Keys, job_part
 from generator.decode import STEPS_PER_BEAT
 from generator.model import LoadedModel
+from generator.recipes import RequestError, recipe_from_dict
 from generator.sampling import Composer, PieceRequest
 from generator.vocab import KIND_TIMESHIFT
 
@@ -330,10 +331,12 @@ class Worker:
             return None
         model = fields.get(b"model", b"").decode(errors="replace")
         try:
-            request: PieceRequest | None = PieceRequest.from_dict(json.loads(fields[b"request"]))
+            # Every field checked here, so that a bad recipe is refused with its field named, not deep in the
+            # sampler (where, batched, it could fail more than its own piece).
+            request: PieceRequest | None = recipe_from_dict(json.loads(fields[b"request"]))
             problem = f"the worker has model {self.model_version}, the piece needs {model}"
             problem = "" if model == self.model_version else problem
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, RequestError) as exc:
             # A concert of another version, say: told to it through the piece's stream, not dropped in silence.
             request, problem = None, f"the worker cannot read the request: {exc}"
         return Job(entry_id, job, request, model, taken_over, problem)

@@ -6,6 +6,7 @@ Everything runs against a real redis-server of the test's own and the shipped mo
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -123,17 +124,64 @@ def test_a_batching_worker_samples_pieces_together_each_as_composer_stream_would
     assert client.xpending(keys.gen_jobs, GROUP)["pending"] == 0
 
 
+# Redis's clock (ms) and, for each pending job, when its claim was last taken or refreshed (ms), in one read.
+CLAIMS = """
+local now = redis.call('TIME')
+local at = {}
+for _, entry in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 100)) do
+  at[#at + 1] = entry[1]
+  at[#at + 1] = entry[3]
+end
+return {now[1] * 1000 + math.floor(now[2] / 1000), at}
+"""
+
+
 def test_a_batching_worker_keeps_its_claims_while_a_critic_holds_a_bars_tokens(client, composer):
     # With a critic a piece's tokens come a bar at a time, and a full batch may step for seconds between two
     # bars: the worker must refresh its claims meanwhile, or it (or another) takes its own live job "over".
+    # Checked by the order of events, not by how long a step takes: the worker's clock moves a heartbeat at
+    # every reading (so every refresh it may make, it makes) and, at each reading, Redis says when each job's
+    # claim was last refreshed. The last reading before a step comes after every write of the step before it:
+    # by then every job live since that step must have been refreshed after it. The claims' idle time is far
+    # longer than the test, so that no claim runs out however slow the machine is.
     keys = Keys("t7")
     version = composer.loaded.version
     jobs = GenerationClient(client, keys, version, wait_seconds=60)
-    worker = Worker(client, keys, composer, version, name="wc", claim_idle_seconds=0.05)
+    readings: list[tuple[int, int, dict[bytes, int]]] = []  # (steps taken, Redis's ms, job -> refreshed at ms)
+    ticks = itertools.count()
+    worker: list[Worker] = []
+
+    def clock() -> float:
+        now, at = client.eval(CLAIMS, 1, keys.gen_jobs, GROUP)
+        pending = dict(zip(at[::2], at[1::2], strict=True))
+        readings.append((worker[0].steps, now, {entry: now - int(idle) for entry, idle in pending.items()}))
+        return float(next(ticks))  # a second a reading: more than the heartbeat
+
+    worker.append(Worker(client, keys, composer, version, name="wc", claim_idle_seconds=600.0, clock=clock))
+    assert worker[0].heartbeat < 1.0
     requests = [make_request(composer.loaded, s, seconds=6.0, seed=7, critic=3) for s in ("bach", "classical")]
-    got = _served(worker, jobs, requests, batch=4)
+    got = _served(worker[0], jobs, requests, batch=4)
     assert got == [list(composer.stream(r)) for r in requests]
-    assert [s.outcome for s in worker.served] == ["done", "done"]  # no piece taken over from itself, none lost
+    assert [s.outcome for s in worker[0].served] == [
+        "done",
+        "done",
+    ]  # no piece taken over from itself, none lost
+    after: dict[int, tuple[int, dict[bytes, int]]] = {}  # steps -> the first reading after that step
+    before: dict[int, dict[bytes, int]] = {}  # steps -> the last reading before the next step
+    for steps, now, refreshed in readings:
+        after.setdefault(steps, (now, refreshed))
+        before[steps] = refreshed
+    # A job live through a step, and still pending before the next: refreshed since that step (1 ms: Redis's
+    # clock in a script and TIME may differ by that much).
+    checked = [
+        (steps, entry, at >= after[steps][0] - 1)
+        for steps, refreshed in before.items()
+        if steps > 0
+        for entry, at in refreshed.items()
+        if entry in after[steps][1]
+    ]
+    late = [(steps, entry) for steps, entry, fresh in checked if not fresh]
+    assert len(checked) > 100 and not late, f"{len(late)} of {len(checked)} claims not refreshed after a step"
 
 
 def test_a_pacing_worker_holds_a_piece_ahead_of_its_time_and_keeps_its_tokens(client, composer):

@@ -12,6 +12,12 @@ Every minute the bot's process is sampled: RSS (and its embedded Redis's), threa
 from `/metrics`, the asyncio tasks on its loop and the engine's underruns; pieces are the "now playing" lines
 it printed, replies the lines `POST /api/chat` answered. Threads, fds and tasks are the least of three probes a
 fifth of a second apart, so a request in flight is not mistaken for a leak; what leaks stays in all three.
+Two pools are counted apart, because their size follows the load, not the hours: the HTTP connections the
+bench's own client keeps alive to the bot (each an fd and an aiohttp handler task in the bot; when the bot
+answers slowly the client opens more and keeps them while it reuses them), and the bot's connections to its
+Redis (redis-py's pool, capped at bot.state.store.POOL_SIZE). A slow minute can step both up once; the leak
+check is on what is left (fds less both pools, tasks less the HTTP connections), and the Redis pool must stay
+under its cap, so a connection that is never given back still fails the run.
 
 The verdict: underruns over the whole run, the memory slope (least squares over the samples after the warm-up,
 in MB per 10 minutes), and tasks, threads and fds at the end minus at the end of the warm-up; tracebacks in the
@@ -42,6 +48,10 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from bot.state.store import POOL_SIZE
+
+REDIS_CAP = POOL_SIZE  # one channel, one store, one pool: the bot's only unix sockets
+
 HERE = Path(__file__).resolve().parents[1]
 START_LIMIT = 180.0  # seconds the bot may take to answer /healthz
 # Used when the bot's own !styles / !instruments replies cannot be read.
@@ -63,6 +73,10 @@ class Sample:
     lines: int
     replies: int
     votes: int
+    own_fds: int = 0  # fds less the two pools (below)
+    own_tasks: int = 0  # tasks less the HTTP connections' handler tasks
+    clients: int = 0  # HTTP connections the bench's client holds open to the bot
+    redis_conns: int = 0  # the bot's connections to its Redis
 
 
 @dataclass
@@ -95,6 +109,7 @@ class Bot:
         self.recording = work / "concert.flac" if record else None
         if self.recording:
             command += ["--record", str(self.recording)]
+        self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = Log(work / "bot.log")
         self.proc = subprocess.Popen(
@@ -275,40 +290,61 @@ class Overlay:
             await asyncio.sleep(every)
 
 
-async def probe(bot: Bot, http: aiohttp.ClientSession) -> tuple[int, int, int, int]:
-    """(threads, fds, tasks, underruns): the least of three probes for the first three."""
-    threads, fds, tasks, underruns = [], [], [], 0
+async def probe(bot: Bot, http: aiohttp.ClientSession) -> dict[str, int]:
+    """Threads, fds, tasks and both pools, each the least of three probes, and the underruns."""
+    seen: dict[str, list[int]] = {k: [] for k in ("threads", "fds", "tasks", "own_fds", "own_tasks")}
+    seen |= {"clients": [], "redis_conns": []}
+    underruns = 0
     for i in range(3):
         if i:
             await asyncio.sleep(0.2)
-        threads.append(bot.ps.num_threads())
-        fds.append(bot.ps.num_fds())
         async with http.get(f"{bot.url}/metrics") as r:
             text = await r.text()
         count = metric(text, "concertbot_asyncio_tasks")
         if count is None:
             raise RuntimeError("/metrics has no concertbot_asyncio_tasks gauge")
-        tasks.append(int(count))
+        fds = bot.ps.num_fds()
+        clients = sum(
+            c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == bot.port
+            for c in bot.ps.net_connections("tcp")
+        )
+        redis_conns = len(bot.ps.net_connections("unix"))  # the embedded Redis is the bot's only unix socket
+        for k, v in (
+            ("threads", bot.ps.num_threads()),
+            ("fds", fds),
+            ("tasks", int(count)),
+            ("own_fds", fds - clients - redis_conns),
+            ("own_tasks", int(count) - clients),
+            ("clients", clients),
+            ("redis_conns", redis_conns),
+        ):
+            seen[k].append(v)
         underruns = int(metric(text, "concertbot_underruns_total") or 0)
-    return min(threads), min(fds), min(tasks), underruns
+    least = {k: min(v) for k, v in seen.items()}
+    least["redis_conns"] = max(seen["redis_conns"])  # the cap is checked on the most seen
+    return least | {"underruns": underruns}
 
 
 async def sample(bot: Bot, http: aiohttp.ClientSession, chat: Chat, minute: float) -> Sample:
-    threads, fds, tasks, underruns = await probe(bot, http)
+    p = await probe(bot, http)
     async with http.get(f"{bot.url}/metrics") as r:
         votes = int(metric(await r.text(), "concertbot_votes_total") or 0)
     return Sample(
         minute=round(minute, 2),
         rss_mb=round(bot.ps.memory_info().rss / 2**20, 1),
         redis_mb=round(bot.redis_mb(), 1),
-        threads=threads,
-        fds=fds,
-        tasks=tasks,
-        underruns=underruns,
+        threads=p["threads"],
+        fds=p["fds"],
+        tasks=p["tasks"],
+        underruns=p["underruns"],
         pieces=bot.log.pieces,
         lines=chat.lines,
         replies=chat.replies,
         votes=votes,
+        own_fds=p["own_fds"],
+        own_tasks=p["own_tasks"],
+        clients=p["clients"],
+        redis_conns=p["redis_conns"],
     )
 
 
@@ -348,7 +384,9 @@ async def soak(bot: Bot, args: argparse.Namespace) -> tuple[list[Sample], Chat, 
                 s = samples[-1]
                 console.print(
                     f"minute {s.minute:5.1f}: {s.rss_mb} MB, {s.threads} threads, {s.fds} fds, "
-                    f"{s.tasks} tasks, {s.underruns} underruns, {s.pieces} pieces, {s.replies} replies"
+                    f"{s.tasks} tasks ({s.own_fds} fds, {s.own_tasks} tasks less {s.clients} HTTP and "
+                    f"{s.redis_conns} Redis connections), {s.underruns} underruns, {s.pieces} pieces, "
+                    f"{s.replies} replies"
                 )
             await talking
         finally:
@@ -372,13 +410,17 @@ def verdict(samples: list[Sample], log: Log, exit_code: int, args: argparse.Name
     warm = [s for s in samples if s.minute >= args.warmup - 1e-6] or samples[-1:]
     base, end = warm[0], samples[-1]
     mb_per_10 = 10 * slope([s.minute for s in warm], [s.rss_mb for s in warm])
-    leaks = {k: getattr(end, k) - getattr(base, k) for k in ("tasks", "threads", "fds")}
+    leaks = {k: getattr(end, k) - getattr(base, k) for k in ("own_tasks", "threads", "own_fds")}
+    raw = {k: getattr(end, k) - getattr(base, k) for k in ("tasks", "fds", "clients", "redis_conns")}
+    most_redis = max(s.redis_conns for s in samples)
     problems = []
     if end.underruns:
         problems.append(f"{end.underruns} underruns")
     if mb_per_10 > args.max_slope:
         problems.append(f"memory grows {mb_per_10:+.2f} MB per 10 min (limit {args.max_slope})")
     problems += [f"{n} {k} more than at minute {base.minute:g}" for k, n in leaks.items() if n > args.max_leak]
+    if most_redis > REDIS_CAP:
+        problems.append(f"{most_redis} connections to Redis (its pool holds {POOL_SIZE})")
     if log.tracebacks:
         problems.append(f"{log.tracebacks} tracebacks in the log")
     if exit_code != 0:
@@ -392,6 +434,8 @@ def verdict(samples: list[Sample], log: Log, exit_code: int, args: argparse.Name
         "memory_mb_per_10_min": round(mb_per_10, 2),
         "warmup_minute": base.minute,
         "leaked": leaks,
+        "raw_end_minus_warmup": raw,
+        "most_redis_connections": most_redis,
         "tracebacks": log.tracebacks,
         "errors_logged": log.errors,
         "warnings_logged": log.warnings,
@@ -401,12 +445,15 @@ def verdict(samples: list[Sample], log: Log, exit_code: int, args: argparse.Name
 
 def table(samples: list[Sample]) -> Table:
     t = Table(title="soak: the bot process, sampled each minute")
-    for name in ("minute", "RSS MB", "Redis MB", "threads", "fds", "tasks", "underruns", "pieces"):
+    for name in ("minute", "RSS MB", "Redis MB", "threads", "fds", "tasks", "own fds", "own tasks"):
+        t.add_column(name, justify="right")
+    for name in ("HTTP conns", "Redis conns", "underruns", "pieces"):
         t.add_column(name, justify="right")
     for name in ("lines", "replies"):
         t.add_column(name, justify="right")
     for s in samples:
-        row = (s.rss_mb, s.redis_mb, s.threads, s.fds, s.tasks, s.underruns, s.pieces, s.lines, s.replies)
+        row: tuple[float, ...] = (s.rss_mb, s.redis_mb, s.threads, s.fds, s.tasks, s.own_fds, s.own_tasks)
+        row += (s.clients, s.redis_conns, s.underruns, s.pieces, s.lines, s.replies)
         t.add_row(f"{s.minute:.1f}", *map(str, row))
     return t
 

@@ -286,7 +286,7 @@ async def _web(
     from aiohttp import web
 
     from bot.chat.journal import JournalCollector
-    from bot.web.server import REGISTRY, make_app
+    from bot.web.server import HTTP_LOG, REGISTRY, make_app
 
     c = concert.settings.concert
     view = LiveConcertView(concert)
@@ -302,7 +302,7 @@ async def _web(
         clock=concert.conductor.clock,
     )
     app[REGISTRY].register(JournalCollector(concert.commands.journal))
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, logger=HTTP_LOG)  # a request aiohttp cannot parse: one line, no traceback
     await runner.setup()
     await web.SockSite(runner, listener).start()
     log.info("overlay: http://%s:%d/overlay  (add ?audio=1 to carry the sound)", c.http_host, c.http_port)

@@ -1,20 +1,23 @@
 """Hostile input through the real paths: fuzzed chat lines through the command parser and handlers of a running
 concert (real Redis, real conductor and engine), and bad HTTP requests against its real aiohttp app.
 
-Seeded, so a failure replays: CONCERTBOT_FUZZ_SEED picks the seed, CONCERTBOT_FUZZ_LINES how many chat lines
-(100,000 by default; more for a longer hunt).
+Seeded, so a failure replays: CONCERTBOT_FUZZ_SEED picks the seed, CONCERTBOT_FUZZ_LINES how many chat lines and
+CONCERTBOT_FUZZ_REQUESTS how many HTTP requests (100,000 each by default; more for a longer hunt).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -32,6 +35,10 @@ pytestmark = [
 
 SEED = int(os.environ.get("CONCERTBOT_FUZZ_SEED", "14"))
 LINES = int(os.environ.get("CONCERTBOT_FUZZ_LINES", "100000"))
+REQUESTS = int(os.environ.get("CONCERTBOT_FUZZ_REQUESTS", "100000"))
+# No cooldowns, so that requests reach the queue and its limits; no voteskip that could win, so that one piece
+# plays throughout (composing the next would only slow the fuzz down).
+QUICK: dict[str, Any] = {"viewer_cooldown_seconds": 0.0, "global_cooldown_seconds": 0.0, "voteskip_min": 10**9}
 AT_ONCE = 32  # lines handled concurrently, as Twitch, the web chat box and redemptions arrive together
 
 NAMES = [
@@ -176,10 +183,7 @@ async def test_fuzzed_chat_lines_get_short_plain_replies_and_leave_no_stray_key(
 ) -> None:
     caplog.set_level(logging.WARNING)
     rng = random.Random(SEED)
-    # No cooldowns, so that requests reach the queue and its limits; no voteskip that could win, so that one
-    # piece plays throughout (composing the next would only slow the fuzz down).
-    quick = {"viewer_cooldown_seconds": 0.0, "global_cooldown_seconds": 0.0, "voteskip_min": 10**9}
-    async with running_concert(tmp_path, **quick) as concert:
+    async with running_concert(tmp_path, **QUICK) as concert:
         await playing(concert)
         queue = SendQueue(max_len=10, max_age=None, limits=(10**9, 10**9))
         lines = list(hostile_lines(rng, LINES))
@@ -304,6 +308,274 @@ async def test_bad_http_requests_get_a_4xx_never_a_500(
                         len(r) <= MAX_CHARS and "\n" not in r for r in (await response.json())["replies"]
                     )
             # And a good line still works after all that.
+            line = {"user": "ada", "text": "!queue"}
+            async with http.post(base + "/api/chat", json=line) as response:
+                assert response.status == 200 and "in the queue" in (await response.json())["replies"][0]
+    problems = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not problems, [r.getMessage() for r in problems[:5]]
+
+
+ADMIN = "fuzz-admin-token"  # the server's real token; never sent, so no request acts as the broadcaster
+JSON = "application/json"
+CONTENT_TYPES = [
+    JSON,
+    JSON,
+    JSON,
+    "application/json; charset=utf-8",
+    "application/json; charset=bogus",
+    "application/json; charset=utf-16",
+    "application/json; charset=latin-1",
+    "application/json; charset=\xff",
+    "application/json; x=\xff",
+    "APPLICATION/JSON",
+    "application/json;;;",
+    "text/plain",
+    "text/html",
+    "multipart/form-data; boundary=x",
+    "application/x-www-form-urlencoded",
+    "",
+    "*/*",
+    "\xff\xfe",
+]
+HOSTS = ["127.0.0.1", "localhost", "[::1]", "attacker.example", "127.0.0.1.nip.io", "", "\xff", "a" * 300]
+ORIGINS = ["null", "http://attacker.example", "http://127.0.0.1", "file://", "\xff\xfe", "http://localhost:1"]
+AUTHORIZATIONS = [
+    "Bearer wrong",
+    "Bearer ",
+    "Bearer",
+    "bearer " + ADMIN[:-1],
+    "Bearer " + ADMIN + "x",
+    "Basic " + "x" * 40,
+    "Bearer \xff\xfe",
+    "\xff",
+    "Bearer " + "x" * 4000,
+    "Token " + ADMIN,
+]
+GET_PATHS = [
+    "/api/now",
+    "/api/queue",
+    "/api/leaderboard",
+    "/api/pieces/{seed}",
+    "/p/{seed}",
+    "/p/{seed}.mid",
+    "/p/{seed}.wav",
+    "/p/{seed}.json",
+    "/top",
+    "/overlay",
+    "/",
+    "/chat",
+    "/healthz",
+    "/ws",
+    "/static/{word}",
+    "/static/../{word}",
+    "/api/{word}",
+    "/{word}",
+]
+QUERY_KEYS = ["period", "n", "panels", "audio", "seed", "user", "", "period[]", "\xff"]
+QUERY_VALUES = [
+    "stream",
+    "week",
+    "all",
+    "bogus",
+    "",
+    "0",
+    "-1",
+    "101",
+    "1e9",
+    "9" * 40,
+    "%ff",
+    "%00",
+    "now,queue",
+    "roll,roll,roll",
+    "١٢",
+    "%E2%92%90",
+    "x" * 3000,
+    "1",
+    "true",
+]
+SEEDS = [
+    "1",
+    "0",
+    "-1",
+    "9" * 19,
+    "9" * 40,
+    "%E2%92%90",
+    "%F0%9F%8E%BB",
+    "1.5",
+    "0x10",
+    "%00",
+    "..",
+    "1%2F2",
+    "",
+    " ",
+]
+
+
+def _json_body(rng: random.Random, text: str) -> bytes:
+    """A `{"user", "text"}` body, or something near one."""
+    roll = rng.random()
+    user = rng.choice(LOGINS) + str(rng.randrange(100))
+    if roll < 0.5:
+        return json.dumps({"user": user, "text": text}, ensure_ascii=rng.random() < 0.5).encode(
+            "utf-8", "surrogatepass"
+        )
+    if roll < 0.6:  # wrong types and shapes
+        return json.dumps(
+            rng.choice(
+                [
+                    {"user": 5, "text": []},
+                    {"text": text},
+                    {"user": user},
+                    [user, text],
+                    None,
+                    {"user": user, "text": text, "extra": {"a": [1] * 50}},
+                    "text",
+                    1e308,
+                    {"user": {"$ne": 1}, "text": True},
+                ]
+            )
+        ).encode()
+    if roll < 0.7:  # bytes that are not UTF-8 inside the JSON
+        return b'{"user": "%s", "text": "%s"}' % (
+            user.encode("utf-8", "replace"),
+            bytes(rng.randrange(128, 256) for _ in range(rng.randrange(1, 30))),
+        )
+    if roll < 0.8:  # nested deep, in the text or as the whole body
+        depth = rng.choice([10, 100, 1000, 5000, 50_000])
+        deep = b"[" * depth + b"]" * depth if rng.random() < 0.8 else b'{"a":' * depth + b"1" + b"}" * depth
+        return deep if rng.random() < 0.5 else b'{"user": "a", "text": ' + deep + b"}"
+    if roll < 0.9:  # cut short, padded, or other JSON oddities
+        good = json.dumps({"user": user, "text": text}).encode("utf-8", "surrogatepass")
+        return rng.choice(
+            [
+                good[: rng.randrange(len(good))],
+                good + b"}" * 3,
+                b"\xef\xbb\xbf" + good,
+                b"NaN",
+                b"Infinity",
+                b"null",
+                b"",
+                b" " * 1000,
+                b"1" * 10_000,
+                good.replace(b'"', b"'"),
+            ]
+        )
+    return bytes(rng.randrange(256) for _ in range(rng.choice([1, 10, 200, 3000])))
+
+
+def _query(rng: random.Random) -> str:
+    pairs = [
+        f"{rng.choice(QUERY_KEYS)}={rng.choice(QUERY_VALUES)}" for _ in range(rng.choice([0, 1, 1, 2, 4, 30]))
+    ]
+    return "?" + "&".join(pairs) if pairs else rng.choice(["", "?", "?&&", "?=="])
+
+
+def hostile_requests(rng: random.Random, n: int) -> Iterator[tuple[str, str, dict[str, str], bytes]]:
+    """`n` requests (method, path with query, headers, body): local chat lines that are hostile, malformed or
+    misaddressed, the other endpoints with odd paths, queries, methods and bodies."""
+    texts = (msg.text for msg in hostile_lines(rng, 10**12))
+    for _ in range(n):
+        headers: dict[str, str] = {}
+        roll = rng.random()
+        if roll < 0.55:
+            method, path = "POST", "/api/chat"
+            body = _json_body(rng, next(texts)[: rng.choice([50, 500, 501, 5000])])
+            headers["Content-Type"] = rng.choice(CONTENT_TYPES)
+        elif roll < 0.65:
+            method, path = "POST", f"/api/{rng.choice(['skip', 'pause', 'resume', 'clear', 'chat'])}"
+            body = rng.choice([b"", b"\x00" * 100, b"{}", b'{"user":"a","text":"!skip"}'])
+        elif roll < 0.95:
+            method = "GET" if rng.random() < 0.9 else rng.choice(["HEAD", "OPTIONS"])
+            path = rng.choice(GET_PATHS).format(seed=rng.choice(SEEDS), word=rng.choice(WORDS[:40]).strip())
+            path = (path + _query(rng))[
+                :8000
+            ]  # longer lines are aiohttp's parser's to refuse (one raw one below)
+            body = b""
+        else:
+            method = rng.choice(["PUT", "DELETE", "PATCH", "POST", "TRACE", "PROPFIND"])
+            path = rng.choice(GET_PATHS).format(seed=rng.choice(SEEDS), word="x")
+            body = rng.choice([b"", b"x" * 100])
+        if rng.random() < 0.15:
+            headers["Authorization"] = rng.choice(AUTHORIZATIONS)
+        if rng.random() < 0.1:
+            headers["Host"] = rng.choice(HOSTS)
+        if rng.random() < 0.1:
+            headers["Origin"] = rng.choice(ORIGINS)
+        if rng.random() < 0.05:
+            headers[
+                rng.choice(["Cookie", "X-Forwarded-For", "Accept", "Accept-Charset", "Range", "Upgrade"])
+            ] = "".join(c for c in rng.choice(WORDS) if c >= " " and c != "\x7f") or "x"  # none can split it
+        if rng.random() < 0.002:
+            body = b" " * 1_100_000  # past the body limit
+        yield method, path, headers, body
+
+
+IN_FLIGHT = 8  # requests sent at once, each worker on its own keep-alive connection
+
+
+def _check_answer(request: tuple[str, str, dict[str, str], bytes], status: int, kind: str, text: str) -> None:
+    """A 2xx or 4xx, JSON under /api/, and nothing that reads like a crash."""
+    method, path, headers, body = request
+    where = (method, path[:120], headers, body[:60], status, text[:200])
+    assert 200 <= status < 300 or 400 <= status < 500, where
+    assert "Traceback" not in text and "Error handling request" not in text, where
+    if path.startswith("/api/") and method != "HEAD":
+        assert kind == JSON, where
+        answer = json.loads(text)
+        if status >= 400:
+            assert isinstance(answer["error"], str) and len(answer["error"]) < 200, where
+        elif path == "/api/chat":
+            assert all(0 < len(r) <= MAX_CHARS and "\n" not in r for r in answer["replies"]), where
+    elif status >= 400 and text:  # aiohttp's static files answer a missing one with an empty 404
+        assert kind in (JSON, "text/plain", "text/html") and len(text) < 5000, where
+
+
+@pytest.mark.timeout(1800)
+async def test_100000_hostile_http_requests_get_a_2xx_or_4xx_and_leave_no_stray_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    rng = random.Random(SEED)
+    port = free_port()
+    settings: dict[str, Any] = {"http_port": port, "http_host": "127.0.0.1", "admin_token": ADMIN, **QUICK}
+    async with running_concert(tmp_path, **settings) as concert:
+        await playing(concert)
+        base = f"http://127.0.0.1:{port}"
+        requests = hostile_requests(rng, REQUESTS)
+        statuses: Counter[int] = Counter()
+        started = time.perf_counter()
+
+        async def worker() -> None:
+            connector = aiohttp.TCPConnector(limit=1)  # one keep-alive connection, reused request after request
+            async with aiohttp.ClientSession(connector=connector, skip_auto_headers=["Content-Type"]) as http:
+                for request in requests:  # one iterator shared by all workers: each request is sent once
+                    method, path, headers, body = request
+                    async with http.request(
+                        method, base + path, headers=headers, data=body or None, allow_redirects=False
+                    ) as response:
+                        text = await response.text(errors="replace")
+                        statuses[response.status] += 1
+                        _check_answer(request, response.status, response.content_type, text)
+
+        await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
+        took = time.perf_counter() - started
+        rate = REQUESTS / took
+        print(f"http fuzz: {REQUESTS} requests in {took:.1f} s ({rate:.0f}/s): {sorted(statuses.items())}")
+        assert statuses.total() == REQUESTS
+        assert statuses[200] > REQUESTS // 10 and statuses[400] > REQUESTS // 10  # the bodies reached a handler
+
+        namespace = concert.store.keys.namespace
+        keys = await namespace_keys(namespace)
+        assert any(k.endswith(":state") for k in keys)
+        assert not stray_keys(namespace, keys)
+        # A request line past aiohttp's limit is refused by its parser, before any handler: a 400, and in the
+        # log one line, not a traceback (`bot.web.server.ClientErrorsInOneLine`).
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /api/now?x=" + b"x" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert (await reader.readline()).split()[1] == b"400"
+        writer.close()
+        assert concert.conductor.current is not None
+        async with aiohttp.ClientSession() as http:
             line = {"user": "ada", "text": "!queue"}
             async with http.post(base + "/api/chat", json=line) as response:
                 assert response.status == 200 and "in the queue" in (await response.json())["replies"][0]

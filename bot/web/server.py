@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -169,6 +170,24 @@ async def security_headers(_: web.Request, response: web.StreamResponse) -> None
         response.headers.setdefault("Content-Security-Policy", CSP)
 
 
+class ClientErrorsInOneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (a URL or header past its limits, a malformed line) at ERROR with
+    a traceback, though it answers it with a 400: the client's fault, so one INFO line, or anyone could fill the
+    log with tracebacks. Set on the logger that `web.AppRunner(app, logger=HTTP_LOG)` hands its handlers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            record.msg, record.args = "%s: %d %s", (record.getMessage(), exc.code, exc.message[:200])
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+HTTP_LOG = logging.getLogger("bot.web.http")
+HTTP_LOG.addFilter(ClientErrorsInOneLine())
+
+
 def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
@@ -246,7 +265,11 @@ async def api_chat(request: web.Request) -> web.Response:
     if request.content_type != "application/json":
         return json_error(400, "send the line as JSON (Content-Type: application/json)")
     try:
-        line = parse_chat(parse_json_body(await request.read(), request.charset))
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # aiohttp's own answer is text/plain; the API's are JSON
+        return json_error(413, f"send at most {request.client_max_size} bytes")
+    try:
+        line = parse_chat(parse_json_body(body, request.charset))
     except WebInputError as exc:
         return json_error(400, str(exc))
     replies = await request.app[VIEW].chat(line.user, line.text, privileged=authorized(request))

@@ -81,6 +81,9 @@ class Plan:
     # One chord per span (generator.harmony.span_steps: half a 4/4 bar, else a bar) as harmony states above
     # the tonic; empty for a model without keys or a card without learnt harmony.
     chords: tuple[int, ...] = ()
+    # The share of its time a part of the style's real pieces spends silent between its notes (the card's
+    # rhythm "rests": a chorale's 6 %, a quartet's 21 %), which the critic holds a bar's parts to; None: none.
+    rests: float | None = None
 
     @property
     def span(self) -> int:
@@ -139,6 +142,7 @@ class Plan:
             tuple(Section(**s) for s in data["sections"]),
             tuple(Phrase(**p) for p in data["phrases"]),
             tuple(int(c) for c in data.get("chords") or ()),
+            None if data.get("rests") is None else float(data["rests"]),
         )
 
 
@@ -195,12 +199,13 @@ def draw_plan(
     phrases[-1] = replace(final, cadence=0)  # a piece ends on its tonic
     if profile.get("echo"):  # its own draws: a card without echoes keeps every seed's plan as it was
         phrases = _echoes(phrases, sections, float(profile["echo"]), np.random.default_rng([seed, 0x6563686F]))
-    plan = Plan(bar, bars, tuple(sections), tuple(phrases))
+    rests = (profile.get("rhythm") or {}).get("rests")
+    plan = Plan(bar, bars, tuple(sections), tuple(phrases), rests=None if rests is None else float(rests))
     if minor is None or not profile.get("harmony"):
         return plan
     # Its own draws: a card that learns harmony keeps every seed's form as it was.
     chords = _chords(plan, profile["harmony"], minor, np.random.default_rng([seed, 0x63686F72]))
-    return Plan(bar, bars, plan.sections, plan.phrases, tuple(chords))
+    return replace(plan, chords=tuple(chords))
 
 
 def _echoes(

@@ -425,6 +425,13 @@ def refollow(old: PlanFollower, new: PlanFollower) -> PlanFollower:
     new.struck_at, new.struck = old.struck_at, set(old.struck)
     new.sounding = list(old.sounding)
     new.melody = dict(old.melody)
+    # The tallies of what the piece has sounded so far (strong-beat clashes, chordal onsets, melodic intervals)
+    # go on too: started again, the clash and chord targets and the interval pull would steer the rest of the
+    # piece as though it had just begun.
+    new.strong, new.heard = old.strong, old.heard
+    if len(new.moves) == len(old.moves):
+        new.moves = old.moves
+    new.came_from = {p: pitch for p, pitch in old.came_from.items() if p in new.programs}
     return new
 
 

@@ -95,3 +95,25 @@ def test_a_single_line_gets_no_interval_steer() -> None:
     follow.on_note(0, 60, 8, 40)
     follow.on_note(8, 62, 8, 40)
     assert not bool(follow.pitch_bias(torch.zeros(SIZE), 40, 16).any())
+
+
+def test_a_steer_s_new_follower_goes_on_from_the_tallies_of_the_notes_so_far() -> None:
+    from generator.steer import refollow
+
+    stepping = follower()
+    for i, pitch in enumerate([60, 62, 64, 62, 60, 62, 64, 62, 60, 62, 64]):
+        stepping.on_note(8 * i, pitch, 8, 40)
+    time = 8 * 11
+    after = refollow(stepping, follower())  # a steer (here the same instruments) builds the follower anew
+    assert (after.moves, after.came_from, after.heard, after.strong) == (
+        stepping.moves,
+        stepping.came_from,
+        stepping.heard,
+        stepping.strong,
+    )
+    # The pull goes on as before the steer, not as at the piece's first note.
+    for interval in (-7, -2, 2, 7):
+        assert np.isclose(pull(after, 40, time, interval), pull(stepping, 40, time, interval), atol=1e-6)
+    # A voice the steer took away leaves no melody behind, and the bins stay those of the new follower's style.
+    alone = refollow(stepping, follower((42,)))
+    assert 40 not in alone.came_from and len(alone.moves) == len(follower((42,)).moves)

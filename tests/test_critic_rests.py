@@ -47,10 +47,10 @@ def test_a_note_held_into_the_bar_counts_as_sounding_and_a_late_entry_is_not_a_r
     # A cello that has not played yet and enters on beat 3 is counted from its entry, not as silent before.
     entering = _bar([(0, 72, 32, VIOLIN), (0, 64, 32, VIOLA), (16, 48, 16, CELLO)])
     assert critic.score(SETUP, critic.context([], 0, 32), entering, 0).measures["rests"] == 1.0
-    # A style whose pieces rest as much as this bar does is not held to less.
-    loose = replace(SETUP, plan=replace(CHORALE, rests=0.25))
+    # A style whose parts rest often (a quartet's 21 %) is not judged: there it cost more than it gave.
+    loose = replace(SETUP, plan=replace(CHORALE, rests=0.21))
     before = critic.context(_chorale_bar(0, (72, 74, 76, 77)), 32, 32)
-    assert critic.score(loose, before, _chorale_bar(32, (79, 0, 0, 74)), 32).measures["rests"] == 1.0
+    assert "rests" not in critic.score(loose, before, _chorale_bar(32, (79, 0, 0, 74)), 32).measures
     # A plan without the style's share (an older card, a record written before it) judges nothing.
     unknown = replace(SETUP, plan=replace(CHORALE, rests=None))
     assert "rests" not in critic.score(unknown, before, _chorale_bar(32, (79, 0, 0, 74)), 32).measures

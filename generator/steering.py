@@ -346,12 +346,19 @@ class PlanFollower:
 
     def duration_mask(self, mask: torch.Tensor, time: int) -> torch.Tensor:
         """Notes end by the next cadence (or return); a cadence's notes last a beat or more, up to the phrase's
-        end, the final chord a bar."""
+        end; the final chord's a bar or so, to the piece's end, every voice letting go with the first."""
         vt = self.vt
         if time in self.cadence_root:
             if time == self.final:
-                low = min(self.plan.bar, 4 * STEPS_PER_BEAT)
-                narrowed = mask & (vt.duration_of >= max(STEPS_PER_BEAT, low))
+                # With no ceiling the model held a final note for bars past the end (an Irish tune's last note
+                # over the next piece; seen: a Bach contrabass 7 beats on alone after the others stopped).
+                low = max(STEPS_PER_BEAT, min(self.plan.bar, 4 * STEPS_PER_BEAT))
+                high = max(low, self.plan.end() - time)
+                narrowed = mask & (vt.duration_of >= low) & (vt.duration_of <= high)
+                struck = self.struck if self.struck_at == time else set()
+                held = [self.ends[p] - time for p in struck if p in self.ends]
+                together = narrowed & (vt.duration_of == max(held)) if held else narrowed
+                narrowed = together if bool(together.any()) else narrowed
             else:
                 room = self.next_boundary(time) - time  # held to the phrase's end at most
                 narrowed = mask & (vt.duration_of >= STEPS_PER_BEAT) & (vt.duration_of <= room)

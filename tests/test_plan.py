@@ -205,3 +205,22 @@ def test_a_long_piece_plays_a_tune_three_times_then_a_new_one():
     returns_of_first = [s for s in plan.sections if s.label in first_tune and s.returns is not None]
     # Each strain: played twice in each of three passes, so five returns (a repeat, then two more passes).
     assert len(returns_of_first) == strains * 5
+
+
+def test_the_final_chord_lets_go_together_at_the_piece_s_end():
+    # Seed 0 of a Bach quartet with the critic at 2 held its contrabass two bars past the end, five beats after
+    # the other voices had stopped, before the final chord's length had a ceiling and a common release.
+    from dataclasses import replace
+
+    from generator.decode import decode
+    from generator.recipes import make_request
+
+    composer = Composer(load_model())
+    for style, seed in (("bach", 0), ("classical", 2)):
+        request = replace(make_request(composer.loaded, style, seconds=30, seed=seed), critic=2)
+        notes = decode(composer.loaded.vocab, composer.compose(request).tokens)
+        plan = composer.plan(request)
+        last = max(n.start for n in notes)
+        final = [n for n in notes if n.start == last]
+        assert len(final) >= 2 and len({n.end() for n in final}) == 1, (style, [n.end() for n in final])
+        assert max(n.end() for n in notes) <= plan.end(), style

@@ -173,8 +173,7 @@ class LiveConcertView:
                     rank,
                     entry.seed,
                     entry.votes,
-                    record.recipe.style if record else "?",
-                    tuple(record.recipe.instruments) if record else (),
+                    record.recipe if record else None,
                     (record.requester or None) if record else None,
                 )
             )

@@ -185,7 +185,7 @@ class FakeConcert:
         for rank, (seed, count) in enumerate(ranked[:n], start=1):
             piece = self.pieces[seed]
             recipe = piece.recipe
-            board.append(BoardView(rank, seed, count, recipe.style, recipe.instruments, piece.requester))
+            board.append(BoardView(rank, seed, count, recipe, piece.requester))
         return board
 
     async def piece(self, seed: int) -> PieceView | None:

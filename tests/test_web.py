@@ -30,11 +30,11 @@ from tones import RATE, writing
 
 from bot.concert_view import metre, plan_summary
 from bot.web import overlay as overlay_module
-from bot.web.data import parse_panels, parse_seed, seeds_as_text
+from bot.web.data import board_json, parse_panels, parse_seed, seeds_as_text
 from bot.web.overlay import OUTBOX, PAUSE_AFTER, OverlayClient, OverlayHub, PlayClock
-from bot.web.pages import form_line
+from bot.web.pages import form_line, top_body
 from bot.web.server import make_app
-from bot.web.view import LiveNote, NowView
+from bot.web.view import BoardView, LiveNote, NowView
 from generator.plan import Phrase, Plan, Section, draw_plan
 from generator.sampling import PieceRequest
 from synth.http_audio import AudioBroadcast
@@ -273,6 +273,20 @@ async def test_now_and_piece_json_spread_the_recipe_among_their_own_fields() -> 
     recipe = {"seed": 4242, "style": "irish", "instruments": ["flute", "harp"], "tempo": 112, "seconds": 80}
     assert {name: now[name] for name in recipe} == recipe == {name: piece[name] for name in recipe}
     assert (piece["temperature"], piece["top_p"], piece["key"]) == (1.0, 0.95, "D")
+
+
+BOARD_FIELDS = {"rank", "seed", "votes", "style", "instruments", "requester", "url"}
+
+
+def test_a_board_row_holds_its_piece_s_recipe_and_the_json_keeps_its_flat_fields() -> None:
+    recipe = PieceRequest(seed=77, style="irish", instruments=("flute", "harp"), tempo=112.0, seconds=30.0)
+    kept, gone = BoardView(1, 77, 3, recipe, "ann"), BoardView(2, 78, 1, None, None)
+    rows = board_json([gone, kept])
+    assert [set(row) for row in rows] == [BOARD_FIELDS, BOARD_FIELDS]
+    assert (rows[0]["style"], rows[0]["instruments"], rows[0]["votes"]) == ("irish", ["flute", "harp"], 3)
+    assert (rows[1]["style"], rows[1]["instruments"], rows[1]["requester"]) == ("?", [], None)
+    page = top_body("all", [kept, gone])
+    assert "irish" in page and "flute" in page and "?" in page
 
 
 # Pages

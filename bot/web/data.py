@@ -170,9 +170,17 @@ def queue_json(queue: list[QueueView]) -> list[dict[str, Any]]:
     return [_plain(entry) for entry in sorted(queue, key=lambda entry: entry.position)]
 
 
+BOARD_RECIPE = ("style", "instruments")
+GONE = {"style": "?", "instruments": []}  # a voted seed whose piece the store no longer holds
+
+
 def board_json(board: list[BoardView]) -> list[dict[str, Any]]:
     """Leaderboard rows, best first, each with its piece's address."""
-    return [{**_plain(row), "url": f"/p/{row.seed}"} for row in sorted(board, key=lambda row: row.rank)]
+    rows = sorted(board, key=lambda row: row.rank)
+    return [
+        {**(GONE if row.recipe is None else {}), **_plain(row, BOARD_RECIPE), "url": f"/p/{row.seed}"}
+        for row in rows
+    ]
 
 
 def piece_json(piece: PieceView) -> dict[str, Any]:
@@ -225,5 +233,5 @@ def _plain(view: Any, shown: tuple[str, ...] = ()) -> dict[str, Any]:
     fields = asdict(view)
     if "recipe" in fields:
         recipe = fields.pop("recipe")
-        fields = {name: recipe[name] for name in shown} | fields
+        fields = ({name: recipe[name] for name in shown} if recipe is not None else {}) | fields
     return {key: list(item) if isinstance(item, tuple) else item for key, item in fields.items()}

@@ -171,7 +171,8 @@ def top_body(period: str, board: list[BoardView]) -> str:
     )
     rows = "\n".join(
         f"""<tr><td class="rank">{row.rank}</td><td class="num">{row.votes}</td>
-<td><a href="/p/{row.seed}">{html.escape(row.style)}</a></td><td>{_names(row.instruments)}</td>
+<td><a href="/p/{row.seed}">{html.escape(row.recipe.style if row.recipe else "?")}</a></td>
+<td>{_names(row.recipe.instruments if row.recipe else ())}</td>
 <td>{_who(row.requester)}</td><td class="seed">{row.seed}</td></tr>"""
         for row in board
     )

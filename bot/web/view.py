@@ -53,8 +53,7 @@ class BoardView:
     rank: int
     seed: int
     votes: int
-    style: str
-    instruments: tuple[str, ...]
+    recipe: PieceRequest | None  # as stored with the piece; None for a voted seed whose piece is gone
     requester: str | None
 
 

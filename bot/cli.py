@@ -630,6 +630,7 @@ _FORM_COLUMNS = [
     ("smallest instrument share (real)", _form_figure("smallest_instrument_share", ".0%")),
     ("most notes at once (real)", _form_figure("most_simultaneous", ".0f")),
     ("self-overlap (real)", _form_figure("self_overlap_share", ".0%")),
+    ("outer parts apart, semitones (real)", _form_figure("outer_span", ".0f")),
     ("chord roots by 4ths/5ths (real)", _form_figure("fifth_moves", ".0%")),
     ("chords in the key (real)", _form_figure("diatonic_share", ".0%")),
     ("chord changes a bar (real)", _form_figure("chord_changes_per_bar", ".1f")),

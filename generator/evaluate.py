@@ -95,6 +95,8 @@ class StyleReport:
     most_simultaneous_real: float
     self_overlap_share: float
     self_overlap_share_real: float
+    outer_span: float
+    outer_span_real: float
     fifth_moves: float
     fifth_moves_real: float
     diatonic_share: float
@@ -226,6 +228,7 @@ class PieceForm:
     smallest_instrument_share: float
     most_simultaneous: int
     self_overlap_share: float  # nan: no note followed by another of its program
+    outer_span: float  # nan: one part
     harmony: form_metrics.Harmony
     strong_beat_clashes: float  # nan: no strong beat sounds two pitch classes
 
@@ -254,6 +257,7 @@ def piece_form(
         smallest_instrument_share=form_metrics.smallest_instrument_share(texture, programs),
         most_simultaneous=form_metrics.most_simultaneous(texture),
         self_overlap_share=form_metrics.self_overlap_share(texture),
+        outer_span=form_metrics.outer_span(texture),
         harmony=form_metrics.harmony_of(texture, bar, pickup, tonic, minor),
         strong_beat_clashes=form_metrics.strong_beat_clash_share(texture, bar, pickup, tritone),
     )
@@ -283,6 +287,7 @@ def form_summary(forms: list[PieceForm]) -> dict[str, float]:
         "smallest_instrument_share": _nanmean(f.smallest_instrument_share for f in forms),
         "most_simultaneous": max((f.most_simultaneous for f in forms), default=0),
         "self_overlap_share": _nanmean(f.self_overlap_share for f in forms),
+        "outer_span": _nanmean(f.outer_span for f in forms),
         "fifth_moves": _nanmean(f.harmony.fifth_moves for f in forms),
         "diatonic_share": _nanmean(f.harmony.diatonic for f in forms),
         "chord_changes_per_bar": _nanmean(f.harmony.changes_per_bar for f in forms),

@@ -354,6 +354,15 @@ def most_simultaneous(notes: np.ndarray) -> int:
     return int(sounding.max(initial=0))
 
 
+def outer_span(notes: np.ndarray) -> float:
+    """Semitones between where the highest-lying part sings and where the lowest does (each program's median
+    pitch); nan for fewer than two pitched programs. Parts huddled in one register read low: a four-part
+    chorale or motet opening spans 15-20, a quartet's about 20."""
+    notes = _pitched(_checked(notes))
+    medians = [float(np.median(notes[notes[:, PROGRAM] == p, PITCH])) for p in np.unique(notes[:, PROGRAM])]
+    return max(medians) - min(medians) if len(medians) >= 2 else float("nan")
+
+
 def self_overlap_share(notes: np.ndarray) -> float:
     """Share of notes still sounding when their program's next onset comes; nan when no note has a next one.
 

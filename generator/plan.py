@@ -47,6 +47,7 @@ REPEAT_MATCH = 0.85  # share of a passage's (onset, pitch) pairs that must come 
 MIN_REPEAT_NOTES = 6
 ECHO_PHRASE_BARS = 4  # a phrase this long or longer may open as the phrase before it did (its first half)
 SINGLE_LINE_OVERLAP = 0.05  # an instrument whose notes overlap its own next note less often plays one line
+MIN_TESSITURA_NOTES = 200  # fewer notes of an instrument in a style say too little about where it sings
 _MINOR_KEY = "m"
 
 
@@ -342,7 +343,8 @@ def learn_form(
     and "rhythm" (how often its parts rest and its lines step, generator.rhythm.learn_rhythm), "echo" (the
     share of its strains whose second phrase opens as the first, `_echo_counts`) and "clashes" (the share of
     its strong beats that clash, form_metrics.strong_beat_clash_counts; with `tritone`, the style hears a
-    tritone over the bass as a clash, and "clash_tritone" says so).
+    tritone over the bass as a clash, and "clash_tritone" says so) and "tessitura" (per program, the
+    quartiles of its pitches: where each part sings, `_tessitura`).
     """
     bars: Counter[int] = Counter()
     forms: Counter[tuple[int, tuple[tuple[int, bool], ...]]] = Counter()  # (bar, sections) -> pieces
@@ -357,6 +359,7 @@ def learn_form(
     lines: list[np.ndarray] = []  # for its rhythm
     echoes = [0, 0]  # phrase pairs in new music, and those whose second opens as the first
     strong = [0, 0]  # strong beats sounding two pitch classes or more, and those that clash
+    heights: dict[int, list[np.ndarray]] = {}  # program -> its pitches, piece by piece
     for row, notes in zip(rows, notes_of, strict=True):
         pitched = notes[notes[:, 3] >= 0]
         if len(pitched) == 0:
@@ -369,6 +372,8 @@ def learn_form(
             keyed.append((pitched, bar, pickup, tonic, minor))
         textures.append((notes, bar, pickup))
         lines.append(pitched)
+        for program in np.unique(pitched[:, 3]):
+            heights.setdefault(int(program), []).append(pitched[pitched[:, 3] == program, 1])
         pcs["minor" if minor else "major"] += np.bincount((pitched[:, 1] - tonic) % 12, minlength=12)
         intervals += metrics.interval_counts(pitched, MAX_INTERVAL)
         sections = [(s // TICKS_PER_STEP, e // TICKS_PER_STEP, r) for s, e, r in row.get("sections") or []]
@@ -429,8 +434,19 @@ def learn_form(
         "chordal": density.chordal_share(textures),
         "rhythm": rhythm.learn_rhythm(lines),
         "echo": round(echoes[1] / echoes[0], 5) if echoes[0] else 0.0,
+        "tessitura": _tessitura(heights),
         **({"clashes": round(strong[1] / strong[0], 5), "clash_tritone": tritone} if strong[0] else {}),
     }
+
+
+def _tessitura(heights: dict[int, list[np.ndarray]]) -> dict[str, list[float]]:
+    """Per program (as a string), the quartiles of the pitches it plays in the style: where its part sings."""
+    out = {}
+    for program, found in sorted(heights.items()):
+        played = np.concatenate(found)
+        if len(played) >= MIN_TESSITURA_NOTES:
+            out[str(program)] = [round(float(q), 2) for q in np.percentile(played, [25, 50, 75])]
+    return out
 
 
 def written_repeats(

@@ -432,6 +432,7 @@ def refollow(old: PlanFollower, new: PlanFollower) -> PlanFollower:
     if len(new.moves) == len(old.moves):
         new.moves = old.moves
     new.came_from = {p: pitch for p, pitch in old.came_from.items() if p in new.programs}
+    new.height = {p: h for p, h in old.height.items() if p in new.median}
     return new
 
 

@@ -15,6 +15,7 @@ from generator.form_metrics import (
     key_kept,
     leap_share,
     most_simultaneous,
+    outer_span,
     recurrence,
     self_overlap_share,
     smallest_instrument_share,
@@ -319,6 +320,14 @@ def test_most_simultaneous_counts_held_notes_but_not_touching_ones():
     assert most_simultaneous(notes) == 4
     assert most_simultaneous(melody(C_MAJOR)) == 1  # each note ends as the next begins
     assert most_simultaneous(notes_array([])) == 0
+
+
+def test_outer_span_is_how_far_apart_the_highest_and_lowest_parts_sing():
+    duet = np.concatenate([melody([72, 74, 76, 79], FLUTE), melody([48, 50, 55], CELLO)])
+    assert outer_span(duet) == 25.0  # the flute's median 75 over the cello's 50
+    with_drums = np.concatenate([duet, melody([35, 38], DRUMS)])
+    assert outer_span(with_drums) == 25.0  # a drum's pitch is a kit piece, not a register
+    assert np.isnan(outer_span(melody(C_MAJOR)))
 
 
 def test_self_overlap_counts_notes_held_into_their_own_program_s_next_onset():

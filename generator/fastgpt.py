@@ -140,6 +140,10 @@ class FastGPT2:
         ]
         self.ln_f = (weights["transformer.ln_f.weight"].detach(), weights["transformer.ln_f.bias"].detach())
         self.lm_head = weights.get("lm_head.weight", self.wte).detach()
+        # The output layer as a [C, V] product's right side, laid out in memory as such: MKL multiplies by a
+        # transposed view another way as the rows grow (18 of 21 rows differed from their batch-1 bits on one
+        # thread), and a row's bits would then depend on the batch after all.
+        self.head = self.lm_head.T.contiguous()
         device, dtype = self.wte.device, self.wte.dtype
         cache_shape = (len(self.blocks), self.n_head, self.context, self.head_dim)
         self.keys = torch.zeros(cache_shape, device=device, dtype=dtype)
@@ -176,7 +180,7 @@ class FastGPT2:
         x = self.wte[torch.tensor(ids, device=self.wte.device)] + self.wpe[positions]  # [n, C]
         for layer, (g1, b1, wa, ba, wp, bp, g2, b2, wf, bf, wo, bo) in enumerate(self.blocks):
             h = F.layer_norm(x, (self.n_embd,), g1, b1, self.eps)
-            q, k, v = torch.addmm(ba, h, wa).split(self.n_embd, dim=1)  # [n, C] each
+            q, k, v = _rows_addmm(ba, h, wa).split(self.n_embd, dim=1)  # [n, C] each
             q = q.view(n, self.n_head, self.head_dim).transpose(0, 1)  # [H, n, D]
             self.keys[layer, :, start : start + n] = k.view(n, self.n_head, self.head_dim).transpose(0, 1)
             self.values[layer, :, start : start + n] = v.view(n, self.n_head, self.head_dim).transpose(0, 1)
@@ -189,12 +193,12 @@ class FastGPT2:
                 # Queries at positions start..start+n-1 see every cached key up to their own position.
                 mask = torch.ones(n, start + n, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            x = x + torch.addmm(bp, y.transpose(0, 1).reshape(n, self.n_embd), wp)
+            x = x + _rows_addmm(bp, y.transpose(0, 1).reshape(n, self.n_embd), wp)
             h = F.layer_norm(x, (self.n_embd,), g2, b2, self.eps)
-            x = x + torch.addmm(bo, F.gelu(torch.addmm(bf, h, wf), approximate="tanh"), wo)
+            x = x + _rows_addmm(bo, F.gelu(_rows_addmm(bf, h, wf), approximate="tanh"), wo)
         self.length = start + n
-        last = F.layer_norm(x[-1], (self.n_embd,), *self.ln_f, self.eps)
-        return self.lm_head @ last
+        last = F.layer_norm(x[-1:], (self.n_embd,), *self.ln_f, self.eps)  # [1, C]
+        return _rows_addmm(None, last, self.head)[0]
 
 
 class CachePool:
@@ -244,12 +248,11 @@ def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
     """Append one token to each of several cached sequences in one pass; their logits [B, vocab].
 
     Row i's logits are bit for bit what `rows[i].forward([ids[i]])` gives, so a piece's notes do not depend on
-    what else is in the batch. That rules out the obvious batched kernels: a [B, C] @ [C, N] product is not
-    computed as B [1, C] @ [C, N] ones (MKL takes a matrix-vector path at one row, and its sums run in another
-    order), nor is a [B, C] @ [C, V] output layer as B matrix-vector products. A batch of B one-row products
-    (`baddbmm`, `bmm` over the weight expanded, not copied) is, and still reads each weight once per layer
-    for the whole batch instead of once per sequence (tests/test_batch.py checks the bits). Attention is
-    `_PoolAttention`'s: each row's scores its own product, the rest for a pool's rows at once.
+    what else is in the batch: every linear layer is one product of at least MIN_ROWS rows on both paths
+    (`_rows_addmm`), which gives a row the same bits whatever rows come with it (tests/test_batch.py checks
+    them). Attention is each row's own, over its own cache: padded to a common length and run for many rows at
+    once, a row's softmax and its product with the values came out in other bits on an AVX-512 machine (25 and
+    83 of 176 lengths), though not on the machine where that was first measured.
 
     Args:
         rows: decoders over the same weights (`FastGPT2.fork`), each with its own cache; at least one.
@@ -263,30 +266,19 @@ def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
             raise ValueError(f"sequence of {start + 1} tokens exceeds the context of {row.context}")
     device = first.wte.device
     x = first.wte[torch.tensor(ids, device=device)] + first.wpe[torch.tensor(starts, device=device)]  # [B, C]
-    # Rows whose caches share a pool attend together; the others (forks of their own, a pool's few), one by one.
-    members: dict[int, tuple[CachePool, list[int]]] = {}  # pool -> (pool, its rows)
-    for i, row in enumerate(rows):
-        if row.pool is not None:
-            members.setdefault(id(row.pool[0]), (row.pool[0], []))[1].append(i)
-    together = [(pool, at) for pool, at in members.values() if len(at) >= _POOLED_FROM]
-    pools = [_PoolAttention(pool, rows, starts, at) for pool, at in together]
-    pooled = {i for _, at in together for i in at}
-    lone = [i for i in range(n) if i not in pooled]
     scale = math.sqrt(dim)
     y = torch.empty(n, heads, 1, dim, device=device, dtype=x.dtype)  # each row's attention output
-    # A lone row's cache up to and with its new token, keys as [layer, H, D, T], taken once per step.
+    # Each row's cache up to and with its new token, keys as [layer, H, D, T], taken once per step.
     seen = [
-        (i, rows[i].keys[:, :, : starts[i] + 1].transpose(2, 3), rows[i].values[:, :, : starts[i] + 1])
-        for i in lone
+        (row.keys[:, :, : start + 1].transpose(2, 3), row.values[:, :, : start + 1])
+        for row, start in zip(rows, starts, strict=True)
     ]
     for layer, (g1, b1, wa, ba, wp, bp, g2, b2, wf, bf, wo, bo) in enumerate(first.blocks):
         h = F.layer_norm(x, (c,), g1, b1, first.eps)
         qkv = _rows_addmm(ba, h, wa)  # [B, 3C]
         q, k, v = (part.view(n, heads, dim) for part in qkv.split(c, dim=1))  # [B, H, D] each
         queries = q.unsqueeze(2).unbind(0)  # B of [H, 1, D]
-        for pool in pools:
-            pool.attend(layer, queries, k, v, y)
-        for i, keys, values in seen:
+        for i, (keys, values) in enumerate(seen):
             rows[i].keys[layer, :, starts[i]] = k[i]
             rows[i].values[layer, :, starts[i]] = v[i]
             att = torch.softmax(queries[i] @ keys[layer] / scale, dim=-1)  # [H, 1, T]
@@ -297,89 +289,25 @@ def forward_rows(rows: Sequence[FastGPT2], ids: Sequence[int]) -> torch.Tensor:
     for row, start in zip(rows, starts, strict=True):
         row.length = start + 1
     last = F.layer_norm(x, (c,), *first.ln_f, first.eps)  # [B, C]
-    # lm_head @ last, one matrix-vector product per row, as a batch of [1, C] @ [C, V] products.
-    return torch.bmm(last.unsqueeze(1), first.lm_head.T.expand(n, c, -1)).squeeze(1)
+    return _rows_addmm(None, last, first.head)  # [B, V], each row batch-1's
 
 
-# A pool's rows attend together from this many on: below, the step's set-up (its index tensors, the padded
-# buffer) costs more than the ops it saves (forward_rows pooled against one by one, all rows in one pool:
-# 0.85x as fast at 2 rows, 0.95x at 4, 1.13x at 8; a micro-benchmark at load 12-25).
-_POOLED_FROM = 6
-# Below this many positions a row's softmax runs on its own: the CPU kernel sums a row in vector lanes (8
-# floats with AVX2, 16 with AVX-512), and a row shorter than one vector is summed another way, so padding it
-# would change its bits.
-_PADDED_SOFTMAX_FROM = 16
+MIN_ROWS = 8  # a product of this many rows or more gives each row the same bits (`_rows_addmm`)
 
 
-class _PoolAttention:
-    """One step's attention for the rows whose caches share a pool, with batch-1's bits per row.
+def _rows_addmm(bias: torch.Tensor | None, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """bias + x @ weight for x [B, K]: [B, N], each row's bits the same whatever the other rows are.
 
-    Batch-1 attends over exactly its T positions: softmax(q @ keys^T / sqrt(D)) [H, 1, T], then @ values. MKL
-    splits a matrix-vector product's work by its length, so a row's scores padded to another length come out in
-    other bits: each row's scores stay its own `bmm`. Gathered into one [slots, H, 1, T_max] buffer (one
-    scatter), the softmax and the product with the values then run once for the pool, padded: a position past a
-    row's T scores -inf, so the softmax kernel's vector lanes add exact zeros for it (the same sums, from 16
-    positions on), and its cached value is weighed by an exact zero (tests/test_batch_pools.py checks the bits).
-    A row costs one op a layer instead of four, and three more a step.
-
-    Args:
-        pool: the caches' pool.
-        rows: the batch's decoders; `members` index those in `pool`.
-        starts: each row's cached length before this step's token.
+    MKL computes a product of fewer than MIN_ROWS rows another way (a matrix-vector product at one row, other
+    blockings up to seven), so a row's sums run in an order that depends on how many rows came with it. From
+    MIN_ROWS rows on they do not: a row's bits depend on neither the number of rows nor its place among them
+    (the model's shapes on an AVX-512 Xeon, 1 and 2 threads: 0 of 144 rows differ at 8-200 rows, 20 of 72 at
+    1-7; 0 of 300 on an earlier machine). So every product, batch-1's included, runs with at least MIN_ROWS
+    rows, zero rows padding it. (One B-row product per layer also costs less than B one-row products: 0.25 ms
+    against 1.33 ms at B = 64.)
     """
-
-    def __init__(
-        self, pool: CachePool, rows: Sequence[FastGPT2], starts: list[int], members: list[int]
-    ) -> None:
-        device, heads = pool.keys.device, pool.keys.shape[2]
-        slots = [pool_slot[1] for pool_slot in (rows[i].pool for i in members) if pool_slot is not None]
-        lengths = [starts[i] + 1 for i in members]
-        low, high, wide = min(slots), max(slots) + 1, max(lengths)  # slots go lowest first: few idle between
-        self.pool, self.span = pool, slice(low, high)
-        self.members = members
-        self.index = torch.tensor(members, device=device)
-        self.slots = torch.tensor(slots, device=device)
-        self.at = torch.tensor([starts[i] for i in members], device=device)
-        self.rows = self.slots - low  # each member's place in the buffer
-        self.keys = [
-            rows[i].keys[:, :, :n].transpose(2, 3).unbind(0) for i, n in zip(members, lengths, strict=True)
-        ]
-        # The rows' scores side by side [H, 1, sum of T] go to [(row * H + h) * T_max + t] of the buffer.
-        length = torch.tensor(lengths, device=device)
-        begins = torch.repeat_interleave(self.rows * heads * wide - (length.cumsum(0) - length), length)
-        spots = begins + torch.arange(int(length.sum()), device=device)
-        self.into = (spots[None, :] + (torch.arange(heads, device=device) * wide)[:, None]).view(-1)
-        length_of = torch.full((high - low,), wide, device=device)  # an idle slot's scores stay 0: finite
-        length_of[self.rows] = length
-        past = torch.arange(wide, device=device) >= length_of[:, None]  # [slots, T_max]
-        self.scores = pool.keys.new_zeros(high - low, heads, 1, wide).masked_fill_(
-            past[:, None, None], -math.inf
-        )
-        self.short = [
-            (r, n) for r, n in zip(self.rows.tolist(), lengths, strict=True) if n < _PADDED_SOFTMAX_FROM
-        ]
-
-    def attend(
-        self, layer: int, queries: Sequence[torch.Tensor], k: torch.Tensor, v: torch.Tensor, y: torch.Tensor
-    ) -> None:
-        """The members' new keys and values [B, H, D] into the pool, their outputs [H, 1, D] into y."""
-        pool = self.pool
-        pool.keys[layer, self.slots, :, self.at] = k[self.index]
-        pool.values[layer, self.slots, :, self.at] = v[self.index]
-        scores = torch.cat(
-            [torch.bmm(queries[i], keys[layer]) for i, keys in zip(self.members, self.keys, strict=True)], 2
-        )
-        self.scores.view(-1)[self.into] = scores.div_(math.sqrt(k.shape[2])).view(-1)
-        att = torch.softmax(self.scores, dim=-1)
-        for r, n in self.short:
-            att[r, :, :, :n] = torch.softmax(self.scores[r, :, :, :n], dim=-1)
-        span, heads, _, wide = att.shape
-        values = pool.values[layer, self.span].view(span * heads, -1, k.shape[2])[:, :wide]  # [slots * H, T, D]
-        y[self.index] = torch.bmm(att.view(span * heads, 1, wide), values).view(span, heads, 1, -1)[self.rows]
-
-
-def _rows_addmm(bias: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """bias + x @ weight for x [B, K], computed as B one-row `addmm`s are: [B, N]."""
     n = x.shape[0]
-    out = torch.baddbmm(bias.expand(n, 1, -1), x.unsqueeze(1), weight.expand(n, *weight.shape))
-    return out.squeeze(1)
+    if n < MIN_ROWS:
+        x = torch.cat([x, x.new_zeros(MIN_ROWS - n, x.shape[1])])
+    out = torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
+    return out[:n]

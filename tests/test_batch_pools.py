@@ -1,4 +1,4 @@
-"""Attention over a pool's rows at once (generator.fastgpt._PoolAttention) keeps batch-1's bits and notes."""
+"""Rows whose caches live in pools (generator.fastgpt.CachePool) keep batch-1's bits and notes."""
 
 from __future__ import annotations
 

@@ -571,6 +571,7 @@ def eval_cmd(
         ("held-out loss", lambda v: "-" if v["valid_loss"] is None else f"{v['valid_loss']:.3f}"),
         ("pitch-class JS (real)", pair("pitch_class_js", ".3f")),
         ("interval JS (real)", pair("interval_js", ".3f")),
+        ("note-length JS (real)", pair("length_js", ".3f")),
         ("notes/s (real)", pair("notes_per_second", ".1f")),
         ("degenerate", lambda v: f"{v['degenerate_share']:.0%}"),
         ("on instruments", lambda v: f"{v['on_instruments_share']:.0%}"),

@@ -52,6 +52,8 @@ class StyleReport:
     pitch_class_js_real: float
     interval_js: float
     interval_js_real: float
+    length_js: float  # note lengths (metrics.length_histogram): the rhythm a style's lines move in
+    length_js_real: float
     notes_per_second: float
     notes_per_second_real: float
     degenerate_share: float
@@ -395,6 +397,7 @@ def evaluate(
 
         pc = _distances(metrics.pitch_class_histogram, made, real_train, real_valid)
         iv = _distances(metrics.interval_histogram, made, real_train, real_valid)
+        ln = _distances(metrics.length_histogram, made, real_train, real_valid)
         kf = _distances(metrics.key_free_pitch_class_histogram, made, real_train, real_valid)
         card_loss = loaded.card.get("valid_per_style", {}).get(style, {}).get("loss")
         made_guesses = guesses([n for n, _ in made])
@@ -410,6 +413,8 @@ def evaluate(
                 pitch_class_js_real=pc[1],
                 interval_js=iv[0],
                 interval_js_real=iv[1],
+                length_js=ln[0],
+                length_js_real=ln[1],
                 notes_per_second=float(np.mean([metrics.notes_per_second(n, t) for n, t in made])),
                 notes_per_second_real=float(np.mean([metrics.notes_per_second(n, t) for n, t in real_valid])),
                 degenerate_share=float(np.mean([metrics.loop_report(n).degenerate for n, _ in made])),

@@ -94,6 +94,26 @@ def interval_counts(notes: np.ndarray, max_interval: int = MAX_INTERVAL) -> np.n
     return counts
 
 
+LENGTH_BINS = 14  # note lengths in half-octave bins: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96 steps, longer
+
+
+def length_bin(steps: np.ndarray) -> np.ndarray:
+    """Each length's bin (`LENGTH_BINS`): a half-octave apart, so a dotted note has a bin of its own."""
+    bins: np.ndarray = np.clip(np.floor(2 * np.log2(np.maximum(steps, 1))).astype(np.int64), 0, LENGTH_BINS - 1)
+    return bins
+
+
+def length_counts(notes: np.ndarray) -> np.ndarray:
+    """How many pitched notes last each length (`length_bin`): the rhythm a line's durations make."""
+    notes = _pitched(_checked(notes))
+    return np.bincount(length_bin(notes[:, DURATION]), minlength=LENGTH_BINS).astype(np.float64)
+
+
+def length_histogram(notes: np.ndarray) -> np.ndarray:
+    """Share of pitched notes in each length bin; all zeros without notes."""
+    return _normalised(length_counts(notes))
+
+
 def js_distance(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon distance between two histograms, in [0, 1] (base-2 logarithms).
 

@@ -344,7 +344,8 @@ def learn_form(
     share of its strains whose second phrase opens as the first, `_echo_counts`) and "clashes" (the share of
     its strong beats that clash, form_metrics.strong_beat_clash_counts; with `tritone`, the style hears a
     tritone over the bass as a clash, and "clash_tritone" says so) and "tessitura" (per program, the
-    quartiles of its pitches: where each part sings, `_tessitura`).
+    quartiles of its pitches: where each part sings, `_tessitura`) and "lengths" (shares of its notes' lengths,
+    metrics.length_histogram's bins).
     """
     bars: Counter[int] = Counter()
     forms: Counter[tuple[int, tuple[tuple[int, bool], ...]]] = Counter()  # (bar, sections) -> pieces
@@ -353,6 +354,7 @@ def learn_form(
     mode_cadences: dict[str, Counter[int]] = {"major": Counter(), "minor": Counter()}
     pcs = {"major": np.zeros(12), "minor": np.zeros(12)}
     intervals = np.zeros(2 * MAX_INTERVAL + 1)
+    lengths = np.zeros(metrics.LENGTH_BINS)
     overlaps: dict[int, list[int]] = {}
     keyed: list[tuple[np.ndarray, int, int, int, bool]] = []  # for the style's harmony
     textures: list[tuple[np.ndarray, int, int]] = []  # for its instruments' density limits
@@ -376,6 +378,7 @@ def learn_form(
             heights.setdefault(int(program), []).append(pitched[pitched[:, 3] == program, 1])
         pcs["minor" if minor else "major"] += np.bincount((pitched[:, 1] - tonic) % 12, minlength=12)
         intervals += metrics.interval_counts(pitched, MAX_INTERVAL)
+        lengths += metrics.length_counts(pitched)
         sections = [(s // TICKS_PER_STEP, e // TICKS_PER_STEP, r) for s, e, r in row.get("sections") or []]
         end = int((pitched[:, 0] + pitched[:, 2]).max())
         if not sections:
@@ -427,6 +430,7 @@ def learn_form(
         "mode_cadences": {mode: _common(c) for mode, c in mode_cadences.items() if c},
         "pitch_classes": {mode: [round(float(x), 5) for x in v / max(1.0, v.sum())] for mode, v in pcs.items()},
         "intervals": [round(float(x), 5) for x in intervals / max(1.0, intervals.sum())],
+        "lengths": [round(float(x), 5) for x in lengths / max(1.0, lengths.sum())],
         "single_line": sorted(p for p, (over, total) in overlaps.items() if over < SINGLE_LINE_OVERLAP * total),
         "programs": sorted(overlaps),
         "harmony": harmony.learn_harmony(keyed),

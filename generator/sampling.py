@@ -423,6 +423,7 @@ class Composer:
                 mask = mask & leading
         if follow is not None and state.phase == AFTER_PITCH:
             mask = follow.duration_mask(mask, time)
+            scores = follow.duration_bias(scores)
         scores = scores.masked_fill(~mask, float("-inf"))
         if guard.penalized and state.phase == AFTER_PROGRAM:
             penalty = self.memo(

@@ -433,6 +433,8 @@ def refollow(old: PlanFollower, new: PlanFollower) -> PlanFollower:
         new.moves = old.moves
     new.came_from = {p: pitch for p, pitch in old.came_from.items() if p in new.programs}
     new.height = {p: h for p, h in old.height.items() if p in new.median}
+    if len(new.lengths) == len(old.lengths):
+        new.lengths = old.lengths
     return new
 
 

@@ -18,6 +18,7 @@ piece. What it asks of each token:
 - An instrument that plays one line in the style (a chorale voice, a wind part) plays one note at a time.
 - An instrument left behind (under half its fair share of the notes) is favoured until it catches up.
 - Each part leans back to the register its style's part sings in when its recent notes drift off it.
+- Note lengths lean to the style's as far as the piece's lengths so far are off them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from generator import metrics
 from generator.form_metrics import CHORDS, clashes, is_strong_beat
 from generator.harmony import chord_pitch_classes
 from generator.instruments import BY_PROGRAM
@@ -79,6 +81,19 @@ CLASH_PENALTY = 3.0
 # of the pitch logits, HEIGHT_GAIN per semitone for each semitone the part's recent mean (HEIGHT_RATE: about
 # its last 8 notes, from its first) lies off the median, at most HEIGHT_CAP: nothing while a part sings where
 # its style's part does. The first note is the model's own.
+# A note's length leans to the style's share of that length as far as the piece's lengths so far are off it
+# (LENGTH_GAIN times the log of the style's share over the piece's, the piece's shrunk towards the style's by
+# LENGTH_PRIOR notes, at most LENGTH_CAP logits either way), as the interval pull does for intervals. Left
+# alone the model smoothed each style's rhythm towards its commonest length: Irish tunes played 2 % of their
+# notes as sixteenths against 20 % in real tunes and 76 % as eighths against 59 %; Scottish airs the other way,
+# 39 % sixteenths against 15 % (6 pieces of 30 s, critic 2, against the held-out pieces' openings).
+LENGTH_GAIN = 1.0
+LENGTH_PRIOR = 10.0
+LENGTH_CAP = 2.0
+LENGTH_FLOOR = 0.001
+# A length rarer than this in the style is only ever pulled down: a piece that has not played it yet would
+# otherwise be pulled towards it as towards any length it owes (Irish tunes took to one-step notes, 3 %).
+LENGTH_RARE = 0.01
 HEIGHT_RATE = 1 / 8
 HEIGHT_GAIN = 0.05
 HEIGHT_CAP = 0.4
@@ -188,6 +203,14 @@ class PlanFollower:
         # The bass: the instrument whose range lies lowest; it takes the cadence chord's root.
         ranged = [p for p in self.programs if p in BY_PROGRAM and p >= 0]
         self.bass = min(ranged, key=lambda p: (BY_PROGRAM[p].low + BY_PROGRAM[p].high, p), default=None)
+        # The style's shares of note lengths (metrics.length_bin), and the piece's lengths so far.
+        self.length_shares: np.ndarray | None = None
+        if profile.get("lengths"):
+            shares = np.maximum(np.asarray(profile["lengths"], dtype=np.float64), LENGTH_FLOOR)
+            self.length_shares = shares / shares.sum()
+        self.lengths: tuple[int, ...] = (0,) * (0 if self.length_shares is None else len(self.length_shares))
+        lengths = torch.tensor(metrics.length_bin(vt.duration_of.numpy()))
+        self.length_of = torch.where(vt.duration_of > 0, lengths, torch.full_like(lengths, -1))
         # Where each part sings in the style (its median pitch), and where its recent notes sit: an average
         # that starts at the part's first note and follows each note it plays.
         # Only where parts share the texture: a single line's register is its tune's, and leaning it to the
@@ -380,6 +403,20 @@ class PlanFollower:
             pitches = ()
         return onset, pitches, judged, clashing
 
+    def duration_bias(self, scores: torch.Tensor) -> torch.Tensor:
+        """The pull of each Duration token towards the style's note lengths, as far as the piece is off them."""
+        if self.length_shares is None:
+            return scores
+        return scores + self.memo(("lengths", self.lengths), self._length_bias)
+
+    def _length_bias(self) -> torch.Tensor:
+        shares = self.length_shares
+        assert shares is not None
+        heard = (np.asarray(self.lengths) + LENGTH_PRIOR * shares) / (sum(self.lengths) + LENGTH_PRIOR)
+        pull = np.clip(LENGTH_GAIN * np.log(shares / heard), -LENGTH_CAP, LENGTH_CAP)
+        table = torch.tensor(np.where(shares < LENGTH_RARE, np.minimum(pull, 0.0), pull), dtype=torch.float32)
+        return torch.where(self.length_of >= 0, table[self.length_of.clamp(min=0)], torch.zeros(()))
+
     def duration_mask(self, mask: torch.Tensor, time: int) -> torch.Tensor:
         """Notes end by the next cadence (or return); a cadence's notes last a beat or more, up to the phrase's
         end; the final chord's a bar or so, to the piece's end, every voice letting go with the first."""
@@ -421,6 +458,10 @@ class PlanFollower:
             self._tally(program, start, pitch)
         onset, top = self.melody.get(program, (-1, -1))
         self.melody[program] = (start, max(top, pitch) if onset == start else pitch)
+        if self.length_shares is not None and program >= 0:
+            tally = list(self.lengths)
+            tally[int(metrics.length_bin(np.array([duration]))[0])] += 1
+            self.lengths = tuple(tally)
         if program in self.median:
             height = self.height.get(program, float(pitch))
             self.height[program] = height + HEIGHT_RATE * (pitch - height)

@@ -103,12 +103,15 @@ def test_each_instrument_s_quartiles_are_learnt_from_the_style_s_pieces():
 
 @pytest.mark.timeout(300)
 def test_a_motet_s_parts_sing_nearer_where_the_card_says_its_style_s_parts_sing():
-    """The real model and sampler: Palestrina's four default parts, with the shipped card's form plus a
-    tessitura that spreads them (the bassoon, its bass, an octave and more under the choir), against the same
-    form without one: every part's mean pitch comes nearer its median, by a third of the distance in all."""
+    """The real model and sampler: Palestrina's four default parts, with the shipped card's form (but for its
+    note lengths) plus a tessitura that spreads them (the bassoon, its bass, an octave and more under the
+    choir), against the same form without one: every part's mean pitch comes nearer its median, by a third of
+    the distance in all."""
     loaded = load_model(None)
     form = loaded.card["style_defaults"]["palestrina"]["form"]
-    plain = {k: v for k, v in form.items() if k != "tessitura"}
+    # The lean alone: the note-length pull moves parts' notes too, and over two pieces a part may then land
+    # further from its median by chance.
+    plain = {k: v for k, v in form.items() if k not in ("tessitura", "lengths")}
     medians = {52: 67.0, 60: 62.0, 57: 57.0, 70: 50.0}
     spread = {**plain, "tessitura": {str(p): [m - 3.0, m, m + 3.0] for p, m in medians.items()}}
 

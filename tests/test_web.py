@@ -386,6 +386,16 @@ async def test_unknown_addresses_are_404_in_the_right_format() -> None:
             assert r.status == 405 and "POST" in r.headers["Allow"]
         async with http.get(f"{url}/healthz") as r:
             assert r.status == 200 and await r.text() == "ok"
+        # A missing static file gets the same page, not an empty octet-stream; the real ones are served.
+        for path in ("/static/nope.js", "/static/..%2Fserver.py", "/static/sub/overlay.js"):
+            async with http.get(f"{url}{path}") as r:
+                assert r.status == 404 and r.content_type == "text/html", path
+                assert "Not found" in await r.text()
+        async with http.get(f"{url}/static/overlay.js") as r:
+            assert r.status == 200 and r.content_type == "application/javascript"
+            assert "overlay" in await r.text()
+        async with http.head(f"{url}/static/pages.css") as r:
+            assert r.status == 200 and r.content_type == "text/css"
 
 
 # Steering

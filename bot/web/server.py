@@ -115,11 +115,29 @@ def make_app(
         app.router.add_post("/api/chat", api_chat)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
-    app.router.add_static("/static/", STATIC)
+    add_static_routes(app)
     if broadcast is not None:
         add_audio_routes(app, broadcast)
         app[REGISTRY].register(BroadcastCollector(broadcast))
     return app
+
+
+def add_static_routes(app: web.Application) -> None:
+    """`/static/<name>` for the files shipped in bot/web/static, and the readable 404 for any other name.
+
+    aiohttp's own static route answers a missing file with an empty application/octet-stream 404, decided
+    only as the response is sent, past any middleware; and these files are a fixed few, so a lookup of the
+    name is all the routing they need (no path, so no traversal either).
+    """
+    files = {path.name: path for path in STATIC.iterdir() if path.is_file()}
+
+    async def static(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    app.router.add_get("/static/{name}", static)
 
 
 # Cross-cutting

@@ -81,6 +81,10 @@ CLASH_PENALTY = 3.0
 # of the pitch logits, HEIGHT_GAIN per semitone for each semitone the part's recent mean (HEIGHT_RATE: about
 # its last 8 notes, from its first) lies off the median, at most HEIGHT_CAP: nothing while a part sings where
 # its style's part does. The first note is the model's own.
+HEIGHT_RATE = 1 / 8
+HEIGHT_GAIN = 0.05
+HEIGHT_CAP = 0.4
+HEIGHT_STEP = 0.05  # tilts are rounded to this, so that a tilt's bias is built once, not every note
 # A note's length leans to the style's share of that length as far as the piece's lengths so far are off it
 # (LENGTH_GAIN times the log of the style's share over the piece's, the piece's shrunk towards the style's by
 # LENGTH_PRIOR notes, at most LENGTH_CAP logits either way), as the interval pull does for intervals. Left
@@ -94,10 +98,6 @@ LENGTH_FLOOR = 0.001
 # A length rarer than this in the style is only ever pulled down: a piece that has not played it yet would
 # otherwise be pulled towards it as towards any length it owes (Irish tunes took to one-step notes, 3 %).
 LENGTH_RARE = 0.01
-HEIGHT_RATE = 1 / 8
-HEIGHT_GAIN = 0.05
-HEIGHT_CAP = 0.4
-HEIGHT_STEP = 0.05  # tilts are rounded to this, so that a tilt's bias is built once, not every note
 FAIR_BONUS = 3.5  # logits added to an instrument under half its fair share of the notes
 FAIR_AFTER = 3  # notes per instrument before its share is judged
 SINGLE_LINE_STYLE = 0.75  # a style whose instruments are this often single lines makes any wind or string one

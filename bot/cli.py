@@ -151,26 +151,33 @@ def data_forms(
     ] = None,
     dataset: Annotated[Path | None, typer.Option(help="The data set to learn from.")] = None,
 ) -> None:
-    """Learn each style's forms (metre, sections, phrases, cadences) from the data set into a model's card.
+    """Learn each style's forms (metre, sections, phrases, cadences) and which spare instruments stand for a
+    doubled one (a quartet's second violin) from the data set into a model's card.
 
-    Training does this on its own; this refreshes a model trained before forms were learnt, without retraining.
+    Training does this on its own; this refreshes a model trained before they were learnt, without retraining.
     """
     import json
 
+    from generator.data import read_index
     from generator.model import DEFAULT_MODEL_DIR, load_model
     from generator.plan import learn_forms
+    from generator.recipes import summarize_styles
 
     settings = _settings()
     directory = model or DEFAULT_MODEL_DIR
+    source = dataset or settings.paths.data_dir / "dataset"
     try:
         loaded = load_model(directory)
-        forms = learn_forms(dataset or settings.paths.data_dir / "dataset", loaded.vocab)
+        forms = learn_forms(source, loaded.vocab)
+        summaries = summarize_styles(read_index(source))
     except ConcertbotError as exc:
         raise fail(exc) from None
     card_path = Path(directory) / "card.json"
     card = json.loads(card_path.read_text())
     for style, form in forms.items():
-        card.setdefault("style_defaults", {}).setdefault(style, {})["form"] = form
+        saved = card.setdefault("style_defaults", {}).setdefault(style, {})
+        saved["form"] = form
+        saved["sounds"] = summaries.get(style, {}).get("sounds", {})
     card["forms_from"] = str(dataset or settings.paths.data_dir / "dataset")
     card_path.write_text(json.dumps(card, indent=1))
     table = Table(title=f"forms learnt into {card_path}")
@@ -271,7 +278,7 @@ def _request(
 @app.command("styles")
 def styles_cmd(model: Annotated[Path | None, typer.Option(help="Model directory.")] = None) -> None:
     """List the styles the model can play."""
-    from generator.recipes import style_defaults
+    from generator.recipes import make_request, style_defaults
     from generator.styles import CORPUS_BY_NAME
 
     settings = _settings()
@@ -284,6 +291,7 @@ def styles_cmd(model: Annotated[Path | None, typer.Option(help="Model directory.
         table.add_column(col)
     for style in loaded.vocab.styles:
         instruments, tempo = style_defaults(loaded, style)
+        instruments = make_request(loaded, style, seed=0).heard()  # a quartet's second violin as a violin
         about = CORPUS_BY_NAME[style].description if style in CORPUS_BY_NAME else "from your MIDI folder"
         table.add_row(style, " ".join(instruments), f"{tempo:g}", about)
     console.print(table)
@@ -355,7 +363,8 @@ def compose_cmd(
         with renderer:
             err.print(f"soundfont: {renderer.soundfont.path} ({renderer.soundfont.origin})")
             played = planned(piece.plan, request.tempo, request.programs())
-            messages = list(timed_messages(piece.notes, request.tempo, request.programs(), played))
+            heard = request.sound_programs()
+            messages = list(timed_messages(piece.notes, request.tempo, request.programs(), played, heard))
             # A piece may end on a rest: the file lasts the whole requested length, then the reverb's tail.
             last = messages[-1][0] if messages else 0.0
             tail = max(request.seconds, last) - last + 1.5
@@ -365,9 +374,9 @@ def compose_cmd(
         write_wav(out, audio, settings.synth.sample_rate)
     else:
         played = planned(piece.plan, request.tempo, request.programs())
-        out.write_bytes(midi_bytes(to_midi(piece.notes, request.tempo, played)))
+        out.write_bytes(midi_bytes(to_midi(piece.notes, request.tempo, played, request.sound_programs())))
     err.print(
-        f"{request.style} for {', '.join(request.instruments)} at {request.tempo:g} BPM, seed {request.seed}: "
+        f"{request.style} for {', '.join(request.heard())} at {request.tempo:g} BPM, seed {request.seed}: "
         f"{len(piece.notes)} notes, {len(piece.tokens)} tokens in {took:.1f} s "
         f"({request.seconds / took:.1f}x real time) -> {out}"
     )
@@ -408,7 +417,7 @@ def play_cmd(
     if not as_json:
         err.print(f"soundfont: {session.renderer.soundfont.path} ({session.renderer.soundfont.origin})")
         err.print(
-            f"playing {request.style} for {', '.join(request.instruments)} at {request.tempo:g} BPM, "
+            f"playing {request.style} for {', '.join(request.heard())} at {request.tempo:g} BPM, "
             f"seed {request.seed}, to {', '.join(x.name for x in sinks) or 'no output'}"
         )
     with session:

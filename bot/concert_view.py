@@ -206,7 +206,8 @@ class LiveConcertView:
         if record is None or not record.tokens:
             return None
         performance = self.concert.conductor.performance_of(record)
-        return midi_bytes(to_midi(self._notes(record), record.recipe.tempo, performance))
+        recipe = record.recipe
+        return midi_bytes(to_midi(self._notes(record), recipe.tempo, performance, recipe.sound_programs()))
 
     async def piece_midi_so_far(self, seed: int) -> bytes | None:
         conductor = self.concert.conductor
@@ -215,7 +216,8 @@ class LiveConcertView:
             return None
         # A copy: the generation thread appends to the list while this decodes it.
         notes = decode(conductor.loaded.vocab, list(slot.live.tokens))
-        midi = to_midi(notes, slot.record.recipe.tempo, conductor.performance_of(slot.record))
+        recipe = slot.record.recipe
+        midi = to_midi(notes, recipe.tempo, conductor.performance_of(slot.record), recipe.sound_programs())
         # Marked inside the file too, so a saved copy still says it is not the whole piece.
         text = f"partial: the first {len(notes)} notes of piece {seed}, composed so far"
         midi.tracks[0].insert(0, mido.MetaMessage("marker", text=text, time=0))
@@ -244,7 +246,9 @@ class LiveConcertView:
             # Levelled as the stream is: the download sounds as loud as the piece did live.
             leveler = leveler_for(settings.loudness, settings.synth.sample_rate)
             audio = renderer.render(
-                timed_messages(self._notes(record), record.recipe.tempo, programs, played),
+                timed_messages(
+                    self._notes(record), record.recipe.tempo, programs, played, record.recipe.sound_programs()
+                ),
                 leveler=leveler,
             )
         out = io.BytesIO()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import symusic
 
-from generator.instruments import BY_NAME, DRUMS, canonical_program, find_instrument
+from generator.instruments import DRUMS, canonical_program, find_instrument, stand_in
 from generator.vocab import TPQ, nearest_tempo_bin, tokenizer_config
 
 if TYPE_CHECKING:
@@ -48,24 +48,6 @@ _NAME_HINTS = (
 )
 # A keyboard's (or a harp's) two staves are two parts of one player: they keep one instrument.
 _KEYBOARDS = {find_instrument(name).program for name in ("piano", "harpsichord", "organ", "harp", "guitar")}
-# Instruments for a part whose own is taken, in the order tried: sustained single lines first (a piano, a
-# string section or a choir would not read as one more voice).
-_SPARE_VOICES = (
-    "clarinet",
-    "oboe",
-    "flute",
-    "horn",
-    "bassoon",
-    "trombone",
-    "recorder",
-    "viola",
-    "cello",
-    "contrabass",
-    "trumpet",
-    "tuba",
-    "organ",
-    "violin",
-)
 Voice = list[tuple[int, int, int]]  # one part's notes: (start, duration, pitch)
 
 
@@ -93,6 +75,9 @@ class Piece:
     notes: np.ndarray  # int32 [N, 4]
     tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint16))  # MidiTok ids, no prefix
     form: Form = field(default_factory=lambda: Form())
+    # A part whose instrument another part already played got a spare program (part_programs): here, that
+    # spare -> the instrument it stands for, so a piece can sound as its score is scored.
+    stand_ins: dict[int, int] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -228,10 +213,12 @@ def _music21_piece(score: Any, pid: str, style: str, ensemble: tuple[str, ...], 
                 continue
             voice.extend((start, dur, p.midi) for p in n.pitches if 21 <= p.midi <= 108)
         voices.append(voice)
-    programs = part_programs([part.partName or "" for part in parts], voices, ensemble)
+    programs, stand_ins = part_programs([part.partName or "" for part in parts], voices, ensemble)
     rows = [(*note, program) for voice, program in zip(voices, programs, strict=True) for note in voice]
     notes = np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
-    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes, form=_score_form(parts))
+    played = set(int(p) for p in notes[:, 3])
+    stand_ins = {spare: scored for spare, scored in stand_ins.items() if spare in played}
+    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes, form=_score_form(parts), stand_ins=stand_ins)
 
 
 def _score_form(parts: Sequence[stream.Stream[Any]]) -> Form:
@@ -276,8 +263,11 @@ def _score_form(parts: Sequence[stream.Stream[Any]]) -> Form:
     return Form(round(length * TPQ), round(pickup * TPQ), tuple(sections), tuple(fermatas))
 
 
-def part_programs(names: list[str], voices: list[Voice], ensemble: tuple[str, ...]) -> list[int]:
-    """An instrument for each part (named, else from the style's ensemble), no two parts the same one.
+def part_programs(
+    names: list[str], voices: list[Voice], ensemble: tuple[str, ...]
+) -> tuple[list[int], dict[int, int]]:
+    """An instrument for each part (named, else from the style's ensemble), no two parts the same one, and
+    which of them stand in for another: {spare program: the program its part was scored for}.
 
     The model tells voices apart only by their Program tokens: a motet sung on one program, or a quartet's
     two violins on one, reads as a single line that leaps between voices, and a model trained on it stops
@@ -286,23 +276,17 @@ def part_programs(names: list[str], voices: list[Voice], ensemble: tuple[str, ..
     chosen = [_part_program(name, i, len(names), ensemble) for i, name in enumerate(names)]
     taken = set(chosen)
     seen: set[int] = set()
+    stand_ins: dict[int, int] = {}
     for i, voice in enumerate(voices):
         if chosen[i] in seen and chosen[i] not in _KEYBOARDS and voice:
-            spare = _spare_instrument([p for _, _, p in voice], taken)
+            pitches = [p for _, _, p in voice]
+            spare = stand_in(min(pitches), max(pitches), taken)
             if spare is not None:
+                stand_ins[spare] = chosen[i]
                 chosen[i] = spare
                 taken.add(spare)
         seen.add(chosen[i])
-    return chosen
-
-
-def _spare_instrument(pitches: list[int], taken: set[int]) -> int | None:
-    """The first free one of _SPARE_VOICES whose range holds the part, else the free one nearest to it."""
-    lo, hi = min(pitches), max(pitches)
-    free = [BY_NAME[name] for name in _SPARE_VOICES if BY_NAME[name].program not in taken]
-    if not free:
-        return None
-    return max(free, key=lambda inst: min(lo - inst.low, inst.high - hi, 0)).program
+    return chosen, stand_ins
 
 
 def _part_program(name: str, index: int, count: int, ensemble: tuple[str, ...]) -> int:

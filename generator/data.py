@@ -30,8 +30,9 @@ from generator.styles import CORPUS_STYLES
 from generator.vocab import Vocab, key_name
 
 # 2: ABC tunes one by one, Josquin's voices merged, tempo in the metre's beat; 3: one program per part;
-# 4: each piece's form (metre, anacrusis, sections, fermatas)
-CACHE_VERSION = 4
+# 4: each piece's form (metre, anacrusis, sections, fermatas); 5: which spare programs stand in for a doubled
+# part (a quartet's second violin)
+CACHE_VERSION = 5
 # A user's MIDI files only: 1, a broken file's reason in plain words (the corpus's cached results stay good)
 MIDI_REVISION = 1
 CORPUS_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
@@ -252,6 +253,7 @@ def write_dataset(report: BuildReport, out_dir: Path, valid_percent: float) -> V
                 "pickup": piece.form.pickup,
                 "sections": [list(x) for x in piece.form.sections],
                 "fermatas": list(piece.form.fermatas),
+                "stand_ins": {str(spare): scored for spare, scored in sorted(piece.stand_ins.items())},
             }
             index.write(json.dumps(row) + "\n")
             arrays.append(piece.tokens)

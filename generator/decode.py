@@ -7,7 +7,7 @@ appear when a tempo is applied in `timed_messages` and `to_midi`.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import mido
@@ -85,18 +85,20 @@ def timed_messages(
     tempo: float,
     programs: Iterable[int] | None = None,
     performance: Performance | None = None,
+    sounds: Mapping[int, int] | None = None,
 ) -> Iterator[tuple[float, mido.Message]]:
     """(seconds, message) pairs in time order: program changes first, note-offs before note-ons at a tick.
 
     `programs` gives channels to the requested instruments rather than to those that happen to play, as a
     live stream must before it knows the notes; every note's program must then be among them.
     `performance` shapes loudness and time (generator.performance); None plays the notes as written.
+    `sounds` gives a part's channel the program it is heard as (`PieceRequest.sound_programs`).
     """
     notes = sorted(notes)
     chans = channels(n.program for n in notes) if programs is None else channels(programs)
     played = performance or flat(tempo)
     voices = played.by_channel(chans)
-    yield from program_changes(chans)
+    yield from program_changes(chans, sounds)
     for event in note_events(notes, chans):
         yield timed_message(event, played, voices)
 
@@ -120,18 +122,28 @@ def timed_message(
     return performance.seconds(step), mido.Message(kind, channel=chan, note=pitch, velocity=velocity)
 
 
-def program_changes(chans: dict[int, int]) -> list[tuple[float, mido.Message]]:
-    """At time 0, the program of every channel in use, by channel; drums need none."""
+def program_changes(
+    chans: dict[int, int], sounds: Mapping[int, int] | None = None
+) -> list[tuple[float, mido.Message]]:
+    """At time 0, the program of every channel in use, by channel, as `sounds` says it is heard (a second
+    violin's spare program sounds as a violin); drums need none."""
+    heard = sounds or {}
     return [
-        (0.0, mido.Message("program_change", channel=chan, program=program))
+        (0.0, mido.Message("program_change", channel=chan, program=heard.get(program, program)))
         for program, chan in sorted(chans.items(), key=lambda kv: kv[1])
         if program != DRUMS
     ]
 
 
-def to_midi(notes: Iterable[Note], tempo: float, performance: Performance | None = None) -> mido.MidiFile:
+def to_midi(
+    notes: Iterable[Note],
+    tempo: float,
+    performance: Performance | None = None,
+    sounds: Mapping[int, int] | None = None,
+) -> mido.MidiFile:
     """A type-0 MIDI file of the notes at `tempo`, shaped by `performance` as the stream plays them (its
-    ritardando as tempo changes, the notes on the beat grid); the same notes always give the same bytes."""
+    ritardando as tempo changes, the notes on the beat grid), each part on the program it is heard as
+    (`sounds`); the same notes always give the same bytes."""
     played = performance or flat(tempo)
     midi = mido.MidiFile(type=0, ticks_per_beat=MIDI_TPQ)
     track = mido.MidiTrack()
@@ -147,7 +159,7 @@ def to_midi(notes: Iterable[Note], tempo: float, performance: Performance | None
         (step, 0, mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(bpm)))
         for step, bpm in played.tempo_changes()
     ]
-    timeline += [(0, 1, msg) for _, msg in program_changes(chans)]
+    timeline += [(0, 1, msg) for _, msg in program_changes(chans, sounds)]
     voices = played.by_channel(chans)
     timeline += [(event[0], 2, timed_message(event, played, voices)[1]) for event in note_events(notes, chans)]
     last = 0

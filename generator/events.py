@@ -8,7 +8,7 @@ render up to that time and no further. Events come out in exactly the order and 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import mido
@@ -41,6 +41,7 @@ def piece_events(
     tempo: float,
     programs: Sequence[int],
     performance: Performance | None = None,
+    sounds: Mapping[int, int] | None = None,
 ) -> Iterator[EventBatch]:
     """Batches of timed events as tokens arrive; the last has `done` set and ends at the last note-off.
 
@@ -51,10 +52,11 @@ def piece_events(
         programs: the instruments the piece may use, each given its channel up front as the offline render
             does; a program outside them still plays, on the next free channel.
         performance: its dynamics and tempo map (generator.performance); None plays the notes as written.
+        sounds: the program each part is heard as, where it is not its own (`PieceRequest.sound_programs`).
     """
     chans = channels(programs)
     played = performance or flat(tempo)
-    yield EventBatch(0.0, program_changes(chans), False)
+    yield EventBatch(0.0, program_changes(chans, sounds), False)
     decoder = NoteDecoder(vocab)
     pending: list[NoteEvent] = []  # a heap: it pops in the order the offline render sorts into
     committed = 0

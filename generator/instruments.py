@@ -99,6 +99,39 @@ _EXACT = {
 }
 
 
+# Instruments for a part whose own is taken, in the order tried: sustained single lines first (a piano, a
+# string section or a choir would not read as one more voice).
+SPARE_VOICES = (
+    "clarinet",
+    "oboe",
+    "flute",
+    "horn",
+    "bassoon",
+    "trombone",
+    "recorder",
+    "viola",
+    "cello",
+    "contrabass",
+    "trumpet",
+    "tuba",
+    "organ",
+    "violin",
+)
+
+
+def stand_in(low: int, high: int, taken: set[int]) -> int | None:
+    """The program for one more part between `low` and `high` when `taken` programs are in use: the first free
+    one of SPARE_VOICES whose range holds it, else the free one nearest to it; None when none is free.
+
+    A part's Program token is its identity to the model, so a second violin needs a program of its own; the
+    data set and a request that doubles an instrument pick it the same way.
+    """
+    free = [BY_NAME[name] for name in SPARE_VOICES if BY_NAME[name].program not in taken]
+    if not free:
+        return None
+    return max(free, key=lambda inst: min(low - inst.low, inst.high - high, 0)).program
+
+
 def canonical_program(program: int, is_drum: bool = False) -> int:
     """Fold any General MIDI program onto the program of one of INSTRUMENTS."""
     if is_drum or program == DRUMS:

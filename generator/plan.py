@@ -46,6 +46,7 @@ REPEAT_BARS = (8, 4, 2)  # lengths of passage looked for played twice in writing
 REPEAT_MATCH = 0.85  # share of a passage's (onset, pitch) pairs that must come back: endings may differ
 MIN_REPEAT_NOTES = 6
 ECHO_PHRASE_BARS = 4  # a phrase this long or longer may open as the phrase before it did (its first half)
+RHYME_BARS = 2  # a strain that ends as the strain before it did ends with the same this many bars
 SINGLE_LINE_OVERLAP = 0.05  # an instrument whose notes overlap its own next note less often plays one line
 MIN_TESSITURA_NOTES = 200  # fewer notes of an instrument in a style say too little about where it sings
 _MINOR_KEY = "m"
@@ -69,6 +70,9 @@ class Phrase:
     section: int  # index into Plan.sections
     # Index of the phrase before it whose first half it opens with again (a reel's "a a'"), None for new music.
     echo: int | None = None
+    # Index of the phrase before it whose last RHYME_BARS bars it ends with again (a tune's B strain ending as
+    # its A strain did), None for an ending of its own.
+    rhyme: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,10 @@ class Plan:
             if phrase.echo is not None:
                 source = self.phrases[phrase.echo].start * self.bar
                 out[phrase.start * self.bar] = (source, phrase.bars // 2 * self.bar)
+            if phrase.rhyme is not None:
+                was = self.phrases[phrase.rhyme]
+                at = (phrase.start + phrase.bars - RHYME_BARS) * self.bar
+                out[at] = ((was.start + was.bars - RHYME_BARS) * self.bar, RHYME_BARS * self.bar)
         return out
 
     def progression(self) -> list[str]:
@@ -200,6 +208,8 @@ def draw_plan(
     phrases[-1] = replace(final, cadence=0)  # a piece ends on its tonic
     if profile.get("echo"):  # its own draws: a card without echoes keeps every seed's plan as it was
         phrases = _echoes(phrases, sections, float(profile["echo"]), np.random.default_rng([seed, 0x6563686F]))
+    if profile.get("rhyme"):  # the same: a card without rhymes keeps every plan as it was
+        phrases = _rhymes(phrases, sections, float(profile["rhyme"]), np.random.default_rng([seed, 0x72687965]))
     rests = (profile.get("rhythm") or {}).get("rests")
     plan = Plan(bar, bars, tuple(sections), tuple(phrases), rests=None if rests is None else float(rests))
     if minor is None or not profile.get("harmony"):
@@ -223,6 +233,26 @@ def _echoes(
             drawn = rng.random()  # drawn for every pair, so that one pair's length never moves another's
             if out[first].bars == out[second].bars >= ECHO_PHRASE_BARS and drawn < share:
                 out[second] = replace(out[second], echo=first)
+    return out
+
+
+def _rhymes(
+    phrases: list[Phrase], sections: Sequence[Section], share: float, rng: np.random.Generator
+) -> list[Phrase]:
+    """Each new section after another ends as that one ended (its last phrase's last RHYME_BARS bars, on its
+    cadence) with chance `share` (the style's, learnt by `_rhyme_counts`). Never the piece's last phrase: the
+    final cadence is the plan's own, held on the tonic."""
+    out = list(phrases)
+    for index in range(1, len(sections)):
+        drawn = rng.random()  # drawn for every section, so that one section's length never moves another's
+        if sections[index].returns is not None or sections[index - 1].label == sections[index].label:
+            continue
+        mine = [i for i, p in enumerate(out) if p.section == index]
+        before = [i for i, p in enumerate(out) if p.section == index - 1]
+        last, source = mine[-1], before[-1]
+        if last == len(out) - 1 or min(out[last].bars, out[source].bars) < 2 * RHYME_BARS or drawn >= share:
+            continue
+        out[last] = replace(out[last], rhyme=source, cadence=out[source].cadence)
     return out
 
 
@@ -337,11 +367,13 @@ def learn_form(
     above the tonic: count} where phrases end; "mode_cadences" the same per mode, from pieces with a key),
     "pitch_classes" ({"major"|"minor": 12 shares from the tonic up})
     "intervals" (shares of each melodic interval from -12 to +12 semitones, as metrics.interval_histogram
-    measures them), "single_line" (programs whose notes rarely overlap their own next note) and "harmony"
+    measures them), "single_line" (programs whose notes rarely overlap their own next note), "legato"
+    (programs whose notes rarely still sound at their own next onset, chords apart) and "harmony"
     (its chords and their moves in each mode, generator.harmony.learn_harmony, from the pieces with a key) and
     "density" (the most notes each instrument strikes at once and in a bar, generator.density.learn_density)
     and "rhythm" (how often its parts rest and its lines step, generator.rhythm.learn_rhythm), "echo" (the
-    share of its strains whose second phrase opens as the first, `_echo_counts`) and "clashes" (the share of
+    share of its strains whose second phrase opens as the first, `_echo_counts`), "rhyme" (the share of its
+    strains that end as the strain before them, `_rhyme_counts`) and "clashes" (the share of
     its strong beats that clash, form_metrics.strong_beat_clash_counts; with `tritone`, the style hears a
     tritone over the bass as a clash, and "clash_tritone" says so) and "tessitura" (per program, the
     quartiles of its pitches: where each part sings, `_tessitura`) and "lengths" (shares of its notes' lengths,
@@ -355,11 +387,12 @@ def learn_form(
     pcs = {"major": np.zeros(12), "minor": np.zeros(12)}
     intervals = np.zeros(2 * MAX_INTERVAL + 1)
     lengths = np.zeros(metrics.LENGTH_BINS)
-    overlaps: dict[int, list[int]] = {}
+    overlaps: dict[int, list[int]] = {}  # program -> [notes chorded, notes overlapping their next onset, all]
     keyed: list[tuple[np.ndarray, int, int, int, bool]] = []  # for the style's harmony
     textures: list[tuple[np.ndarray, int, int]] = []  # for its instruments' density limits
     lines: list[np.ndarray] = []  # for its rhythm
     echoes = [0, 0]  # phrase pairs in new music, and those whose second opens as the first
+    rhymes = [0, 0]  # strains followed by another, and those that end as the one before them
     strong = [0, 0]  # strong beats sounding two pitch classes or more, and those that clash
     heights: dict[int, list[np.ndarray]] = {}  # program -> its pitches, piece by piece
     for row, notes in zip(rows, notes_of, strict=True):
@@ -389,6 +422,9 @@ def learn_form(
         pairs, echoed = _echo_counts(heard, pitched, bar, pickup)
         echoes[0] += pairs
         echoes[1] += echoed
+        pairs, rhymed = _rhyme_counts(heard, pitched, bar)
+        rhymes[0] += pairs
+        rhymes[1] += rhymed
         judged, clashing = form_metrics.strong_beat_clash_counts(pitched, bar, pickup, tritone)
         strong[0] += judged
         strong[1] += clashing
@@ -412,10 +448,10 @@ def learn_form(
                 cadences[(root - tonic) % 12] += 1
                 if row.get("key"):
                     mode_cadences["minor" if minor else "major"][(root - tonic) % 12] += 1
-        for program, share in _overlaps(pitched).items():
-            overlaps.setdefault(program, [0, 0])
-            overlaps[program][0] += share[0]
-            overlaps[program][1] += share[1]
+        for program, counts in _overlaps(pitched).items():
+            tally = overlaps.setdefault(program, [0, 0, 0])
+            for i, n in enumerate(counts):
+                tally[i] += n
     if not bars:
         return {}
     return {
@@ -431,13 +467,18 @@ def learn_form(
         "pitch_classes": {mode: [round(float(x), 5) for x in v / max(1.0, v.sum())] for mode, v in pcs.items()},
         "intervals": [round(float(x), 5) for x in intervals / max(1.0, intervals.sum())],
         "lengths": [round(float(x), 5) for x in lengths / max(1.0, lengths.sum())],
-        "single_line": sorted(p for p, (over, total) in overlaps.items() if over < SINGLE_LINE_OVERLAP * total),
+        "single_line": sorted(
+            p for p, (chorded, over, total) in overlaps.items() if chorded + over < SINGLE_LINE_OVERLAP * total
+        ),
+        # Parts that may strike a chord (a quartet's double stops) but let each note go by their next onset.
+        "legato": sorted(p for p, (_, over, total) in overlaps.items() if over < SINGLE_LINE_OVERLAP * total),
         "programs": sorted(overlaps),
         "harmony": harmony.learn_harmony(keyed),
         "density": density.learn_density(textures),
         "chordal": density.chordal_share(textures),
         "rhythm": rhythm.learn_rhythm(lines),
         "echo": round(echoes[1] / echoes[0], 5) if echoes[0] else 0.0,
+        "rhyme": round(rhymes[1] / rhymes[0], 5) if rhymes[0] else 0.0,
         "tessitura": _tessitura(heights),
         **({"clashes": round(strong[1] / strong[0], 5), "clash_tritone": tritone} if strong[0] else {}),
     }
@@ -506,6 +547,22 @@ def _echo_counts(
     return pairs, echoed
 
 
+def _rhyme_counts(sections: list[tuple[int, int, bool]], notes: np.ndarray, bar: int) -> tuple[int, int]:
+    """(pairs, rhymed): strains of 2 * RHYME_BARS bars or more followed by another such strain, and those
+    where the second ends as the first did (its last RHYME_BARS bars nearly note for note)."""
+    strains: list[tuple[int, int]] = []
+    for start, end, _ in sections:  # a strain repeated is one strain here
+        if not strains or strains[-1] != (start, end):
+            strains.append((start, end))
+    pairs = rhymed = 0
+    for (a, first), (b, second) in pairwise(strains):
+        if min(first - a, second - b) < 2 * RHYME_BARS * bar or first > b:
+            continue
+        pairs += 1
+        rhymed += _same(notes, first - RHYME_BARS * bar, RHYME_BARS * bar, again=second - RHYME_BARS * bar)
+    return pairs, rhymed
+
+
 def _same(notes: np.ndarray, at: int, length: int, again: int | None = None) -> bool:
     """Whether the music of [at, at + length) comes back nearly note for note at `again` (at once, by
     default): a first and second ending, or a different cadence, may change its end."""
@@ -536,9 +593,9 @@ def _resting_root(notes: np.ndarray, tick: int) -> int | None:
     return int(last[:, 1].min())
 
 
-def _overlaps(notes: np.ndarray) -> dict[int, tuple[int, int]]:
-    """Per program: (notes still sounding when the program's next onset comes, or struck with another of its
-    notes; all its notes)."""
+def _overlaps(notes: np.ndarray) -> dict[int, tuple[int, int, int]]:
+    """Per program: (notes struck with another of its notes, notes still sounding when the program's next
+    onset comes, all its notes)."""
     out = {}
     for program in np.unique(notes[:, 3]):
         mine = notes[notes[:, 3] == program]
@@ -550,7 +607,7 @@ def _overlaps(notes: np.ndarray) -> dict[int, tuple[int, int]]:
         following = np.searchsorted(onsets, starts[order], side="right")
         has_next = following < len(onsets)
         overlapping = int(np.sum(ends[has_next] > onsets[following[has_next]]))
-        out[int(program)] = (chorded + overlapping, len(mine))
+        out[int(program)] = (chorded, overlapping, len(mine))
     return out
 
 

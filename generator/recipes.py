@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from config.errors import ConcertbotError, UnknownNameError
 from config.settings import Sampling
-from generator.instruments import BY_PROGRAM, find_instrument
+from generator.instruments import BY_NAME, BY_PROGRAM, DRUMS, find_instrument, stand_in
 from generator.model import LoadedModel
 from generator.sampling import PieceRequest
 from generator.styles import CORPUS_BY_NAME, resolve_style
@@ -36,6 +36,13 @@ def style_defaults(loaded: LoadedModel, style: str) -> tuple[tuple[str, ...], fl
     return ("piano",), 120.0
 
 
+def style_sounds(loaded: LoadedModel, style: str) -> dict[str, str]:
+    """{a spare instrument: the one its parts in the style were scored for}, as the data set gave them (a
+    classical quartet's clarinet is its second violin); empty for a card that never learnt them."""
+    saved = loaded.card.get("style_defaults", {}).get(style) or {}
+    return dict(saved.get("sounds", {}))
+
+
 def make_request(
     loaded: LoadedModel,
     style: str,
@@ -48,14 +55,20 @@ def make_request(
     key: str | None = None,
     critic: int = 1,
 ) -> PieceRequest:
-    """Resolve names (UnknownNameError lists the closest ones) and fill in the style's defaults."""
+    """Resolve names (UnknownNameError lists the closest ones) and fill in the style's defaults.
+
+    An instrument named twice is two parts: the second plays on a spare program that sounds as the first
+    (`PieceRequest.sounds`), the one the style's data set gave such a part where it had one.
+    """
     style = resolve_style(style, loaded.vocab.styles)
     default_instruments, default_tempo = style_defaults(loaded, style)
-    names = (
-        tuple(dict.fromkeys(find_instrument(n).name for n in instruments))
-        if instruments
-        else default_instruments
-    )
+    learnt = style_sounds(loaded, style)
+    if instruments:
+        typed = [find_instrument(n).name for n in instruments]
+        names, sounds = _parts(typed, learnt, _registers(loaded, style))
+    else:
+        names = default_instruments
+        sounds = tuple(sorted((part, heard) for part, heard in learnt.items() if part in names))
     bpm = default_tempo if tempo is None else tempo
     seed = new_seed() if seed is None else seed
     _check_ranges(len(names), bpm, seconds, seed, temperature, top_p)
@@ -73,7 +86,44 @@ def make_request(
         float(top_p),
         key=key,
         critic=int(critic),
+        sounds=sounds,
     )
+
+
+def _parts(
+    typed: list[str], learnt: dict[str, str], registers: dict[int, tuple[int, int]]
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """(a part's instrument each, (part, heard as) for the doubled ones) for the names as typed.
+
+    Every instrument named keeps its own program first, so "violin violin clarinet" keeps a real clarinet;
+    each repeat then takes the spare the style learnt for it, else the first free one that holds its register.
+    Drums are one kit however often they are named.
+    """
+    names = list(dict.fromkeys(typed))
+    taken = {BY_NAME[name].program for name in names}
+    counts = Counter(name for name in typed if BY_NAME[name].program != DRUMS)
+    repeats = [name for name, n in counts.items() for _ in range(n - 1)]
+    if len(names) + len(repeats) > MAX_INSTRUMENTS:
+        raise RequestError(f"at most {MAX_INSTRUMENTS} instruments at once, not {len(names) + len(repeats)}")
+    sounds = []
+    spare_for = {heard: part for part, heard in learnt.items()}
+    for name in repeats:
+        program = BY_NAME[name].program
+        spare = BY_NAME[spare_for[name]].program if name in spare_for else None
+        if spare is None or spare in taken:
+            low, high = registers.get(program, (BY_NAME[name].low, BY_NAME[name].high))
+            spare = stand_in(low, high, taken)
+        if spare is None:
+            raise RequestError(f"no instrument is left to play one more {name}")
+        taken.add(spare)
+        names.append(BY_PROGRAM[spare].name)
+        sounds.append((BY_PROGRAM[spare].name, name))
+    return tuple(names), tuple(sorted(sounds))
+
+
+def _registers(loaded: LoadedModel, style: str) -> dict[int, tuple[int, int]]:
+    saved = (loaded.card.get("style_defaults", {}).get(style) or {}).get("registers", {})
+    return {int(p): (int(lo), int(hi)) for p, (lo, hi) in saved.items()}
 
 
 def recipe_from_dict(fields: Mapping[str, Any]) -> PieceRequest:
@@ -91,14 +141,20 @@ def recipe_from_dict(fields: Mapping[str, Any]) -> PieceRequest:
     wrong = [f"{name} {getattr(request, name)!r}" for name in _FIELD_TYPES if _mistyped(request, name)]
     if not all(isinstance(name, str) for name in request.instruments):
         wrong.append(f"instruments {list(request.instruments)!r}")
+    if not all(isinstance(part, str) and isinstance(heard, str) for part, heard in request.sounds):
+        wrong.append(f"sounds {dict(request.sounds)!r}")
     if wrong:
         raise RequestError(f"a field of the wrong type: {', '.join(wrong)}")
     if not request.instruments:
         raise RequestError("no instruments")
     try:
         programs = request.programs()
+        request.sound_programs()
     except UnknownNameError as exc:
         raise RequestError(str(exc)) from None
+    strays = [part for part, _ in request.sounds if part not in request.instruments]
+    if strays:
+        raise RequestError(f"sounds for parts the piece does not have: {', '.join(map(repr, strays))}")
     _check_ranges(
         len(programs), request.tempo, request.seconds, request.seed, request.temperature, request.top_p
     )
@@ -182,5 +238,18 @@ def summarize_styles(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "tempo": round(tempos[len(tempos) // 2]),
             "instruments": names or ["piano"],
             "keys": {k: round(n / sum(keys.values()), 4) for k, n in sorted(keys.items())},
+            "sounds": learn_sounds(mine),
         }
     return out
+
+
+def learn_sounds(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """{a spare instrument: the one it stood in for}, where most of a style's parts on that spare were scored
+    for another instrument (corpus.part_programs): a classical quartet's "clarinet" is its second violin."""
+    played = Counter(int(p) for r in rows for p in r["ranges"])
+    stood = Counter((int(spare), int(scored)) for r in rows for spare, scored in r.get("stand_ins", {}).items())
+    return {
+        BY_PROGRAM[spare].name: BY_PROGRAM[scored].name
+        for (spare, scored), n in sorted(stood.items())
+        if 2 * n > played[spare] and spare in BY_PROGRAM and scored in BY_PROGRAM
+    }

@@ -66,22 +66,42 @@ class PieceRequest:
     # Candidates written per bar, the critic (generator.critic) keeping the best; 1 samples each bar once,
     # exactly as pieces were sampled before the critic.
     critic: int = 1
+    # (part, heard as) for the parts that sound as another instrument than their own: a quartet's second
+    # violin is a part of its own to the model, so it has a spare program (generator.instruments.stand_in,
+    # the clarinet's, as the data set gave it), and it is heard as a violin. The notes are the part's.
+    sounds: tuple[tuple[str, str], ...] = ()
 
     def programs(self) -> list[int]:
         return sorted({find_instrument(name).program for name in self.instruments})
 
+    def sound_programs(self) -> dict[int, int]:
+        """{a part's program: the program it is heard as}, for the parts in `sounds`."""
+        return {find_instrument(part).program: find_instrument(heard).program for part, heard in self.sounds}
+
+    def heard(self) -> tuple[str, ...]:
+        """The instruments as a listener hears them, a name a part, a doubled one named twice side by side."""
+        as_heard = dict(self.sounds)
+        names = [as_heard.get(name, name) for name in self.instruments]
+        first = {name: names.index(name) for name in names}
+        return tuple(sorted(names, key=lambda name: first[name]))
+
     # The one serialised form of a recipe (a worker's job, a stored piece): plain JSON values, every field.
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "instruments": list(self.instruments)}
+        return {**dataclasses.asdict(self), "instruments": list(self.instruments), "sounds": dict(self.sounds)}
 
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> PieceRequest:
         """The inverse of `to_dict`; a missing field takes its default (a recipe written before it existed).
 
         Raises:
-            KeyError: no style, instruments, tempo, seconds or seed; TypeError: a name that is not a field.
+            KeyError: no style, instruments, tempo, seconds or seed; TypeError: a name that is not a field,
+                or `sounds` that is not an object of names.
         """
-        return cls(**{**fields, "instruments": tuple(fields["instruments"])})
+        sounds = fields.get("sounds", {})
+        if not isinstance(sounds, Mapping):
+            raise TypeError(f"sounds must map a part to an instrument, not {sounds!r}")
+        instruments = tuple(fields["instruments"])
+        return cls(**{**fields, "instruments": instruments, "sounds": tuple(sorted(sounds.items()))})
 
 
 @dataclass

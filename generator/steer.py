@@ -86,10 +86,13 @@ class SteerState:
     key: str | None = None
     loudness: int = 0  # velocity added
     density: int = 0
+    sounds: tuple[tuple[str, str], ...] = ()  # (part, heard as): PieceRequest.sounds
 
     @staticmethod
-    def of(instruments: Sequence[str], tempo: float, key: str | None) -> SteerState:
-        return SteerState(tuple(instruments), float(tempo), 1.0, key)
+    def of(
+        instruments: Sequence[str], tempo: float, key: str | None, sounds: Sequence[tuple[str, str]] = ()
+    ) -> SteerState:
+        return SteerState(tuple(instruments), float(tempo), 1.0, key, sounds=tuple(sounds))
 
     def after(self, kind: str, arg: str = "") -> SteerState:
         """The state once `kind` has landed; SteerError (the reply) when the piece cannot follow it."""
@@ -125,6 +128,9 @@ class SteerState:
                 raise SteerError(f"say which instrument, e.g. !{kind} harp (see !instruments)")
             name = find_instrument(arg).name  # UnknownNameError names the closest ones
             if kind == "add":
+                stands_for = dict(self.sounds).get(name)
+                if stands_for is not None:  # its program is a doubled part's: a second violin's, say
+                    raise SteerError(f"the {name}'s part plays a {stands_for} here; ask for it in !compose")
                 if name in self.instruments:
                     raise SteerError(f"the {name} is already playing")
                 if name == "drums":
@@ -132,11 +138,17 @@ class SteerState:
                 if len(self.instruments) >= MAX_INSTRUMENTS:
                     raise SteerError(f"{MAX_INSTRUMENTS} instruments play already; !drop one first")
                 return replace(self, instruments=(*self.instruments, name))
-            if name not in self.instruments:
-                raise SteerError(f"the {name} is not playing (now: {', '.join(self.instruments)})")
+            heard = dict(self.sounds)
+            # A part heard as the instrument named goes too: "!drop violin" can take a quartet's second violin.
+            doubles = (p for p in self.instruments if heard.get(p) == name)
+            part = name if name in self.instruments else next(doubles, None)
+            if part is None:
+                playing = ", ".join(heard.get(i, i) for i in self.instruments)
+                raise SteerError(f"the {name} is not playing (now: {playing})")
             if len(self.instruments) == 1:
                 raise SteerError(f"the {name} is the last instrument playing; !add another first")
-            return replace(self, instruments=tuple(i for i in self.instruments if i != name))
+            kept = tuple(i for i in self.instruments if i != part)
+            return replace(self, instruments=kept, sounds=tuple((p, h) for p, h in self.sounds if p in kept))
         if kind == "again":
             return self
         raise SteerError(f"!{kind} is not a steer; try !faster, !slower, !louder, !softer, !major, !minor")
@@ -310,7 +322,7 @@ class Steering:
         from generator.sampling import chosen_key  # sampling imports this module
 
         key = chosen_key(composer.loaded, now.style, now.seed, now.key)
-        state = SteerState.of(now.instruments, now.tempo, key)
+        state = SteerState.of(now.instruments, now.tempo, key, now.sounds)
         again = False
         for event in events:
             try:
@@ -321,7 +333,11 @@ class Steering:
             again = again or event.kind == "again"
         # The key named from now on (the seed's choice too): the prefix and the plan follower say it.
         now = dataclasses.replace(
-            now, instruments=state.instruments, tempo=state.tempo * state.share, key=state.key
+            now,
+            instruments=state.instruments,
+            tempo=state.tempo * state.share,
+            key=state.key,
+            sounds=state.sounds,
         )
         self.request = now
         programs = now.programs()

@@ -145,7 +145,10 @@ class PlanFollower:
         self.programs = sorted(programs)
         self.cadences = plan.cadence_times()
         self.cadence_root = {t: p.cadence for t, p in zip(self.cadences, plan.phrases, strict=True)}
-        self.boundaries = sorted({*self.cadences, *plan.phrase_starts(), plan.end()})
+        # Where music is played again, or first played to be played again later (a rhyme's bars need not start
+        # a phrase): time stops there, so the sampler finds the very step.
+        replayed = {t for at, (was, _) in plan.replays().items() for t in (at, was)}
+        self.boundaries = sorted({*self.cadences, *plan.phrase_starts(), *replayed, plan.end()})
         self.final = self.cadences[-1]
         self.returns = sorted(plan.replays())  # where earlier music plays again
         self.keyed = key is not None
@@ -186,6 +189,9 @@ class PlanFollower:
         learnt = set(profile.get("single_line") or [])
         mostly = bool(learnt) and len(learnt) >= SINGLE_LINE_STYLE * len(profile.get("programs") or learnt)
         self.single = {p for p in self.programs if p in learnt or (mostly and p not in CHORDAL and p >= 0)}
+        # A part that strikes chords but lets each note go by its next onset, as a quartet's inner parts do: it
+        # waits for its note to end before a new onset (a chord at the same onset is free).
+        self.legato = {p for p in self.programs if p in set(profile.get("legato") or [])} - self.single
         self.ends: dict[int, int] = {}  # program -> when its latest note ends
         self.counts = dict.fromkeys(self.programs, 0)
         self.struck_at = -1
@@ -261,6 +267,7 @@ class PlanFollower:
         room = self.next_boundary(time) - time
         mask = mask & self.memo(("room", room), lambda: ~(vt.is_timeshift & (vt.shift_of > room)))
         busy = [p for p in self.single if self.ends.get(p, 0) > time]
+        busy += [p for p in self.legato if self.ends.get(p, 0) > time and self.melody.get(p, (time,))[0] < time]
         if busy:
             mask = mask & self.memo(("busy", *busy), lambda: ~torch.isin(vt.program_of, torch.tensor(busy)))
         return mask

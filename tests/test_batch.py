@@ -27,7 +27,7 @@ REQUESTS = [
 # The critic writes each bar twice: its candidates are two rows of the batch.
 CRITIC = PieceRequest("irish", ("flute", "harp"), 120.0, 5.0, seed=17, critic=2)
 # Long enough for its window to slide past the model's context while the others step beside it.
-LONG = PieceRequest("classical", ("violin", "viola", "cello"), 100.0, 26.0, seed=28)
+LONG = PieceRequest("classical", ("violin", "viola", "cello"), 100.0, 32.0, seed=28)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_any_batch_of_any_requests_leaves_every_piece_as_it_is_alone(composer, p
 JUDGED = [
     PieceRequest("irish", ("flute", "harp"), 168.0, 20.0, seed=40, critic=2),  # sections 2 and 4 return
     PieceRequest("bach", ("violin", "cello"), 90.0, 8.0, seed=21, critic=3),
-    PieceRequest("classical", ("violin", "viola", "cello"), 100.0, 26.0, seed=28, critic=2),
+    PieceRequest("classical", ("violin", "viola", "cello"), 100.0, 32.0, seed=28, critic=2),
     PieceRequest("palestrina", ("choir", "organ"), 90.0, 10.0, seed=7, critic=2, temperature=0.9),
 ]
 

@@ -101,11 +101,13 @@ def test_every_voice_of_a_chorale_motet_or_quartet_has_its_own_instrument():
     quartet = corpus.parse("haydn/opus74no1/movement1")
     names = [part.partName for part in quartet.parts]
     voices = [[(0, 1, int(n.pitch.midi)) for n in part.flatten().notes if n.isNote] for part in quartet.parts]
-    programs = part_programs(names, voices, ("violin", "violin", "viola", "cello"))
+    programs, stand_ins = part_programs(names, voices, ("violin", "violin", "viola", "cello"))
     assert len(set(programs)) == 4 and programs[0] == 40 and programs[2:] == [41, 42]  # only violin II moves
+    assert stand_ins == {programs[1]: 40}  # ... and the data set remembers it is a violin
 
 
 def test_a_keyboards_two_staves_stay_one_instrument():
     voices = [[(0, 96, 72), (96, 96, 76)], [(0, 192, 55)]]
-    assert part_programs(["Piano", "Piano"], voices, ("piano",)) == [0, 0]
-    assert part_programs(["", ""], voices, ("flute",)) == [73, 71]  # two flutes: the lower becomes clarinet
+    assert part_programs(["Piano", "Piano"], voices, ("piano",)) == ([0, 0], {})
+    # two flutes: the lower takes the clarinet's program and is remembered as a flute
+    assert part_programs(["", ""], voices, ("flute",)) == ([73, 71], {71: 73})

@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 import pytest
+from bars import bars
 
 from generator.decode import notes_array
 from generator.model import load_model
@@ -62,22 +63,15 @@ def echo_composer(tiny_model):
     return Composer(loaded)
 
 
-def _bars(notes: np.ndarray, first: int, count: int, bar: int = 16) -> list[tuple[int, ...]]:
-    """The onsets, pitches and instruments of `count` bars from bar `first`, timed from its start (a note held
-    past an echo's end is cut short there, so durations may differ)."""
-    inside = notes[(notes[:, 0] >= first * bar) & (notes[:, 0] < (first + count) * bar)]
-    return sorted((s - first * bar, p, g) for s, p, _, g in inside.tolist())
-
-
 def test_the_notes_of_an_echoed_opening_are_the_first_phrase_s_again_and_the_seed_replays(echo_composer):
     request = PieceRequest("irish", ("flute",), 120.0, 30.0, seed=2, key="G")
     piece = echo_composer.compose(request)
     notes = notes_array(piece.notes)
     assert piece.plan is not None and piece.plan.phrases[1].echo == 0
-    assert _bars(notes, 0, 2) and _bars(notes, 4, 2) == _bars(notes, 0, 2)
+    assert bars(notes, 0, 2) and bars(notes, 4, 2) == bars(notes, 0, 2)
     echo = notes[(notes[:, 0] >= 4 * 16) & (notes[:, 0] < 6 * 16)]
     assert (echo[:, 0] + echo[:, 2] <= 6 * 16).all()  # nothing replayed rings on over what follows it
-    assert _bars(notes, 20, 2) == _bars(notes, 16, 2)
+    assert bars(notes, 20, 2) == bars(notes, 16, 2)
     assert echo_composer.compose(request).tokens == piece.tokens
     critic = echo_composer.compose(PieceRequest("irish", ("flute",), 120.0, 30.0, seed=2, key="G", critic=2))
-    assert _bars(notes_array(critic.notes), 4, 2) == _bars(notes_array(critic.notes), 0, 2)
+    assert bars(notes_array(critic.notes), 4, 2) == bars(notes_array(critic.notes), 0, 2)

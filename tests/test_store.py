@@ -351,8 +351,23 @@ def _remade(record: PieceRecord, **recipe: Any) -> PieceRecord:
 
 
 def test_a_recipe_has_one_serialised_form() -> None:
-    every = PieceRequest("irish", ("flute", "cello"), 120.0, 30.0, 9, 0.8, 0.9, False, "D", False, False, 3)
+    every = PieceRequest(
+        "irish",
+        ("flute", "cello", "oboe"),
+        120.0,
+        30.0,
+        9,
+        0.8,
+        0.9,
+        False,
+        "D",
+        False,
+        False,
+        3,
+        (("oboe", "flute"),),
+    )
     assert all(getattr(every, f) != d for f, d in [("voice_leading", True), ("plan", True), ("critic", 1)])
+    assert every.to_dict()["sounds"] == {"oboe": "flute"}  # an object, as JSON readers expect
     assert PieceRequest.from_dict(json.loads(json.dumps(every.to_dict()))) == every
     old = {"style": "bach", "instruments": ["piano"], "tempo": 96.0, "seconds": 60.0, "seed": 1}
     assert PieceRequest.from_dict(old) == PieceRequest("bach", ("piano",), 96.0, 60.0, 1)  # defaults fill in
@@ -386,6 +401,13 @@ def test_piece_round_trip_and_seed_conflicts(backend: Backend) -> None:
         keyed = _remade(PIECE, seed=4242, key="F#m", critic=2, voice_leading=False)
         await store.save_piece(keyed)
         assert await store.load_piece(4242) == keyed  # every recipe field comes back
+        doubled = _remade(
+            PIECE, seed=4343, instruments=("violin", "clarinet"), sounds=(("clarinet", "violin"),)
+        )
+        await store.save_piece(doubled)
+        assert await store.load_piece(4343) == doubled  # and how its parts sound
+        with pytest.raises(SeedConflictError):  # heard otherwise, it is another piece to a listener
+            await store.save_piece(replace(doubled, recipe=replace(doubled.recipe, sounds=())))
 
     backend.run(body)
 

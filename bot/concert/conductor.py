@@ -398,7 +398,10 @@ class Conductor:
             raise SteerError("this piece is composed to its end already; steer the next one")
         arg = find_instrument(arg).name if arg else ""
         state = slot.steer_state or SteerState.of(
-            slot.record.recipe.instruments, slot.record.recipe.tempo, self.key_of(slot.record)
+            slot.record.recipe.instruments,
+            slot.record.recipe.tempo,
+            self.key_of(slot.record),
+            slot.record.recipe.sounds,
         )
         after = state.after(kind, arg)
         said = f"!{kind} {arg}".strip()
@@ -489,4 +492,4 @@ def _named(title: str | None) -> str:
 def _describe(record: PieceRecord, key: str | None) -> str:
     in_key = f" in {key}" if key else ""
     r = record.recipe
-    return f"{r.style}{in_key} for {', '.join(r.instruments)} at {r.tempo:g} BPM"
+    return f"{r.style}{in_key} for {', '.join(r.heard())} at {r.tempo:g} BPM"

@@ -122,7 +122,8 @@ class GenerationWorker:
         steering = piece.steering
         steers = steering.landed if piece.replay is None else list(steering.given)
         played = steered_performance(self.composer.plan(request), request.tempo, request.programs(), steers)
-        for batch in piece_events(self.composer.vocab, tokens, request.tempo, request.programs(), played):
+        programs, heard = request.programs(), request.sound_programs()
+        for batch in piece_events(self.composer.vocab, tokens, request.tempo, programs, played, heard):
             piece.music_seconds = batch.until
             piece.feed.put(batch.until, batch.events, batch.done)
 

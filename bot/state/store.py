@@ -151,7 +151,7 @@ class BoardEntry:
 # Recipe fields that came after pieces were first stored, at the value every earlier piece was made with. Left
 # out of a record's checksum and JSON at that value, so that old pieces keep theirs; a new PieceRequest field
 # goes here too, or every stored piece would change its checksum and refuse to be saved again.
-_LATER_FIELDS: dict[str, object] = {"key": None, "critic": 1, "voice_leading": True, "plan": True}
+_LATER_FIELDS: dict[str, object] = {"key": None, "critic": 1, "voice_leading": True, "plan": True, "sounds": {}}
 
 
 def _sparse(recipe: PieceRequest) -> dict[str, Any]:

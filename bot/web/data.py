@@ -233,5 +233,7 @@ def _plain(view: Any, shown: tuple[str, ...] = ()) -> dict[str, Any]:
     fields = asdict(view)
     if "recipe" in fields:
         recipe = fields.pop("recipe")
+        if recipe is not None:  # as a listener hears them: a quartet's second violin is a violin
+            recipe["instruments"] = view.recipe.heard()
         fields = ({name: recipe[name] for name in shown} if recipe is not None else {}) | fields
     return {key: list(item) if isinstance(item, tuple) else item for key, item in fields.items()}

@@ -120,7 +120,7 @@ def piece_body(piece: PieceView, chat: bool = False) -> str:
     created = dt.datetime.fromtimestamp(piece.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = [
         ("Style", html.escape(recipe.style)),
-        ("Instruments", _names(recipe.instruments)),
+        ("Instruments", _names(recipe.heard())),
         ("Tempo", f"{recipe.tempo:g} bpm"),
         *([("Key", _key(piece.key))] if piece.key else []),
         ("Length", _length(recipe.seconds)),
@@ -172,7 +172,7 @@ def top_body(period: str, board: list[BoardView]) -> str:
     rows = "\n".join(
         f"""<tr><td class="rank">{row.rank}</td><td class="num">{row.votes}</td>
 <td><a href="/p/{row.seed}">{html.escape(row.recipe.style if row.recipe else "?")}</a></td>
-<td>{_names(row.recipe.instruments if row.recipe else ())}</td>
+<td>{_names(row.recipe.heard() if row.recipe else ())}</td>
 <td>{_who(row.requester)}</td><td class="seed">{row.seed}</td></tr>"""
         for row in board
     )

@@ -30,7 +30,7 @@ def spec_of(piece: PieceView) -> ScoreSpec:
     metre = piece.plan.get("metre") if piece.plan else None
     return ScoreSpec(
         title=piece.title or f"{piece.recipe.style.capitalize()} {piece.seed}",
-        instruments=piece.recipe.instruments,
+        instruments=piece.recipe.heard(),
         tempo=piece.recipe.tempo,
         key=piece.key,
         metre=metre,

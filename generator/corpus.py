@@ -359,12 +359,24 @@ def _midi_piece(score: Any, pid: str, style: str) -> Piece:
     if len(score.time_signatures):
         signature = score.time_signatures[0]
         bar = round(signature.numerator * 4 / signature.denominator * TPQ)
-    rows = []
+    rows: list[tuple[int, int, int, int]] = []
+    taken = {canonical_program(t.program, t.is_drum) for t in score.tracks if len(t.notes)}
+    seen: set[int] = set()
+    stand_ins: dict[int, int] = {}
     for track in score.tracks:
         program = canonical_program(track.program, track.is_drum)
-        for n in track.notes:
-            if n.duration > 0 and 21 <= n.pitch <= 108:
-                rows.append((round(n.time * scale), max(1, round(n.duration * scale)), n.pitch, program))
+        mine = [n for n in track.notes if n.duration > 0 and 21 <= n.pitch <= 108]
+        if program in seen and program not in _KEYBOARDS and program != DRUMS and mine:
+            # A second track on a program already played (a quartet's two violins) is a part of its own, as
+            # in the corpus: it takes a spare program and is remembered as the instrument it was.
+            spare = stand_in(min(n.pitch for n in mine), max(n.pitch for n in mine), taken)
+            if spare is not None:
+                stand_ins[spare] = program
+                taken.add(spare)
+                program = spare
+        if mine:
+            seen.add(program)
+        rows.extend((round(n.time * scale), max(1, round(n.duration * scale)), n.pitch, program) for n in mine)
         if len(rows) > MAX_NOTES:
             raise ValueError(f"more than {MAX_NOTES} notes")
     notes = np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
@@ -375,7 +387,7 @@ def _midi_piece(score: Any, pid: str, style: str) -> Piece:
         pickup = (bar - lead % bar) % bar if bar else 0
     else:
         pickup = 0
-    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes, form=Form(bar, pickup))
+    return Piece(pid, style, min(max(bpm, 30.0), 240.0), notes, form=Form(bar, pickup), stand_ins=stand_ins)
 
 
 def _reason(exc: BaseException) -> str:

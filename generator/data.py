@@ -33,8 +33,9 @@ from generator.vocab import Vocab, key_name
 # 4: each piece's form (metre, anacrusis, sections, fermatas); 5: which spare programs stand in for a doubled
 # part (a quartet's second violin)
 CACHE_VERSION = 5
-# A user's MIDI files only: 1, a broken file's reason in plain words (the corpus's cached results stay good)
-MIDI_REVISION = 1
+# A user's MIDI files only: 1, a broken file's reason in plain words (the corpus's cached results stay good);
+# 2, a second track on a program already played is a part of its own
+MIDI_REVISION = 2
 CORPUS_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
 MIDI_SUFFIXES = (".mid", ".midi")
 

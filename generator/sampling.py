@@ -472,6 +472,14 @@ class Composer:
         begin = section_at.get(source)
         if begin is None:
             return []
+        # An echo's phrase goes on after the opening it replays, so a note held past it rings on as it first
+        # did, up to its phrase's cadence or the next replay (a rhyme); a return or a rhyme ends where a cadence
+        # or the next section comes, and its notes are cut there.
+        limit = steps
+        echo = next((p for p in plan.phrases if p.echo is not None and p.start * plan.bar == time), None)
+        if echo is not None:
+            later = [at for at in plan.replays() if at > time]
+            limit = min([(echo.start + echo.bars - 1) * plan.bar, *later]) - time
         durations = sorted((int(vocab.value[t]), int(t)) for t in np.flatnonzero(vocab.kind == KIND_DURATION))
         out: list[int] = []
         moved = 0
@@ -483,9 +491,9 @@ class Composer:
                 if moved == steps:
                     out.append(token)
                     break
-            elif vocab.kind[token] == KIND_DURATION and int(vocab.value[token]) > steps - moved:
-                # A return cut shorter than its source: a note held past the cut would sound over the cadence.
-                token = max((d for d in durations if d[0] <= steps - moved), default=durations[0])[1]
+            elif vocab.kind[token] == KIND_DURATION and int(vocab.value[token]) > limit - moved:
+                # A note held past the cut would sound over the cadence (or strike with it).
+                token = max((d for d in durations if d[0] <= limit - moved), default=durations[0])[1]
             out.append(int(token))
         # Never stop between a note's tokens: end on a note boundary.
         while out and vocab.kind[out[-1]] not in (KIND_TIMESHIFT, KIND_DURATION):

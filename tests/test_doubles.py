@@ -145,3 +145,30 @@ def test_the_api_and_the_overlay_name_the_parts_as_heard(loaded):
 
     request = make_request(loaded, "classical", seconds=6, seed=5)
     assert now_fields(NowView(request, None, 0, 0.0))["instruments"] == ["violin", "violin", "viola", "cello"]
+
+
+def test_a_users_midi_with_two_violin_tracks_has_two_parts_and_one_piano(tmp_path):
+    from generator.corpus import extract_midi
+
+    midi = mido.MidiFile(ticks_per_beat=480)
+    tracks = [
+        (40, 0, 76),
+        (40, 1, 67),
+        (0, 2, 60),
+        (0, 2, 48),
+    ]  # (program, channel, pitch): violins I and II, a
+    for program, channel, pitch in tracks:  # piano's right and left hands
+        track = mido.MidiTrack()
+        track.append(mido.Message("program_change", program=program, channel=channel))
+        for i in range(8):
+            track.append(mido.Message("note_on", note=pitch + i % 3, velocity=80, channel=channel, time=0))
+            track.append(mido.Message("note_off", note=pitch + i % 3, velocity=0, channel=channel, time=480))
+        midi.tracks.append(track)
+    path = tmp_path / "quartet.mid"
+    midi.save(path)
+    (piece,) = extract_midi(str(path), "quartet.mid", "mine").pieces
+    assert len(piece.programs) == 3 and {0, 40} < set(piece.programs)  # the hands stay one piano
+    (spare,) = set(piece.programs) - {0, 40}
+    assert piece.stand_ins == {spare: 40}
+    second = piece.notes[piece.notes[:, 3] == spare]
+    assert sorted(set(second[:, 2].tolist())) == [67, 68, 69]  # the lower violin's part, on its own program

@@ -69,8 +69,13 @@ def test_the_notes_of_an_echoed_opening_are_the_first_phrase_s_again_and_the_see
     notes = notes_array(piece.notes)
     assert piece.plan is not None and piece.plan.phrases[1].echo == 0
     assert bars(notes, 0, 2) and bars(notes, 4, 2) == bars(notes, 0, 2)
-    echo = notes[(notes[:, 0] >= 4 * 16) & (notes[:, 0] < 6 * 16)]
-    assert (echo[:, 0] + echo[:, 2] <= 6 * 16).all()  # nothing replayed rings on over what follows it
+    # The opening comes back as it was, its notes' lengths too (the phrase goes on after it, as the first
+    # did), and the line stays one line: nothing after it starts before a note it holds has ended.
+    first = notes[(notes[:, 0] >= 0) & (notes[:, 0] < 2 * 16)].tolist()
+    echo = notes[(notes[:, 0] >= 4 * 16) & (notes[:, 0] < 6 * 16)].tolist()
+    assert [[s - 4 * 16, p, d, g] for s, p, d, g in echo] == first
+    line = notes[np.argsort(notes[:, 0], kind="stable")]
+    assert (line[:-1, 0] + line[:-1, 2] <= line[1:, 0]).all()
     assert bars(notes, 20, 2) == bars(notes, 16, 2)
     assert echo_composer.compose(request).tokens == piece.tokens
     critic = echo_composer.compose(PieceRequest("irish", ("flute",), 120.0, 30.0, seed=2, key="G", critic=2))

@@ -107,3 +107,27 @@ def test_the_notes_of_a_rhyme_are_the_strain_before_s_ending_and_the_seed_replay
     was = plan.phrases[phrase.rhyme]
     at, source = phrase.start + phrase.bars - RHYME_BARS, was.start + was.bars - RHYME_BARS
     assert bars(notes, at, RHYME_BARS) == bars(notes, source, RHYME_BARS)
+
+
+def test_an_echo_then_a_rhyme_in_one_phrase_keep_the_line_single(tiny_model):
+    loaded = load_model(tiny_model / "best")
+    loaded.card = copy.deepcopy(loaded.card)
+    loaded.card.setdefault("style_defaults", {}).setdefault("irish", {})["form"] = {
+        **TUNE,
+        "echo": 1.0,
+        "rhyme": 1.0,
+    }
+    composer = Composer(loaded)
+    for seed in (26, 27, 28, 29, 30):  # 26 and 30 hold an echo's last note into the rhyme that follows it
+        piece = composer.compose(PieceRequest("irish", ("flute",), 120.0, 40.0, seed=seed, key="G"))
+        plan = piece.plan
+        assert plan is not None
+        both = [p for p in plan.phrases if p.echo is not None and p.rhyme is not None]
+        assert both, plan  # a four-bar phrase: its first two bars an echo, its last two a rhyme
+        notes = notes_array(piece.notes)
+        line = notes[np.argsort(notes[:, 0], kind="stable")]
+        assert (line[:-1, 0] + line[:-1, 2] <= line[1:, 0]).all(), seed  # a held echo note never rings on
+        for phrase in both:
+            was = plan.phrases[phrase.rhyme]
+            at, source = phrase.start + phrase.bars - RHYME_BARS, was.start + was.bars - RHYME_BARS
+            assert bars(notes, at, RHYME_BARS) == bars(notes, source, RHYME_BARS)

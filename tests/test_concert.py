@@ -136,6 +136,25 @@ async def test_request_vote_top_replay_and_reconnect(fake: FakeTwitch, tmp_path:
     assert rms_dbfs(audio[loud]) > -40
 
 
+async def test_a_quartet_asked_for_in_chat_plays_two_violins(fake: FakeTwitch, tmp_path: Path):
+    task, concert = await _start(fake, tmp_path, None)
+    try:
+        asked = await fake.say("ada", "!compose classical violin violin viola cello")
+        ack = await fake.wait_for_sent(lambda m: m.reply_to == asked, timeout=10)
+        assert "classical for violin, violin, viola, cello is #1" in ack.text
+        playing = await fake.wait_for_sent(lambda m: "now playing" in m.text, timeout=20)
+        assert "for violin, violin, viola, cello at" in playing.text
+        recipe = concert.conductor.current.record.recipe
+        # The model's parts are four programs; the one that stands in for the second violin sounds as one.
+        assert recipe.programs() == [40, 41, 42, 71] and recipe.sound_programs() == {71: 40}
+        np_asked = await fake.say("bob", "!np")
+        np_said = await fake.wait_for_sent(lambda m: m.reply_to == np_asked, timeout=10)
+        assert "for violin, violin, viola, cello" in np_said.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_bad_input_gets_one_short_reply_and_the_concert_goes_on(fake: FakeTwitch, tmp_path: Path):
     task, concert = await _start(fake, tmp_path, None)
     try:

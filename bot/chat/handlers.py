@@ -195,11 +195,12 @@ class ChatCommands:
             self.conductor.loaded, wanted.style, list(wanted.instruments) or None, wanted.tempo, key=wanted.key
         )
         in_key = f" in {piece.key}" if piece.key else ""
-        said = f"your {piece.style}{in_key} for {', '.join(piece.instruments)} is "
+        said = f"your {piece.style}{in_key} for {', '.join(piece.heard())} is "
         return Planned(
             piece.style,
             ack=lambda place: said + place,
-            instruments=piece.instruments if wanted.instruments else (),
+            # As heard, a doubled instrument twice: its turn resolves the names again to the same parts.
+            instruments=piece.heard() if wanted.instruments else (),
             tempo=wanted.tempo,
             key=piece.key,
         )
@@ -289,7 +290,7 @@ class ChatCommands:
         votes = await self.store.votes(r.seed)
         return self._info(
             msg,
-            f"{_named(self.conductor.title_of(r))}{r.recipe.style} for {', '.join(r.recipe.instruments)}{who}: "
+            f"{_named(self.conductor.title_of(r))}{r.recipe.style} for {', '.join(r.recipe.heard())}{who}: "
             f"seed {r.seed}, {votes} votes (!replay {r.seed})",
         )
 

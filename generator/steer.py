@@ -445,6 +445,8 @@ def refollow(old: PlanFollower, new: PlanFollower) -> PlanFollower:
     # go on too: started again, the clash and chord targets and the interval pull would steer the rest of the
     # piece as though it had just begun.
     new.strong, new.heard = old.strong, old.heard
+    if new.tonic == old.tonic:  # a mode steer keeps the tonic: the piece's degrees so far still count
+        new.degrees = old.degrees
     if len(new.moves) == len(old.moves):
         new.moves = old.moves
     new.came_from = {p: pitch for p, pitch in old.came_from.items() if p in new.programs}

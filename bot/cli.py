@@ -178,7 +178,7 @@ def data_forms(
         saved = card.setdefault("style_defaults", {}).setdefault(style, {})
         saved["form"] = form
         saved["sounds"] = summaries.get(style, {}).get("sounds", {})
-    card["forms_from"] = str(dataset or settings.paths.data_dir / "dataset")
+    card["forms_from"] = str(source)
     card_path.write_text(json.dumps(card, indent=1))
     table = Table(title=f"forms learnt into {card_path}")
     for col in ("style", "bar (beats)", "commonest shape", "phrase bars", "cadence roots"):
@@ -278,7 +278,7 @@ def _request(
 @app.command("styles")
 def styles_cmd(model: Annotated[Path | None, typer.Option(help="Model directory.")] = None) -> None:
     """List the styles the model can play."""
-    from generator.recipes import make_request, style_defaults
+    from generator.recipes import make_request
     from generator.styles import CORPUS_BY_NAME
 
     settings = _settings()
@@ -290,10 +290,9 @@ def styles_cmd(model: Annotated[Path | None, typer.Option(help="Model directory.
     for col in ("style", "instruments", "tempo", "music"):
         table.add_column(col)
     for style in loaded.vocab.styles:
-        instruments, tempo = style_defaults(loaded, style)
-        instruments = make_request(loaded, style, seed=0).heard()  # a quartet's second violin as a violin
+        defaults = make_request(loaded, style, seed=0)  # its parts as heard: a quartet's second violin a violin
         about = CORPUS_BY_NAME[style].description if style in CORPUS_BY_NAME else "from your MIDI folder"
-        table.add_row(style, " ".join(instruments), f"{tempo:g}", about)
+        table.add_row(style, " ".join(defaults.heard()), f"{defaults.tempo:g}", about)
     console.print(table)
 
 

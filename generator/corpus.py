@@ -274,19 +274,29 @@ def part_programs(
     following each part's line. A part whose instrument is already taken gets a free one that holds its range.
     """
     chosen = [_part_program(name, i, len(names), ensemble) for i, name in enumerate(names)]
-    taken = set(chosen)
+    return _own_programs(chosen, [[p for _, _, p in voice] for voice in voices], set(chosen))
+
+
+def _own_programs(
+    chosen: list[int], pitches: list[list[int]], taken: set[int]
+) -> tuple[list[int], dict[int, int]]:
+    """Each part's program, a part on a program an earlier part already has taking a free one of its range
+    (`stand_in`; a keyboard's staves and the drums stay one instrument), and {spare: the program it stands for}.
+
+    `pitches` are each part's, `taken` every program the piece uses or must not be given."""
+    out = list(chosen)
+    taken = set(taken)
     seen: set[int] = set()
     stand_ins: dict[int, int] = {}
-    for i, voice in enumerate(voices):
-        if chosen[i] in seen and chosen[i] not in _KEYBOARDS and voice:
-            pitches = [p for _, _, p in voice]
-            spare = stand_in(min(pitches), max(pitches), taken)
+    for i, mine in enumerate(pitches):
+        if out[i] in seen and out[i] not in _KEYBOARDS and out[i] != DRUMS and mine:
+            spare = stand_in(min(mine), max(mine), taken)
             if spare is not None:
-                stand_ins[spare] = chosen[i]
-                chosen[i] = spare
+                stand_ins[spare] = out[i]
+                out[i] = spare
                 taken.add(spare)
-        seen.add(chosen[i])
-    return chosen, stand_ins
+        seen.add(out[i])
+    return out, stand_ins
 
 
 def _part_program(name: str, index: int, count: int, ensemble: tuple[str, ...]) -> int:
@@ -359,26 +369,25 @@ def _midi_piece(score: Any, pid: str, style: str) -> Piece:
     if len(score.time_signatures):
         signature = score.time_signatures[0]
         bar = round(signature.numerator * 4 / signature.denominator * TPQ)
-    rows: list[tuple[int, int, int, int]] = []
     taken = {canonical_program(t.program, t.is_drum) for t in score.tracks if len(t.notes)}
-    seen: set[int] = set()
-    stand_ins: dict[int, int] = {}
+    tracks = []  # (program, its playable notes) of each track that has some
+    count = 0
     for track in score.tracks:
-        program = canonical_program(track.program, track.is_drum)
         mine = [n for n in track.notes if n.duration > 0 and 21 <= n.pitch <= 108]
-        if program in seen and program not in _KEYBOARDS and program != DRUMS and mine:
-            # A second track on a program already played (a quartet's two violins) is a part of its own, as
-            # in the corpus: it takes a spare program and is remembered as the instrument it was.
-            spare = stand_in(min(n.pitch for n in mine), max(n.pitch for n in mine), taken)
-            if spare is not None:
-                stand_ins[spare] = program
-                taken.add(spare)
-                program = spare
         if mine:
-            seen.add(program)
-        rows.extend((round(n.time * scale), max(1, round(n.duration * scale)), n.pitch, program) for n in mine)
-        if len(rows) > MAX_NOTES:
+            tracks.append((canonical_program(track.program, track.is_drum), mine))
+        count += len(mine)
+        if count > MAX_NOTES:
             raise ValueError(f"more than {MAX_NOTES} notes")
+    # A second track on a program already played (a quartet's two violins) is a part of its own, as in the
+    # corpus: it takes a spare program and is remembered as the instrument it was.
+    pitches = [[n.pitch for n in mine] for _, mine in tracks]
+    programs, stand_ins = _own_programs([program for program, _ in tracks], pitches, taken)
+    rows = [
+        (round(n.time * scale), max(1, round(n.duration * scale)), n.pitch, program)
+        for program, (_, mine) in zip(programs, tracks, strict=True)
+        for n in mine
+    ]
     notes = np.array(sorted(rows), dtype=np.int32).reshape(-1, 4)
     if len(notes):
         lead = int(notes[:, 0].min())

@@ -24,6 +24,7 @@ piece. What it asks of each token:
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,6 +128,16 @@ class VocabTensors:
     shift_of: torch.Tensor  # steps, or 0
     program_of: torch.Tensor  # GM program of a Program token, or -2
     duration_of: torch.Tensor  # steps, or 0
+
+
+def _answering(
+    shares: np.ndarray, counts: Sequence[int], prior: float, gain: float, low: float, high: float
+) -> np.ndarray:
+    """The pull that answers the piece: `gain` times the log of the style's `shares` over the piece's (its
+    `counts`, shrunk towards the style's by `prior` of them), clipped to [low, high]; nothing while the piece
+    sounds as its style does. The interval, key and note-length pulls are all this."""
+    heard = (np.asarray(counts) + prior * shares) / (sum(counts) + prior)
+    return np.clip(gain * np.log(shares / heard), low, high)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -362,8 +373,7 @@ class PlanFollower:
         """Per pitch, the pull on the interval it makes from `top` while the piece is off the style's."""
         shares = self.interval_shares
         assert shares is not None
-        heard = (np.asarray(self.moves) + INTERVAL_PRIOR * shares) / (sum(self.moves) + INTERVAL_PRIOR)
-        pull = np.clip(INTERVAL_GAIN * np.log(shares / heard), -INTERVAL_CAP, INTERVAL_CAP)
+        pull = _answering(shares, self.moves, INTERVAL_PRIOR, INTERVAL_GAIN, -INTERVAL_CAP, INTERVAL_CAP)
         pull = pull + INTERVAL_WEIGHT * np.log(shares / shares.max())
         widest = (len(shares) - 1) // 2
         table = torch.tensor(pull[np.clip(np.arange(-127, 128), -widest, widest) + widest], dtype=torch.float32)
@@ -428,16 +438,14 @@ class PlanFollower:
     def _key_bias(self) -> torch.Tensor:
         shares = self.key_shares
         assert shares is not None
-        heard = (np.asarray(self.degrees) + KEY_PRIOR * shares) / (sum(self.degrees) + KEY_PRIOR)
-        pull = np.clip(KEY_GAIN * np.log(shares / heard), -KEY_CAP, 0.0)
+        pull = _answering(shares, self.degrees, KEY_PRIOR, KEY_GAIN, -KEY_CAP, 0.0)  # never up
         table = torch.tensor(pull, dtype=torch.float32)
         return torch.where(self.degree_of >= 0, table[self.degree_of.clamp(min=0)], torch.zeros(()))
 
     def _length_bias(self) -> torch.Tensor:
         shares = self.length_shares
         assert shares is not None
-        heard = (np.asarray(self.lengths) + LENGTH_PRIOR * shares) / (sum(self.lengths) + LENGTH_PRIOR)
-        pull = np.clip(LENGTH_GAIN * np.log(shares / heard), -LENGTH_CAP, LENGTH_CAP)
+        pull = _answering(shares, self.lengths, LENGTH_PRIOR, LENGTH_GAIN, -LENGTH_CAP, LENGTH_CAP)
         table = torch.tensor(np.where(shares < LENGTH_RARE, np.minimum(pull, 0.0), pull), dtype=torch.float32)
         return torch.where(self.length_of >= 0, table[self.length_of.clamp(min=0)], torch.zeros(()))
 
